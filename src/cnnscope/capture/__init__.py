@@ -1,0 +1,21 @@
+"""The capture layer: the only code in cnnscope that registers hooks on a model (DESIGN rule 1)."""
+
+from .capture import REUSE_MODES, Capture, capture
+from .layers import LayerInfo, input_channels, list_layers
+from .patch import patch_outputs
+from .relu_rules import RULES, relu_modules, relu_rule
+from .state import (
+                    ACTIVATION_TYPES,
+                    StopForward,
+                    evaluating,
+                    first_tensor,
+                    is_activation,
+                    layer_names,
+                    module_device,
+                    module_dtype,
+                    resolve_layers,
+)
+
+__all__ = ["ACTIVATION_TYPES", "REUSE_MODES", "RULES", "Capture", "LayerInfo", "StopForward", "capture",
+           "evaluating", "first_tensor", "input_channels", "is_activation", "layer_names", "list_layers",
+           "module_device", "module_dtype", "patch_outputs", "relu_modules", "relu_rule", "resolve_layers"]

@@ -1,0 +1,29 @@
+"""``patch_outputs``: temporarily replace layer outputs (ablation, masking, directions) through hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .state import resolve_layers
+
+
+@contextmanager
+def patch_outputs(module: nn.Module, fns: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+    """Within the block, layer ``name``'s output ``y`` is replaced by ``fns[name](y)`` on every call.
+
+    The functions must return a tensor of the same shape. Hooks are removed in ``finally``.
+    """
+    layers = resolve_layers(module, list(fns))
+    handles = []
+    try:
+        for name, mod in layers.items():
+            fn = fns[name]
+            handles.append(mod.register_forward_hook(lambda m, i, o, fn=fn: fn(o)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,93 @@
+"""Shared pieces of the capture layer: layer lookup, temporary eval mode, activation types."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..errors import LayerError, unknown
+
+#: Activation modules whose input is the "pre-activation" (Curve Detectors uses pre-ReLU values).
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus,
+)
+
+
+class StopForward(BaseException):
+    """Raised by a hook to end a forward pass early (a ``BaseException`` so model code can't swallow it)."""
+
+
+def layer_names(module: nn.Module) -> list[str]:
+    """Dotted names of every submodule (``named_modules()`` order, root excluded)."""
+    return [n for n, _ in module.named_modules() if n]
+
+
+def resolve_layers(module: nn.Module, names: str | Iterable[str]) -> dict[str, nn.Module]:
+    """Map dotted layer names to submodules; unknown names raise :class:`LayerError` with close matches."""
+    wanted = [names] if isinstance(names, str) else list(dict.fromkeys(names))
+    if not wanted:
+        raise LayerError("no layer names given")
+    table = dict(module.named_modules())
+    out: dict[str, nn.Module] = {}
+    for name in wanted:
+        if not isinstance(name, str) or not name:
+            raise LayerError(f"layer names are non-empty dotted strings like 'blocks.4.0', got {name!r}")
+        if name not in table:
+            raise LayerError(unknown("layer", name, [n for n in table if n]))
+        out[name] = table[name]
+    return out
+
+
+def is_activation(module: nn.Module) -> bool:
+    """Whether ``module`` is an elementwise activation (its input is a pre-activation)."""
+    return isinstance(module, ACTIVATION_TYPES) or type(module).__name__.lower() in ("swish", "quickgelu")
+
+
+def first_tensor(value: object) -> torch.Tensor | None:
+    """The tensor of a module output (first tensor of a tuple/list/dict), or ``None``."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            t = first_tensor(v)
+            if t is not None:
+                return t
+    if isinstance(value, dict):
+        for v in value.values():
+            t = first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily put every submodule in eval mode; restore each ``training`` flag in ``finally``."""
+    flags = [(m, m.training) for m in module.modules()]
+    try:
+        module.eval()
+        yield module
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Device of the first parameter/buffer (CPU for a module without any)."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def module_dtype(module: nn.Module) -> torch.dtype:
+    """Floating dtype of the first floating parameter (float32 when there is none)."""
+    for t in module.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32

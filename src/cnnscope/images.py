@@ -1,0 +1,177 @@
+"""Load and validate images; the sample photo set; conversions to and from display space.
+
+Every loader returns an ``uint8`` array of shape ``[H, W, 3]`` (RGB). Grayscale, grayscale+alpha, RGBA,
+palette, CMYK, 16-bit and float images are converted; anything that is not an image raises
+:class:`~cnnscope.errors.ImageError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+#: The colour photos of ``skimage.data`` that ship inside the scikit-image wheel (no download).
+SAMPLE_NAMES = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry",
+                "motorcycle_left", "retina")
+
+
+def _pil_to_rgb(img: Image.Image, where: str) -> np.ndarray:
+    """Convert any PIL mode to an ``uint8`` RGB array; alpha is composited over white."""
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - broken EXIF must not make a readable image unreadable
+        pass
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        return _array_to_rgb(arr, where, assume_range=65535.0 if mode.startswith("I;16") else None)
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _array_to_rgb(arr: np.ndarray, where: str, assume_range: float | None = None) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # channels-first input
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 2, 3, 4):
+        raise ImageError(f"{where}: expected an image of shape HxW, HxWx1, HxWx3 or HxWx4, got {tuple(arr.shape)}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageError(f"{where}: empty image of shape {tuple(arr.shape)}")
+    if arr.dtype == bool:
+        arr = arr.astype(np.float64)
+    if arr.dtype == np.uint8:
+        out = arr.astype(np.float64) / 255.0
+    elif arr.dtype == np.uint16 or assume_range == 65535.0:
+        out = arr.astype(np.float64) / 65535.0
+    elif np.issubdtype(arr.dtype, np.integer):
+        hi = float(arr.max()) if arr.size else 1.0
+        out = arr.astype(np.float64) / (255.0 if hi <= 255 else max(hi, 1.0))
+    elif np.issubdtype(arr.dtype, np.floating):
+        out = arr.astype(np.float64)
+        if not np.isfinite(out).all():
+            raise ImageError(f"{where}: image contains NaN or infinite values")
+        lo, hi = float(out.min()), float(out.max())
+        if lo < -1e-6 or hi > 1.0 + 1e-6:
+            if assume_range is None and lo >= 0 and hi <= 255.0 + 1e-6:
+                out = out / 255.0
+            else:
+                raise ImageError(f"{where}: float image values must lie in [0, 1] (or [0, 255]), "
+                                 f"got [{lo:.3g}, {hi:.3g}]")
+    else:
+        raise ImageError(f"{where}: unsupported pixel type {arr.dtype}")
+    c = out.shape[-1]
+    if c == 1:
+        out = np.repeat(out, 3, axis=-1)
+    elif c == 2:  # grey + alpha
+        grey, alpha = out[..., :1], out[..., 1:]
+        out = np.repeat(grey * alpha + (1 - alpha), 3, axis=-1)
+    elif c == 4:
+        rgb, alpha = out[..., :3], out[..., 3:]
+        out = rgb * alpha + (1 - alpha)
+    return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def load_image(src: ImageLike) -> np.ndarray:
+    """Load one image as an ``uint8`` RGB array.
+
+    Args:
+        src: a file path, a PIL image, a numpy array (HxW, HxWxC or CxHxW; uint8, uint16, bool or float in
+            [0, 1]) or a tensor of the same layouts.
+
+    Returns:
+        ``np.ndarray`` of dtype ``uint8`` and shape ``[H, W, 3]``.
+
+    Raises:
+        ImageError: when the file is missing, not an image, truncated, or the array has a bad shape/range.
+    """
+    if isinstance(src, (str, Path)):
+        path = Path(src)
+        if not path.exists():
+            raise ImageError(f"{path}: no such file")
+        if path.is_dir():
+            raise ImageError(f"{path}: is a directory, not an image")
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return _pil_to_rgb(img, str(path))
+        except UnidentifiedImageError:
+            raise ImageError(f"{path}: not an image file (unrecognised format)") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageError(f"{path}: unreadable image ({exc})") from None
+    if isinstance(src, Image.Image):
+        return _pil_to_rgb(src, "PIL image")
+    if isinstance(src, torch.Tensor):
+        src = src.detach().cpu().numpy()
+    if isinstance(src, np.ndarray):
+        return _array_to_rgb(src, "array")
+    raise ImageError(f"cannot load an image from an object of type {type(src).__name__}")
+
+
+def sample_images(names: tuple[str, ...] | list[str] | None = None) -> dict[str, np.ndarray]:
+    """The real photos that ship inside scikit-image, as ``name -> uint8 [H, W, 3]``.
+
+    Args:
+        names: a subset of :data:`SAMPLE_NAMES`; all of them when ``None``.
+    """
+    import skimage.data
+
+    from .errors import unknown
+
+    chosen = list(SAMPLE_NAMES if names is None else names)
+    out: dict[str, np.ndarray] = {}
+    for name in chosen:
+        if name not in SAMPLE_NAMES:
+            raise ImageError(unknown("sample image", name, SAMPLE_NAMES))
+        if name == "motorcycle_left":
+            arr = skimage.data.stereo_motorcycle()[0]
+        else:
+            arr = getattr(skimage.data, name)()
+        out[name] = load_image(np.asarray(arr))
+    return out
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an ``uint8`` RGB array to ``(height, width)`` with bilinear filtering (antialiased)."""
+    h, w = size
+    return np.asarray(Image.fromarray(image).resize((int(w), int(h)), Image.BILINEAR), dtype=np.uint8)
+
+
+def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Convert values in [0, 1] (``[3,H,W]``, ``[H,W,3]``, ``[B,3,H,W]`` or ``[B,H,W,3]``) to ``uint8`` HWC."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu()
+        if x.ndim in (3, 4) and x.shape[-3] in (1, 3) and x.shape[-1] not in (1, 3):
+            x = x.movedim(-3, -1)
+        x = x.numpy()
+    return np.clip(np.round(np.asarray(x, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def to_float(image: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
+    """Convert an ``uint8`` ``[H,W,3]`` array to a float tensor ``[1,3,H,W]`` in [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    return t.unsqueeze(0).to(device) if device is not None else t.unsqueeze(0)
+
+
+def save_image(image: np.ndarray | torch.Tensor, path: str | Path) -> Path:
+    """Write an image (``uint8`` HWC, or floats in [0, 1]) as PNG/JPEG by suffix; returns the path."""
+    arr = image if isinstance(image, np.ndarray) and image.dtype == np.uint8 else to_uint8(image)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path

@@ -1,0 +1,195 @@
+"""``LoadedModel``: a module plus everything needed to feed it images and read its answers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CnnscopeError, ImageError
+from ..images import ImageLike, load_image, resize
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for cnnscope.
+
+    Attributes:
+        module: the ``nn.Module`` (eval mode when cnnscope built it; a wrapped user module is left as it was).
+        name: registry name or a user-chosen name.
+        input_size: ``(height, width)`` the model was trained at.
+        mean, std: per-channel normalisation applied by :meth:`preprocess` (images in [0, 1]).
+        labels: class names by output index, or ``None``.
+        pretrained: ``True`` when real trained weights were loaded; ``False`` means random initialisation.
+        weights: where the weights came from (a path, ``"embedded"`` or ``None`` for random).
+        resize_mode: ``"resize"`` (whole image squashed to ``input_size``, so maps align with the full photo) or
+            ``"center_crop"`` (shorter side to ``input_size / 0.875``, then a centre crop, the ImageNet protocol).
+    """
+
+    module: nn.Module
+    name: str
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    labels: Sequence[str] | None = None
+    pretrained: bool = False
+    weights: str | None = None
+    resize_mode: str = "resize"
+    source: str = "user"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the module's first parameter or buffer (CPU for a parameter-free module)."""
+        for t in self.module.parameters():
+            return t.device
+        for t in self.module.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    @property
+    def weights_note(self) -> str:
+        """Human-readable provenance of the weights ("pretrained ..." or "RANDOM weights ...")."""
+        if self.pretrained:
+            return f"pretrained ({self.weights})"
+        if self.weights:
+            return f"weights from {self.weights}"
+        return "RANDOM weights (untrained; pass weights=PATH for a checkpoint)"
+
+    # -- images <-> tensors -------------------------------------------------------------------------
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        """Map images in [0, 1] (``[B,3,H,W]``) to the model's input space."""
+        mean = torch.tensor(self.mean, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
+        return (x01 - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize`: model-space tensors back to [0, 1] (not clamped)."""
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return x * std + mean
+
+    def fit_image(self, image: ImageLike, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Load ``image`` and bring it to ``size`` (default ``input_size``) by :attr:`resize_mode`."""
+        arr = load_image(image)
+        h, w = size or self.input_size
+        if self.resize_mode == "center_crop":
+            scale = max(h, w) / 0.875 / min(arr.shape[:2])
+            nh, nw = max(h, round(arr.shape[0] * scale)), max(w, round(arr.shape[1] * scale))
+            arr = resize(arr, (nh, nw))
+            top, left = (nh - h) // 2, (nw - w) // 2
+            return np.ascontiguousarray(arr[top:top + h, left:left + w])
+        if self.resize_mode != "resize":
+            raise CnnscopeError(f"unknown resize_mode {self.resize_mode!r}; use 'resize' or 'center_crop'")
+        return arr if arr.shape[:2] == (h, w) else resize(arr, (h, w))
+
+    def preprocess(self, image: ImageLike | Sequence[ImageLike], size: tuple[int, int] | None = None
+                   ) -> torch.Tensor:
+        """Image(s) -> normalised ``Tensor[B,3,H,W]`` on the model's device (``B=1`` for one image).
+
+        Shape:
+            - Output: ``[B, 3, H, W]`` with ``(H, W) = size or input_size``.
+        """
+        if isinstance(image, torch.Tensor) and image.ndim == 4:
+            raise ImageError("preprocess() takes images (paths, PIL, uint8 arrays), not a batch tensor; "
+                             "use normalize() for tensors in [0, 1]")
+        items = list(image) if isinstance(image, (list, tuple)) else [image]
+        if not items:
+            raise ImageError("preprocess() got an empty list of images")
+        arrs = [self.fit_image(it, size) for it in items]
+        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
+        if len(self.mean) == 1:  # single-channel model: ITU-R 601 luma
+            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        return self.normalize(x.to(self.device))
+
+    def deprocess(self, x: torch.Tensor) -> np.ndarray:
+        """Model-space ``[3,H,W]`` or ``[1,3,H,W]`` tensor -> ``uint8 [H,W,3]`` (``[B,H,W,3]`` for a batch)."""
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
+        if x.ndim != 4 or x.shape[1] != len(self.mean):
+            raise ImageError(f"deprocess() expects [{len(self.mean)},H,W] or [B,{len(self.mean)},H,W], "
+                             f"got {tuple(x.shape)}")
+        y = self.denormalize(x.detach().float()).clamp(0, 1)
+        y = y.expand(-1, 3, -1, -1) if y.shape[1] == 1 else y
+        y = y.permute(0, 2, 3, 1)
+        out = (y * 255.0).round().to(torch.uint8).cpu().numpy()
+        return out[0] if out.shape[0] == 1 else out
+
+    def label(self, index: int) -> str:
+        """Class name of output ``index`` (``"class 7"`` when the model has no labels)."""
+        if self.labels is not None and 0 <= index < len(self.labels):
+            return self.labels[index]
+        return f"class {index}"
+
+    def class_index(self, label: str) -> int:
+        """Output index of a class name (case-insensitive; unique prefixes allowed)."""
+        from ..errors import unknown
+
+        if self.labels is None:
+            raise CnnscopeError(f"model {self.name!r} has no class labels; give a class index instead")
+        low = [lab.lower() for lab in self.labels]
+        key = label.strip().lower()
+        if key in low:
+            return low.index(key)
+        hits = [i for i, lab in enumerate(low) if lab.startswith(key)]
+        if len(hits) == 1:
+            return hits[0]
+        raise CnnscopeError(unknown("class label", label, self.labels))
+
+    @torch.no_grad()
+    def predict(self, images: ImageLike | Sequence[ImageLike], k: int = 5) -> list[list[tuple[int, str, float]]]:
+        """Top-``k`` ``(index, label, probability)`` per image (softmax of the model's logits)."""
+        from ..capture import evaluating
+
+        x = self.preprocess(images)
+        with evaluating(self.module):
+            logits = self.module(x)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise CnnscopeError(f"model {self.name!r} does not return [B, classes] logits")
+        probs = logits.float().softmax(dim=1)
+        top = probs.topk(min(k, probs.shape[1]), dim=1)
+        return [[(int(i), self.label(int(i)), float(p)) for p, i in zip(ps, idx)]
+                for ps, idx in zip(top.values.cpu(), top.indices.cpu())]
+
+    def describe(self) -> dict:
+        """JSON-ready description (used by the CLI and the atlas)."""
+        n_params = sum(p.numel() for p in self.module.parameters())
+        return {"name": self.name, "source": self.source, "input_size": list(self.input_size),
+                "mean": list(self.mean), "std": list(self.std), "pretrained": self.pretrained,
+                "weights": self.weights, "weights_note": self.weights_note, "parameters": n_params,
+                "num_labels": len(self.labels) if self.labels is not None else None}
+
+
+def wrap(module: nn.Module, input_size: int | tuple[int, int] = 224, mean: Sequence[float] = IMAGENET_MEAN,
+         std: Sequence[float] = IMAGENET_STD, labels: Sequence[str] | None = None, name: str | None = None,
+         pretrained: bool = True, resize_mode: str = "resize") -> LoadedModel:
+    """Use your own ``nn.Module`` with cnnscope.
+
+    The module is not modified: not moved, not switched to eval mode (cnnscope's operations switch to eval
+    temporarily and restore every ``training`` flag afterwards).
+
+    Args:
+        module: any module that takes ``[B, C, H, W]`` images.
+        input_size: ``H`` (square) or ``(H, W)``.
+        mean, std: per-channel normalisation of images in [0, 1]; their length sets the channel count.
+        labels: class names by output index, or ``None``.
+        name: display name (default: the class name).
+        pretrained: whether the weights are trained (only affects what cnnscope reports).
+    """
+    if not isinstance(module, nn.Module):
+        raise CnnscopeError(f"wrap() needs a torch.nn.Module, got {type(module).__name__}")
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
+    if len(size) != 2 or min(size) < 1:
+        raise CnnscopeError(f"input_size must be an int or (height, width), got {input_size!r}")
+    if len(mean) != len(std):
+        raise CnnscopeError(f"mean has {len(mean)} channels but std has {len(std)}")
+    return LoadedModel(module=module, name=name or type(module).__name__, input_size=size,  # type: ignore[arg-type]
+                       mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
+                       labels=list(labels) if labels is not None else None, pretrained=pretrained,
+                       weights="user module", resize_mode=resize_mode, source="user")
