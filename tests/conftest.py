@@ -1,0 +1,26 @@
+"""Shared fixtures: the embedded pretrained model (loaded once) and the sample photos."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The embedded ImageNet-pretrained EfficientNet-Lite0 (``LoadedModel``), on the CPU, in eval mode."""
+    from cnnscope import load_model
+
+    return load_model("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def samples():
+    """skimage's sample photos, ``name -> uint8 [H,W,3]``."""
+    from cnnscope import sample_images
+
+    return sample_images()
