@@ -1,0 +1,237 @@
+"""Build an atlas: per-unit jobs, committed atomically, resumable after any interruption (SIGKILL included).
+
+The units of each layer are split into chunks of ``options.batch_size``; every artifact kind computes a whole
+chunk at once (one feature-visualization render batch, one pass over the images), then each unit of the chunk
+is written in its own transaction. Running the same build again skips the units already in the atlas and
+computes the rest, so an interrupted build loses at most the chunk it was working on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..capture import LayerInfo, list_layers
+from ..errors import CnnscopeError, LayerError, MethodError, unknown
+from .kinds import ArtifactKind, BuildContext, BuildOptions, default_kinds, get_kind
+from .records import Artifact, AtlasError
+from .store import AtlasStore
+
+
+@dataclass
+class BuildReport:
+    """What a build did.
+
+    Attributes:
+        root: the atlas folder.
+        built: ``(layer, unit)`` computed by this run.
+        skipped: units that were already in the atlas.
+        seconds: wall time of this run.
+        kinds: artifact kinds of the atlas.
+    """
+
+    root: Path
+    built: list[tuple[str, int]] = field(default_factory=list)
+    skipped: int = 0
+    seconds: float = 0.0
+    kinds: list[str] = field(default_factory=list)
+
+
+def parse_units(spec: str | Iterable[int] | None, channels: int) -> list[int]:
+    """``"all"``, ``"0-31"``, ``"0,4,8-11"`` or a list of ints -> sorted unit indices below ``channels``.
+
+    Raises:
+        CnnscopeError: malformed text or a unit outside ``[0, channels)``.
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
+        return list(range(channels))
+    if isinstance(spec, str):
+        out: set[int] = set()
+        for part in spec.replace(" ", "").split(","):
+            try:
+                if "-" in part:
+                    lo, hi = (int(v) for v in part.split("-", 1))
+                    if hi < lo:
+                        raise ValueError
+                    out.update(range(lo, hi + 1))
+                else:
+                    out.add(int(part))
+            except ValueError:
+                raise CnnscopeError(f"bad unit range {part!r} in {spec!r}; use 'all', '0-31' or '0,4,8-11'"
+                                    ) from None
+        units = sorted(out)
+    else:
+        units = sorted({int(u) for u in spec})
+    bad = [u for u in units if not 0 <= u < channels]
+    if bad:
+        raise CnnscopeError(f"units {bad[:5]} are outside 0-{channels - 1} ({channels} channels)")
+    if not units:
+        raise CnnscopeError("no units selected")
+    return units
+
+
+def model_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 over the module's class, parameter/buffer names, shapes, dtypes and values."""
+    h = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _resolve_layers(model, names: Sequence[str]) -> list[LayerInfo]:
+    infos = {i.name: i for i in list_layers(model.module, model.input_size)}
+    out = []
+    for name in names:
+        if name not in infos:
+            raise LayerError(unknown("layer", name, list(infos)))
+        info = infos[name]
+        if not info.output_shape or len(info.output_shape) not in (1, 3):
+            raise LayerError(f"layer {name!r} has output shape {info.output_shape}; the atlas needs [C, H, W] "
+                             "(convolutional) or [C] outputs")
+        out.append(info)
+    return out
+
+
+def _resolve_kinds(kinds: Sequence[str] | None, with_images: bool) -> list[ArtifactKind]:
+    names = list(kinds) if kinds else default_kinds(with_images)
+    if not names:
+        raise MethodError("no artifact kind is available in this installation (see `cnnscope atlas kinds`)")
+    chosen = [get_kind(n) for n in dict.fromkeys(names)]
+    for k in chosen:
+        why = k.unavailable()
+        if why:
+            raise MethodError(f"artifact kind {k.name!r} {why}")
+        if k.needs_images and not with_images:
+            raise CnnscopeError(f"artifact kind {k.name!r} needs images: pass images=... (--images SRC)")
+    return chosen
+
+
+def _check_compatible(store: AtlasStore, fingerprint: str, kinds: list[str], options: dict, model_desc: dict
+                      ) -> None:
+    """Refuse to mix units of another model or other settings into an existing atlas."""
+    old_fp = store.get_meta("fingerprint")
+    if old_fp is None:
+        return
+    if old_fp != fingerprint:
+        old = store.get_meta("model", {}) or {}
+        raise AtlasError(f"the atlas {store.root} was built from another model ({old.get('name')}, weights "
+                         f"{old.get('weights')}); this one is {model_desc.get('name')} with weights "
+                         f"{model_desc.get('weights')}. Choose another --out folder")
+    old_kinds, old_opts = store.get_meta("kinds", []), store.get_meta("options", {})
+    diffs = [f"kinds {old_kinds} -> {kinds}"] if old_kinds != kinds else []
+    diffs += [f"{k} {old_opts.get(k)!r} -> {v!r}" for k, v in options.items() if old_opts.get(k) != v]
+    if diffs:
+        raise AtlasError(f"the atlas {store.root} was built with other settings ({'; '.join(diffs)}); resume with "
+                         "the same settings or choose another --out folder")
+
+
+def build_atlas(model, out: str | Path, layers: Sequence[str], units: str | Iterable[int] | None = "all", *,
+                images: Sequence[tuple[str, np.ndarray]] | None = None, kinds: Sequence[str] | None = None,
+                options: BuildOptions | None = None, progress: bool = False, inline_max: int = 256 * 1024,
+                max_units: int | None = None) -> BuildReport:
+    """Build (or finish building) the atlas of ``model`` in the folder ``out``.
+
+    Args:
+        model: a ``LoadedModel`` (``cnnscope.load_model(...)`` or ``cnnscope.wrap(module, ...)``); it is not
+            changed.
+        out: the atlas folder (created when missing; an existing atlas of the same model and settings is
+            completed).
+        layers: dotted layer names.
+        units: ``"all"``, ``"0-31"``, ``"0,4,8-11"`` or a list, applied to every layer (clipped to each layer's
+            channel count only when ``"all"``).
+        images: ``[(name, uint8 HxWx3), ...]`` for the dataset kinds (top-k examples, histograms).
+        kinds: artifact kind names (default: every available non-optional kind; dataset kinds need images).
+        options: :class:`BuildOptions`.
+        progress: show a tqdm progress bar with ETA.
+        inline_max: artifacts larger than this many bytes are stored as files beside the database.
+        max_units: stop after computing this many units (the rest is left for a later run).
+
+    Returns:
+        :class:`BuildReport`.
+
+    Raises:
+        LayerError: unknown layer or a layer without channels.
+        MethodError: unknown or unavailable artifact kind.
+        AtlasError: the folder holds an atlas of another model or other settings.
+    """
+    t_start = time.perf_counter()
+    options = options or BuildOptions()
+    if options.batch_size < 1 or options.image_batch < 1:
+        raise CnnscopeError("batch_size and image_batch must be at least 1")
+    infos = _resolve_layers(model, list(dict.fromkeys(layers)))
+    chosen = _resolve_kinds(kinds, images is not None)
+    kind_names = [k.name for k in chosen]
+    plans = {i.name: parse_units(units, i.output_shape[0]) for i in infos}
+    desc = model.describe()
+    fingerprint = model_fingerprint(model.module)
+    image_list = [(str(n), np.asarray(a)) for n, a in images] if images is not None else None
+    report = BuildReport(root=Path(out), kinds=kind_names)
+    store = AtlasStore(out, writable=True, inline_max=inline_max)
+    try:
+        _check_compatible(store, fingerprint, kind_names, options.to_dict(), desc)
+        store.set_meta(model=desc, fingerprint=fingerprint, kinds=kind_names, options=options.to_dict(),
+                       images=[n for n, _ in image_list] if image_list is not None else None)
+        all_infos = {i.name: k for k, i in enumerate(list_layers(model.module, model.input_size))}
+        jobs: list[tuple[LayerInfo, list[int]]] = []
+        for info in infos:
+            store.put_layer(info.name, all_infos[info.name], info.kind, info.output_shape, info.output_shape[0],
+                            plans[info.name])
+            done = set(store.units(info.name))
+            pending = [u for u in plans[info.name] if u not in done]
+            report.skipped += len(plans[info.name]) - len(pending)
+            for s in range(0, len(pending), options.batch_size):
+                jobs.append((info, pending[s:s + options.batch_size]))
+        _run_jobs(store, model, jobs, chosen, options, image_list, report, progress, max_units)
+    finally:
+        store.close()
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+def _run_jobs(store: AtlasStore, model, jobs: list[tuple[LayerInfo, list[int]]], chosen: list[ArtifactKind],
+              options: BuildOptions, images, report: BuildReport, progress: bool, max_units: int | None) -> None:
+    from tqdm.auto import tqdm
+
+    total = sum(len(u) for _, u in jobs)
+    if max_units is not None:
+        total = min(total, max_units)
+    env = {"torch_version": torch.__version__, "device": str(model.device), "python": platform.python_version()}
+    with tqdm(total=total, unit="unit", disable=not progress, desc="atlas") as bar:
+        for info, chunk in jobs:
+            if max_units is not None:
+                chunk = chunk[:max_units - len(report.built)]
+                if not chunk:
+                    break
+            bar.set_postfix_str(f"{info.name} {chunk[0]}-{chunk[-1]}")
+            ctx = BuildContext(model=model, layer=info, options=options, images=images)
+            per_unit: dict[int, list[Artifact]] = {u: [] for u in chunk}
+            t_chunk = time.perf_counter()
+            for kind in chosen:
+                t0 = time.perf_counter()
+                made = kind.produce(ctx, list(chunk))
+                secs = time.perf_counter() - t0
+                missing = [u for u in chunk if not made.get(u)]
+                if missing:
+                    raise AtlasError(f"artifact kind {kind.name!r} produced nothing for units {missing} of "
+                                     f"{info.name!r}")
+                timing = {"seconds_per_unit": secs / len(chunk), "chunk_seconds": secs, "chunk_units": len(chunk)}
+                for u in chunk:
+                    for a in made[u]:
+                        if a.kind != kind.name:
+                            raise AtlasError(f"artifact kind {kind.name!r} returned an artifact of kind {a.kind!r}")
+                        prov = {**env, **a.provenance, "timing": timing}
+                        per_unit[u].append(Artifact(a.kind, a.name, a.mime, a.data, a.numbers, prov))
+            unit_secs = (time.perf_counter() - t_chunk) / len(chunk)
+            for u in chunk:
+                store.write_unit(info.name, u, per_unit[u], unit_secs)
+                report.built.append((info.name, u))
+                bar.update(1)

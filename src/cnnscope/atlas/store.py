@@ -1,0 +1,397 @@
+"""The atlas store: one SQLite file (WAL mode) per atlas, schema-versioned.
+
+An atlas folder holds ``atlas.sqlite`` and, for artifacts larger than ``inline_max`` bytes, content-addressed
+files under ``blobs/``. The database records the model (description and fingerprint), its layers, the units
+that are finished, and every artifact of a unit (PNG bytes and the JSON numbers behind them) with its
+provenance (cnnscope version, spec/recipe, seed, timings).
+
+A unit row exists only when all of its artifacts exist: :meth:`AtlasStore.write_unit` inserts them in one
+transaction, so killing a writer at any moment leaves either the whole unit or nothing. Readers (the web
+viewer) open the file read-only and see consistent snapshots while a build is writing (WAL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import unknown
+from .records import (
+    Artifact,
+    ArtifactRecord,
+    AtlasError,
+    AtlasVersionError,
+    LayerRecord,
+    NotInAtlas,
+    cnnscope_version,
+    dumps,
+    format_units,
+)
+
+#: Version of the table layout; an atlas of another version is refused with :class:`AtlasVersionError`.
+SCHEMA_VERSION = 1
+DB_NAME = "atlas.sqlite"
+BLOB_DIR = "blobs"
+_BLOB_RE = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{64}\.[a-z0-9]{1,8}$")
+_EXT = {"image/png": "png", "image/jpeg": "jpg", "image/svg+xml": "svg", "application/json": "json"}
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE layers (
+    name TEXT PRIMARY KEY, position INTEGER NOT NULL, kind TEXT NOT NULL, shape TEXT NOT NULL,
+    channels INTEGER NOT NULL, planned TEXT NOT NULL DEFAULT '[]');
+CREATE TABLE units (
+    layer TEXT NOT NULL REFERENCES layers(name), unit INTEGER NOT NULL, seconds REAL NOT NULL,
+    finished REAL NOT NULL, PRIMARY KEY (layer, unit));
+CREATE TABLE artifacts (
+    id INTEGER PRIMARY KEY, layer TEXT NOT NULL, unit INTEGER NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+    mime TEXT NOT NULL, sha256 TEXT, size INTEGER NOT NULL DEFAULT 0, data BLOB, file TEXT, numbers TEXT,
+    provenance TEXT NOT NULL, UNIQUE (layer, unit, kind, name),
+    FOREIGN KEY (layer, unit) REFERENCES units(layer, unit));
+CREATE INDEX artifacts_by_kind ON artifacts(layer, kind, name, unit);
+"""
+
+
+class AtlasStore:
+    """Read and write one atlas folder.
+
+    Open an existing atlas with ``AtlasStore(path)`` (read-only by default) and create or extend one with
+    ``AtlasStore(path, writable=True)``. Read-only stores are safe to share between threads: each thread gets
+    its own SQLite connection.
+
+    Args:
+        path: the atlas folder (or its ``atlas.sqlite``).
+        writable: create the folder/database when missing and allow writes.
+        inline_max: artifacts larger than this many bytes go to ``blobs/`` beside the database.
+
+    Raises:
+        AtlasError: no atlas at ``path`` (read-only) or the file is not a cnnscope atlas.
+        AtlasVersionError: the atlas has another schema version.
+    """
+
+    def __init__(self, path: str | Path, writable: bool = False, inline_max: int = 256 * 1024) -> None:
+        p = Path(path)
+        self.root = p.parent if p.name == DB_NAME else p
+        self.db_path = self.root / DB_NAME
+        self.writable = writable
+        self.inline_max = int(inline_max)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        if writable:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._init_schema()
+        elif not self.db_path.is_file():
+            hint = " (it holds no atlas.sqlite)" if self.root.is_dir() else ""
+            raise AtlasError(f"no atlas at {self.root}{hint}; build one with `cnnscope atlas build MODEL --out "
+                             f"{self.root}`")
+        self._check_version()
+
+    # -- connections ----------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self.writable:
+            con = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=30)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+        else:
+            con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, isolation_level=None,
+                                  check_same_thread=False, timeout=30)
+        con.execute("PRAGMA busy_timeout=30000")
+        con.execute("PRAGMA foreign_keys=ON")
+        return con
+
+    @property
+    def con(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        con = getattr(self._local, "con", None)
+        if con is None:
+            try:
+                con = self._connect()
+            except sqlite3.DatabaseError as exc:
+                raise AtlasError(f"cannot open the atlas database {self.db_path}: {exc}") from None
+            self._local.con = con
+            with self._lock:
+                self._connections.append(con)
+        return con
+
+    def close(self) -> None:
+        """Close every connection this store opened (idempotent)."""
+        with self._lock:
+            while self._connections:
+                self._connections.pop().close()
+        self._local = threading.local()
+
+    def __enter__(self) -> AtlasStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any exception)."""
+        self._require_writable()
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise AtlasError(f"the atlas {self.root} was opened read-only")
+
+    def _init_schema(self) -> None:
+        con = self.con
+        try:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise AtlasError(f"{self.db_path} is not a cnnscope atlas ({exc})") from None
+        if tables or version:
+            return  # existing file; _check_version decides
+        with self.transaction() as c:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+            now = time.time()
+            for key, value in (("schema_version", SCHEMA_VERSION), ("cnnscope_version", cnnscope_version()),
+                               ("created", now), ("updated", now)):
+                c.execute("INSERT INTO meta VALUES (?, ?)", (key, dumps(value)))
+            c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _check_version(self) -> None:
+        try:
+            version = self.con.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in self.con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise AtlasError(f"{self.db_path} is not a cnnscope atlas ({exc})") from None
+        if "meta" not in tables:
+            raise AtlasError(f"{self.db_path} is an SQLite file but not a cnnscope atlas (no meta table)")
+        if version != SCHEMA_VERSION:
+            row = self.con.execute("SELECT value FROM meta WHERE key='cnnscope_version'").fetchone()
+            writer = json.loads(row[0]) if row else "unknown"
+            raise AtlasVersionError(
+                f"the atlas {self.root} has schema version {version} (written by cnnscope {writer}), but this "
+                f"cnnscope {cnnscope_version()} reads schema version {SCHEMA_VERSION}; rebuild it with `cnnscope atlas "
+                f"build ... --out NEW_DIR` or open it with cnnscope {writer}")
+
+    # -- meta -----------------------------------------------------------------------------------------
+    def get_meta(self, key: str, default: object = None) -> object:
+        row = self.con.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, **values: object) -> None:
+        """Set meta entries (JSON values) in one transaction."""
+        values = {**values, "updated": time.time()}
+        with self.transaction() as c:
+            for key, value in values.items():
+                c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, dumps(value)))
+
+    def meta(self) -> dict:
+        """Every meta entry."""
+        return {k: json.loads(v) for k, v in self.con.execute("SELECT key, value FROM meta ORDER BY key")}
+
+    # -- layers ---------------------------------------------------------------------------------------
+    def put_layer(self, name: str, position: int, kind: str, shape: Sequence[int], channels: int,
+                  planned: Iterable[int]) -> None:
+        """Insert a layer, or extend its planned units (planned units are merged, never dropped)."""
+        with self.transaction() as c:
+            row = c.execute("SELECT planned FROM layers WHERE name=?", (name,)).fetchone()
+            merged = sorted(set(planned) | set(json.loads(row[0]) if row else []))
+            c.execute("INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?, ?)",
+                      (name, int(position), kind, dumps(list(shape)), int(channels), dumps(merged)))
+
+    _LAYER_SQL = ("SELECT l.name, l.position, l.kind, l.shape, l.channels, l.planned, "
+                  "(SELECT COUNT(*) FROM units u WHERE u.layer = l.name) FROM layers l")
+
+    @staticmethod
+    def _layer_record(r: tuple) -> LayerRecord:
+        return LayerRecord(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], tuple(json.loads(r[5])), r[6])
+
+    def layers(self) -> list[LayerRecord]:
+        """Every layer in model order, with planned and built unit counts."""
+        return [self._layer_record(r) for r in self.con.execute(self._LAYER_SQL + " ORDER BY l.position")]
+
+    def layer(self, name: str) -> LayerRecord:
+        """One layer; an unknown name raises :class:`NotInAtlas` listing close matches."""
+        row = self.con.execute(self._LAYER_SQL + " WHERE l.name = ?", (name,)).fetchone()
+        if row is None:
+            names = [r[0] for r in self.con.execute("SELECT name FROM layers ORDER BY position")]
+            raise NotInAtlas(unknown("layer", name, names) + " in this atlas")
+        return self._layer_record(row)
+
+    # -- units ----------------------------------------------------------------------------------------
+    def units(self, layer: str) -> list[int]:
+        """Finished units of ``layer`` in increasing order."""
+        return [r[0] for r in self.con.execute("SELECT unit FROM units WHERE layer=? ORDER BY unit", (layer,))]
+
+    def all_units(self) -> list[tuple[str, int]]:
+        """Every finished ``(layer, unit)`` in model order."""
+        return [(r[0], r[1]) for r in self.con.execute(
+            "SELECT u.layer, u.unit FROM units u JOIN layers l ON l.name = u.layer ORDER BY l.position, u.unit")]
+
+    def has_unit(self, layer: str, unit: int) -> bool:
+        return self.con.execute("SELECT 1 FROM units WHERE layer=? AND unit=?", (layer, unit)).fetchone() is not None
+
+    def require_unit(self, layer: str, unit: int) -> LayerRecord:
+        """The layer record when ``unit`` is built; otherwise :class:`NotInAtlas` with what exists."""
+        rec = self.layer(layer)
+        if not self.has_unit(layer, unit):
+            built = self.units(layer)
+            span = f"units {format_units(built)}" if built else "no units yet"
+            raise NotInAtlas(f"unit {unit} of layer {layer!r} is not in this atlas (the layer has "
+                             f"{rec.channels} channels; built: {span})")
+        return rec
+
+    def neighbors(self, layer: str, unit: int) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+        """The built units before and after ``(layer, unit)`` in model order (crossing layer borders)."""
+        pos = self.require_unit(layer, unit).position
+        base = "SELECT u.layer, u.unit FROM units u JOIN layers l ON l.name = u.layer WHERE "
+        args = {"p": pos, "u": int(unit)}
+        prev = self.con.execute(base + "(l.position < :p OR (l.position = :p AND u.unit < :u))"
+                                " ORDER BY l.position DESC, u.unit DESC LIMIT 1", args).fetchone()
+        nxt = self.con.execute(base + "(l.position > :p OR (l.position = :p AND u.unit > :u))"
+                               " ORDER BY l.position, u.unit LIMIT 1", args).fetchone()
+        return (tuple(prev) if prev else None), (tuple(nxt) if nxt else None)  # type: ignore[return-value]
+
+    def write_unit(self, layer: str, unit: int, artifacts: Sequence[Artifact], seconds: float) -> None:
+        """Store a finished unit and all its artifacts atomically (all or nothing).
+
+        Raises:
+            AtlasError: the unit is already in the atlas, or its layer was never added.
+        """
+        self._require_writable()
+        rows = []
+        for a in artifacts:
+            data = a.data or b""
+            sha = hashlib.sha256(data).hexdigest() if data else None
+            file = self._write_blob(data, sha, a.mime) if len(data) > self.inline_max else None
+            prov = {"cnnscope_version": cnnscope_version(), **a.provenance}
+            rows.append((layer, int(unit), a.kind, a.name, a.mime, sha, len(data),
+                         None if file or not data else data, file,
+                         None if a.numbers is None else dumps(a.numbers), dumps(prov)))
+        try:
+            with self.transaction() as c:
+                c.execute("INSERT INTO units VALUES (?, ?, ?, ?)", (layer, int(unit), float(seconds), time.time()))
+                c.executemany("INSERT INTO artifacts (layer, unit, kind, name, mime, sha256, size, data, file, "
+                              "numbers, provenance) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        except sqlite3.IntegrityError as exc:
+            raise AtlasError(f"cannot store unit {unit} of layer {layer!r}: {exc} (already built, or duplicate "
+                             "artifact names)") from None
+
+    def _write_blob(self, data: bytes, sha: str | None, mime: str) -> str:
+        rel = f"{sha[:2]}/{sha}.{_EXT.get(mime, 'bin')}"
+        target = self.root / BLOB_DIR / rel
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)  # atomic: a killed writer leaves no half file under the final name
+        return rel
+
+    # -- artifacts ------------------------------------------------------------------------------------
+    _COLS = "id, layer, unit, kind, name, mime, sha256, size, numbers, provenance, file"
+
+    @staticmethod
+    def _record(r: tuple) -> ArtifactRecord:
+        return ArtifactRecord(id=r[0], layer=r[1], unit=r[2], kind=r[3], name=r[4], mime=r[5], sha256=r[6],
+                              size=r[7], numbers=json.loads(r[8]) if r[8] is not None else None,
+                              provenance=json.loads(r[9]), file=r[10])
+
+    def artifacts(self, layer: str, unit: int) -> list[ArtifactRecord]:
+        """Every artifact of a unit (in insertion order)."""
+        rows = self.con.execute(f"SELECT {self._COLS} FROM artifacts WHERE layer=? AND unit=? ORDER BY id",
+                                (layer, unit)).fetchall()
+        return [self._record(r) for r in rows]
+
+    def artifact(self, artifact_id: int) -> ArtifactRecord:
+        row = self.con.execute(f"SELECT {self._COLS} FROM artifacts WHERE id=?", (int(artifact_id),)).fetchone()
+        if row is None:
+            raise NotInAtlas(f"no artifact {artifact_id} in this atlas")
+        return self._record(row)
+
+    def artifact_bytes(self, artifact_id: int) -> tuple[ArtifactRecord, bytes]:
+        """The record and the bytes of one artifact (read from ``blobs/`` when stored beside the database)."""
+        row = self.con.execute(f"SELECT {self._COLS}, data FROM artifacts WHERE id=?",
+                               (int(artifact_id),)).fetchone()
+        if row is None:
+            raise NotInAtlas(f"no artifact {artifact_id} in this atlas")
+        rec = self._record(row[:-1])
+        if rec.file is None:
+            return rec, bytes(row[-1] or b"")
+        if not _BLOB_RE.match(rec.file):
+            raise AtlasError(f"artifact {artifact_id} names an invalid blob path")
+        try:
+            return rec, (self.root / BLOB_DIR / rec.file).read_bytes()
+        except OSError as exc:
+            raise AtlasError(f"artifact {artifact_id}: blob file missing ({exc})") from None
+
+    def thumbnails(self, layer: str, kind: str, name: str, units: Sequence[int]) -> dict[int, int]:
+        """``unit -> artifact id`` of the ``(kind, name)`` artifact for the given units (absent ones left out)."""
+        if not units:
+            return {}
+        marks = ",".join("?" * len(units))
+        rows = self.con.execute(f"SELECT unit, id FROM artifacts WHERE layer=? AND kind=? AND name=? "
+                                f"AND unit IN ({marks})", (layer, kind, name, *[int(u) for u in units]))
+        return {r[0]: r[1] for r in rows}
+
+    def kinds_present(self) -> list[str]:
+        return [r[0] for r in self.con.execute("SELECT DISTINCT kind FROM artifacts ORDER BY kind")]
+
+    # -- checks ---------------------------------------------------------------------------------------
+    def integrity_check(self) -> list[str]:
+        """Problems found (an empty list means the atlas is sound).
+
+        Checks SQLite's own ``integrity_check`` and foreign keys, that every planned kind exists for every
+        finished unit, that blob files exist with the recorded SHA-256, and that no unit row is duplicated.
+        """
+        problems: list[str] = []
+        res = [r[0] for r in self.con.execute("PRAGMA integrity_check")]
+        if res != ["ok"]:
+            problems += [f"sqlite: {r}" for r in res]
+        for r in self.con.execute("PRAGMA foreign_key_check"):
+            problems.append(f"foreign key: table {r[0]} row {r[1]} references a missing {r[2]}")
+        for r in self.con.execute("SELECT layer, unit, COUNT(*) FROM units GROUP BY layer, unit HAVING COUNT(*)>1"):
+            problems.append(f"duplicate unit row {r[0]}:{r[1]}")
+        kinds = self.get_meta("kinds", []) or []
+        for layer, unit in self.all_units():
+            have = {r[0] for r in self.con.execute("SELECT DISTINCT kind FROM artifacts WHERE layer=? AND unit=?",
+                                                   (layer, unit))}
+            missing = [k for k in kinds if k not in have]
+            if missing:
+                problems.append(f"unit {layer}:{unit} lacks artifacts of kind {', '.join(missing)}")
+        for aid, file, sha in self.con.execute("SELECT id, file, sha256 FROM artifacts WHERE file IS NOT NULL"):
+            path = self.root / BLOB_DIR / file
+            if not _BLOB_RE.match(file) or not path.is_file():
+                problems.append(f"artifact {aid}: blob {file} is missing")
+            elif hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+                problems.append(f"artifact {aid}: blob {file} does not match its SHA-256")
+        return problems
+
+    def summary(self) -> dict:
+        """Counts for ``cnnscope atlas info`` and the JSON API."""
+        n_art, n_bytes = self.con.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM artifacts").fetchone()
+        return {"root": str(self.root), "schema_version": SCHEMA_VERSION, "layers": len(self.layers()),
+                "units": self.con.execute("SELECT COUNT(*) FROM units").fetchone()[0], "artifacts": n_art,
+                "artifact_bytes": n_bytes, "kinds": self.kinds_present()}
+
+
+def open_atlas(path: str | Path) -> AtlasStore:
+    """Open an existing atlas read-only (convenience for :class:`AtlasStore`)."""
+    return AtlasStore(path, writable=False)
+
+
+__all__ = ["DB_NAME", "SCHEMA_VERSION", "Artifact", "ArtifactRecord", "AtlasError", "AtlasStore", "AtlasVersionError",
+           "LayerRecord", "NotInAtlas", "format_units", "open_atlas"]
