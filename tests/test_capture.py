@@ -141,8 +141,9 @@ def test_layer_errors_are_actionable():
         def forward(self, x):
             return self.used(x)
 
-    with pytest.raises(LayerError, match="did not run in the forward pass: unused"), Capture(Skips(), ["used", "unused"]) as cap:
-        cap.run(torch.zeros(1))
+    with pytest.raises(LayerError, match="did not run in the forward pass: unused"):
+        with Capture(Skips(), ["used", "unused"]) as cap:
+            cap.run(torch.zeros(1))
 
 
 def test_list_layers_on_non_square_input():

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import LayerError
-from .state import StopForward, first_tensor, is_activation, resolve_layers
+from .state import StopForward, evaluating, first_tensor, is_activation, resolve_layers
 
 REUSE_MODES = ("error", "all", "last")
 
@@ -41,6 +41,8 @@ class Capture:
             call) or ``"last"`` (keep the last call).
         clone: store clones, so later in-place operations cannot change what was captured. The clones stay
             differentiable w.r.t. the input.
+        eval_mode: :meth:`run` runs the module in eval mode (every ``training`` flag is restored afterwards, so
+            batch-norm statistics never change); ``False`` runs it in whatever mode it is in.
 
     Attributes:
         activations: ``name -> Tensor`` (``name -> list[Tensor]`` with ``reuse="all"``).
@@ -50,7 +52,7 @@ class Capture:
 
     def __init__(self, module: nn.Module, layers: str | Iterable[str], *, grads: bool = False,
                  stop_early: bool = True, pre_activation: bool = False, reuse: str = "error",
-                 clone: bool = True) -> None:
+                 clone: bool = True, eval_mode: bool = True) -> None:
         if reuse not in REUSE_MODES:
             raise LayerError(f"reuse must be one of {REUSE_MODES}, got {reuse!r}")
         self.module = module
@@ -66,6 +68,7 @@ class Capture:
         self.pre_activation = pre_activation
         self.reuse = reuse
         self.clone = clone
+        self.eval_mode = eval_mode
         self.activations: dict[str, Any] = {}
         self.grads: dict[str, Any] = {}
         self.stopped = False
@@ -154,7 +157,11 @@ class Capture:
         self.reset()
         self._stopping = self.stop_early and self._validated and self.reuse == "error"
         try:
-            out = self.module(*args, **kwargs)
+            if self.eval_mode:
+                with evaluating(self.module):
+                    out = self.module(*args, **kwargs)
+            else:
+                out = self.module(*args, **kwargs)
         except StopForward:
             out = None
         finally:
