@@ -130,3 +130,16 @@ def test_class_index_errors(lite0):
     assert lite0.class_index("espresso") == 967
     with pytest.raises(Exception, match="did you mean"):
         lite0.class_index("esspresso")
+
+
+def test_check_input_names_the_expected_shape(lite0):
+    from cnnscope import ImageError
+
+    x = torch.zeros(2, 3, 224, 224)
+    assert lite0.check_input(x) is x
+    with pytest.raises(ImageError, match=r"takes \[B,3,H,W\] tensors, got shape \(2, 4, 224, 224\)"):
+        lite0.check_input(torch.zeros(2, 4, 224, 224))
+    with pytest.raises(ImageError, match="add a batch dimension"):
+        lite0.check_input(torch.zeros(3, 224, 224))
+    with pytest.raises(ImageError, match="float"):
+        lite0.check_input(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))

@@ -108,6 +108,22 @@ class LoadedModel:
             x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
         return self.normalize(x.to(self.device))
 
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Validate a model-space batch: ``[B, C, H, W]`` float with ``C`` = the model's channel count.
+
+        Raises:
+            ImageError: with the expected and the received shape.
+        """
+        c = len(self.mean)
+        if not isinstance(x, torch.Tensor):
+            raise ImageError(f"expected a tensor [B,{c},H,W], got {type(x).__name__}; use preprocess() for images")
+        if x.ndim != 4 or x.shape[1] != c:
+            hint = " (a single image? add a batch dimension)" if x.ndim == 3 else ""
+            raise ImageError(f"{self.name} takes [B,{c},H,W] tensors, got shape {tuple(x.shape)}{hint}")
+        if not x.is_floating_point():
+            raise ImageError(f"{self.name} takes float tensors, got {x.dtype}; use preprocess() for uint8 images")
+        return x
+
     def deprocess(self, x: torch.Tensor) -> np.ndarray:
         """Model-space ``[3,H,W]`` or ``[1,3,H,W]`` tensor -> ``uint8 [H,W,3]`` (``[B,H,W,3]`` for a batch)."""
         if x.ndim == 3:
