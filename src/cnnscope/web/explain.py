@@ -1,0 +1,188 @@
+"""The "explain an image" page: validate an upload, run attribution methods on it, return the panel.
+
+Nothing is written anywhere: the upload is decoded in memory, the panel is rendered to PNG bytes and sent back.
+Uploads are bounded (bytes, pixels, image formats); one explanation runs at a time.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from ..atlas.store import AtlasStore
+from ..errors import CnnscopeError, close_matches
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+DEFAULT_METHODS = ("saliency", "gradcam", "integrated_gradients")
+MAX_METHODS = 4
+
+
+class UploadError(CnnscopeError):
+    """A request the explain page refuses, with its HTTP status (400, 413, 415, 503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def decode_upload(data: bytes, filename: str, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Bytes of an uploaded file -> ``uint8 [H, W, 3]``, or :class:`UploadError` saying what is wrong."""
+    from ..images import load_image
+
+    name = (filename or "upload")[:80]
+    if not data:
+        raise UploadError(400, f"{name}: the file is empty")
+    if len(data) > max_bytes:
+        raise UploadError(413, f"{name}: {len(data):,} bytes is over the limit of {max_bytes:,} bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format not in ACCEPTED_FORMATS:
+                raise UploadError(415, f"{name}: {img.format} images are not accepted; use "
+                                       + ", ".join(ACCEPTED_FORMATS))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise UploadError(413, f"{name}: {w}x{h} pixels is over the limit of {max_pixels:,} pixels")
+            img.load()
+            return load_image(img)
+    except UploadError:
+        raise
+    except Image.DecompressionBombError:
+        raise UploadError(413, f"{name}: the image is too large to decode safely") from None
+    except UnidentifiedImageError:
+        raise UploadError(415, f"{name}: not an image ({', '.join(ACCEPTED_FORMATS)} accepted)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UploadError(415, f"{name}: unreadable image ({exc})") from None
+
+
+class Explainer:
+    """Runs attribution for the explain page with the atlas's model.
+
+    Args:
+        store: the atlas (its model name, weights and fingerprint select the model).
+        model: a ``LoadedModel`` to use instead of reloading the atlas's model.
+        enabled: whether the page is offered at all.
+        max_bytes, max_pixels: upload limits.
+    """
+
+    def __init__(self, store: AtlasStore, model=None, enabled: bool = True, max_bytes: int = 8 * 1024 * 1024,
+                 max_pixels: int = 40_000_000) -> None:
+        self.store = store
+        self.model = model
+        self.enabled = enabled
+        self.max_bytes = int(max_bytes)
+        self.max_pixels = int(max_pixels)
+        self._lock = threading.Lock()
+        self._model_error: str | None = None
+
+    # -- what is offered ----------------------------------------------------------------------------
+    def methods(self) -> list[str]:
+        try:
+            from ..attribution import list_methods
+        except ImportError:
+            return []
+        return list(list_methods())
+
+    def unavailable(self) -> str | None:
+        """Why the page cannot explain images here, or ``None``."""
+        if not self.enabled:
+            return "the explain page is switched off for this server"
+        if not self.methods():
+            return "this installation of cnnscope has no attribution methods (cnnscope.attribution is missing)"
+        if self.model is None:
+            desc = self.store.get_meta("model", {}) or {}
+            if desc.get("source") == "user":
+                return ("the atlas was built from a user module, which the server cannot reload; pass model= to "
+                        "cnnscope.web.create_app")
+        return self._model_error
+
+    def form(self) -> dict:
+        methods = self.methods()
+        return {"available": self.unavailable() is None, "reason": self.unavailable(), "methods": methods,
+                "default_methods": [m for m in DEFAULT_METHODS if m in methods] or methods[:1],
+                "max_upload_bytes": self.max_bytes, "max_pixels": self.max_pixels,
+                "accepted_formats": list(ACCEPTED_FORMATS), "max_methods": MAX_METHODS}
+
+    def _get_model(self):
+        if self.model is not None:
+            return self.model
+        from ..atlas.build import model_fingerprint
+        from ..models import load_model
+
+        desc = self.store.get_meta("model", {}) or {}
+        weights = desc.get("weights")
+        try:
+            m = load_model(desc.get("name", ""), weights=None if weights in (None, "embedded") else weights)
+        except CnnscopeError as exc:
+            self._model_error = f"cannot reload the atlas's model: {exc}"
+            raise UploadError(503, self._model_error) from None
+        if model_fingerprint(m.module) != self.store.get_meta("fingerprint"):
+            self._model_error = "the reloaded model's weights differ from the atlas's (fingerprint mismatch)"
+            raise UploadError(503, self._model_error)
+        self.model = m
+        return m
+
+    # -- one request --------------------------------------------------------------------------------
+    async def handle(self, request: Request) -> dict:
+        """Validate the multipart upload of ``request`` and compute the explanation (in a worker thread)."""
+        why = self.unavailable()
+        if why:
+            raise UploadError(503, why)
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_bytes + 64 * 1024:
+            raise UploadError(413, f"upload of {int(length):,} bytes is over the limit of {self.max_bytes:,} bytes")
+        try:
+            form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
+        except Exception as exc:  # noqa: BLE001 - multipart parser errors become one clear 400
+            raise UploadError(400, f"cannot read the upload: {exc}") from None
+        try:
+            upload = form.get("image")
+            if not isinstance(upload, UploadFile):
+                raise UploadError(400, "no image in the upload (send the file in the form field 'image')")
+            data = await upload.read(self.max_bytes + 1)
+            image = decode_upload(data, upload.filename or "upload", self.max_bytes, self.max_pixels)
+            methods = self._methods([str(v) for v in form.getlist("methods")])
+            target = str(form.get("target") or "").strip()
+        finally:
+            await form.close()
+        return await run_in_threadpool(self._run, image, methods, target, upload.filename or "upload")
+
+    def _methods(self, asked: list[str]) -> list[str]:
+        known = self.methods()
+        chosen = [m for part in asked for m in part.split(",") if m.strip()] or self.form()["default_methods"]
+        chosen = list(dict.fromkeys(m.strip() for m in chosen))
+        for m in chosen:
+            if m not in known:
+                near = close_matches(m, known)
+                hint = f"; did you mean {', '.join(near)}?" if near else f"; choose from {', '.join(known)}"
+                raise UploadError(400, f"unknown attribution method {m[:40]!r}{hint}")
+        if len(chosen) > MAX_METHODS:
+            raise UploadError(400, f"choose at most {MAX_METHODS} methods per request")
+        return chosen
+
+    def _target(self, model, target: str) -> int | None:
+        if not target:
+            return None
+        if target.isdigit():
+            n = len(model.labels) if model.labels is not None else None
+            if n is not None and int(target) >= n:
+                raise UploadError(400, f"class index {target} is out of range (the model has {n} classes)")
+            return int(target)
+        try:
+            return model.class_index(target)
+        except CnnscopeError as exc:
+            raise UploadError(400, str(exc)) from None
+
+    def _run(self, image: np.ndarray, methods: list[str], target: str, filename: str) -> dict:
+        with self._lock:  # one explanation at a time bounds memory
+            model = self._get_model()
+            cls = self._target(model, target)
+            from .explain_panel import explain_panel
+
+            return explain_panel(model, image, methods, cls) | {"filename": filename[:80]}

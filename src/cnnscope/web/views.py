@@ -1,0 +1,172 @@
+"""What each page shows, as JSON-ready dicts: the HTML templates and the JSON API render the same views."""
+
+from __future__ import annotations
+
+import math
+import re
+from urllib.parse import quote
+
+from ..atlas.kinds import list_kinds
+from ..atlas.records import ArtifactRecord, NotInAtlas, format_units
+from ..atlas.store import AtlasStore
+from ..errors import close_matches
+
+PAGE_SIZE = 48
+
+
+def layer_url(layer: str) -> str:
+    return f"/layer/{quote(layer, safe='')}"
+
+
+def unit_url(layer: str, unit: int) -> str:
+    return f"/layer/{quote(layer, safe='')}/unit/{int(unit)}"
+
+
+def artifact_url(artifact_id: int) -> str:
+    return f"/artifact/{int(artifact_id)}"
+
+
+def _kind_table() -> dict[str, tuple[int, str, str | None]]:
+    return {k.name: (k.order, k.title, k.thumbnail) for k in list_kinds()}
+
+
+def model_view(store: AtlasStore) -> dict:
+    """The model page: description, build settings and the layers with their unit counts."""
+    meta = store.meta()
+    kinds = _kind_table()
+    return {
+        "model": meta.get("model") or {},
+        "fingerprint": meta.get("fingerprint"),
+        "options": meta.get("options") or {},
+        "kinds": [{"name": k, "title": kinds.get(k, (0, k, None))[1]} for k in meta.get("kinds") or []],
+        "images": meta.get("images"),
+        "cnnscope_version": meta.get("cnnscope_version"),
+        "schema_version": meta.get("schema_version"),
+        "summary": store.summary() | {"root": store.root.name},
+        "layers": [rec.to_dict() | {"url": layer_url(rec.name)} for rec in store.layers()],
+    }
+
+
+def thumbnail_source(store: AtlasStore, layer: str) -> tuple[str, str] | None:
+    """``(kind, name)`` of the artifact shown as a unit's thumbnail on the layer page."""
+    present = set(store.kinds_present())
+    for kind in list_kinds():
+        if kind.thumbnail and kind.name in present:
+            units = store.units(layer)[:1]
+            if units and store.thumbnails(layer, kind.name, kind.thumbnail, units):
+                return kind.name, kind.thumbnail
+    return None
+
+
+def layer_view(store: AtlasStore, layer: str, page: int = 1, page_size: int = PAGE_SIZE) -> dict:
+    """The layer page: one page of its built units with thumbnail URLs (raises :class:`NotInAtlas`)."""
+    rec = store.layer(layer)
+    units = store.units(layer)
+    pages = max(1, math.ceil(len(units) / page_size))
+    if not 1 <= page <= pages:
+        raise NotInAtlas(f"layer {layer!r} has {pages} page(s) of units; page {page} does not exist")
+    shown = units[(page - 1) * page_size: page * page_size]
+    source = thumbnail_source(store, layer)
+    thumbs = store.thumbnails(layer, source[0], source[1], shown) if source else {}
+    return {
+        "layer": rec.to_dict() | {"url": layer_url(rec.name)},
+        "built_units": format_units(units),
+        "pending": len(set(rec.planned) - set(units)),
+        "page": page, "pages": pages, "page_size": page_size,
+        "prev_page": page - 1 if page > 1 else None, "next_page": page + 1 if page < pages else None,
+        "thumbnail": {"kind": source[0], "name": source[1]} if source else None,
+        "units": [{"unit": u, "url": unit_url(layer, u),
+                   "thumbnail": artifact_url(thumbs[u]) if u in thumbs else None} for u in shown],
+    }
+
+
+def _artifact(rec: ArtifactRecord) -> dict:
+    return rec.to_dict() | {"url": artifact_url(rec.id) if rec.size else None}
+
+
+def unit_view(store: AtlasStore, layer: str, unit: int) -> dict:
+    """The unit page: every artifact grouped by kind (page order), previous/next units (raises NotInAtlas)."""
+    rec = store.require_unit(layer, unit)
+    prev, nxt = store.neighbors(layer, unit)
+    kinds = _kind_table()
+    sections: dict[str, dict] = {}
+    for a in store.artifacts(layer, unit):
+        order, title, _ = kinds.get(a.kind, (1000, a.kind, None))
+        sec = sections.setdefault(a.kind, {"kind": a.kind, "title": title, "order": order, "artifacts": []})
+        sec["artifacts"].append(_artifact(a))
+    links = _circuit_links(store, sections)
+
+    def nav(item: tuple[str, int] | None) -> dict | None:
+        return None if item is None else {"layer": item[0], "unit": item[1], "url": unit_url(*item)}
+
+    return {
+        "layer": rec.to_dict() | {"url": layer_url(rec.name)},
+        "unit": int(unit), "url": unit_url(layer, unit),
+        "prev": nav(prev), "next": nav(nxt),
+        "sections": sorted(sections.values(), key=lambda s: (s["order"], s["kind"])),
+        "links": links,
+    }
+
+
+def _circuit_links(store: AtlasStore, sections: dict[str, dict]) -> list[dict]:
+    """Units named in a circuit artifact's numbers (``{"inputs": [{"layer", "unit", ...}]}``) that the atlas has."""
+    out = []
+    for sec in sections.values():
+        for a in sec["artifacts"]:
+            nums = a.get("numbers")
+            if not isinstance(nums, dict) or not isinstance(nums.get("inputs"), list):
+                continue
+            for item in nums["inputs"]:
+                if isinstance(item, dict) and isinstance(item.get("layer"), str) and isinstance(item.get("unit"), int):
+                    if store.has_unit(item["layer"], item["unit"]):
+                        out.append({"layer": item["layer"], "unit": item["unit"],
+                                    "url": unit_url(item["layer"], item["unit"])})
+    return out
+
+
+_QUERY = re.compile(r"^\s*(?P<layer>[^\s:/#]+?)?\s*(?:[\s:/#]+\s*(?P<unit>\d+))?\s*$")
+
+
+def search_view(store: AtlasStore, query: str) -> dict:
+    """Resolve a search box entry: ``LAYER``, ``LAYER:UNIT``, ``LAYER UNIT``, ``LAYER/UNIT`` or a unit number.
+
+    Returns ``{"query", "redirect" (URL or None), "matches" [{"label", "url"}], "message"}``.
+    """
+    q = (query or "").strip()
+    layers = [rec.name for rec in store.layers()]
+    out: dict = {"query": q, "redirect": None, "matches": [], "message": ""}
+    if not q:
+        out["message"] = "type a layer name, optionally with a unit: blocks.4.0:12"
+        return out
+    m = _QUERY.match(q)
+    layer, unit = (m.group("layer"), m.group("unit")) if m else (q, None)
+    if layer is not None and layer.isdigit() and unit is None:  # a bare unit number: that unit in every layer
+        u = int(layer)
+        hits = [name for name in layers if store.has_unit(name, u)]
+        out["matches"] = [{"label": f"{name}:{u}", "url": unit_url(name, u)} for name in hits]
+        if len(hits) == 1:
+            out["redirect"] = out["matches"][0]["url"]
+        out["message"] = "" if hits else f"no layer of this atlas has unit {u} built"
+        return out
+    candidates = [layer] if layer in layers else [n for n in layers if layer and n.startswith(layer)]
+    if len(candidates) != 1:
+        near = candidates or close_matches(layer or "", layers)
+        out["matches"] = [{"label": n, "url": layer_url(n)} for n in near]
+        if candidates:
+            out["message"] = f"{len(near)} layers match {layer!r}"
+        else:
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            out["message"] = f"no layer {layer!r} in this atlas{hint}"
+        return out
+    name = candidates[0]
+    if unit is None:
+        out["redirect"] = layer_url(name)
+        return out
+    if store.has_unit(name, int(unit)):
+        out["redirect"] = unit_url(name, int(unit))
+        return out
+    built = store.units(name)
+    out["message"] = f"unit {unit} of {name} is not in this atlas (built: {format_units(built) or 'none'})"
+    out["matches"] = [{"label": f"{name}:{u}", "url": unit_url(name, u)}
+                      for u in sorted(built, key=lambda v: abs(v - int(unit)))[:5]]
+    return out
