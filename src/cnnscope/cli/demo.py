@@ -59,7 +59,8 @@ def _layers(ctx: DemoContext) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quick", is_flag=True, help="Fewer steps and units (for tests).")
 @click.option("--only", default=None, help="Comma-separated section numbers to run (e.g. 10,20).")
-def demo_cmd(out: str, device: str, quick: bool, only: str | None) -> None:
+@click.option("--serve", is_flag=True, help="Afterwards, serve the demo atlas (section 80) on 127.0.0.1:8000.")
+def demo_cmd(out: str, device: str, quick: bool, only: str | None, serve: bool) -> None:
     """Tour cnnscope on the embedded EfficientNet-Lite0 and the sample photos."""
     from ..images import sample_images
     from ..models import load_model
@@ -77,3 +78,7 @@ def demo_cmd(out: str, device: str, quick: bool, only: str | None) -> None:
         fn(ctx)
         click.echo(f"   ({time.perf_counter() - t0:.1f}s)")
     click.echo(f"\noutputs in {ctx.out}/")
+    if serve:
+        from .atlas import serve_demo
+
+        serve_demo(ctx)

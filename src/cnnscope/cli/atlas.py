@@ -1,0 +1,159 @@
+"""``cnnscope atlas build|info|kinds``, ``cnnscope serve`` and the atlas demo section (order 80)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import CnnscopeError
+from .app import cli, model_options, open_model, print_table
+from .demo import DemoContext, demo_section
+
+#: Demo atlas: a shallow, a middle and a deep layer of EfficientNet-Lite0.
+DEMO_LAYERS = ("blocks.1.1", "blocks.3.2", "blocks.5.3")
+
+
+def load_images(src: str) -> list[tuple[str, object]]:
+    """``--images`` for the atlas: ``samples``, ``sample:NAME[,NAME]``, a folder, a glob or a file of paths."""
+    from ..dataset.sources import image_source
+
+    return [(name, arr) for name, arr in image_source(src)]
+
+
+@cli.group("atlas")
+def atlas_group() -> None:
+    """Build and inspect atlases (per-unit feature visualizations, dataset examples, circuits)."""
+
+
+@atlas_group.command("build")
+@click.argument("model")
+@model_options
+@click.option("--layers", required=True, help="Comma-separated layer names (see `cnnscope layers MODEL`).")
+@click.option("--units", default="all", show_default=True, help="all, 0-31 or 0,4,8-11 (for every layer).")
+@click.option("--images", "images_src", default=None,
+              help="Images for dataset examples/histograms: samples, sample:chelsea,coffee, a folder or a glob.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Atlas folder (resumed if it exists).")
+@click.option("--kinds", default=None, help="Comma-separated artifact kinds (default: every available one; "
+                                            "see `cnnscope atlas kinds`).")
+@click.option("--neuron", is_flag=True, help="Also visualize the centre neuron of each channel.")
+@click.option("--negative", is_flag=True, help="Also visualize what minimises each channel.")
+@click.option("--tuning", is_flag=True, help="Also measure orientation tuning on synthetic stimuli.")
+@click.option("--steps", type=click.IntRange(1), default=128, show_default=True, help="Feature-vis steps.")
+@click.option("--size", type=click.IntRange(16), default=128, show_default=True, help="Feature-vis image size.")
+@click.option("--recipe", default=None, help="Feature-vis recipe (default: featurevis's default).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--top-k", type=click.IntRange(1), default=9, show_default=True, help="Dataset examples per unit.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
+              help="Units per chunk (one render batch, one dataset pass).")
+@click.option("--image-batch", type=click.IntRange(1), default=16, show_default=True,
+              help="Images per forward pass over the dataset.")
+@click.option("--max-units", type=click.IntRange(1), default=None, help="Stop after this many units (resume later).")
+def build_cmd(model: str, weights: str | None, device: str, layers: str, units: str, images_src: str | None,
+              out: str, kinds: str | None, neuron: bool, negative: bool, tuning: bool, steps: int, size: int,
+              recipe: str | None, seed: int, top_k: int, batch_size: int, image_batch: int,
+              max_units: int | None) -> None:
+    """Build (or finish) the atlas of MODEL in --out; interrupted builds resume where they stopped."""
+    from ..atlas import BuildOptions, build_atlas
+    from ..atlas.kinds import default_kinds
+
+    m = open_model(model, weights, device)
+    images = load_images(images_src) if images_src else None
+    names = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else default_kinds(images is not None)
+    names += [k for flag, k in ((neuron, "featurevis_neuron"), (negative, "featurevis_negative"),
+                                (tuning, "tuning")) if flag and k not in names]
+    opts = BuildOptions(steps=steps, size=size, recipe=recipe, seed=seed, top_k=top_k, batch_size=batch_size,
+                        image_batch=image_batch)
+    report = build_atlas(m, out, [s.strip() for s in layers.split(",") if s.strip()], units, images=images,
+                         kinds=names, options=opts, progress=True, max_units=max_units)
+    click.echo(f"built {len(report.built)} units ({report.skipped} already there) with {', '.join(report.kinds)} "
+               f"in {report.seconds:.1f}s -> {report.root}")
+    click.echo(f"view it: cnnscope serve {report.root}")
+
+
+@atlas_group.command("info")
+@click.argument("atlas", type=click.Path(file_okay=False))
+@click.option("--check", is_flag=True, help="Also run the integrity check (exit 1 when it finds problems).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info_cmd(atlas: str, check: bool, as_json: bool) -> None:
+    """Summary of an atlas: model, layers, units, artifacts (and an integrity check)."""
+    from ..atlas import AtlasStore
+
+    with AtlasStore(atlas) as store:
+        info = {"summary": store.summary(), "model": store.get_meta("model"),
+                "layers": [rec.to_dict() for rec in store.layers()]}
+        problems = store.integrity_check() if check else None
+    if problems is not None:
+        info["problems"] = problems
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        s = info["summary"]
+        click.echo(f"{atlas}: {(info['model'] or {}).get('name')} · {s['units']} units · {s['artifacts']} artifacts "
+                   f"({s['artifact_bytes'] / 1e6:.1f} MB) · kinds {', '.join(s['kinds']) or 'none'}")
+        print_table([(r["name"], r["kind"], "x".join(map(str, r["shape"])), f"{r['built']}/{r['planned']}")
+                     for r in info["layers"]], ("layer", "kind", "output", "built/planned"))
+        if problems is not None:
+            click.echo("integrity: ok" if not problems else "integrity problems:\n  " + "\n  ".join(problems))
+    if problems:
+        raise CnnscopeError(f"{len(problems)} integrity problem(s) in {atlas}")
+
+
+@atlas_group.command("kinds")
+def kinds_cmd() -> None:
+    """The artifact kinds an atlas can hold, and whether this installation can build them."""
+    from ..atlas import list_kinds
+
+    print_table([(k.name, "optional" if k.optional else "default", "images" if k.needs_images else "",
+                  k.unavailable() or "available", k.description) for k in list_kinds()],
+                ("kind", "built", "needs", "status", "what"))
+
+
+@cli.command("serve")
+@click.argument("atlas", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0 = everyone).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--no-explain", is_flag=True, help="Do not offer the explain-an-image page.")
+@click.option("--max-upload-mb", type=click.FloatRange(0.01, 512), default=8.0, show_default=True)
+def serve_cmd(atlas: str, host: str, port: int, no_explain: bool, max_upload_mb: float) -> None:
+    """Serve the atlas in ATLAS as a read-only website (Ctrl-C stops it)."""
+    from ..web import create_app, serve
+
+    app = create_app(Path(atlas), explain=not no_explain, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"note: listening on {host}: anyone who can reach this machine can browse the atlas", err=True)
+    click.echo(f"serving {atlas} at http://{host}:{port}/ (Ctrl-C to stop)")
+    serve(app, host=host, port=port)
+
+
+@demo_section(80, "An atlas of the model (cnnscope atlas build / serve)")
+def _demo_atlas(ctx: DemoContext) -> None:
+    from ..atlas import BuildOptions, build_atlas
+    from ..atlas.kinds import default_kinds
+
+    out = ctx.out / "atlas"
+    units = "0-1" if ctx.quick else "0-3"
+    opts = BuildOptions(steps=8 if ctx.quick else 48, size=64 if ctx.quick else 96, top_k=4 if ctx.quick else 6,
+                        batch_size=4, image_batch=8, seed=0)
+    images = list(ctx.images.items())
+    kinds = default_kinds(with_images=True)
+    report = build_atlas(ctx.model, out, DEMO_LAYERS, units, images=images, kinds=kinds, options=opts,
+                         progress=False)
+    ctx.extra["atlas"] = out
+    click.echo(f"{len(report.built)} units built ({report.skipped} already there) for layers "
+               f"{', '.join(DEMO_LAYERS)} with {', '.join(report.kinds)} in {report.seconds:.1f}s")
+    click.echo(f"view it: cnnscope serve {out}   (or: cnnscope demo --serve --out {ctx.out})")
+
+
+def serve_demo(ctx: DemoContext, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """``cnnscope demo --serve``: serve the atlas the demo built (or an earlier demo's atlas in --out)."""
+    from ..atlas import AtlasStore
+    from ..web import create_app, serve
+
+    out = Path(ctx.extra.get("atlas") or ctx.out / "atlas")
+    if not (out / "atlas.sqlite").is_file():
+        raise CnnscopeError(f"no demo atlas in {out}; run `cnnscope demo` with section 80 (no --only, or --only 80)")
+    app = create_app(AtlasStore(out), model=ctx.model)
+    click.echo(f"\nserving the demo atlas {out} at http://{host}:{port}/ (Ctrl-C to stop)")
+    serve(app, host=host, port=port)

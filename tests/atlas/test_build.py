@@ -1,0 +1,163 @@
+"""The resumable build: real numbers, resume after max_units and after SIGKILL, refusal of mixed atlases."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from cnnscope.atlas import AtlasError, AtlasStore, BuildOptions, build_atlas, parse_units
+from cnnscope.errors import CnnscopeError, LayerError, MethodError
+from tests.atlas import helpers
+from tests.conformance import assert_unchanged
+
+
+@pytest.fixture(autouse=True)
+def _test_kind():
+    helpers.register()
+    yield
+
+
+def _contents(path) -> dict:
+    """``(layer, unit) -> sorted [(kind, name, sha256, numbers)]``, a build's comparable content."""
+    with AtlasStore(path) as st:
+        return {(layer, unit): sorted((a.kind, a.name, a.sha256 or "", repr(a.numbers))
+                                      for a in st.artifacts(layer, unit)) for layer, unit in st.all_units()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted build of the tiny atlas (blobs stored as files to exercise that path too)."""
+    helpers.register()
+    out = tmp_path_factory.mktemp("reference")
+    helpers.build_tiny(out, inline_max=0)
+    return out
+
+
+def test_parse_units():
+    assert parse_units("all", 4) == [0, 1, 2, 3]
+    assert parse_units("0-2, 5", 8) == [0, 1, 2, 5]
+    assert parse_units([3, 1, 1], 4) == [1, 3]
+    for bad in ("2-1", "x", "1-", "0,,"):
+        with pytest.raises(CnnscopeError, match="bad unit range"):
+            parse_units(bad, 8)
+    with pytest.raises(CnnscopeError, match="outside 0-3"):
+        parse_units("2-5", 4)
+
+
+def test_numbers_match_a_direct_forward(reference):
+    """The stored per-image means equal the layer's activations computed without cnnscope's capture."""
+    m = helpers.tiny_model()
+    x = m.preprocess([a for _, a in helpers.tiny_images()])
+    m.module.eval()  # the build runs in eval mode (BatchNorm running statistics)
+    with torch.no_grad():
+        acts = {"features.2": m.module.features[:3](x), "features.5": m.module.features(x)}
+    with AtlasStore(reference) as st:
+        assert st.integrity_check() == []
+        assert [(r.name, r.built) for r in st.layers()] == [("features.2", 8), ("features.5", 16)]
+        for layer, unit in st.all_units():
+            means = {a.name: a for a in st.artifacts(layer, unit)}["means"].numbers["per_image"]
+            expected = acts[layer][:, unit].mean(dim=(1, 2))
+            torch.testing.assert_close(torch.tensor(means), expected, rtol=1e-5, atol=1e-6)
+        meta = st.meta()
+    assert meta["kinds"] == ["unit_mean"] and meta["model"]["name"] == "tiny_inplace"
+    assert meta["options"]["batch_size"] == 2 and len(meta["fingerprint"]) == 64
+
+
+def test_resume_after_max_units_equals_uninterrupted(tmp_path, reference):
+    first = helpers.build_tiny(tmp_path, inline_max=0, max_units=5)
+    assert len(first.built) == 5 and first.skipped == 0
+    second = helpers.build_tiny(tmp_path, inline_max=0)
+    assert len(second.built) == 24 - 5 and second.skipped == 5
+    assert set(first.built).isdisjoint(second.built)
+    third = helpers.build_tiny(tmp_path, inline_max=0)
+    assert third.built == [] and third.skipped == 24
+    assert _contents(tmp_path) == _contents(reference)
+
+
+def _unit_count(path) -> int:
+    try:
+        con = sqlite3.connect(f"file:{path / 'atlas.sqlite'}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT COUNT(*) FROM units").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+def _kill_after(out, min_units: int, sleep: float) -> int:
+    """Run the tiny build in a subprocess, SIGKILL it once ``min_units`` units are stored; return that count."""
+    env = {**os.environ, "CNNSCOPE_TEST_KIND_SLEEP": str(sleep), "PYTHONPATH": str(helpers.ROOT)}
+    proc = subprocess.Popen([sys.executable, str(helpers.ROOT / "tests" / "atlas" / "helpers.py"), str(out), "0"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while _unit_count(out) < min_units:
+            assert proc.poll() is None, f"build ended early: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "build made no progress"
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return _unit_count(out)
+
+
+def test_sigkill_mid_build_then_resume(tmp_path, reference):
+    """Killed twice at different points (SIGKILL), then resumed: same units and artifacts, no duplicates."""
+    n1 = _kill_after(tmp_path, 3, sleep=0.15)
+    assert 3 <= n1 < 24
+    with AtlasStore(tmp_path) as st:  # the killed build left a sound, partial atlas
+        assert st.integrity_check() == []
+    n2 = _kill_after(tmp_path, n1 + 5, sleep=0.1)
+    assert n1 < n2 < 24
+    report = helpers.build_tiny(tmp_path, inline_max=0)
+    assert report.skipped == n2 and len(report.built) == 24 - n2
+    with AtlasStore(tmp_path) as st:
+        assert st.integrity_check() == []
+        dup = st.con.execute("SELECT COUNT(*) FROM (SELECT layer, unit, kind, name FROM artifacts "
+                             "GROUP BY layer, unit, kind, name HAVING COUNT(*) > 1)").fetchone()[0]
+        assert dup == 0
+    assert _contents(tmp_path) == _contents(reference)
+
+
+def test_refuses_another_model_or_other_settings(tmp_path):
+    helpers.build_tiny(tmp_path, max_units=2)
+    other = helpers.tiny_model()
+    with torch.no_grad():
+        other.module.fc.bias.add_(1.0)
+    with pytest.raises(AtlasError, match="built from another model"):
+        build_atlas(other, tmp_path, helpers.TINY_LAYERS, images=helpers.tiny_images(), kinds=["unit_mean"],
+                    options=BuildOptions(batch_size=2))
+    with pytest.raises(AtlasError, match="other settings.*batch_size 2 -> 3"):
+        build_atlas(helpers.tiny_model(), tmp_path, helpers.TINY_LAYERS, images=helpers.tiny_images(),
+                    kinds=["unit_mean"], options=BuildOptions(batch_size=3))
+
+
+def test_clear_errors(tmp_path):
+    m = helpers.tiny_model()
+    with pytest.raises(LayerError, match="did you mean: features.2"):
+        build_atlas(m, tmp_path, ["features.22"], images=helpers.tiny_images(), kinds=["unit_mean"])
+    with pytest.raises(MethodError, match="unknown artifact kind 'unit_men'; did you mean: unit_mean"):
+        build_atlas(m, tmp_path, ["features.2"], images=helpers.tiny_images(), kinds=["unit_men"])
+    with pytest.raises(CnnscopeError, match="needs images"):
+        build_atlas(m, tmp_path, ["features.2"], kinds=["unit_mean"])
+    with pytest.raises(CnnscopeError, match="outside 0-7"):
+        build_atlas(m, tmp_path, ["features.2"], units="6-9", images=helpers.tiny_images(), kinds=["unit_mean"])
+
+
+def test_build_leaves_the_model_unchanged(tmp_path):
+    m = helpers.tiny_model()
+    m.module.train()
+    assert assert_unchanged(m.module, lambda: build_atlas(m, tmp_path / "ok", helpers.TINY_LAYERS, "0-1",
+                                                          images=helpers.tiny_images(), kinds=["unit_mean"])) is None
+    err = assert_unchanged(m.module, lambda: build_atlas(m, tmp_path / "bad", ["features.9"],
+                                                         images=helpers.tiny_images(), kinds=["unit_mean"]))
+    assert isinstance(err, LayerError)
