@@ -30,14 +30,14 @@ demo: $(VENV)/.installed
 	$(BIN)/cnnscope demo --out $(DEMO_OUT)
 
 test: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests $(wildcard benchmarks)
 	$(BIN)/pytest -q
 
 test-fast: $(VENV)/.installed-test
 	$(BIN)/pytest -q -m "not slow"
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests $(wildcard benchmarks)
 
 bench: $(VENV)/.installed-bench
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f --append-results || exit 1; done
