@@ -151,7 +151,7 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
         v = views.search_view(store, q[:200])
         if v["redirect"]:
             return RedirectResponse(v["redirect"], status_code=303)
-        return render("search.html", status=200 if v["matches"] or not q else 404, v=v)
+        return render("search.html", status=200 if v["found"] or not q else 404, v=v)
 
     @app.get("/explain", response_class=HTMLResponse)
     def explain_form() -> Response:
@@ -211,7 +211,7 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
     @app.get("/api/search")
     def api_search(q: str = "") -> Response:
         v = views.search_view(store, q[:200])
-        return JSONResponse(v, status_code=200 if v["redirect"] or v["matches"] or not q else 404)
+        return JSONResponse(v, status_code=200 if v["found"] or not q else 404)
 
     @app.get("/api/explain")
     def api_explain_info() -> dict:

@@ -21,6 +21,8 @@ from ..errors import CnnscopeError, close_matches
 ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 DEFAULT_METHODS = ("saliency", "gradcam", "integrated_gradients")
 MAX_METHODS = 4
+#: bytes a multipart request may carry beyond the image (boundaries, headers, the other fields)
+FORM_OVERHEAD = 64 * 1024
 
 
 class UploadError(CnnscopeError):
@@ -59,6 +61,21 @@ def decode_upload(data: bytes, filename: str, max_bytes: int, max_pixels: int) -
         raise UploadError(415, f"{name}: not an image ({', '.join(ACCEPTED_FORMATS)} accepted)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UploadError(415, f"{name}: unreadable image ({exc})") from None
+
+
+async def _read_capped(request: Request, cap: int, max_bytes: int) -> bytes:
+    """The request body, refusing (413) anything longer than ``cap`` before reading it all."""
+    too_big = f"the upload is over the limit of {max_bytes:,} bytes"
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > cap:
+        raise UploadError(413, too_big)
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > cap:
+            raise UploadError(413, too_big)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class Explainer:
@@ -131,14 +148,15 @@ class Explainer:
     # -- one request --------------------------------------------------------------------------------
     async def handle(self, request: Request) -> dict:
         """Validate the multipart upload of ``request`` and compute the explanation (in a worker thread)."""
-        why = self.unavailable()
-        if why:
-            raise UploadError(503, why)
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > self.max_bytes + 64 * 1024:
-            raise UploadError(413, f"upload of {int(length):,} bytes is over the limit of {self.max_bytes:,} bytes")
+        if not self.enabled:
+            raise UploadError(503, self.unavailable() or "")
+        body = await _read_capped(request, self.max_bytes + FORM_OVERHEAD, self.max_bytes)
+
+        async def replay() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
         try:
-            form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
+            form = await Request(request.scope, replay).form(max_files=1, max_fields=16, max_part_size=FORM_OVERHEAD)
         except Exception as exc:  # noqa: BLE001 - multipart parser errors become one clear 400
             raise UploadError(400, f"cannot read the upload: {exc}") from None
         try:
@@ -147,6 +165,9 @@ class Explainer:
                 raise UploadError(400, "no image in the upload (send the file in the form field 'image')")
             data = await upload.read(self.max_bytes + 1)
             image = decode_upload(data, upload.filename or "upload", self.max_bytes, self.max_pixels)
+            why = self.unavailable()  # checked after the upload, so bad uploads get their 4xx in any case
+            if why:
+                raise UploadError(503, why)
             methods = self._methods([str(v) for v in form.getlist("methods")])
             target = str(form.get("target") or "").strip()
         finally:

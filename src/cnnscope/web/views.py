@@ -130,11 +130,12 @@ _QUERY = re.compile(r"^\s*(?P<layer>[^\s:/#]+?)?\s*(?:[\s:/#]+\s*(?P<unit>\d+))?
 def search_view(store: AtlasStore, query: str) -> dict:
     """Resolve a search box entry: ``LAYER``, ``LAYER:UNIT``, ``LAYER UNIT``, ``LAYER/UNIT`` or a unit number.
 
-    Returns ``{"query", "redirect" (URL or None), "matches" [{"label", "url"}], "message"}``.
+    Returns ``{"query", "redirect" (URL or None), "matches" [{"label", "url"}], "found", "message"}``;
+    ``found`` is false when the matches are only suggestions (close spellings, nearby units).
     """
     q = (query or "").strip()
     layers = [rec.name for rec in store.layers()]
-    out: dict = {"query": q, "redirect": None, "matches": [], "message": ""}
+    out: dict = {"query": q, "redirect": None, "matches": [], "found": False, "message": ""}
     if not q:
         out["message"] = "type a layer name, optionally with a unit: blocks.4.0:12"
         return out
@@ -144,6 +145,7 @@ def search_view(store: AtlasStore, query: str) -> dict:
         u = int(layer)
         hits = [name for name in layers if store.has_unit(name, u)]
         out["matches"] = [{"label": f"{name}:{u}", "url": unit_url(name, u)} for name in hits]
+        out["found"] = bool(hits)
         if len(hits) == 1:
             out["redirect"] = out["matches"][0]["url"]
         out["message"] = "" if hits else f"no layer of this atlas has unit {u} built"
@@ -152,6 +154,7 @@ def search_view(store: AtlasStore, query: str) -> dict:
     if len(candidates) != 1:
         near = candidates or close_matches(layer or "", layers)
         out["matches"] = [{"label": n, "url": layer_url(n)} for n in near]
+        out["found"] = bool(candidates)
         if candidates:
             out["message"] = f"{len(near)} layers match {layer!r}"
         else:
@@ -159,11 +162,9 @@ def search_view(store: AtlasStore, query: str) -> dict:
             out["message"] = f"no layer {layer!r} in this atlas{hint}"
         return out
     name = candidates[0]
-    if unit is None:
-        out["redirect"] = layer_url(name)
-        return out
-    if store.has_unit(name, int(unit)):
-        out["redirect"] = unit_url(name, int(unit))
+    out["found"] = unit is None or store.has_unit(name, int(unit))
+    if out["found"]:
+        out["redirect"] = layer_url(name) if unit is None else unit_url(name, int(unit))
         return out
     built = store.units(name)
     out["message"] = f"unit {unit} of {name} is not in this atlas (built: {format_units(built) or 'none'})"
