@@ -1,0 +1,57 @@
+"""Feature visualization by optimisation (Olah, Mordvintsev, Schubert, *Feature Visualization*, Distill 2017).
+
+::
+
+    from cnnscope import load_model
+    from cnnscope.featurevis import channel, render, total_variation
+    m = load_model()
+    res = render(m, [channel("blocks.4.0", c) for c in range(8)], recipe="lucid", steps=256)
+    res.images.shape, res.activations           # (8, 128, 128, 3) uint8, one value per image
+    render(m, channel("blocks.4.0", 3) - 0.1 * total_variation(), recipe="plain")
+
+Objectives are data with an algebra (:mod:`.objectives`, :mod:`.penalties`); parameterizations
+(:mod:`.param`) and transforms (:mod:`.transforms`) are ``nn.Module``\\ s; recipes (:mod:`.recipes`) bundle them.
+"""
+
+from .filters import BilateralBlur, GaussianBlur, bilateral_blur, gaussian_blur
+from .objectives import (
+    INPUT,
+    OUTPUT,
+    Objective,
+    channel,
+    class_logit,
+    direction,
+    direction_neuron,
+    diversity,
+    layer,
+    neuron,
+)
+from .param import PARAMS, FourierImage, ImageParam, MacoImage, PixelImage, make_param
+from .penalties import blur, l1, l2, total_variation
+from .recipes import DEFAULT_RECIPE, OPTIMIZERS, RECIPES, Recipe, get_recipe
+from .registry import OBJECTIVES, from_spec
+from .render import RenderResult, measure, render
+from .spectra import high_frequency_share, natural_magnitude
+from .transforms import (
+    PRESETS,
+    CropBack,
+    Jitter,
+    Noise,
+    Pad,
+    Pipeline,
+    RandomCrop,
+    RandomRotate,
+    RandomScale,
+    Transform,
+    standard,
+)
+
+__all__ = [
+    "DEFAULT_RECIPE", "INPUT", "OBJECTIVES", "OPTIMIZERS", "OUTPUT", "PARAMS", "PRESETS", "RECIPES",
+    "BilateralBlur", "CropBack", "FourierImage", "GaussianBlur", "ImageParam", "Jitter", "MacoImage", "Noise",
+    "Objective", "Pad", "Pipeline", "PixelImage", "RandomCrop", "RandomRotate", "RandomScale", "Recipe",
+    "RenderResult", "Transform", "bilateral_blur", "blur", "channel", "class_logit", "direction",
+    "direction_neuron", "diversity", "from_spec", "gaussian_blur", "get_recipe", "high_frequency_share", "l1",
+    "l2", "layer", "make_param", "measure", "natural_magnitude", "neuron", "render", "standard",
+    "total_variation",
+]
