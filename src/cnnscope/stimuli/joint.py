@@ -1,0 +1,187 @@
+"""Joint tuning curves: rotate each unit's top dataset examples and record every unit of a family.
+
+Cammarata et al., *Curve Detectors* (Distill 2020), "Joint tuning curves": the dataset examples that most
+activate a unit are rotated from 0 to 360 degrees in 1 degree steps; at each step the activations of every
+unit of the family are recorded. Each example's curves are shifted so that the source unit's own peak sits at
+0 degrees, then averaged over examples. For a family of curve detectors the curves of the other units peak at
+the differences of preferred orientations, and together they tile all orientations.
+
+The examples come in as plain images (crops centred on the unit's receptive field, e.g. the receptive-field
+crops of :mod:`cnnscope.dataset`); give crops about ``sqrt(2)`` times the receptive field so that the rotated
+centre square (the default ``out_size``) never shows the corners.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..capture import module_device
+from ..errors import CnnscopeError
+from ..images import ImageLike, load_image
+from .responses import ModelLike, model_module, unit_responses, zscore
+
+
+def rotate_images(images: torch.Tensor, angles: torch.Tensor | Sequence[float] | float,
+                  out_size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """Rotate images counter-clockwise (as displayed) about their centre, keeping a centre window.
+
+    Args:
+        images: a batch of images.
+        angles: degrees, one per image (or one for all).
+        out_size: side (or ``(H, W)``) of the centre window kept; default ``floor(min(H, W) / sqrt(2))``, the
+            largest square that stays inside the image at every angle.
+
+    Returns:
+        Bilinearly resampled images on the input's device (pixels outside the source repeat its border).
+
+    Shape:
+        - images: ``[N, C, H, W]``; angles: ``[N]`` or a scalar
+        - Output: ``[N, C, out_H, out_W]``
+    """
+    if images.ndim != 4:
+        raise CnnscopeError(f"rotate_images() expects [N, C, H, W], got {tuple(images.shape)}")
+    n, _, h, w = images.shape
+    if out_size is None:
+        oh = ow = max(1, math.floor(min(h, w) / math.sqrt(2)))
+    else:
+        oh, ow = (out_size, out_size) if isinstance(out_size, int) else out_size
+    a = torch.as_tensor(angles, dtype=images.dtype, device=images.device).reshape(-1)
+    if a.numel() == 1:
+        a = a.expand(n)
+    if a.numel() != n:
+        raise CnnscopeError(f"got {a.numel()} angles for {n} images")
+    rad = torch.deg2rad(a)
+    c, s = torch.cos(rad), torch.sin(rad)
+    zero = torch.zeros_like(c)
+    # output pixel offsets (y down) map to input offsets through [[c, -s], [s, c]]: a counter-clockwise turn
+    theta = torch.stack([torch.stack([c * ow / w, -s * oh / w, zero], 1),
+                         torch.stack([s * ow / h, c * oh / h, zero], 1)], 1)
+    grid = F.affine_grid(theta, [n, images.shape[1], oh, ow], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@dataclass
+class JointTuning:
+    """Responses of a family's units to rotated dataset examples of each source unit.
+
+    Attributes:
+        layer: the layer name.
+        sources: units whose examples were rotated, ``[S]``.
+        units: units recorded, ``[U]``.
+        angles: rotation in degrees, ``[A]``; with ``aligned`` it is relative to the source unit's own peak.
+        curves: mean response over each source's examples, ``[S, A, U]`` (standard deviations above the dataset
+            mean when ``in_std``).
+        n_examples: examples per source, ``[S]``.
+        aligned: whether each example was shifted so the source unit peaks at angle 0.
+        in_std: whether values are z-scores.
+    """
+
+    layer: str
+    sources: np.ndarray
+    units: np.ndarray
+    angles: np.ndarray
+    curves: np.ndarray
+    n_examples: np.ndarray
+    aligned: bool = True
+    in_std: bool = False
+
+    def own(self) -> np.ndarray:
+        """Each source unit's own curve, ``[S, A]``."""
+        cols = [int(np.flatnonzero(self.units == s)[0]) for s in self.sources]
+        return self.curves[np.arange(len(self.sources)), :, cols]
+
+    def peak_offsets(self) -> np.ndarray:
+        """Angle (degrees, wrapped to ``(-180, 180]``) where each unit's curve peaks, per source: ``[S, U]``."""
+        peak = self.angles[self.curves.argmax(axis=1)]
+        return -((-peak + 180.0) % 360.0 - 180.0)
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "sources": self.sources.tolist(), "units": self.units.tolist(),
+                "angles": self.angles.tolist(), "curves": self.curves.tolist(),
+                "n_examples": self.n_examples.tolist(), "aligned": self.aligned, "in_std": self.in_std,
+                "peak_offsets": self.peak_offsets().tolist()}
+
+
+def _crops_tensor(crops: Sequence[ImageLike], crop_size: int | None, device: torch.device) -> torch.Tensor:
+    arrs = [load_image(c) for c in crops]
+    if not arrs:
+        raise CnnscopeError("a source unit has no example crops")
+    side = crop_size or min(arrs[0].shape[:2])
+    out = []
+    for a in arrs:
+        t = torch.from_numpy(np.ascontiguousarray(a)).to(device).permute(2, 0, 1)[None].float().div_(255.0)
+        if t.shape[-2:] != (side, side):
+            t = F.interpolate(t, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        out.append(t)
+    return torch.cat(out)
+
+
+def _rotated_batches(crops: torch.Tensor, angles: torch.Tensor, out_size: int | None, batch_size: int
+                     ) -> Iterator[torch.Tensor]:
+    total = crops.shape[0] * len(angles)
+    for k in range(0, total, batch_size):
+        idx = torch.arange(k, min(total, k + batch_size), device=crops.device)
+        yield rotate_images(crops[idx // len(angles)], angles[idx % len(angles)], out_size)
+
+
+def joint_tuning(model: ModelLike, layer: str, examples: Mapping[int, Sequence[ImageLike]],
+                 units: Sequence[int] | None = None, *, step: float = 1.0, align: bool = True,
+                 crop_size: int | None = None, out_size: int | None = None,
+                 mean: Sequence[float] | np.ndarray | None = None, std: Sequence[float] | np.ndarray | None = None,
+                 position: tuple[int, int] | None = None, pre_activation: bool = False, batch_size: int = 128,
+                 progress: bool = False) -> JointTuning:
+    """Joint tuning curves of a family from rotated dataset examples.
+
+    The model runs in temporary eval mode; it is not modified.
+
+    Args:
+        model: a ``LoadedModel`` or a bare module.
+        layer: dotted layer name.
+        examples: ``source unit -> crops`` (paths, PIL images or uint8 arrays centred on the unit's receptive
+            field; the unit's top dataset examples). Crops of one unit are resized to one square size.
+        units: units to record (default: the sources); the sources are always recorded.
+        step: rotation step in degrees (360 must be a multiple of it; the article uses 1).
+        align: shift each example so the source unit's own response peaks at angle 0 before averaging.
+        crop_size: resize every crop to this side first (default: the first crop's shorter side).
+        out_size: side of the rotated centre window fed to the model (default ``crop_size / sqrt(2)``).
+        mean, std: per-channel dataset statistics of the layer: express curves in standard deviations.
+        position: ``(row, col)`` of the unit in the layer's map for the fed window (default: the centre).
+        pre_activation: read pre-activation values (``layer`` must be an activation module).
+        batch_size: rotated images per forward pass (bounds memory).
+        progress: show a progress bar.
+
+    Returns:
+        :class:`JointTuning` with ``curves`` of shape ``[S, A, U]``, ``A = 360 / step``.
+    """
+    if not examples:
+        raise CnnscopeError("joint_tuning() needs example crops for at least one source unit")
+    n_angles = 360.0 / step if step > 0 else 0.0
+    if step <= 0 or abs(n_angles - round(n_angles)) > 1e-6:
+        raise CnnscopeError(f"step must divide 360 degrees, got {step}")
+    sources = [int(s) for s in examples]
+    recorded = list(dict.fromkeys([*(int(u) for u in (units or [])), *sources]))
+    device = module_device(model_module(model))
+    angles = torch.arange(round(n_angles), device=device, dtype=torch.float32) * step
+    curves, counts = [], []
+    for src in sources:
+        crops = _crops_tensor(list(examples[src]), crop_size, device)
+        resp = unit_responses(model, layer, _rotated_batches(crops, angles, out_size, batch_size), units=recorded,
+                              position=position, pre_activation=pre_activation,
+                              total=crops.shape[0] * len(angles), progress=progress)
+        r = resp.double().cpu().numpy().reshape(crops.shape[0], len(angles), len(recorded))
+        r, _, _ = zscore(r, recorded, mean, std, axis=2)
+        if align:
+            peaks = r[:, :, recorded.index(src)].argmax(axis=1)
+            shift = (np.arange(len(angles))[None, :] + peaks[:, None]) % len(angles)
+            r = np.take_along_axis(r, shift[:, :, None], axis=1)
+        curves.append(r.mean(axis=0))
+        counts.append(crops.shape[0])
+    return JointTuning(layer=layer, sources=np.asarray(sources), units=np.asarray(recorded),
+                       angles=angles.cpu().numpy().astype(float), curves=np.stack(curves),
+                       n_examples=np.asarray(counts), aligned=align, in_std=mean is not None)

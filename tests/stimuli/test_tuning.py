@@ -1,0 +1,185 @@
+"""Tuning heatmaps and families on a hand-built curve-detecting CNN (closed forms and a direct computation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cnnscope.errors import CnnscopeError, LayerError
+from cnnscope.models import wrap
+from cnnscope.stimuli import (
+    TuningMap,
+    discover_family,
+    find_family,
+    radial_tuning,
+    render,
+    rf_offset,
+    stimulus_responses,
+    tuning_map,
+    tuning_stats,
+)
+from cnnscope.stimuli.curves import grid
+
+from .curvenet import CurveNet
+
+WHITE_ON_BLACK = dict(width=2.0, color=(1.0, 1.0, 1.0), background=(0.0, 0.0, 0.0))
+ORIENTATIONS = np.arange(0.0, 360.0, 15.0)
+LEVELS = [4.0, 6.0, 8.0, 12.0, 16.0]
+
+
+@pytest.fixture(scope="module")
+def curvenet():
+    return CurveNet(blob=True)  # 12 curve units (0, 30, ..., 330 degrees) + 1 isotropic blob unit
+
+
+@pytest.fixture(scope="module")
+def tmap(curvenet):
+    return tuning_map(curvenet, "conv", size=31, orientations=ORIENTATIONS, levels=LEVELS, **WHITE_ON_BLACK)
+
+
+def test_each_curve_unit_peaks_at_its_designed_orientation_and_radius(tmap):
+    pref = tmap.preferred()
+    np.testing.assert_array_equal(pref["orientation"][:12], np.arange(0.0, 360.0, 30.0))
+    assert set(pref["level"][:12]) <= {6.0, 8.0}  # the kernel's arc radius (8) or the level next to it
+    assert tmap.raw.shape == (13, len(LEVELS), len(ORIENTATIONS))
+    # the opposite curvature inhibits: at the preferred radius, orientation + 180 is below zero
+    for u in range(12):
+        opposite = int((pref["orientation"][u] + 180) % 360 // 15)
+        assert tmap.raw[u, LEVELS.index(8.0), opposite] < 0
+
+
+def test_heatmap_equals_direct_correlation(curvenet):
+    """Independent computation: the centre output is the kernel dotted with the rendered image window, + bias."""
+    units = [2, 5, 12]
+    tm = tuning_map(curvenet, "conv", units, size=31, orientations=[0.0, 50.0, 130.0], levels=[5.0, 9.0],
+                    batch_size=4, **WHITE_ON_BLACK)
+    w = curvenet.conv.weight.detach().numpy()
+    b = curvenet.conv.bias.detach().numpy()
+    imgs = render(grid("curve", [0.0, 50.0, 130.0], [5.0, 9.0], **WHITE_ON_BLACK), 31)  # [6, 31, 31, 3]
+    window = imgs[:, 8:23, 8:23, :].transpose(0, 3, 1, 2)  # the 15x15 window the centre unit sees
+    direct = np.einsum("nchw,uchw->nu", window, w[units]) + b[units]
+    np.testing.assert_allclose(tm.raw, direct.reshape(2, 3, 3).transpose(2, 0, 1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(tm.units, units)
+
+
+def test_batch_size_does_not_change_results(curvenet, tmap):
+    again = tuning_map(curvenet, "conv", size=31, orientations=ORIENTATIONS, levels=LEVELS, batch_size=7,
+                       **WHITE_ON_BLACK)
+    np.testing.assert_allclose(again.raw, tmap.raw, rtol=1e-5, atol=1e-5)
+
+
+def test_standard_deviations_above_the_dataset_mean(curvenet, tmap):
+    mean = np.linspace(-1.0, 1.0, 13)
+    std = np.linspace(0.5, 2.0, 13)
+    std[12] = 0.0  # a unit that never varies has no z-score
+    z = tuning_map(curvenet, "conv", size=31, orientations=ORIENTATIONS, levels=LEVELS, mean=mean, std=std,
+                   **WHITE_ON_BLACK)
+    assert z.in_std and not tmap.in_std
+    np.testing.assert_allclose(z.values[:12], (tmap.raw[:12] - mean[:12, None, None]) / std[:12, None, None],
+                               rtol=1e-5, atol=1e-5)
+    assert np.isnan(z.values[12]).all()
+    np.testing.assert_array_equal(z.preferred()["orientation"][:12], tmap.preferred()["orientation"][:12])
+    with pytest.raises(CnnscopeError, match="both"):
+        tuning_map(curvenet, "conv", size=31, orientations=[0.0], levels=[8.0], mean=mean)
+    with pytest.raises(CnnscopeError, match="one value per channel"):
+        tuning_map(curvenet, "conv", size=31, orientations=[0.0], levels=[8.0], mean=mean[:5], std=std[:5])
+
+
+def test_pre_and_post_activation(curvenet, tmap):
+    pre = tuning_map(curvenet, "act", size=31, orientations=ORIENTATIONS, levels=LEVELS, pre_activation=True,
+                     **WHITE_ON_BLACK)
+    post = tuning_map(curvenet, "act", size=31, orientations=ORIENTATIONS, levels=LEVELS, **WHITE_ON_BLACK)
+    np.testing.assert_allclose(pre.raw, tmap.raw, atol=1e-5)
+    np.testing.assert_allclose(post.raw, np.maximum(tmap.raw, 0), atol=1e-5)
+
+
+def test_radial_tuning_reduces_over_radius(tmap):
+    np.testing.assert_array_equal(tmap.radial(), np.maximum(tmap.raw.max(axis=1), 0))
+    np.testing.assert_array_equal(tmap.radial("mean", positive=False), tmap.raw.mean(axis=1))
+    np.testing.assert_array_equal(radial_tuning(tmap.raw[0]), np.maximum(tmap.raw[0].max(axis=0), 0))
+    with pytest.raises(CnnscopeError, match="reduce"):
+        tmap.radial("median")
+
+
+def synthetic_map(curves: np.ndarray, orientations: np.ndarray, period: float = 360.0) -> TuningMap:
+    raw = np.stack([curves, curves * 0.5], axis=1)  # [U, 2 levels, O]: the first level is the strongest
+    return TuningMap(layer="x", kind="curve", param="radius", units=np.arange(len(curves)),
+                     orientations=orientations, levels=np.array([1.0, 2.0]), raw=raw, period=period)
+
+
+def test_selectivity_closed_forms():
+    """Vector strength of a half-wave rectified cosine is pi/4; a flat curve has none; lines use 2 theta."""
+    theta = np.arange(0.0, 360.0, 1.0)
+    rect = np.maximum(np.cos(np.radians(theta - 60.0)), 0.0)
+    flat = np.full_like(theta, 3.0)
+    st = tuning_stats(synthetic_map(np.stack([rect * 2.0, flat, rect * 2.0 + 1.0]), theta))
+    np.testing.assert_allclose(st.selectivity, [np.pi / 4, 0.0, np.pi / 4], atol=1e-3)
+    np.testing.assert_allclose(st.preferred, [60.0, 0.0, 60.0])
+    np.testing.assert_allclose(st.depth, [2.0, 0.0, 2.0])
+    np.testing.assert_allclose(st.strength, [np.pi / 2, 0.0, np.pi / 2], atol=2e-3)
+    np.testing.assert_array_equal(st.level, [1.0, 1.0, 1.0])
+    lines = np.arange(0.0, 180.0, 1.0)
+    line_rect = np.maximum(np.cos(np.radians(2 * (lines - 30.0))), 0.0)
+    st = tuning_stats(synthetic_map(line_rect[None], lines, period=180.0))
+    np.testing.assert_allclose(st.selectivity, [np.pi / 4], atol=1e-3)
+
+
+def test_family_is_the_tuned_units_in_orientation_order(tmap):
+    fam = find_family(tmap, k=None, min_selectivity=0.1)
+    assert fam.units == list(range(12))  # the isotropic blob unit is left out
+    np.testing.assert_array_equal(fam.stats.preferred, np.arange(0.0, 360.0, 30.0))
+    assert fam.coverage(0.5) == 1.0  # together they respond to every orientation
+    st = tuning_stats(tmap)
+    assert st.selectivity[12] < 0.02 < 0.1 < st.selectivity[:12].min()
+    top3 = find_family(tmap, k=3, min_selectivity=0.0)
+    assert sorted(top3.units) == sorted(np.argsort(-st.strength, kind="stable")[:3].tolist())
+    assert list(top3.stats.preferred) == sorted(top3.stats.preferred)
+    # a family that misses most orientations does not tile them
+    sub = TuningMap(**{**tmap.__dict__, "units": tmap.units[:3], "raw": tmap.raw[:3]})
+    assert find_family(sub, k=None, min_selectivity=0.0).coverage(0.5) < 0.5
+    with pytest.raises(CnnscopeError):
+        find_family(tmap, k=0)
+
+
+def test_discover_family_measures_every_channel(curvenet, tmap):
+    fam, full = discover_family(curvenet, "conv", k=4, size=31, orientations=ORIENTATIONS, levels=LEVELS,
+                                min_selectivity=0.1, **WHITE_ON_BLACK)
+    np.testing.assert_allclose(full.raw, tmap.raw, atol=1e-5)
+    assert fam.units == find_family(tmap, k=4, min_selectivity=0.1).units
+    d = fam.to_dict()
+    assert d["units"] == fam.units and len(d["radial"]) == 4
+
+
+def test_rf_offset_is_zero_for_a_centred_odd_kernel(curvenet):
+    assert rf_offset(curvenet, "conv", 31) == (0.0, 0.0)
+    # an even-sized input puts the centre unit half a pixel right of and below the image centre
+    assert rf_offset(curvenet, "conv", 32) == (0.5, -0.5)
+
+
+def test_loaded_model_normalisation_and_default_size(curvenet):
+    """A wrapped model normalises the rendered images: mean 0.5 / std 0.5 maps [0, 1] to [-1, 1]."""
+    loaded = wrap(curvenet, input_size=31, mean=(0.5,) * 3, std=(0.5,) * 3)
+    stims = grid("curve", [0.0, 90.0], [8.0], **WHITE_ON_BLACK)
+    got = stimulus_responses(loaded, "conv", stims)
+    x = torch.from_numpy(render(stims, 31)).permute(0, 3, 1, 2) * 2 - 1
+    with torch.no_grad():
+        want = curvenet.conv(x)[:, :, 15, 15]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda net: tuning_map(net, "convv", size=31, orientations=[0.0], levels=[8.0]), LayerError, "conv"),
+    (lambda net: tuning_map(net, "conv", [40], size=31, orientations=[0.0], levels=[8.0]), LayerError, "units"),
+    (lambda net: tuning_map(net, "conv", size=31, orientations=[0.0], levels=[8.0], position=(40, 0)), LayerError,
+     "outside"),
+    (lambda net: tuning_map(net, "conv", size=31, orientations=[], levels=[8.0]), CnnscopeError, "non-empty"),
+    (lambda net: tuning_map(net, "conv", orientations=[0.0], levels=[8.0]), CnnscopeError, "size"),
+    (lambda net: tuning_map(net, "fc", size=31, orientations=[0.0], levels=[8.0]), LayerError, "feature maps"),
+    (lambda net: tuning_map(net, "conv", size=31, kind="spiral"), CnnscopeError, "stimulus kind"),
+    (lambda net: tuning_map(net, "conv", size=31, orientations=[0.0], levels=[8.0], batch_size=0), CnnscopeError,
+     "batch_size"),
+])
+def test_errors_a_person_can_act_on(curvenet, call, error, match):
+    with pytest.raises(error, match=match):
+        call(curvenet)
