@@ -141,7 +141,8 @@ class RandomScale(Geometric):
 
 
 class RandomRotate(Geometric):
-    """Rotate about the centre by an angle (degrees) drawn uniformly from ``angles``."""
+    """Rotate about the centre by an angle (degrees) drawn uniformly from ``angles`` (positive: clockwise on
+    screen, as the y axis points down)."""
 
     def __init__(self, angles: Sequence[float] = tuple(range(-10, 11)) + (0,) * 5) -> None:
         super().__init__()
