@@ -29,7 +29,7 @@ def _produce(ctx: BuildContext, units: list[int]) -> dict:
     if delay:
         time.sleep(delay)
     m = ctx.model
-    x = m.preprocess([a for _, a in ctx.images])
+    x = m.preprocess([ctx.images.load(i) for i in range(len(ctx.images))])
     with torch.no_grad(), evaluating(m.module), Capture(m.module, ctx.layer.name) as cap:
         cap.run(x)
     act = cap[ctx.layer.name].float()

@@ -35,3 +35,61 @@ def live(tiny_atlas):
         yield srv
     finally:
         srv.stop()
+
+
+# -- browser (Playwright + Debian's Chromium) -------------------------------------------------------------------
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def _browser_missing(reason: str) -> None:
+    import os
+
+    if os.environ.get("CNNSCOPE_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason} (CNNSCOPE_REQUIRE_BROWSER=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright; skipped when either is missing (a failure in CI)."""
+    from pathlib import Path
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _browser_missing("playwright is not installed (pip install playwright; its browsers are not needed)")
+    if not Path(CHROMIUM).exists():
+        _browser_missing("Debian's Chromium is missing (apt-get install chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture()
+def page(browser):
+    """A fresh browser page; console errors and page errors (CSP violations included) fail the test."""
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    pg.set_default_timeout(60_000)
+    errors: list[str] = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.errors = errors
+    try:
+        yield pg
+    finally:
+        ctx.close()
+    assert errors == [], errors
+
+
+def all_images_loaded(pg) -> tuple[int, list[str]]:
+    """``(number of <img>, sources of those that failed)`` once every image of the page has settled."""
+    pg.wait_for_load_state("load")
+    pg.wait_for_function("Array.from(document.images).every(i => i.complete)")
+    broken = pg.evaluate("Array.from(document.images).filter(i => !(i.naturalWidth > 0)).map(i => i.src)")
+    return pg.evaluate("document.images.length"), broken

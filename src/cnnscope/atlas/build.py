@@ -15,7 +15,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..capture import LayerInfo, list_layers
@@ -105,7 +104,7 @@ def _resolve_kinds(kinds: Sequence[str] | None, with_images: bool) -> list[Artif
     names = list(kinds) if kinds else default_kinds(with_images)
     if not names:
         raise MethodError("no artifact kind is available in this installation (see `cnnscope atlas kinds`)")
-    chosen = [get_kind(n) for n in dict.fromkeys(names)]
+    chosen = sorted((get_kind(n) for n in dict.fromkeys(names)), key=lambda k: (k.order, k.name))
     for k in chosen:
         why = k.unavailable()
         if why:
@@ -135,7 +134,7 @@ def _check_compatible(store: AtlasStore, fingerprint: str, kinds: list[str], opt
 
 
 def build_atlas(model, out: str | Path, layers: Sequence[str], units: str | Iterable[int] | None = "all", *,
-                images: Sequence[tuple[str, np.ndarray]] | None = None, kinds: Sequence[str] | None = None,
+                images: object = None, kinds: Sequence[str] | None = None,
                 options: BuildOptions | None = None, progress: bool = False, inline_max: int = 256 * 1024,
                 max_units: int | None = None) -> BuildReport:
     """Build (or finish building) the atlas of ``model`` in the folder ``out``.
@@ -148,7 +147,8 @@ def build_atlas(model, out: str | Path, layers: Sequence[str], units: str | Iter
         layers: dotted layer names.
         units: ``"all"``, ``"0-31"``, ``"0,4,8-11"`` or a list, applied to every layer (clipped to each layer's
             channel count only when ``"all"``).
-        images: ``[(name, uint8 HxWx3), ...]`` for the dataset kinds (top-k examples, histograms).
+        images: the images of the dataset kinds (top-k examples, histograms): a folder, a glob, ``"samples"``,
+            a list of paths, an ``ImageSource``, a ``torch`` ``Dataset`` or ``[(name, uint8 HxWx3), ...]``.
         kinds: artifact kind names (default: every available non-optional kind; dataset kinds need images).
         options: :class:`BuildOptions`.
         progress: show a tqdm progress bar with ETA.
@@ -169,17 +169,21 @@ def build_atlas(model, out: str | Path, layers: Sequence[str], units: str | Iter
         raise CnnscopeError("batch_size and image_batch must be at least 1")
     infos = _resolve_layers(model, list(dict.fromkeys(layers)))
     chosen = _resolve_kinds(kinds, images is not None)
-    kind_names = [k.name for k in chosen]
+    kind_names = [k.name for k in chosen]  # page order, so the same set of kinds always compares equal
     plans = {i.name: parse_units(units, i.output_shape[0]) for i in infos}
     desc = model.describe()
     fingerprint = model_fingerprint(model.module)
-    image_list = [(str(n), np.asarray(a)) for n, a in images] if images is not None else None
+    source = None
+    if images is not None:
+        from .images import image_source
+
+        source = image_source(images)
     report = BuildReport(root=Path(out), kinds=kind_names)
     store = AtlasStore(out, writable=True, inline_max=inline_max)
     try:
         _check_compatible(store, fingerprint, kind_names, options.to_dict(), desc)
         store.set_meta(model=desc, fingerprint=fingerprint, kinds=kind_names, options=options.to_dict(),
-                       images=[n for n, _ in image_list] if image_list is not None else None)
+                       images=source.describe() if source is not None else None)
         all_infos = {i.name: k for k, i in enumerate(list_layers(model.module, model.input_size))}
         jobs: list[tuple[LayerInfo, list[int]]] = []
         for info in infos:
@@ -190,7 +194,7 @@ def build_atlas(model, out: str | Path, layers: Sequence[str], units: str | Iter
             report.skipped += len(plans[info.name]) - len(pending)
             for s in range(0, len(pending), options.batch_size):
                 jobs.append((info, pending[s:s + options.batch_size]))
-        _run_jobs(store, model, jobs, chosen, options, image_list, report, progress, max_units)
+        _run_jobs(store, model, jobs, chosen, options, source, report, progress, max_units)
     finally:
         store.close()
     report.seconds = time.perf_counter() - t_start
@@ -205,6 +209,8 @@ def _run_jobs(store: AtlasStore, model, jobs: list[tuple[LayerInfo, list[int]]],
     if max_units is not None:
         total = min(total, max_units)
     env = {"torch_version": torch.__version__, "device": str(model.device), "python": platform.python_version()}
+    cache: dict = {}
+    layers = list(dict.fromkeys(info.name for info, _ in jobs))
     with tqdm(total=total, unit="unit", disable=not progress, desc="atlas") as bar:
         for info, chunk in jobs:
             if max_units is not None:
@@ -212,7 +218,7 @@ def _run_jobs(store: AtlasStore, model, jobs: list[tuple[LayerInfo, list[int]]],
                 if not chunk:
                     break
             bar.set_postfix_str(f"{info.name} {chunk[0]}-{chunk[-1]}")
-            ctx = BuildContext(model=model, layer=info, options=options, images=images)
+            ctx = BuildContext(model=model, layer=info, options=options, images=images, cache=cache, layers=layers)
             per_unit: dict[int, list[Artifact]] = {u: [] for u in chunk}
             t_chunk = time.perf_counter()
             for kind in chosen:

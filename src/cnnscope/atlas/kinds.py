@@ -13,8 +13,6 @@ import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ..capture import LayerInfo
 from ..errors import MethodError, unknown
 from .records import Artifact
@@ -58,15 +56,17 @@ class BuildContext:
         model: the ``LoadedModel``.
         layer: the ``LayerInfo`` of the layer being built.
         options: :class:`BuildOptions`.
-        images: ``[(name, uint8 HxWx3), ...]`` or ``None`` when the build has no image source.
-        cache: per-chunk scratch space shared by the kinds of one chunk (e.g. one dataset pass).
+        images: the build's :class:`~cnnscope.dataset.sources.ImageSource`, or ``None`` without images.
+        cache: scratch space shared by every chunk of this run (e.g. one dataset pass for all its layers).
+        layers: the layers this run still builds units of, in order.
     """
 
     model: object
     layer: LayerInfo
     options: BuildOptions
-    images: list[tuple[str, np.ndarray]] | None = None
+    images: object = None
     cache: dict = field(default_factory=dict)
+    layers: list[str] = field(default_factory=list)
 
 
 ProduceFn = Callable[[BuildContext, list[int]], dict[int, list[Artifact]]]
