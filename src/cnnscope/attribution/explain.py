@@ -1,0 +1,131 @@
+"""``explain()``: several methods on a few images, with the prediction, ready for a panel (CLI, web, atlas).
+
+The figure itself is :func:`cnnscope.plot.attribution.panel_figure`; this module only computes (arrays and
+tensors, no files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..capture import evaluating, first_tensor
+from ..errors import CnnscopeError
+from .base import Attribution, attribute, get_method
+from .display import display_options, overlay
+
+DEFAULT_METHODS = ("gradcam", "guided_backprop", "integrated_gradients", "occlusion")
+
+
+@dataclass
+class Explanation:
+    """One image explained by several methods.
+
+    Attributes:
+        name: the image's display name.
+        image: ``uint8 [H, W, 3]``, the image as the model saw it (resized to its input size).
+        top: the top-5 predictions ``(index, label, probability)``.
+        target: text of the explained target (``"tabby (281)"``).
+        target_index: the explained class (``None`` for callable/unit targets).
+        target_probability: its softmax probability.
+        results: method name -> :class:`Attribution` of this image (batch of one).
+    """
+
+    name: str
+    image: np.ndarray
+    top: list[tuple[int, str, float]]
+    target: str
+    target_index: int | None
+    target_probability: float | None
+    results: dict[str, Attribution] = field(default_factory=dict)
+
+    @property
+    def predicted(self) -> tuple[int, str, float]:
+        """``(index, label, probability)`` of the top-1 class."""
+        return self.top[0]
+
+    def heatmaps(self, **display: Any) -> dict[str, np.ndarray]:
+        """Method -> ``float [H, W]`` display map in [0, 1] at the image's size (method defaults unless overridden)."""
+        out = {}
+        for name, res in self.results.items():
+            opts = {k: v for k, v in display_options(name, **display).items() if k != "cmap"}
+            out[name] = res.heatmap(size=self.image.shape[:2], **opts)[0].cpu().numpy()
+        return out
+
+    def overlays(self, alpha: float = 0.5, cmap: str | None = None, **display: Any) -> dict[str, np.ndarray]:
+        """Method -> ``uint8 [H, W, 3]`` heatmap blended over :attr:`image`."""
+        return {name: overlay(self.image, hm, cmap or display_options(name)["cmap"], alpha)
+                for name, hm in self.heatmaps(**display).items()}
+
+    def to_dict(self) -> dict:
+        """JSON summary: prediction, target, and per method its layer, options and value statistics."""
+        methods = {}
+        for name, res in self.results.items():
+            v = res.values.detach().float()
+            methods[name] = {"title": res.spec.get("title"), "layer": res.layer, "layer_choice":
+                             res.spec.get("layer_choice"), "shape": list(v.shape), "min": float(v.min()),
+                             "max": float(v.max()), "sum": float(v.sum()), "spec": res.spec}
+        return {"image": self.name, "top": [{"index": i, "label": lab, "probability": p} for i, lab, p in self.top],
+                "target": self.target, "target_index": self.target_index,
+                "target_probability": self.target_probability, "methods": methods}
+
+
+def explain(model: Any, images: Any, methods: Sequence[str] = DEFAULT_METHODS, target: object = None,
+            layer: str | None = None, names: Sequence[str] | None = None,
+            options: Mapping[str, Mapping[str, Any]] | None = None, max_batch: int = 32,
+            progress: bool = False) -> list[Explanation]:
+    """Explain each image with every method in ``methods``.
+
+    Args:
+        model: a ``LoadedModel`` (images are resized to its input size; labels name the classes).
+        images: one image or a list (paths, PIL, uint8 arrays; see :func:`cnnscope.images.load_image`).
+        methods: registered method names.
+        target: as for :func:`~cnnscope.attribution.attribute` (one for all, or one per image).
+        layer: CAM layer (automatic when ``None``).
+        names: display names of the images (default ``image0``, ``image1``, ...).
+        options: per-method options, ``{"integrated_gradients": {"n_steps": 32}}``.
+        max_batch: the memory bound passed to every method (unless its options set one).
+
+    Returns:
+        One :class:`Explanation` per image.
+    """
+    if not hasattr(model, "preprocess"):
+        raise CnnscopeError("explain() needs a LoadedModel (load_model() or wrap(module, ...))")
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not methods:
+        raise CnnscopeError("explain() needs at least one method")
+    for m in methods:
+        get_method(m)
+    names = list(names) if names is not None else [f"image{i}" for i in range(len(items))]
+    if len(names) != len(items):
+        raise CnnscopeError(f"got {len(names)} names for {len(items)} images")
+    shown = [model.fit_image(it) for it in items]
+    x = model.preprocess(shown)
+    with torch.no_grad(), evaluating(model.module):
+        logits = first_tensor(model.module(x))
+    probs = logits.float().softmax(dim=1) if logits is not None and logits.ndim == 2 else None
+    results = {}
+    for m in methods:
+        opts = {"max_batch": max_batch, "progress": progress, **dict((options or {}).get(m, {}))}
+        results[m] = attribute(model, x, m, target=target, layer=layer, **opts)
+    out = []
+    for i, (name, img) in enumerate(zip(names, shown)):
+        top: list[tuple[int, str, float]] = []
+        if probs is not None:
+            vals, idx = probs[i].topk(min(5, probs.shape[1]))
+            top = [(int(k), model.label(int(k)), float(p)) for p, k in zip(vals.cpu(), idx.cpu())]
+        first = next(iter(results.values()))
+        cls = None if first.target is None else first.target[i]
+        tdesc = first.spec["target"].get("labels", [None] * len(items))
+        text = tdesc[i] if tdesc else None
+        if text is None:
+            t = first.spec["target"]
+            text = f"unit {t['layer']} channel {t['channel']}" if t.get("kind") == "unit" else str(t.get("name"))
+        out.append(Explanation(name=name, image=img, top=top, target=text, target_index=cls,
+                               target_probability=None if cls is None or probs is None else float(probs[i, cls]),
+                               results={m: r.select(i) for m, r in results.items()}))
+    return out

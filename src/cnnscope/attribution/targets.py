@@ -1,0 +1,329 @@
+"""What to explain: a class (top-1, index, label), any callable of the outputs, or one unit inside the model.
+
+A target is given to :func:`~cnnscope.attribution.attribute` as
+
+* ``None`` or ``"top"``: the top-1 class of each image (decided on the clean input);
+* an ``int``: a class index; a ``str``: a class label (``"tabby"``, case-insensitive, unique prefixes allowed);
+* a sequence or 1-D tensor of those, one per image (``[281, "tiger cat", None]``);
+* a callable ``outputs -> Tensor[B]`` (any scalar per image computed from the model's outputs);
+* :func:`unit` ``(layer, channel, x=None, y=None)``: the mean of one channel of an inner layer, or one neuron of it.
+
+Internally each call builds a fresh :class:`Target`; a :class:`Scorer` runs the model and reads the target's
+score, keeping the :class:`~cnnscope.capture.Capture` a unit target needs open for the whole call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..capture import Capture, first_tensor
+from ..errors import CnnscopeError, unknown
+
+SCORE_KINDS = ("logit", "prob")
+
+
+class TargetError(CnnscopeError, ValueError):
+    """A target that does not fit the model: class out of range, unknown label, wrong count per image."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One channel (mean over positions) or one neuron (``x``, ``y`` given) of a layer, as an attribution target.
+
+    Attributes:
+        layer: dotted layer name (``"blocks.5.0"``).
+        channel: channel index in the layer's output ``[B, C, H, W]`` (or feature index of ``[B, C]``).
+        x, y: a spatial position in the layer's output; ``None`` averages over all positions.
+    """
+
+    layer: str
+    channel: int
+    x: int | None = None
+    y: int | None = None
+
+    def spec(self) -> dict:
+        return {"kind": "unit", "layer": self.layer, "channel": self.channel, "x": self.x, "y": self.y}
+
+    def __str__(self) -> str:
+        where = "" if self.x is None and self.y is None else f" at (x={self.x}, y={self.y})"
+        return f"{self.layer} channel {self.channel}{where}"
+
+
+def unit(layer: str, channel: int, x: int | None = None, y: int | None = None) -> Unit:
+    """A :class:`Unit` target: explain channel ``channel`` of ``layer`` (or its neuron at ``(x, y)``)."""
+    if not isinstance(layer, str) or not layer:
+        raise TargetError(f"unit() needs a dotted layer name, got {layer!r}")
+    if (x is None) != (y is None):
+        raise TargetError("unit() takes both x and y (one neuron) or neither (the channel's mean)")
+    return Unit(layer, int(channel), None if x is None else int(x), None if y is None else int(y))
+
+
+def _class_of(item: object, labels: Sequence[str] | None) -> int:
+    """One class target (index, label or ``None``/"top" -> -1 meaning top-1) as an index."""
+    if item is None or (isinstance(item, str) and item.strip().lower() in ("top", "top1", "top-1")):
+        return -1
+    if isinstance(item, (bool, np.bool_)):
+        raise TargetError(f"a class target must be an index or a label, got {item!r}")
+    if isinstance(item, (int, np.integer)) or (isinstance(item, torch.Tensor) and item.ndim == 0):
+        return int(item)
+    if isinstance(item, str):
+        if item.strip().lstrip("-").isdigit():
+            return int(item)
+        if labels is None:
+            raise TargetError(f"class label {item!r} needs class names: pass a LoadedModel (load_model/wrap with "
+                              "labels=...) or a class index")
+        low = [lab.lower() for lab in labels]
+        key = item.strip().lower()
+        if key in low:
+            return low.index(key)
+        hits = [i for i, lab in enumerate(low) if lab.startswith(key)]
+        if len(hits) == 1:
+            return hits[0]
+        raise TargetError(unknown("class label", item, labels))
+    raise TargetError(f"cannot use {type(item).__name__} as a class target; give None, an index, a label, a "
+                      "list of those (one per image), a callable outputs -> Tensor[B] or unit(layer, channel)")
+
+
+class Target:
+    """The target of one attribution call, bound to one batch (internal; :func:`parse_target` builds it).
+
+    Attributes:
+        kind: ``"class"``, ``"callable"`` or ``"unit"``.
+        classes: ``LongTensor[B]`` of class indices for class targets (``-1`` until a top-1 class is bound).
+        clean: the target's score on each clean input once bound (``Tensor[B]``).
+        layers: layers whose activations the score needs (a unit target's layer).
+    """
+
+    def __init__(self, kind: str, batch: int, classes: list[int] | None = None,
+                 fn: Callable[[Any], torch.Tensor] | None = None, unit_: Unit | None = None,
+                 labels: Sequence[str] | None = None, given: object = None) -> None:
+        self.kind = kind
+        self.batch = batch
+        self.fn = fn
+        self.unit = unit_
+        self.labels = labels
+        self.given = given
+        self.classes = torch.tensor(classes if classes is not None else [-1] * batch, dtype=torch.long)
+        self.clean: torch.Tensor | None = None
+        self._bound = torch.zeros(batch, dtype=torch.bool)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return (self.unit.layer,) if self.unit is not None else ()
+
+    @property
+    def bound(self) -> bool:
+        return bool(self._bound.all())
+
+    # -- binding on the clean input -----------------------------------------------------------------
+    def bind(self, outputs: object, acts: dict, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Resolve top-1 classes and check ranges from the outputs of the *clean* inputs ``rows``.
+
+        Returns:
+            The target's scores on those inputs (``Tensor[len(rows)]``, detached), also kept in :attr:`clean`.
+        """
+        rows_c = torch.arange(self.batch) if rows is None else rows.detach().cpu()
+        if self.kind == "class":
+            logits = self._logits(outputs)
+            n_out = logits.shape[1]
+            cls = self.classes[rows_c]
+            top = logits.detach().argmax(dim=1).cpu()
+            cls = torch.where(cls < 0, top, cls)
+            bad = [int(c) for c in cls if not 0 <= int(c) < n_out]
+            if bad:
+                raise TargetError(f"target class {bad[0]} is out of range: the model has {n_out} outputs "
+                                  f"(classes 0..{n_out - 1})")
+            self.classes[rows_c] = cls
+        self._bound[rows_c] = True
+        scores = self.score(outputs, acts, rows_c).detach()
+        if self.clean is None:
+            self.clean = torch.zeros(self.batch, dtype=scores.dtype, device=scores.device)
+        self.clean[rows_c.to(scores.device)] = scores
+        return scores
+
+    # -- scoring ------------------------------------------------------------------------------------
+    def _logits(self, outputs: object) -> torch.Tensor:
+        logits = first_tensor(outputs)
+        if logits is None or logits.ndim != 2:
+            shape = None if logits is None else tuple(logits.shape)
+            raise TargetError(f"a class target needs a model that returns [B, classes] outputs, got {shape}; "
+                              "give a callable outputs -> Tensor[B] or unit(layer, channel) instead")
+        return logits
+
+    def score(self, outputs: object, acts: dict, rows: torch.Tensor | None = None, kind: str = "logit"
+              ) -> torch.Tensor:
+        """The target's value for each row of a batch whose row ``j`` derives from image ``rows[j]``.
+
+        Args:
+            outputs: the model's outputs for the batch (``None`` when the forward stopped early).
+            acts: captured activations (for unit targets).
+            rows: image index of each row (``None``: row ``j`` is image ``j``).
+            kind: ``"logit"`` (the raw value) or ``"prob"`` (softmax probability; class targets only).
+
+        Shape:
+            - Output: ``[N]`` for an ``N``-row batch.
+        """
+        if kind not in SCORE_KINDS:
+            raise TargetError(unknown("score kind", kind, SCORE_KINDS))
+        if self.kind == "class":
+            logits = self._logits(outputs)
+            idx = torch.arange(logits.shape[0]) if rows is None else rows.detach().cpu()
+            if not bool(self._bound[idx].all()):
+                raise CnnscopeError("internal error: class target scored before it was bound")
+            cls = self.classes[idx].to(logits.device)
+            values = logits.float().softmax(dim=1) if kind == "prob" else logits
+            return values.gather(1, cls[:, None])[:, 0]
+        if kind == "prob":
+            raise TargetError(f"score 'prob' needs a class target, not a {self.kind} target")
+        if self.kind == "unit":
+            return self._unit_score(acts[self.unit.layer])
+        out = self.fn(outputs)
+        if not isinstance(out, torch.Tensor) or out.ndim != 1:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise TargetError(f"a callable target must return a 1-D Tensor[B] (one value per image), got {shape}")
+        return out
+
+    def _unit_score(self, act: torch.Tensor) -> torch.Tensor:
+        u = self.unit
+        if act.ndim not in (2, 4):
+            raise TargetError(f"unit target: layer {u.layer!r} outputs shape {tuple(act.shape)}; expected "
+                              "[B, C] or [B, C, H, W]")
+        if not 0 <= u.channel < act.shape[1]:
+            raise TargetError(f"unit target: channel {u.channel} is out of range for layer {u.layer!r} "
+                              f"({act.shape[1]} channels)")
+        ch = act[:, u.channel]
+        if u.x is None:
+            return ch.flatten(1).mean(dim=1) if ch.ndim > 1 else ch
+        if ch.ndim != 3:
+            raise TargetError(f"unit target: layer {u.layer!r} has no spatial positions; drop x and y")
+        h, w = ch.shape[1:]
+        if not (0 <= u.y < h and 0 <= u.x < w):
+            raise TargetError(f"unit target: position (x={u.x}, y={u.y}) is outside layer {u.layer!r} "
+                              f"({w}x{h})")
+        return ch[:, u.y, u.x]
+
+    # -- reporting ----------------------------------------------------------------------------------
+    def class_list(self) -> list[int] | None:
+        return [int(c) for c in self.classes] if self.kind == "class" else None
+
+    def describe(self, i: int = 0) -> str:
+        """Short text for image ``i`` (``"tabby (281)"``, ``"unit blocks.5.0 channel 3"``)."""
+        if self.kind == "class":
+            c = int(self.classes[i])
+            name = self.labels[c] if self.labels is not None and 0 <= c < len(self.labels) else f"class {c}"
+            return f"{name} ({c})"
+        if self.kind == "unit":
+            return f"unit {self.unit}"
+        return f"callable {getattr(self.fn, '__name__', type(self.fn).__name__)}"
+
+    def spec(self) -> dict:
+        if self.kind == "class":
+            given = self.given
+            if isinstance(given, (list, tuple, torch.Tensor, np.ndarray)):
+                given = [None if g is None else (g if isinstance(g, str) else int(g)) for g in list(given)]
+            elif given is not None and not isinstance(given, str):
+                given = int(given)
+            return {"kind": "class", "given": given, "classes": self.class_list(),
+                    "labels": [self.describe(i) for i in range(self.batch)] if self.bound else None}
+        if self.kind == "unit":
+            return self.unit.spec()
+        return {"kind": "callable", "name": getattr(self.fn, "__name__", type(self.fn).__name__)}
+
+
+def parse_target(target: object, batch: int, labels: Sequence[str] | None = None) -> Target:
+    """Build the :class:`Target` of one call for a batch of ``batch`` images (see the module docstring)."""
+    if isinstance(target, Unit):
+        return Target("unit", batch, unit_=target, given=target)
+    if isinstance(target, (list, tuple, np.ndarray)) or (isinstance(target, torch.Tensor) and target.ndim == 1):
+        items = list(target)
+        if len(items) != batch:
+            raise TargetError(f"got {len(items)} targets for {batch} images; give one per image or a single one")
+        return Target("class", batch, [_class_of(t, labels) for t in items], labels=labels, given=target)
+    if callable(target) and not isinstance(target, (str, torch.Tensor)):
+        return Target("callable", batch, fn=target, given=target)
+    c = _class_of(target, labels)
+    return Target("class", batch, [c] * batch, labels=labels, given=target)
+
+
+class Scorer:
+    """Runs the model on batches and scores a :class:`Target` (context manager).
+
+    A unit target needs its layer captured: the scorer keeps one :class:`~cnnscope.capture.Capture` open for the
+    whole call, so passes after the first stop as soon as that layer has run.
+    """
+
+    def __init__(self, module: nn.Module, target: Target, eval_mode: bool = True) -> None:
+        self.module = module
+        self.target = target
+        self.eval_mode = eval_mode
+        self._cap: Capture | None = None
+
+    def __enter__(self) -> Scorer:
+        if self.target.layers:
+            self._cap = Capture(self.module, self.target.layers, clone=True, stop_early=True,
+                                eval_mode=self.eval_mode).__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._cap is not None:
+            self._cap.close()
+            self._cap = None
+
+    def forward(self, x: torch.Tensor) -> tuple[object, dict]:
+        """``(outputs, activations)`` for a batch (outputs are ``None`` when a unit pass stopped early)."""
+        if self._cap is None:
+            return self.module(x), {}
+        out = self._cap.run(x)
+        return out, dict(self._cap.activations)
+
+    def scores(self, x: torch.Tensor, rows: torch.Tensor | None = None, kind: str = "logit",
+               bind: bool = False) -> torch.Tensor:
+        """Forward ``x`` and return the target's score per row (binding the target when ``bind``)."""
+        out, acts = self.forward(x)
+        if bind:
+            self.target.bind(out, acts, rows)
+        return self.target.score(out, acts, rows, kind)
+
+    @torch.no_grad()
+    def bind_clean(self, x: torch.Tensor, max_batch: int) -> torch.Tensor:
+        """Bind the target on the clean batch ``x`` (in chunks of ``max_batch``); returns the clean scores."""
+        for start in range(0, x.shape[0], max_batch):
+            rows = torch.arange(start, min(start + max_batch, x.shape[0]))
+            self.scores(x[start:start + max_batch], rows, bind=True)
+        return self.target.clean
+
+    @torch.no_grad()
+    def map_scores(self, make: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, max_batch: int,
+                   kind: str = "logit", progress: bool = False, desc: str = "") -> torch.Tensor:
+        """Score ``len(rows)`` generated inputs in chunks: ``make(jobs)`` builds the inputs of job indices ``jobs``.
+
+        Args:
+            make: ``LongTensor[n] -> Tensor[n, C, H, W]`` (the perturbed inputs of those jobs).
+            rows: image index of every job (``LongTensor[N]``).
+            max_batch: at most this many inputs per forward (the memory bound).
+
+        Shape:
+            - Output: ``[N]`` scores, on the model output's device.
+        """
+        n = rows.shape[0]
+        out: list[torch.Tensor] = []
+        for jobs in _chunks(n, max_batch, progress, desc):
+            out.append(self.scores(make(jobs), rows[jobs], kind=kind).float())
+        return torch.cat(out) if out else torch.zeros(0)
+
+
+def _chunks(n: int, size: int, progress: bool = False, desc: str = "") -> Iterator[torch.Tensor]:
+    """Index tensors ``[0..size)``, ``[size..2 size)``, ... covering ``range(n)`` (optionally with tqdm)."""
+    starts = range(0, n, max(1, size))
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=desc or "batches", unit="batch", leave=False)
+    for s in starts:
+        yield torch.arange(s, min(s + size, n))
