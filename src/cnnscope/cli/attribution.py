@@ -1,0 +1,164 @@
+"""``cnnscope explain`` (attribution panels, raw maps and a JSON summary per image) and demo section 40."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..errors import CnnscopeError
+from .app import cli, model_options, open_model, read_image_arg, write_json
+from .demo import DemoContext, demo_section
+
+DEFAULT_METHODS = "gradcam,guided_backprop,integrated_gradients,occlusion"
+
+
+def parse_cli_target(text: str | None):
+    """``top``, ``INDEX``, ``LABEL`` or ``unit:LAYER:CHANNEL[:X,Y]`` -> an attribution target."""
+    from ..attribution import unit
+
+    if text is None or text.strip().lower() in ("", "top", "top1"):
+        return None
+    if text.startswith("unit:"):
+        parts = text.split(":")
+        if len(parts) not in (3, 4) or not parts[2].isdigit():
+            raise CnnscopeError(f"bad unit target {text!r}: use unit:LAYER:CHANNEL or unit:LAYER:CHANNEL:X,Y")
+        if len(parts) == 4:
+            m = re.fullmatch(r"(\d+),(\d+)", parts[3])
+            if not m:
+                raise CnnscopeError(f"bad position in {text!r}: use X,Y (two integers)")
+            return unit(parts[1], int(parts[2]), int(m.group(1)), int(m.group(2)))
+        return unit(parts[1], int(parts[2]))
+    return int(text) if text.strip().isdigit() else text
+
+
+def parse_options(items: tuple[str, ...], methods: list[str]) -> dict[str, dict]:
+    """``METHOD.KEY=VALUE`` strings -> ``{method: {key: value}}`` (values read as JSON when they parse)."""
+    out: dict[str, dict] = {}
+    for item in items:
+        m = re.fullmatch(r"([A-Za-z_]\w*)\.(\w+)=(.*)", item)
+        if not m:
+            raise CnnscopeError(f"bad option {item!r}: use METHOD.KEY=VALUE, e.g. integrated_gradients.n_steps=32")
+        method, key, raw = m.groups()
+        if method not in methods:
+            raise CnnscopeError(f"option {item!r} names method {method!r}, which is not in --methods "
+                                f"({', '.join(methods)})")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(method, {})[key] = value
+    return out
+
+
+def _stems(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem) or "image"
+        base, k = stem, 2
+        while stem in out:
+            stem, k = f"{base}_{k}", k + 1
+        out.append(stem)
+    return out
+
+
+@cli.command("explain")
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True)
+@model_options
+@click.option("--methods", default=DEFAULT_METHODS, show_default=True,
+              help="Comma-separated methods (`cnnscope explain-methods` lists them).")
+@click.option("--target", default="top", show_default=True,
+              help="top, a class INDEX, a class LABEL, or unit:LAYER:CHANNEL[:X,Y].")
+@click.option("--layer", default=None, help="Layer of the CAM methods (default: the last one with spatial extent).")
+@click.option("--out", type=click.Path(file_okay=False), default="explain-out", show_default=True)
+@click.option("--max-batch", type=click.IntRange(1), default=32, show_default=True,
+              help="Images per forward pass (memory bound).")
+@click.option("-o", "--option", "option", multiple=True,
+              help="Method option METHOD.KEY=VALUE (repeatable), e.g. occlusion.window=48.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Heatmap opacity.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
+def explain_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, methods: str, target: str,
+                layer: str | None, out: str, max_batch: int, option: tuple[str, ...], alpha: float,
+                progress: bool) -> None:
+    """Explain MODEL's answer on each IMAGE (path or sample:NAME) with several attribution methods.
+
+    Writes per image: NAME_panel.png (original + one overlay per method), NAME_METHOD.npy (raw maps) and
+    NAME.json (prediction, target, per-method layer/options/statistics).
+    """
+    from ..attribution import explain, get_method
+    from ..plot.attribution import save_panel
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    for name in names:
+        get_method(name)
+    opts = parse_options(option, names)
+    tgt = parse_cli_target(target)
+    m = open_model(model, weights, device)
+    loaded = [read_image_arg(arg) for arg in images]
+    stems = _stems([n for n, _ in loaded])
+    expls = explain(m, [a for _, a in loaded], names, target=tgt, layer=layer, names=stems, options=opts,
+                    max_batch=max_batch, progress=progress)
+    folder = Path(out)
+    for stem, expl in zip(stems, expls):
+        panel = save_panel(expl, folder / f"{stem}_panel.png", alpha=alpha)
+        maps = {}
+        for meth, res in expl.results.items():
+            path = folder / f"{stem}_{meth}.npy"
+            np.save(path, res.values[0].detach().float().cpu().numpy())
+            maps[meth] = path.name
+        summary = {"model": m.describe(), **expl.to_dict(), "panel": panel.name, "maps": maps}
+        write_json(folder / f"{stem}.json", summary)
+        idx, label, prob = expl.predicted
+        click.echo(f"{stem}: {label} {prob:.1%}; explained {expl.target} -> {panel}")
+    click.echo(f"{len(expls)} image(s), {len(names)} method(s): panels, .npy maps and .json in {folder}/")
+
+
+@cli.command("explain-methods")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (names, options and their defaults).")
+def explain_methods_cmd(as_json: bool) -> None:
+    """List the attribution methods of `cnnscope explain` with their kind and paper."""
+    from ..attribution import get_method, list_methods
+    from .app import print_table
+
+    rows = [get_method(n) for n in list_methods()]
+    if as_json:
+        click.echo(json.dumps([{"name": c.name, "title": c.title, "kind": c.kind, "reference": c.reference,
+                                "options": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
+                                            for k, v in c.defaults().items()}} for c in rows], indent=2))
+        return
+    print_table([(c.name, c.kind, c.reference) for c in rows], ("method", "kind", "reference"))
+
+
+@demo_section(40, "Attribution: which pixels made the model say that")
+def _attribution_demo(ctx: DemoContext) -> None:
+    from ..attribution import explain
+    from ..plot.attribution import panels_figure
+    from ..plot.common import save_figure
+
+    if ctx.quick:
+        names, methods = ["chelsea", "coffee"], ["gradcam", "guided_backprop", "saliency"]
+        options: dict[str, dict] = {}
+    else:
+        names = [n for n in ("chelsea", "coffee", "astronaut", "rocket") if n in ctx.images]
+        methods = ["gradcam", "gradcam_pp", "guided_gradcam", "integrated_gradients", "occlusion"]
+        options = {"integrated_gradients": {"n_steps": 32}}
+    names = [n for n in names if n in ctx.images]
+    expls = explain(ctx.model, [ctx.images[n] for n in names], methods, names=names, options=options)
+    numbers = {}
+    for e in expls:
+        cam = e.results["gradcam"].values[0, 0]
+        h, w = cam.shape
+        peak = int(cam.flatten().argmax())
+        py, px = (peak // w + 0.5) / h, (peak % w + 0.5) / w
+        _, label, prob = e.predicted
+        click.echo(f"  {e.name:<10} {label} {prob:.1%}; Grad-CAM ({e.results['gradcam'].layer}) peaks at "
+                   f"{px:.0%} across, {py:.0%} down")
+        numbers[e.name] = {"top1": label, "probability": prob, "gradcam_peak_xy": [px, py],
+                           "gradcam_layer": e.results["gradcam"].layer}
+    path = save_figure(panels_figure(expls), ctx.out / "attribution_panels.png", dpi=100)
+    write_json(ctx.out / "attribution.json", {"methods": methods, "images": numbers})
+    click.echo(f"  panels (photo + one overlay per method): {path}")
