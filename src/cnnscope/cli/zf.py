@@ -1,0 +1,294 @@
+"""Zeiler & Fergus commands: ``deconv``, ``top9``, ``occlude``, ``invariance``, ``correspond``, ``boundary``.
+
+(``train``, ``evolution``, ``filters``, ``featuremaps`` and the demo section live in :mod:`.zf_train`.)
+Every command writes PNG figures and the numbers behind them (JSON, NPY) into ``--out``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..errors import CnnscopeError
+from .app import cli, model_options, open_model, read_image_arg, write_json
+
+IMAGES_HELP = ("IMAGES: paths, folders (every image inside), sample:NAME, 'samples' (all skimage photos) or "
+               "'digits' / 'digits:N' (scikit-learn digits).")
+
+
+HELP_TOP9 = ("Strongest activations of each channel over IMAGES, projected to pixels beside the image patches "
+             "(paper Fig. 2). " + IMAGES_HELP)
+HELP_INVARIANCE = ("Invariance study (paper Fig. 5): feature distance and p(true class) under translation, scale "
+                   "and rotation. " + IMAGES_HELP)
+HELP_CORRESPOND = ("Correspondence analysis (paper Table 1): sign-change consistency of masking the same part in "
+                   "IMAGES. " + IMAGES_HELP)
+
+
+def open_any(model: str, weights: str | None, device: str):
+    """A registry model name, or a checkpoint written by ``cnnscope train``."""
+    from ..zf.train import is_checkpoint, load_checkpoint
+
+    if is_checkpoint(model):
+        from .app import resolve_device
+
+        return load_checkpoint(model, resolve_device(device))
+    return open_model(model, weights, device)
+
+
+def read_images(args: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
+    """Image-set arguments -> ``name -> uint8 array`` (see :data:`IMAGES_HELP`); repeated names get ``#2``..."""
+    from ..images import IMAGE_SUFFIXES, load_image, sample_images
+
+    out: dict[str, np.ndarray] = {}
+
+    def add(name: str, arr: np.ndarray) -> None:
+        key, k = name, 1
+        while key in out:
+            k += 1
+            key = f"{name}#{k}"
+        out[key] = arr
+
+    for arg in args:
+        if arg == "samples":
+            for name, arr in sample_images().items():
+                add(name, arr)
+        elif arg == "digits" or arg.startswith("digits:"):
+            from ..zf.train import digits_dataset
+
+            ds = digits_dataset()
+            n = int(arg.split(":", 1)[1]) if ":" in arg else len(ds)
+            for i in range(min(n, len(ds))):
+                add(f"digit{i}_{ds.labels[i]}", ds.images[i])
+        elif Path(arg).is_dir():
+            for p in sorted(p for p in Path(arg).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+                add(str(p), load_image(p))
+        else:
+            add(*read_image_arg(arg))
+    if not out:
+        raise CnnscopeError("no images found in " + " ".join(args))
+    return out
+
+
+def int_list(text: str | None) -> list[int] | None:
+    """``"0,3,8-11"`` -> ``[0, 3, 8, 9, 10, 11]`` (``None`` stays ``None``)."""
+    if text is None:
+        return None
+    out: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",")):
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out += list(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise CnnscopeError(f"expected integers like 0,3,8-11, got {text!r}") from None
+    return out
+
+
+def float_list(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise CnnscopeError(f"expected numbers like 0,10,20, got {text!r}") from None
+
+
+def out_dir(out: str) -> Path:
+    p = Path(out)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def save(fig, path: Path) -> None:
+    from ..plot import save_figure
+
+    save_figure(fig, path)
+    click.echo(f"wrote {path}")
+
+
+def out_option(default: str):
+    return click.option("--out", type=click.Path(file_okay=False), default=default, show_default=True,
+                        help="Folder for the figures and numbers.")
+
+
+batch_option = click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
+                            help="Images per forward pass (memory bound).")
+
+
+@cli.command("deconv")
+@click.argument("model")
+@click.argument("image")
+@model_options
+@click.option("--layer", required=True, help="Layer of the feature stack (see `cnnscope layers MODEL`).")
+@click.option("--channel", type=click.IntRange(0), required=True, help="Feature map to project.")
+@click.option("--position", default=None, help="ROW,COL in the layer's map (default: the strongest activation).")
+@click.option("--method", type=click.Choice(["true", "rule"]), default="true", show_default=True,
+              help="true: switches + transposed filters; rule: backward-rule deconvnet (any model).")
+@out_option("zf-deconv")
+def deconv_cmd(model, image, weights, device, layer, channel, position, method, out) -> None:
+    """Project one activation of MODEL on IMAGE back to pixels with the deconvnet (Zeiler & Fergus 2013)."""
+    from ..plot.zf import projection_figure
+    from ..zf.deconvnet import project, rule_projection
+
+    m = open_any(model, weights, device)
+    name, arr = read_image_arg(image)
+    pos = tuple(int_list(position)) if position else None
+    if pos is not None and len(pos) != 2:
+        raise CnnscopeError(f"--position is ROW,COL, got {position!r}")
+    fn = project if method == "true" else rule_projection
+    p = fn(m.module, m.preprocess(arr), layer, channel, pos)
+    d = out_dir(out)
+    np.save(d / "deconv.npy", p.values[0].cpu().numpy())
+    write_json(d / "deconv.json", {"image": name, "layer": layer, "channel": channel, "position": p.position,
+                                   "activation": p.activation, "box": p.box, "method": p.method})
+    save(projection_figure(m.fit_image(arr), p), d / "deconv.png")
+    click.echo(f"{layer} channel {channel} at {p.position}: activation {p.activation:.4g} ({p.method})")
+
+
+@cli.command("top9", help=HELP_TOP9)
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True)
+@model_options
+@click.option("--layer", required=True, help="Layer of the feature stack.")
+@click.option("--channels", default="0-7", show_default=True, help="Channels, e.g. 0,3,8-11.")
+@click.option("-k", "k", type=click.IntRange(1), default=9, show_default=True, help="Activations per channel.")
+@batch_option
+@out_option("zf-top9")
+def top9_cmd(model, images, weights, device, layer, channels, k, batch_size, out) -> None:
+    """Strongest activations of each channel over IMAGES, projected to pixels beside the image patches."""
+    from ..plot.zf import top9_figure
+    from ..zf.projections import top_projections
+
+    m = open_any(model, weights, device)
+    tp = top_projections(m, read_images(images), layer, int_list(channels), k=k, batch_size=batch_size,
+                         progress=True)
+    d = out_dir(out)
+    write_json(d / "top9.json", tp.to_dict())
+    save(top9_figure(tp), d / "top9.png")
+    for c in tp.channels:
+        best = tp.entries[c][0]
+        click.echo(f"channel {c}: best {best.activation:.4g} in {tp.names[best.image_index]} at {best.position}")
+
+
+@cli.command("occlude")
+@click.argument("model")
+@click.argument("image")
+@model_options
+@click.option("--layer", required=True, help="Convolutional layer for panels (b) and (c).")
+@click.option("--target", default=None, help="Correct class (index or label; default the top-1 prediction).")
+@click.option("--channel", type=click.IntRange(0), default=None, help="Feature map (default: the strongest).")
+@click.option("--size", type=click.IntRange(1), default=48, show_default=True, help="Grey square side (pixels).")
+@click.option("--stride", type=click.IntRange(1), default=16, show_default=True, help="Square step (pixels).")
+@click.option("--fill", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Grey level.")
+@batch_option
+@out_option("zf-occlusion")
+def occlude_cmd(model, image, weights, device, layer, target, channel, size, stride, fill, batch_size, out) -> None:
+    """Occlusion study (paper Fig. 7): slide a grey square over IMAGE and map activity and predictions."""
+    from ..plot.zf import occlusion_figure
+    from ..zf.occlusion_study import occlusion_study
+
+    m = open_any(model, weights, device)
+    _, arr = read_image_arg(image)
+    s = occlusion_study(m, arr, layer, target=target, channel=channel, size=size, stride=stride, fill=fill,
+                        batch_size=batch_size, progress=True)
+    d = out_dir(out)
+    write_json(d / "occlusion.json", s.to_dict())
+    np.save(d / "occlusion_projection.npy", s.projection.values[0].cpu().numpy())
+    save(occlusion_figure(s), d / "occlusion.png")
+    i = int(s.probability.argmin())
+    r, c = divmod(i, len(s.lefts))
+    click.echo(f"p({s.label}) = {s.base_probability:.3f} unoccluded; lowest {float(s.probability.min()):.3f} "
+               f"with the square at top={s.tops[r]}, left={s.lefts[c]}")
+
+
+@cli.command("invariance", help=HELP_INVARIANCE)
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True)
+@model_options
+@click.option("--transforms", default="translate,scale,rotate", show_default=True, help="Comma-separated.")
+@click.option("--amounts", default=None, help="Sweep for a single transform, e.g. 0,10,20 (default: paper-like).")
+@click.option("--layers", default=None, help="Comma-separated layers (default: first conv layer and penultimate).")
+@batch_option
+@out_option("zf-invariance")
+def invariance_cmd(model, images, weights, device, transforms, amounts, layers, batch_size, out) -> None:
+    """Invariance study (paper Fig. 5): feature distance and p(true class) under translation, scale, rotation."""
+    from ..plot.zf import invariance_figure
+    from ..zf.invariance import invariance_study
+
+    m = open_any(model, weights, device)
+    imgs = read_images(images)
+    names = [t.strip() for t in transforms.split(",") if t.strip()]
+    if amounts and len(names) != 1:
+        raise CnnscopeError("--amounts needs exactly one transform in --transforms")
+    lays = [s.strip() for s in layers.split(",")] if layers else None
+    studies = [invariance_study(m, imgs, t, float_list(amounts), lays, batch_size=batch_size, progress=True)
+               for t in names]
+    d = out_dir(out)
+    write_json(d / "invariance.json", [s.to_dict() for s in studies])
+    save(invariance_figure(studies), d / "invariance.png")
+    for s in studies:
+        far = s.distances.mean(0)[:, -1].tolist()
+        click.echo(f"{s.transform}: mean distance at {s.amounts[-1]:g}: "
+                   + ", ".join(f"{n} {v:.3g}" for n, v in zip(s.layers, far)))
+
+
+@cli.command("correspond", help=HELP_CORRESPOND)
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True)
+@model_options
+@click.option("--box", "boxes", multiple=True, required=True,
+              help="TOP,LEFT,BOTTOM,RIGHT of the part in each image, in that image's pixels (once per image).")
+@click.option("--layers", default=None, help="Comma-separated layers (default: last spatial and penultimate).")
+@click.option("--random", "n_random", type=click.IntRange(0), default=5, show_default=True,
+              help="Repeats of the random-mask baseline.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@batch_option
+@out_option("zf-correspondence")
+def correspond_cmd(model, images, weights, device, boxes, layers, n_random, seed, batch_size, out) -> None:
+    """Correspondence analysis (paper Table 1): sign-change consistency of masking the same part in IMAGES."""
+    from ..plot.zf import correspondence_figure
+    from ..zf.correspondence import correspondence
+
+    m = open_any(model, weights, device)
+    imgs = read_images(images)
+    parsed = [int_list(b) for b in boxes]
+    lays = [s.strip() for s in layers.split(",")] if layers else None
+    r = correspondence(m, imgs, parsed, lays, n_random=n_random, seed=seed, batch_size=batch_size, progress=True)
+    d = out_dir(out)
+    write_json(d / "correspondence.json", r.to_dict())
+    save(correspondence_figure(r, list(imgs.values())), d / "correspondence.png")
+    for n in r.layers:
+        line = f"{n}: part {r.part[n].mean:.4f} +- {r.part[n].std:.4f}"
+        if r.random:
+            line += f"; random {r.random[n].mean:.4f} +- {r.random[n].std:.4f}"
+        click.echo(line)
+
+
+@cli.command("boundary")
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True)
+@model_options
+@click.option("--resolution", type=click.IntRange(2), default=41, show_default=True, help="Points per axis.")
+@click.option("--span", default=None, help="LO,HI of both coordinates (default -0.5,1.5 or -1,1).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random directions.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Points per forward.")
+@out_option("zf-boundary")
+def boundary_cmd(model, images, weights, device, resolution, span, seed, batch_size, out) -> None:
+    """Predicted class over the plane through three IMAGES (or one image and two random directions)."""
+    from ..plot.zf import boundary_figure
+    from ..zf.boundary import decision_plane
+
+    m = open_any(model, weights, device)
+    lohi = float_list(span)
+    if lohi is not None and len(lohi) != 2:
+        raise CnnscopeError(f"--span is LO,HI, got {span!r}")
+    p = decision_plane(m, read_images(images), resolution=resolution, span=tuple(lohi) if lohi else None,
+                       seed=seed, batch_size=batch_size, progress=True)
+    d = out_dir(out)
+    write_json(d / "boundary.json", p.to_dict())
+    save(boundary_figure(p), d / "boundary.png")
+    click.echo(f"{len(p.labels)} classes on the plane: " + ", ".join(list(p.labels.values())[:8]))

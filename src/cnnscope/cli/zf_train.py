@@ -1,0 +1,171 @@
+"""Zeiler & Fergus commands: ``train``, ``evolution``, ``filters``, ``featuremaps``; and demo section 50."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..errors import CnnscopeError
+from .app import cli, model_options, read_image_arg, resolve_device, write_json
+from .demo import DemoContext, demo_section
+from .zf import IMAGES_HELP, int_list, open_any, out_dir, read_images, save
+
+
+@cli.command("train")
+@click.argument("data", default="digits")
+@click.option("--epochs", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--checkpoints", default="1,2,5", show_default=True,
+              help="Epochs after which to save a checkpoint (0 = the initial weights).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--lr", type=float, default=3e-3, show_default=True, help="Adam learning rate.")
+@click.option("--widths", default="16,32,64", show_default=True, help="Conv layer widths.")
+@click.option("--size", type=click.IntRange(8), default=None, help="Image side (default 32 digits, 64 folders).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="zf-train", show_default=True,
+              help="Folder for the checkpoints and history.json.")
+def train_cmd(data, epochs, checkpoints, batch_size, lr, widths, size, seed, device, out) -> None:
+    """Train a small ZF-style CNN on DATA ('digits' = scikit-learn's digits, or a folder with one sub-folder
+    per class), saving checkpoints for `cnnscope evolution`; reproducible with --seed."""
+    from ..zf.train import train
+
+    wanted = sorted(e for e in (int_list(checkpoints) or []) if e <= epochs)
+
+    def report(rec: dict) -> None:
+        click.echo(f"epoch {rec['epoch']:>3}: loss {rec['loss']:.4f}  train {rec['train_accuracy']:.2%}  "
+                   f"test {rec['test_accuracy']:.2%}")
+
+    r = train(data, epochs=epochs, checkpoint_epochs=wanted, out=out, batch_size=batch_size, lr=lr,
+              widths=int_list(widths) or (16, 32, 64), size=size, seed=seed, device=resolve_device(device),
+              progress=True, on_epoch=report)
+    d = out_dir(out)
+    write_json(d / "history.json", {"history": r.history, "checkpoints": {k: str(v) for k, v in r.checkpoints.items()},
+                                    "seed": seed, "data": str(data)})
+    click.echo(f"checkpoints: {', '.join(str(p) for p in r.checkpoints.values()) or 'none'}")
+
+
+def checkpoint_files(args: tuple[str, ...]) -> list[Path]:
+    """Checkpoint arguments: files, or folders (their ``epoch_*.pt`` in order)."""
+    files: list[Path] = []
+    for a in args:
+        p = Path(a)
+        files += sorted(p.glob("epoch_*.pt")) if p.is_dir() else [p]
+    if not files:
+        raise CnnscopeError("no checkpoints found; run `cnnscope train --checkpoints 1,2,5 --out RUN` first")
+    return files
+
+
+@cli.command("evolution")
+@click.argument("checkpoints", nargs=-1, required=True)
+@click.option("--layer", default="features.6", show_default=True, help="Layer of the trained net's features.")
+@click.option("--channels", default="0-5", show_default=True)
+@click.option("--images", "images", multiple=True, default=("digits:400",), show_default=True,
+              help="Image set searched for the strongest activations (repeatable). " + IMAGES_HELP)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="zf-evolution", show_default=True)
+def evolution_cmd(checkpoints, layer, channels, images, batch_size, device, out) -> None:
+    """Feature evolution (paper Fig. 4): strongest projection of each channel at every checkpoint (files or a
+    `cnnscope train` folder)."""
+    from ..plot.zf import evolution_figure
+    from ..zf.evolution import evolution
+
+    ev = evolution(checkpoint_files(checkpoints), read_images(images), layer, int_list(channels) or [0],
+                   batch_size=batch_size, device=resolve_device(device), progress=True)
+    d = out_dir(out)
+    write_json(d / "evolution.json", ev.to_dict())
+    save(evolution_figure(ev), d / "evolution.png")
+
+
+@cli.command("filters")
+@click.argument("model")
+@model_options
+@click.option("--layer", default=None, help="Conv layer (default: the first one).")
+@click.option("--max-out", type=click.IntRange(1), default=16, show_default=True, help="Kernels shown (rows).")
+@click.option("--max-in", type=click.IntRange(1), default=8, show_default=True, help="Input channels shown.")
+@click.option("--out", type=click.Path(file_okay=False), default="zf-filters", show_default=True)
+def filters_cmd(model, weights, device, layer, max_out, max_in, out) -> None:
+    """Filters of MODEL: first-layer filters as pictures, kernels as heatmaps, and their frequency content."""
+    from ..plot.zf import filters_figure, kernels_figure, spectrum_figure
+    from ..zf.filters import conv_layers, conv_weights, filter_images, filter_spectrum
+
+    m = open_any(model, weights, device)
+    w = conv_weights(m.module, layer)
+    name = layer or conv_layers(m.module)[0]
+    d = out_dir(out)
+    np.save(d / "filters.npy", w.cpu().numpy())
+    if w.shape[1] in (1, 3):
+        save(filters_figure(filter_images(w), f"{name} filters"), d / "filters.png")
+    save(kernels_figure(w, name, max_out, max_in), d / "kernels.png")
+    spec = filter_spectrum(w)
+    write_json(d / "spectrum.json", {"layer": name, **spec.to_dict()})
+    save(spectrum_figure(spec), d / "spectrum.png")
+    low, mid, high = spec.bands.mean(0).tolist()
+    click.echo(f"{name}: {tuple(w.shape)}; energy low {low:.1%}, mid {mid:.1%}, high {high:.1%}; "
+               f"{len(spec.dead)} dead filters")
+
+
+@cli.command("featuremaps")
+@click.argument("model")
+@click.argument("image")
+@model_options
+@click.option("--layer", required=True, help="Layer whose maps to show.")
+@click.option("--max-maps", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="zf-featuremaps", show_default=True)
+def featuremaps_cmd(model, image, weights, device, layer, max_maps, out) -> None:
+    """One IMAGE's feature maps at a layer of MODEL, as a grid."""
+    from ..plot.zf import feature_maps_figure
+    from ..zf.filters import feature_maps
+
+    m = open_any(model, weights, device)
+    _, arr = read_image_arg(image)
+    maps = feature_maps(m.module, m.preprocess(arr), layer)
+    d = out_dir(out)
+    np.save(d / "featuremaps.npy", maps.cpu().numpy())
+    save(feature_maps_figure(maps, layer, max_maps), d / "featuremaps.png")
+
+
+@demo_section(50, "Zeiler & Fergus: occlusion, invariance, filters, training evolution")
+def _demo(ctx: DemoContext) -> None:
+    from ..plot import save_figure
+    from ..plot import zf as plots
+    from ..zf import (
+        conv_weights,
+        evolution,
+        filter_images,
+        filter_spectrum,
+        invariance_study,
+        occlusion_study,
+        top_projections,
+        train,
+    )
+    from ..zf.train import digits_dataset
+
+    out = ctx.out / "zf"
+    m, imgs = ctx.model, ctx.images
+    s = occlusion_study(m, imgs["chelsea"], "blocks.5", size=64 if ctx.quick else 48,
+                        stride=32 if ctx.quick else 16)
+    save_figure(plots.occlusion_figure(s), out / "occlusion.png")
+    click.echo(f"occlusion: p({s.label}) {s.base_probability:.2f} -> min {float(s.probability.min()):.2f}")
+    sweep = {"translate": [0, 15, 30]} if ctx.quick else {"translate": None, "scale": None, "rotate": None}
+    few = {k: imgs[k] for k in ("chelsea", "coffee", "astronaut")}
+    studies = [invariance_study(m, few, t, a) for t, a in sweep.items()]
+    save_figure(plots.invariance_figure(studies), out / "invariance.png")
+    w = conv_weights(m.module)
+    spec = filter_spectrum(w)
+    save_figure(plots.filters_figure(filter_images(w)), out / "filters.png")
+    save_figure(plots.spectrum_figure(spec), out / "spectrum.png")
+    click.echo("first-layer energy low/mid/high: " + "/".join(f"{v:.0%}" for v in spec.bands.mean(0).tolist()))
+    run = train("digits", epochs=1 if ctx.quick else 4, checkpoint_epochs=[0, 1] if ctx.quick else [0, 1, 2, 4],
+                out=out / "run", widths=(8, 16, 32) if ctx.quick else (16, 32, 64))
+    click.echo(f"digits CNN: test accuracy {run.history[-1]['test_accuracy']:.1%}")
+    ds = digits_dataset()
+    test = {f"digit{i}": ds.images[i] for i in run.test_indices[:200]}
+    tp = top_projections(run.model, test, "features.3", channels=[0, 1, 2, 3], k=9)
+    save_figure(plots.top9_figure(tp), out / "top9.png")
+    ev = evolution(list(run.checkpoints.values()), test, "features.3", [0, 1, 2, 3])
+    save_figure(plots.evolution_figure(ev), out / "evolution.png")
+    click.echo(f"figures in {out}/")
+

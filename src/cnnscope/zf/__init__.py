@@ -1,0 +1,29 @@
+"""Zeiler & Fergus, *Visualizing and Understanding Convolutional Networks* (2013), as reusable analyses.
+
+    from cnnscope import load_model
+    from cnnscope.zf import project, occlusion_study, invariance_study, train
+    p = project(alexnet, x, "features.10", channel=5)          # true deconvnet (switches, transposed filters)
+    s = occlusion_study(load_model(), "cat.jpg", "blocks.5")   # Fig. 7 maps
+
+Every analysis returns tensors/arrays in a dataclass; figures are in :mod:`cnnscope.plot.zf`, commands in
+``cnnscope deconv|top9|occlude|invariance|correspond|train|evolution|filters|featuremaps|boundary``.
+"""
+
+from .boundary import DecisionPlane, decision_plane
+from .chain import DeconvError
+from .correspondence import Correspondence, DeltaStats, correspondence, sign_consistency
+from .deconvnet import DeconvNet, Projection, display, project, rule_projection
+from .evolution import Evolution, evolution
+from .filters import FilterSpectrum, conv_layers, conv_weights, feature_maps, filter_images, filter_spectrum
+from .invariance import TRANSFORMS, InvarianceStudy, invariance_study
+from .occlusion_study import OcclusionStudy, occlusion_study
+from .projections import TopEntry, TopProjections, top_projections
+from .steps import STEP_TYPES, unpool
+from .train import SmallConvNet, TrainResult, digits_dataset, load_checkpoint, train
+
+__all__ = ["STEP_TYPES", "TRANSFORMS", "Correspondence", "DecisionPlane", "DeconvError", "DeconvNet", "DeltaStats",
+           "Evolution", "FilterSpectrum", "InvarianceStudy", "OcclusionStudy", "Projection", "SmallConvNet",
+           "TopEntry", "TopProjections", "TrainResult", "conv_layers", "conv_weights", "correspondence",
+           "decision_plane", "digits_dataset", "display", "evolution", "feature_maps",
+           "filter_images", "filter_spectrum", "invariance_study", "load_checkpoint", "occlusion_study", "project",
+           "rule_projection", "sign_consistency", "top_projections", "train", "unpool"]

@@ -1,0 +1,163 @@
+"""Find the chain of invertible modules that leads from the input to a layer, and prove it is the real path.
+
+The true deconvnet needs the exact sequence of operations between the pixels and the chosen layer. It is read
+from the model in three steps:
+
+1. one probe forward (:func:`cnnscope.capture.list_layers`) gives the order in which submodules run;
+2. walking down the layer's dotted name, every sibling that ran before it is expanded into its submodules
+   (containers) or turned into a :class:`~cnnscope.zf.steps.Step` (conv, ReLU, max-pool, ...); a leaf module of
+   any other kind stops the walk with a :class:`DeconvError` naming it;
+3. the chain is replayed on a seeded random probe and compared with the model's own outputs of every container
+   it passed through and of the layer itself: a container whose ``forward`` does more than run its children in
+   order (a residual add, a squeeze-excite product, a ``torch`` call) is named in the error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..capture import Capture, evaluating, list_layers, resolve_layers
+from ..errors import CnnscopeError
+from .steps import SUPPORTED, Step, step_for
+
+HINT = ("the true deconvnet only inverts plain stacks of " + SUPPORTED + "; use the backward-rule deconvnet "
+        "instead, which works on any model (cnnscope.zf.rule_projection, `cnnscope deconv --method rule`, or the "
+        "attribution method 'deconvnet')")
+
+
+class DeconvError(CnnscopeError):
+    """The true deconvnet cannot invert the path to a layer; the message names the first module in the way."""
+
+
+@dataclass
+class Chain:
+    """The steps from the input to ``layer`` (``steps[-1]`` produces the layer's output).
+
+    Attributes:
+        layer: the dotted layer name.
+        steps: the invertible steps in forward order.
+        containers: ``(name, index of the step that finishes it)`` for every container on the path.
+    """
+
+    layer: str
+    steps: list[Step]
+    containers: list[tuple[str, int]]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[object], list[torch.Tensor]]:
+        """Run the steps; returns the output, each step's record and each step's output."""
+        records: list[object] = []
+        outs: list[torch.Tensor] = []
+        for step in self.steps:
+            x, rec = step.forward(x)
+            records.append(rec)
+            outs.append(x)
+        return x, records, outs
+
+    def receptive_field(self, row: int | tuple[int, int], col: int | tuple[int, int], size: tuple[int, int]
+                        ) -> tuple[int, int, int, int]:
+        """The input box ``(top, left, bottom, right)`` (half-open, clipped to ``size``) seen by output positions.
+
+        ``row``/``col`` are one index or an inclusive ``(first, last)`` range in the layer's map.
+        """
+        ranges = []
+        for axis, idx in enumerate((row, col)):
+            lo, hi = (idx, idx) if isinstance(idx, int) else idx
+            for step in reversed(self.steps):
+                g = step.geometry
+                lo = lo * g.stride[axis] - g.padding[axis]
+                hi = hi * g.stride[axis] - g.padding[axis] + g.dilation[axis] * (g.kernel[axis] - 1)
+            ranges.append((max(lo, 0), min(hi, size[axis] - 1) + 1))
+        (top, bottom), (left, right) = ranges
+        return top, left, bottom, right
+
+
+def _children_in_order(parent: str, mod: nn.Module, entered: list[str]) -> list[str]:
+    """Direct children of ``parent`` in the order they first ran (never-run children left out)."""
+    prefix = parent + "." if parent else ""
+    kids = {prefix + n for n, _ in mod.named_children()}
+    return [n for n in entered if n in kids]
+
+
+def _expand(name: str, mod: nn.Module, entered: list[str], table: dict[str, nn.Module], steps: list[Step],
+            containers: list[tuple[str, int]]) -> None:
+    step = step_for(name, mod)
+    if step is not None:
+        steps.append(step)
+        return
+    kids = _children_in_order(name, mod, entered)
+    if not kids:
+        raise DeconvError(f"cannot invert layer {name!r} ({type(mod).__name__}): it is not one of the modules a "
+                          f"deconvnet knows how to reverse; {HINT}")
+    for kid in kids:
+        _expand(kid, table[kid], entered, table, steps, containers)
+    containers.append((name, len(steps) - 1))
+
+
+def build_chain(module: nn.Module, layer: str, input_size: tuple[int, int], in_channels: int = 3) -> Chain:
+    """The invertible chain from the input to ``layer``, checked against the model on a random probe.
+
+    Raises:
+        LayerError: unknown layer name (with close matches).
+        DeconvError: a module on the path cannot be inverted (the message names it and points to the
+            backward-rule deconvnet).
+    """
+    resolve_layers(module, layer)
+    infos = list_layers(module, input_size, in_channels)
+    entered = [i.name for i in infos if i.calls > 0]
+    if layer not in entered:
+        raise DeconvError(f"layer {layer!r} does not run in the model's forward pass")
+    table = dict(module.named_modules())
+    steps: list[Step] = []
+    containers: list[tuple[str, int]] = []
+    parts = layer.split(".")
+    parent = ""
+    for depth in range(len(parts)):
+        here = ".".join(parts[:depth + 1])
+        for sib in _children_in_order(parent, table[parent], entered):
+            if sib == here:
+                break
+            _expand(sib, table[sib], entered, table, steps, containers)
+        parent = here
+    _expand(layer, table[layer], entered, table, steps, containers)
+    if containers and containers[-1][0] == layer:
+        containers.pop()  # the layer itself is checked below
+    chain = Chain(layer=layer, steps=steps, containers=containers)
+    _validate(module, chain, input_size, in_channels)
+    return chain
+
+
+def _validate(module: nn.Module, chain: Chain, input_size: tuple[int, int], in_channels: int) -> None:
+    """Replay the chain on a seeded random probe; every container and the layer must match the model."""
+    param = next(iter(module.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    gen = torch.Generator(device=device).manual_seed(0)
+    probe = torch.randn(2, in_channels, *input_size, generator=gen, device=device, dtype=dtype)
+    names = [n for n, _ in chain.containers] + [chain.layer]
+    with torch.no_grad(), evaluating(module), Capture(module, names, stop_early=False, reuse="all") as cap:
+        cap.run(probe)
+        _, _, outs = chain.forward(probe)
+    checks = chain.containers + [(chain.layer, len(chain.steps) - 1)]
+    for name, idx in sorted(checks, key=lambda c: c[1]):
+        ref = cap.activations[name][0]
+        got = outs[idx]
+        if not isinstance(ref, torch.Tensor) or ref.shape != got.shape or not _close(got, ref):
+            what = table_kind(module, name)
+            if name == chain.layer:
+                raise DeconvError(f"cannot invert the path to {name!r} ({what}): the model computes something "
+                                  "on the way that is not a module the deconvnet can see (a residual add, a "
+                                  f"function call or input normalisation inside forward()); {HINT}")
+            raise DeconvError(f"cannot invert {name!r} ({what}): its forward() does more than run its "
+                              f"submodules one after another (e.g. a residual add or a squeeze-excite gate); {HINT}")
+
+
+def table_kind(module: nn.Module, name: str) -> str:
+    return type(dict(module.named_modules())[name]).__name__
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale + 1e-6))

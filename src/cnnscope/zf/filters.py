@@ -1,0 +1,140 @@
+"""Filters and feature maps: the "weight" and "activation" views of CNN tutorials, and the paper's
+frequency diagnosis of first-layer filters (Zeiler & Fergus 2013, Sec. 4.1, Fig. 6: large strided first-layer
+filters mix extremely high and low frequencies with little mid-frequency coverage, and some are dead).
+
+Example:
+    >>> w = conv_weights(model.module)              # first conv layer, [out, in, kh, kw]
+    >>> tiles = filter_images(w)                     # uint8 [out, kh, kw, 3], one picture per filter
+    >>> spec = filter_spectrum(w)                    # band energy fractions per filter
+    >>> maps = feature_maps(model.module, x, "features.3")   # [C, h, w]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..capture import capture, evaluating, resolve_layers
+from ..errors import LayerError, unknown
+
+#: radial frequency bands as fractions of the Nyquist frequency (0.5 cycles/pixel): [low, mid, high)
+BANDS = {"low": (0.0, 1 / 3), "mid": (1 / 3, 2 / 3), "high": (2 / 3, float("inf"))}
+
+
+def conv_layers(module: nn.Module) -> list[str]:
+    """Dotted names of every ``nn.Conv2d`` in the model, in registration order."""
+    return [n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def conv_weights(module: nn.Module, layer: str | None = None) -> torch.Tensor:
+    """The kernels of a convolution layer (default: the first one), detached.
+
+    Shape:
+        - Output: ``[out_channels, in_channels / groups, kh, kw]``.
+    """
+    names = conv_layers(module)
+    if not names:
+        raise LayerError(f"{type(module).__name__} has no Conv2d layer")
+    name = names[0] if layer is None else layer
+    mod = resolve_layers(module, name)[name]
+    if not isinstance(mod, nn.Conv2d):
+        raise LayerError(unknown("convolution layer", name, names))
+    return mod.weight.detach()
+
+
+def filter_images(weights: torch.Tensor, per_filter: bool = True) -> np.ndarray:
+    """First-layer filters as pictures: each filter's values scaled to [0, 255] (3 input channels in colour,
+    one channel in grey).
+
+    Args:
+        weights: ``[N, C, kh, kw]`` with ``C`` 1 or 3.
+        per_filter: scale every filter by its own range (otherwise one range for all, which keeps relative
+            strength visible and shows dead filters as flat grey).
+
+    Shape:
+        - Output: ``uint8 [N, kh, kw, 3]``.
+    """
+    if weights.ndim != 4 or weights.shape[1] not in (1, 3):
+        raise LayerError(f"filter pictures need [N, 1 or 3, kh, kw] kernels (a first layer), got "
+                         f"{tuple(weights.shape)}; show other layers with the kernel heatmaps")
+    w = weights.detach().float().cpu()
+    dims = (1, 2, 3) if per_filter else (0, 1, 2, 3)
+    lo, hi = w.amin(dim=dims, keepdim=True), w.amax(dim=dims, keepdim=True)
+    v = (w - lo) / (hi - lo).clamp_min(1e-12)
+    v = v.expand(-1, 3, -1, -1) if v.shape[1] == 1 else v
+    return (v.permute(0, 2, 3, 1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+
+
+def feature_maps(module: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
+    """One image's activations at ``layer`` (eval mode, restored afterwards).
+
+    Shape:
+        - x: ``[1, C, H, W]``; Output: ``[C', h, w]``.
+    """
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise LayerError(f"feature_maps() takes one image [1, C, H, W], got {tuple(x.shape)}")
+    with torch.no_grad(), evaluating(module):
+        acts = capture(module, x, layer)[layer]
+    if acts.ndim != 4:
+        raise LayerError(f"layer {layer!r} has no spatial output (shape {tuple(acts.shape[1:])})")
+    return acts[0]
+
+
+@dataclass
+class FilterSpectrum:
+    """Frequency content of a bank of filters.
+
+    Attributes:
+        power: ``[N, size, size]`` power spectrum of each filter (summed over input channels, zero frequency
+            in the centre, ``size``-point FFT).
+        radii: ``[nbins]`` centre of each radial bin as a fraction of Nyquist.
+        profile: ``[N, nbins]`` share of each filter's energy per radial bin.
+        bands: ``[N, 3]`` share of each filter's energy in the low / mid / high bands of :data:`BANDS`.
+        dead: indices of filters with (almost) no energy (norm below 1% of the largest).
+    """
+
+    power: torch.Tensor
+    radii: torch.Tensor
+    profile: torch.Tensor
+    bands: torch.Tensor
+    dead: list[int]
+
+    def to_dict(self) -> dict:
+        return {"radii": self.radii.tolist(), "profile": self.profile.tolist(), "bands": self.bands.tolist(),
+                "band_names": list(BANDS), "band_edges": [list(v) for v in BANDS.values()], "dead": self.dead,
+                "mean_bands": self.bands.mean(0).tolist()}
+
+
+def filter_spectrum(weights: torch.Tensor, size: int = 32, nbins: int = 12) -> FilterSpectrum:
+    """Power spectra of filters, their radial profile and low/mid/high band shares.
+
+    Each ``kh x kw`` kernel is zero-padded to ``size x size`` and Fourier transformed; the power of all input
+    channels is summed. Radii are measured in units of the Nyquist frequency (1 = 0.5 cycles/pixel along an
+    axis; the diagonal corner reaches sqrt(2)).
+
+    Shape:
+        - weights: ``[N, C, kh, kw]``; power: ``[N, size, size]``.
+    """
+    if weights.ndim != 4:
+        raise LayerError(f"filter_spectrum() needs [N, C, kh, kw] kernels, got {tuple(weights.shape)}")
+    kh, kw = weights.shape[-2:]
+    if size < max(kh, kw):
+        raise LayerError(f"the FFT size {size} is smaller than the {kh}x{kw} kernels")
+    w = weights.detach().to(torch.float64)
+    power = torch.fft.fftshift(torch.fft.fft2(w, s=(size, size)).abs().square().sum(1), dim=(-2, -1))
+    f = torch.fft.fftshift(torch.fft.fftfreq(size, device=w.device, dtype=w.dtype)) / 0.5
+    radius = torch.sqrt(f.view(-1, 1) ** 2 + f.view(1, -1) ** 2)
+    total = power.flatten(1).sum(1).clamp_min(1e-30)
+    edges = torch.linspace(0, float(radius.max()) + 1e-9, nbins + 1, device=w.device, dtype=w.dtype)
+    which = torch.bucketize(radius.flatten(), edges[1:-1], right=True)
+    profile = torch.zeros(len(w), nbins, device=w.device, dtype=w.dtype)
+    profile.index_add_(1, which, power.flatten(1))
+    bands = torch.stack([power.flatten(1)[:, ((radius >= lo) & (radius < hi)).flatten()].sum(1)
+                         for lo, hi in BANDS.values()], dim=1)
+    norms = w.flatten(1).norm(dim=1)
+    dead = [int(i) for i in torch.nonzero(norms < 0.01 * norms.max().clamp_min(1e-30)).flatten()]
+    return FilterSpectrum(power, (edges[1:] + edges[:-1]) / 2, profile / total[:, None], bands / total[:, None],
+                          dead)
