@@ -1,0 +1,84 @@
+"""Feature-visualization figures: a labelled contact sheet, rows of layers, objective traces."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .common import figure
+
+
+def contact_sheet(images: Sequence[np.ndarray] | np.ndarray, labels: Sequence[str] | None = None,
+                  values: Sequence[float] | None = None, cols: int | None = None, title: str | None = None,
+                  tile: float = 1.6) -> Figure:
+    """A grid of rendered images, each titled with its label and (optionally) its activation.
+
+    Args:
+        images: ``uint8 [N, H, W, 3]``.
+        labels: one short title per image.
+        values: one number per image, printed under the label (``act 12.3``).
+        cols: columns (default: about square).
+        tile: inches per image.
+    """
+    n = len(images)
+    cols = cols or max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / cols))
+    fig = figure(cols * tile, rows * (tile + 0.35) + (0.4 if title else 0))
+    for k in range(rows * cols):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.axis("off")
+        if k >= n:
+            continue
+        ax.imshow(images[k], interpolation="nearest")
+        text = [labels[k]] if labels is not None else []
+        if values is not None:
+            text.append(f"act {values[k]:.3g}")
+        if text:
+            ax.set_title("\n".join(text), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def layer_rows(rows: Mapping[str, tuple[np.ndarray, Sequence[str]]], title: str | None = None,
+               tile: float = 1.5) -> Figure:
+    """One row per layer (shallow to deep): ``{row title: (uint8 [N, H, W, 3], labels)}``."""
+    cols = max(len(imgs) for imgs, _ in rows.values())
+    fig = figure(cols * tile + 1.2, len(rows) * (tile + 0.3) + (0.4 if title else 0))
+    for r, (name, (imgs, labels)) in enumerate(rows.items()):
+        for c in range(cols):
+            ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(imgs):
+                ax.imshow(imgs[c], interpolation="nearest")
+                ax.set_title(labels[c], fontsize=7)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def trace_plot(trace: np.ndarray, labels: Sequence[str] | None = None, title: str | None = None) -> Figure:
+    """Objective value per step (``trace [steps, N]``), one line per image."""
+    fig = figure(5.0, 3.2)
+    ax = fig.add_subplot(1, 1, 1)
+    steps = np.arange(1, trace.shape[0] + 1)
+    for i in range(trace.shape[1]):
+        ax.plot(steps, trace[:, i], lw=1, label=labels[i] if labels is not None else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("objective (transformed image)")
+    if labels is not None and trace.shape[1] <= 10:
+        ax.legend(fontsize=6)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
