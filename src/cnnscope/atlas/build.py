@@ -238,6 +238,12 @@ def _run_jobs(store: AtlasStore, model, jobs: list[tuple[LayerInfo, list[int]]],
                         per_unit[u].append(Artifact(a.kind, a.name, a.mime, a.data, a.numbers, prov))
             unit_secs = (time.perf_counter() - t_chunk) / len(chunk)
             for u in chunk:
-                store.write_unit(info.name, u, per_unit[u], unit_secs)
-                report.built.append((info.name, u))
+                try:
+                    store.write_unit(info.name, u, per_unit[u], unit_secs)
+                except AtlasError:
+                    if not store.has_unit(info.name, u):
+                        raise
+                    report.skipped += 1  # another build process committed it meanwhile
+                else:
+                    report.built.append((info.name, u))
                 bar.update(1)

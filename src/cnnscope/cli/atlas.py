@@ -15,13 +15,6 @@ from .demo import DemoContext, demo_section
 DEMO_LAYERS = ("blocks.1.1", "blocks.3.2", "blocks.5.3")
 
 
-def load_images(src: str) -> list[tuple[str, object]]:
-    """``--images`` for the atlas: ``samples``, ``sample:NAME[,NAME]``, a folder, a glob or a file of paths."""
-    from ..dataset.sources import image_source
-
-    return [(name, arr) for name, arr in image_source(src)]
-
-
 @cli.group("atlas")
 def atlas_group() -> None:
     """Build and inspect atlases (per-unit feature visualizations, dataset examples, circuits)."""
@@ -55,14 +48,17 @@ def build_cmd(model: str, weights: str | None, device: str, layers: str, units: 
               recipe: str | None, seed: int, top_k: int, batch_size: int, image_batch: int,
               max_units: int | None) -> None:
     """Build (or finish) the atlas of MODEL in --out; interrupted builds resume where they stopped."""
-    from ..atlas import BuildOptions, build_atlas
+    from ..atlas import BuildOptions, build_atlas, get_kind
     from ..atlas.kinds import default_kinds
+    from ..dataset.sources import open_source
 
-    m = open_model(model, weights, device)
-    images = load_images(images_src) if images_src else None
-    names = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else default_kinds(images is not None)
+    names = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else default_kinds(images_src is not None)
     names += [k for flag, k in ((neuron, "featurevis_neuron"), (negative, "featurevis_negative"),
                                 (tuning, "tuning")) if flag and k not in names]
+    for name in names:
+        get_kind(name)  # unknown names fail before the model loads
+    images = open_source(images_src) if images_src else None
+    m = open_model(model, weights, device)
     opts = BuildOptions(steps=steps, size=size, recipe=recipe, seed=seed, top_k=top_k, batch_size=batch_size,
                         image_batch=image_batch)
     report = build_atlas(m, out, [s.strip() for s in layers.split(",") if s.strip()], units, images=images,
