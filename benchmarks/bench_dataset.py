@@ -1,0 +1,135 @@
+"""Benchmark of the dataset statistics pass (issue 6): overhead over a bare forward, and memory vs dataset size.
+
+1. Images/s of ``collect_statistics`` for 3 layers of EfficientNet-Lite0 versus a bare forward over the same
+   batches (both read and resize the images through the same loader; receptive fields are measured once before and
+   timed separately). Goal: overhead <= 1.3x. Runs alternate and repeat; medians are reported.
+2. Peak memory (max RSS of a fresh process) of the pass over N and 4N images: it should not grow with N.
+
+    python benchmarks/bench_dataset.py [--images 32] [--repeats 3] [--append-results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+LAYERS = ["blocks.2.1.bn1.act", "blocks.4.0.bn1.act", "blocks.5"]
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def bare_pass(model, source, batch_size: int) -> float:
+    from cnnscope.capture import evaluating
+    from cnnscope.dataset.sources import iterate_batches
+
+    t0 = time.perf_counter()
+    with torch.no_grad(), evaluating(model.module):
+        for batch in iterate_batches(source, model, batch_size=batch_size):
+            model.module(batch.tensor(model))
+    return time.perf_counter() - t0
+
+
+def stats_pass(model, source, batch_size: int) -> float:
+    from cnnscope.dataset import collect_statistics
+
+    t0 = time.perf_counter()
+    collect_statistics(model, source, LAYERS, batch_size=batch_size)
+    return time.perf_counter() - t0
+
+
+def memory_child(n_images: int, batch_size: int) -> None:
+    """Run in a fresh process: one statistics pass over ``n_images``; print the peak RSS in MiB."""
+    from cnnscope import load_model
+    from cnnscope.dataset import collect_statistics
+    from cnnscope.dataset.sources import SampleSource
+
+    model = load_model()
+    source = SampleSource(crops=max(1, n_images // 8))
+    source = source.subset(range(n_images))
+    collect_statistics(model, source, LAYERS, batch_size=batch_size, receptive_field=None)
+    print(json.dumps({"images": n_images, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def peak_memory(n_images: int, batch_size: int) -> float:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(n_images), "--batch-size", str(batch_size)],
+                         capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--memory-images", type=int, default=16, help="N of the memory check (also runs 4N)")
+    ap.add_argument("--append-results", action="store_true")
+    ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child is not None:
+        memory_child(args.memory_child, args.batch_size)
+        return
+
+    from cnnscope import load_model
+    from cnnscope.capture.receptive_field import receptive_fields
+    from cnnscope.dataset.sources import SampleSource
+
+    model = load_model()
+    source = SampleSource(crops=max(1, args.images // 8)).subset(range(args.images))
+    t0 = time.perf_counter()
+    receptive_fields(model.module, LAYERS, model.input_size)  # cached for the timed passes
+    rf_seconds = time.perf_counter() - t0
+    bare_pass(model, source.subset(range(min(4, args.images))), args.batch_size)  # warm-up
+    bare, ours = [], []
+    for _ in range(args.repeats):
+        bare.append(bare_pass(model, source, args.batch_size))
+        ours.append(stats_pass(model, source, args.batch_size))
+    ratios = [o / b for o, b in zip(ours, bare)]
+    bare_ips, ours_ips = args.images / statistics.median(bare), args.images / statistics.median(ours)
+    ratio = statistics.median(ratios)
+    mem_small = peak_memory(args.memory_images, args.batch_size)
+    mem_large = peak_memory(4 * args.memory_images, args.batch_size)
+
+    lines = [
+        f"layers: {', '.join(LAYERS)}; {args.images} images of 224x224, batch {args.batch_size}, "
+        f"{args.repeats} alternating repeats (medians)",
+        f"- bare forward: {bare_ips:.2f} images/s; statistics pass: {ours_ips:.2f} images/s",
+        f"- overhead (statistics / bare time): {ratio:.2f}x (per repeat: {', '.join(f'{r:.2f}' for r in ratios)}; "
+        f"goal <= 1.3x: {'met' if ratio <= 1.3 else 'NOT met'})",
+        f"- receptive fields of the 3 layers (once per model, cached): {rf_seconds:.1f} s",
+        f"- peak RSS of a fresh process: {mem_small:.0f} MiB for {args.memory_images} images, {mem_large:.0f} MiB "
+        f"for {4 * args.memory_images} images (ratio {mem_large / mem_small:.2f})",
+    ]
+    print("\n".join(lines))
+    if args.append_results:
+        machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads")
+        header = (f"\n## bench_dataset.py: statistics pass vs bare forward\n\n"
+                  f"{datetime.date.today().isoformat()} on {machine}\n\n")
+        if not RESULTS.exists():
+            RESULTS.write_text("# Measured benchmark figures\n")
+        with open(RESULTS, "a") as fh:  # append: other areas write their own sections
+            fh.write(header + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

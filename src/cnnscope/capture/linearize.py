@@ -1,0 +1,47 @@
+"""``linearized``: temporarily make every activation module the identity (for expanded weights).
+
+Between two layers, a network with its nonlinearities removed is affine (convolutions, eval-mode batch norm,
+average pooling, residual adds), so the gradient of a unit with respect to an earlier layer is the *expanded
+weight* between them (Olah et al., *Visualizing Weights*, Distill 2021). The activations' forward output is
+replaced by their input through forward hooks (modules are never swapped); in-place activations have their
+``inplace`` flag turned off for the duration so their input survives. Hooks and flags are restored in ``finally``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .state import is_activation
+
+
+@contextmanager
+def linearized(module: nn.Module) -> Iterator[int]:
+    """Within the block, every activation module of ``module`` (ReLU, ReLU6, GELU, ...) returns its input.
+
+    Yields:
+        The number of activation modules made linear. Activations called as functions inside ``forward`` (not
+        modules) stay nonlinear.
+    """
+    targets = [m for _, m in module.named_modules() if is_activation(m)]
+    saved = [(m, getattr(m, "inplace", None)) for m in targets]
+    handles = []
+
+    def identity(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return inputs[0]
+
+    try:
+        for m in targets:
+            if getattr(m, "inplace", None) is not None:
+                m.inplace = False
+            handles.append(m.register_forward_hook(identity))
+        yield len(targets)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, inplace in saved:
+            if inplace is not None:
+                m.inplace = inplace

@@ -1,0 +1,18 @@
+"""Dataset and circuit analysis (Cammarata et al., *Curve Detectors*, Distill 2020; OpenAI Microscope).
+
+- :mod:`.sources`: image sources (folders, globs, lists, ``Dataset``s, the sample photos) and batched loading.
+- :mod:`.examples`: the streaming statistics pass (top/bottom-k examples with receptive-field boxes, mergeable
+  histograms, moments, band samples) and example crops; results in :mod:`.results`.
+- :mod:`.spectrum`: activation spectrum (density, contribution to the expected value, examples per band).
+- :mod:`.circuits`: weights from the previous layer, activation x weight attribution, expanded weights.
+- :mod:`.factorize`: NMF of one image's or many images' activations.
+"""
+
+from .examples import StatisticsAccumulator, collect_statistics, crop, crops, example_crops
+from .histograms import LogBins
+from .results import DatasetStats, Example, Examples, LayerStats
+from .sources import ImageSource, SampleSource, iterate_batches, open_source
+
+__all__ = ["DatasetStats", "Example", "Examples", "ImageSource", "LayerStats", "LogBins", "SampleSource",
+           "StatisticsAccumulator", "collect_statistics", "crop", "crops", "example_crops", "iterate_batches",
+           "open_source"]

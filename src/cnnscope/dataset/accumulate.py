@@ -1,0 +1,160 @@
+"""The per-layer streaming state of the statistics pass (fixed memory, exact, on the activations' device).
+
+Per batch every value is binned once (histogram) and screened once: a table lookup and three comparisons per
+element keep only the positions that can change the top-k, the bottom-k or a band sample; the exact ranking rules
+then run on those few candidates (:mod:`.ranking`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..capture.receptive_field import ReceptiveField
+from .histograms import HistogramAccumulator, LogBins, remap
+from .ranking import Kept, priorities
+from .results import LayerStats, Moments, examples_from_kept
+
+NO_PRIORITY = 1 << 32
+
+
+class LayerAccumulator:
+    """Running statistics of one layer.
+
+    Args:
+        post: how the post-activation values are known: ``"same"`` (not an activation layer: post = values),
+            ``("clamp", lo, hi)`` (ReLU-family: post = values clamped, its histogram remapped exactly) or
+            ``"captured"`` (given to :meth:`update`).
+    """
+
+    def __init__(self, name: str, channels: int, grid: tuple[int, int], pre_activation: bool, post: object, k: int,
+                 bottom_k: int, band_samples: int, bins: LogBins, seed: int, device: torch.device) -> None:
+        self.name, self.channels, self.grid, self.pre_activation = name, channels, grid, pre_activation
+        self.post = post
+        self.k, self.bottom_k, self.m, self.bins, self.seed = k, bottom_k, band_samples, bins, seed
+        self.n_bands = bins.n_bands
+        self.top = Kept.empty(channels, k, torch.float32, device)
+        self.bottom = Kept.empty(channels, bottom_k, torch.float32, device)
+        self.bands = Kept.empty(channels * self.n_bands, band_samples, torch.int64, device)
+        self.band_threshold = torch.full((channels * self.n_bands,), NO_PRIORITY, dtype=torch.int64, device=device)
+        self.hist_pre = HistogramAccumulator(bins, channels, device)
+        self.hist_post = HistogramAccumulator(bins, channels, device) if post == "captured" else None
+        self.moments = {"pre": Moments(0, np.zeros(channels), np.zeros(channels)),
+                        "post": Moments(0, np.zeros(channels), np.zeros(channels))}
+        self.minimum = torch.full((channels,), float("inf"), device=device)
+        self.maximum = torch.full((channels,), float("-inf"), device=device)
+
+    # -- per batch -------------------------------------------------------------------------------------------
+    def update(self, keys: torch.Tensor, pre: torch.Tensor, post: torch.Tensor | None = None) -> None:
+        """Add one batch.
+
+        Shape:
+            - keys: ``[N]`` global position keys, ``N = B * h * w`` in ``(b, y, x)`` order.
+            - pre, post: ``[B, C, h, w]``.
+        """
+        c = self.channels
+        x = pre.detach().transpose(0, 1).reshape(c, -1).float()
+        if x.data_ptr() == pre.data_ptr():
+            x = x.clone()
+        flat = self.hist_pre.add(x)
+        self._rank(keys, x, flat)
+        self._moments("pre", x)
+        lo, hi = torch.aminmax(x, dim=1)
+        torch.minimum(self.minimum, lo, out=self.minimum)
+        torch.maximum(self.maximum, hi, out=self.maximum)
+        if isinstance(self.post, tuple):
+            self._moments("post", x.clamp_(self.post[1], self.post[2]))
+        elif self.hist_post is not None:
+            if post is None:
+                raise ValueError(f"layer {self.name!r} needs its outputs to compute post-activation statistics")
+            y = post.detach().transpose(0, 1).reshape(c, -1).float()
+            self.hist_post.add(y)
+            self._moments("post", y)
+
+    def _moments(self, kind: str, values: torch.Tensor) -> None:
+        """Add a batch to the running mean/variance: ``float32`` sums per batch, Chan's merge in ``float64``.
+
+        The sums are taken around the running mean (the batch mean for the first batch), so there is no
+        cancellation when the mean is large compared to the spread.
+        """
+        current = self.moments[kind]
+        n = values.shape[1]
+        if current.count:
+            shift = torch.as_tensor(current.mean, dtype=values.dtype, device=values.device)
+        else:
+            shift = values.mean(dim=1)
+        s1 = values.sum(dim=1) - shift * n
+        s2 = torch.linalg.vector_norm(values - shift[:, None], dim=1) ** 2
+        s1, s2, base = (t.double().cpu().numpy() for t in (s1, s2, shift))
+        batch = Moments(n, base + s1 / n, np.maximum(s2 - s1 * s1 / n, 0.0))
+        self.moments[kind] = current.merge(batch)
+
+    def _rank(self, keys: torch.Tensor, x: torch.Tensor, flat: torch.Tensor) -> None:
+        """Offer the batch's positions to the top-k, the bottom-k and the band samples.
+
+        A position is a candidate if its value reaches the channel's current top-k or bottom-k threshold, or if
+        its priority is at most the threshold of its (channel, band) cell, read from a ``[C, n_bins]`` table
+        through the histogram's flat bin index. Until every top/bottom list is full (the first batch) positions
+        are offered in growing chunks, so the thresholds tighten early.
+        """
+        prio = priorities(keys, self.seed)
+        n, start = x.shape[1], 0
+        warm = bool(self.top.filled[:, -1].all() and self.bottom.filled[:, -1].all())
+        size = n if warm else max(256, n // 64)
+        band_of_bin = torch.as_tensor(self.bins.band_of_bin(), device=x.device)
+        while start < n:
+            stop = min(n, start + size)
+            xs, ps, fs = x[:, start:stop], prio[start:stop], flat[:, start:stop]
+            table = self.band_threshold.view(self.channels, self.n_bands)[:, band_of_bin].reshape(-1)
+            cell_thr = torch.index_select(table, 0, fs.reshape(-1)).view(fs.shape)
+            screen = ps[None, :] <= cell_thr
+            screen |= xs >= self._top_threshold()[:, None]
+            screen |= xs <= self._bottom_threshold()[:, None]
+            rows, cols = torch.nonzero(screen, as_tuple=True)
+            if rows.numel():
+                self._offer(rows, xs[rows, cols], keys[start + cols], ps[cols])
+            start = stop
+            size *= 2
+
+    def _offer(self, rows: torch.Tensor, v: torch.Tensor, k: torch.Tensor, p: torch.Tensor) -> None:
+        """Apply the exact admission rules to the candidates and merge them."""
+        sel = v >= self._top_threshold()[rows]
+        if sel.any():
+            self.top.merge(rows[sel], v[sel], k[sel], v[sel])
+        sel = v <= self._bottom_threshold()[rows]
+        if sel.any():
+            self.bottom.merge(rows[sel], -v[sel], k[sel], v[sel])
+        cells = rows * self.n_bands + self.bins.lookup(v, "band").long()
+        sel = p <= self.band_threshold[cells]
+        if sel.any():
+            self.bands.merge(cells[sel], -p[sel], k[sel], v[sel])
+            full = self.bands.filled[:, -1]
+            self.band_threshold = torch.where(full, -self.bands.scores[:, -1], NO_PRIORITY)
+
+    def _top_threshold(self) -> torch.Tensor:
+        full = self.top.filled[:, -1]
+        return torch.where(full, self.top.payload[:, -1], float("-inf"))
+
+    def _bottom_threshold(self) -> torch.Tensor:
+        full = self.bottom.filled[:, -1]
+        return torch.where(full, self.bottom.payload[:, -1], float("inf"))
+
+    # -- result ----------------------------------------------------------------------------------------------
+    def result(self, rf: ReceptiveField | None) -> LayerStats:
+        c = self.channels
+        pre_counts = self.hist_pre.counts.cpu().numpy()
+        if isinstance(self.post, tuple):
+            post_counts = remap(pre_counts, self.bins.post_map(self.post[1], self.post[2]))
+        elif self.hist_post is not None:
+            post_counts = self.hist_post.counts.cpu().numpy()
+        else:
+            post_counts = pre_counts
+        positive = pre_counts[:, self.bins.zero_bin + 1:].sum(axis=1)
+        return LayerStats(
+            layer=self.name, pre_activation=self.pre_activation, grid=self.grid,
+            top=examples_from_kept(self.top, self.grid, rf, (c, self.k)),
+            bottom=examples_from_kept(self.bottom, self.grid, rf, (c, self.bottom_k)),
+            hist_pre=pre_counts, hist_post=post_counts, moments_pre=self.moments["pre"],
+            moments_post=self.moments["post"] if self.post != "same" else self.moments["pre"],
+            positive=positive, minimum=self.minimum.cpu().numpy(), maximum=self.maximum.cpu().numpy(),
+            bands=examples_from_kept(self.bands, self.grid, rf, (c, self.n_bands, self.m), negate=True), rf=rf)

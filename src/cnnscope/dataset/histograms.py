@@ -1,0 +1,194 @@
+"""Fixed-memory, mergeable per-channel histograms on symmetric logarithmic bins.
+
+A value's bin comes from the top bits of its ``float32`` representation (sign, exponent and the top
+``mantissa_bits`` of the mantissa: ``2**mantissa_bits`` bins per octave, neighbouring edges 9% apart for 3 bits),
+through one lookup table. Magnitudes ``2**min_exp <= |x| < 2**max_exp`` are resolved; below that there are three
+bins (tiny negative, zero, tiny positive) and above it one overflow bin per sign. The edges do not depend on the
+data, every element lands in the same bin however the data are batched, and binning is a shift, a mask and a table
+lookup: partial histograms add up to exactly the histogram of one pass, for any activation scale, in fixed memory.
+
+Bins are grouped into *sampling bands* of ``band_every`` bins (an octave by default; the three small bins form one
+band, each overflow bin its own) for example sampling, so a band's count is a sum of histogram counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from ..errors import CnnscopeError
+
+EXPONENT_BITS = 8
+
+
+@dataclass(frozen=True)
+class LogBins:
+    """Symmetric log-spaced bins read from ``float32`` bits.
+
+    Attributes:
+        min_exp, max_exp: magnitudes ``2**min_exp <= |x| < 2**max_exp`` are resolved (default ~0.001 .. 16384).
+        mantissa_bits: ``2**mantissa_bits`` bins per octave (0 .. 7).
+        band_every: bins per sampling band (must divide the bins per side).
+    """
+
+    min_exp: int = -10
+    max_exp: int = 14
+    mantissa_bits: int = 3
+    band_every: int = 8
+
+    def __post_init__(self) -> None:
+        if not (-126 <= self.min_exp < self.max_exp <= 127) or not 0 <= self.mantissa_bits <= 7:
+            raise CnnscopeError(f"invalid histogram bins {self}")
+        if self.band_every < 1 or self.side % self.band_every:
+            raise CnnscopeError(f"band_every={self.band_every} must divide the {self.side} bins per side")
+
+    # -- layout --------------------------------------------------------------------------------------------
+    @property
+    def side(self) -> int:
+        """Resolved bins per sign."""
+        return (self.max_exp - self.min_exp) << self.mantissa_bits
+
+    @property
+    def n_bins(self) -> int:
+        """``overflow-, side negative bins, tiny-, zero, tiny+, side positive bins, overflow+``."""
+        return 2 * self.side + 5
+
+    @property
+    def zero_bin(self) -> int:
+        return self.side + 2
+
+    @property
+    def n_bands(self) -> int:
+        return 2 * (self.side // self.band_every + 1) + 1
+
+    @property
+    def shift(self) -> int:
+        return 23 - self.mantissa_bits
+
+    def magnitude_edges(self) -> np.ndarray:
+        """``side + 1`` magnitudes ``2**min_exp .. 2**max_exp`` bounding the resolved bins (``float64``)."""
+        q0 = (self.min_exp + 127) << self.mantissa_bits
+        bits = ((q0 + np.arange(self.side + 1, dtype=np.int64)) << self.shift).astype(np.uint32)
+        return bits.view(np.float32).astype(np.float64)
+
+    def bin_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper value bound of every bin, ascending (``-inf``/``inf`` at the ends; the zero bin is the
+        single value 0). Positive bins hold ``lower <= x < upper``, negative bins ``lower < x <= upper``."""
+        e = self.magnitude_edges()
+        lo_pos, hi_pos = e, np.concatenate([e[1:], [np.inf]])
+        lower = np.concatenate([-hi_pos[::-1], [-e[0], 0.0, 0.0], lo_pos])
+        upper = np.concatenate([-lo_pos[::-1], [0.0, 0.0, e[0]], hi_pos])
+        return lower, upper
+
+    def _band_of_signed(self, j: np.ndarray) -> np.ndarray:
+        """Band of a signed bin position ``j`` (``0`` = the small bins, ``±1 .. ±(side+1)`` resolved/overflow)."""
+        per_side = self.side // self.band_every + 1
+        mag = (np.abs(j) + self.band_every - 1) // self.band_every
+        return per_side + np.sign(j) * mag
+
+    def _signed_of_bin(self) -> np.ndarray:
+        """Signed position of every bin: the three small bins share position 0."""
+        k = np.arange(self.n_bins) - self.zero_bin
+        return np.where(np.abs(k) <= 1, 0, k - np.sign(k))
+
+    def band_of_bin(self) -> np.ndarray:
+        """``int64 [n_bins]``: the sampling band of every bin."""
+        return self._band_of_signed(self._signed_of_bin()).astype(np.int64)
+
+    def band_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper value bound of every sampling band."""
+        lower, upper = self.bin_bounds()
+        band = self.band_of_bin()
+        lo = np.array([lower[band == b].min() for b in range(self.n_bands)])
+        hi = np.array([upper[band == b].max() for b in range(self.n_bands)])
+        return lo, hi
+
+    @cached_property
+    def tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lookup tables ``code -> bin`` and ``code -> band`` (``int32``), ``code = float32 bits >> shift``."""
+        mag_bits = EXPONENT_BITS + self.mantissa_bits
+        code = np.arange(1 << (mag_bits + 1), dtype=np.int64)
+        negative = code >> mag_bits
+        q = code & ((1 << mag_bits) - 1)
+        q0 = (self.min_exp + 127) << self.mantissa_bits
+        j = np.clip(q - q0 + 1, 0, self.side + 1)
+        signed = np.where(negative == 1, -j, j)
+        bins = np.where(j > 0, self.zero_bin + signed + np.sign(signed),
+                        np.where(q == 0, self.zero_bin, self.zero_bin + np.where(negative == 1, -1, 1)))
+        return bins.astype(np.int32), self._band_of_signed(signed).astype(np.int32)
+
+    def lookup(self, values: torch.Tensor, table: str = "bin") -> torch.Tensor:
+        """Bin (or band) of every value as ``int32``; any shape (small tensors: candidate values).
+
+        Values below ``2**-126`` (denormals, zero) fall in the zero bin.
+        """
+        code = torch.bitwise_right_shift(values.float().contiguous().view(torch.int32), self.shift)
+        code.bitwise_and_((1 << (EXPONENT_BITS + self.mantissa_bits + 1)) - 1)
+        t = torch.as_tensor(self.tables[0 if table == "bin" else 1], device=values.device)
+        return torch.index_select(t, 0, code.view(-1)).view(code.shape)
+
+    def post_map(self, lower: float | None, upper: float | None) -> np.ndarray:
+        """Where each bin's count goes when values are clamped to ``[lower, upper]`` (ReLU: ``(0, None)``).
+
+        Exact: a bin entirely inside the range keeps its count, every bin below/above moves to the bin of the
+        bound (values of the bound's own bin on the inside stay in it, which is the same bin).
+        """
+        target = np.arange(self.n_bins)
+        for bound, below in ((lower, True), (upper, False)):
+            if bound is None:
+                continue
+            b = int(self.lookup(torch.tensor([float(bound)]))[0])
+            target = np.where(target < b, b, target) if below else np.where(target > b, b, target)
+        return target
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class HistogramAccumulator:
+    """Per-channel counts over :class:`LogBins`, accumulated on the values' device.
+
+    Shape:
+        - counts: ``int64 [C, n_bins]``.
+    """
+
+    def __init__(self, bins: LogBins, channels: int, device: torch.device) -> None:
+        self.bins = bins
+        self.counts = torch.zeros(channels, bins.n_bins, dtype=torch.int64, device=device)
+        self._offsets = torch.arange(channels, device=device, dtype=torch.int32)[:, None] * bins.n_bins
+
+    def add(self, values: torch.Tensor) -> torch.Tensor:
+        """Count ``values`` (``[C, N]``); returns their flat index ``channel * n_bins + bin`` (``int32 [C, N]``)."""
+        flat = self.bins.lookup(values).add_(self._offsets)
+        self.counts += torch.bincount(flat.view(-1), minlength=self.counts.numel()).view_as(self.counts)
+        return flat
+
+
+def remap(counts: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Move every bin's count to ``target[bin]`` (see :meth:`LogBins.post_map`).
+
+    Shape:
+        - counts: ``[..., n_bins]``; output the same.
+    """
+    n = counts.shape[-1]
+    move = np.zeros((n, n), dtype=counts.dtype)
+    move[np.arange(n), target] = 1
+    return counts @ move
+
+
+def density(counts: np.ndarray, bins: LogBins) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Probability density per resolved bin: ``(centers, widths, density)``; small and overflow bins are dropped.
+
+    Shape:
+        - counts: ``[n_bins]``; outputs: ``[2 * side]``.
+    """
+    lower, upper = bins.bin_bounds()
+    keep = np.isfinite(lower) & np.isfinite(upper) & (np.abs(lower) > 0) & (np.abs(upper) > 0)
+    lo, hi = lower[keep], upper[keep]
+    total = max(int(counts.sum()), 1)
+    widths = hi - lo
+    centers = np.sign(lo + hi) * np.sqrt(lo * hi)
+    return centers, widths, counts[keep] / total / widths

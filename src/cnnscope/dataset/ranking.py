@@ -1,0 +1,127 @@
+"""Keep the ``m`` best records per row under a total order: the one helper behind top-k, bottom-k and band samples.
+
+A record is ``(row, score, key)``: ``row`` is a channel (or a channel x band cell), ``score`` is what is ranked
+(higher is better) and ``key`` is the record's global position (``image_id * h * w + y * w + x``). Records are
+ordered by score descending, ties broken by the smaller key, so the kept set does not depend on batch sizes,
+worker counts or the order in which partial results are merged: streaming equals brute force, bit for bit.
+
+Band samples rank by a pseudo-random *priority* hashed from ``(seed, key)``: the ``m`` records of
+smallest priority in a band are a uniform random sample of the band (without replacement), and the ``m``
+smallest of a union are among the union of each part's ``m`` smallest, so samples merge exactly too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MASK32 = 0xFFFFFFFF
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mix (two multiply-xorshift rounds) computed in ``int64`` without overflow.
+
+    Shape:
+        - x: any shape, integer values in ``[0, 2**32)``; output: same shape, ``int64`` in ``[0, 2**32)``.
+    """
+    x = x & MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & MASK32
+    return (x >> 16) ^ x
+
+
+def priorities(keys: torch.Tensor, seed: int) -> torch.Tensor:
+    """Pseudo-random priorities of positions, uniform on ``[0, 2**32)`` and independent across keys.
+
+    All channels share a position's priority: the sample of each (channel, band) cell is still uniform, and the
+    pass sorts positions by priority once per batch instead of once per channel.
+
+    Shape:
+        - keys: ``[N]`` int64 global position keys; output ``[N]`` int64.
+    """
+    lo = hash32(keys ^ (seed * 0x9E3779B1))
+    return hash32(lo ^ hash32((keys >> 32) + 0x7F4A7C15 + seed))
+
+
+@dataclass
+class Kept:
+    """The ``m`` best records of each of ``R`` rows, best first; empty slots have ``key == -1``.
+
+    Shape:
+        - scores, keys: ``[R, m]``; payload: ``[R, m]`` (a second value carried along, e.g. the activation).
+    """
+
+    scores: torch.Tensor
+    keys: torch.Tensor
+    payload: torch.Tensor
+
+    @classmethod
+    def empty(cls, rows: int, m: int, score_dtype: torch.dtype, device: torch.device) -> Kept:
+        low = torch.finfo(score_dtype).min if score_dtype.is_floating_point else torch.iinfo(score_dtype).min
+        return cls(torch.full((rows, m), low, dtype=score_dtype, device=device),
+                   torch.full((rows, m), -1, dtype=torch.int64, device=device),
+                   torch.zeros((rows, m), dtype=torch.float32, device=device))
+
+    @property
+    def filled(self) -> torch.Tensor:
+        """``[R, m]`` bool: which slots hold a record."""
+        return self.keys >= 0
+
+    def merge(self, rows: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, payload: torch.Tensor) -> Kept:
+        """Add candidate records (flat ``[n]`` tensors) and keep the best ``m`` of each row (in place).
+
+        Only the rows that received candidates are re-ranked, so a merge costs ``O(candidates + touched * m)``.
+        """
+        m = self.keys.shape[1]
+        touched, local = torch.unique(rows, return_inverse=True)
+        t = touched.numel()
+        old_keys = self.keys[touched]
+        filled = old_keys >= 0
+        old_local = torch.arange(t, device=keys.device).repeat_interleave(m).view(t, m)[filled]
+        kept = select(torch.cat([old_local, local]),
+                      torch.cat([self.scores[touched][filled], scores.to(self.scores.dtype)]),
+                      torch.cat([old_keys[filled], keys]),
+                      torch.cat([self.payload[touched][filled], payload.to(self.payload.dtype)]), t, m)
+        self.scores[touched], self.keys[touched], self.payload[touched] = kept.scores, kept.keys, kept.payload
+        return self
+
+
+def select(rows: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, payload: torch.Tensor, n_rows: int,
+           m: int) -> Kept:
+    """The ``m`` best records of each row among flat candidates (score descending, then key ascending).
+
+    Shape:
+        - rows, scores, keys, payload: ``[n]``.
+        - Output: :class:`Kept` with ``[n_rows, m]`` tensors.
+    """
+    device = keys.device
+    order = torch.argsort(keys, stable=True)
+    order = order[torch.argsort(scores[order], descending=True, stable=True)]
+    order = order[torch.argsort(rows[order], stable=True)]
+    rows, scores, keys, payload = rows[order], scores[order], keys[order], payload[order]
+    start = torch.searchsorted(rows, torch.arange(n_rows, device=device, dtype=rows.dtype))
+    rank = torch.arange(rows.numel(), device=device) - start[rows]
+    keep = rank < m
+    out = Kept.empty(n_rows, m, scores.dtype, device)
+    r, k = rows[keep], rank[keep]
+    out.scores[r, k] = scores[keep]
+    out.keys[r, k] = keys[keep]
+    out.payload[r, k] = payload[keep].to(out.payload.dtype)
+    return out
+
+
+def top_candidates(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every element that can be among its row's ``k`` largest: those ``>=`` the row's ``k``-th largest value.
+
+    Ties at the threshold are all returned (usually exactly ``k`` per row), so the final choice among equal values
+    is made by key in :func:`select`, never by ``topk``'s arbitrary tie order.
+
+    Shape:
+        - values: ``[C, N]``.
+        - Output: ``(rows, cols)`` flat int64 indices.
+    """
+    k = min(k, values.shape[1])
+    threshold = values.topk(k, dim=1).values[:, -1:]
+    rows, cols = torch.nonzero(values >= threshold, as_tuple=True)
+    return rows, cols

@@ -1,0 +1,400 @@
+"""Results of a statistics pass: per-layer dataclasses, save/load (``.npz``), exact merging, example crops.
+
+:class:`DatasetStats` holds one :class:`LayerStats` per layer; each has, per channel, the top-k and bottom-k
+:class:`Examples` (image id, position, value, receptive-field box), histograms, moments and band samples.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..capture.receptive_field import ReceptiveField
+from ..errors import CnnscopeError, LayerError, unknown
+from .histograms import LogBins
+from .ranking import Kept, select
+
+FORMAT = "cnnscope.dataset-stats/1"
+MAX_SKIPPED = 100
+
+
+@dataclass
+class Example:
+    """One dataset example of a unit: where in which image, and how strongly.
+
+    Attributes:
+        image_id: index of the image in its source.
+        name: the image's name (path, ``chelsea#3``, ...).
+        y, x: position in the layer's grid.
+        value: the unit's value there (pre-activation for activation layers).
+        box: ``(top, left, bottom, right)`` receptive-field box in the fitted input image (bottom/right exclusive).
+    """
+
+    image_id: int
+    name: str
+    y: int
+    x: int
+    value: float
+    box: tuple[int, int, int, int]
+
+    def to_dict(self) -> dict:
+        return {"image_id": self.image_id, "name": self.name, "y": self.y, "x": self.x, "value": self.value,
+                "box": list(self.box)}
+
+
+@dataclass
+class Examples:
+    """``k`` records per channel, best first; empty slots have ``image_ids == -1`` and ``NaN`` values.
+
+    Shape:
+        - values, image_ids, ys, xs: ``[C, k]`` (band samples: ``[C, bands, m]``); boxes: ``[..., 4]``;
+          priority (band samples only): same as values.
+    """
+
+    values: np.ndarray
+    image_ids: np.ndarray
+    ys: np.ndarray
+    xs: np.ndarray
+    boxes: np.ndarray
+    priority: np.ndarray | None = None
+
+    def keys(self, grid: tuple[int, int]) -> np.ndarray:
+        h, w = grid
+        return np.where(self.image_ids >= 0, self.image_ids * (h * w) + self.ys * w + self.xs, -1)
+
+
+def examples_from_kept(kept: Kept, grid: tuple[int, int], rf: ReceptiveField | None, shape: tuple[int, ...],
+                       negate: bool = False) -> Examples:
+    """Convert ranked records (torch) to :class:`Examples` (numpy) with positions and boxes."""
+    h, w = grid
+    keys = kept.keys.cpu().numpy().reshape(shape)
+    filled = keys >= 0
+    ids = np.where(filled, keys // (h * w), -1)
+    pos = np.where(filled, keys % (h * w), 0)
+    ys, xs = (pos // w).astype(np.int32), (pos % w).astype(np.int32)
+    values = np.where(filled, kept.payload.cpu().numpy().reshape(shape), np.nan).astype(np.float32)
+    boxes = rf.boxes_at(ys, xs).astype(np.int32) if rf is not None else np.zeros(shape + (4,), np.int32)
+    boxes[~filled] = 0
+    priority = None
+    if negate:  # band samples: scores are negated priorities
+        priority = np.where(filled, -kept.scores.cpu().numpy().reshape(shape), -1).astype(np.int64)
+    return Examples(values, ids.astype(np.int64), ys, xs, boxes, priority)
+
+
+def kept_from_examples(ex: Examples, grid: tuple[int, int], band: bool = False) -> tuple[torch.Tensor, ...]:
+    """Flat ``(rows, scores, keys, payload)`` of the filled records, for merging with :func:`select`."""
+    keys = ex.keys(grid)
+    rows_count = int(np.prod(keys.shape[:-1]))
+    keys2 = keys.reshape(rows_count, -1)
+    filled = keys2 >= 0
+    rows = np.repeat(np.arange(rows_count), keys2.shape[1]).reshape(keys2.shape)[filled]
+    values = ex.values.reshape(rows_count, -1)[filled]
+    if band:
+        scores = -ex.priority.reshape(rows_count, -1)[filled]  # type: ignore[union-attr]
+    else:
+        scores = values
+    return (torch.from_numpy(rows), torch.from_numpy(np.ascontiguousarray(scores)),
+            torch.from_numpy(keys2[filled]), torch.from_numpy(values))
+
+
+@dataclass
+class Moments:
+    """Streaming mean and variance per channel (Chan et al.'s parallel update), as ``float64``."""
+
+    count: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / max(self.count, 1))
+
+    def merge(self, other: Moments) -> Moments:
+        n = self.count + other.count
+        if n == 0:
+            return self
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / n)
+        m2 = self.m2 + other.m2 + delta ** 2 * (self.count * other.count / n)
+        return Moments(n, mean, m2)
+
+
+@dataclass
+class LayerStats:
+    """Everything one pass learned about the channels of one layer.
+
+    Attributes:
+        layer: dotted layer name.
+        pre_activation: whether ``values`` are the inputs of an activation module (pre-ReLU) rather than outputs.
+        grid: ``(h, w)`` of the layer.
+        top, bottom: the ``k`` largest / smallest values per channel (bottom: smallest first).
+        hist_pre, hist_post: ``int64 [C, n_bins]`` counts over ``bins`` of the values and of the layer's output.
+        moments_pre, moments_post: mean/std of the values and of the output.
+        positive: ``int64 [C]`` positions with value ``> 0``.
+        minimum, maximum: ``float32 [C]``.
+        bands: uniform samples per channel and sampling band (``[C, n_bands, m]``).
+        rf: the layer's receptive-field boxes (``None`` when not measured).
+    """
+
+    layer: str
+    pre_activation: bool
+    grid: tuple[int, int]
+    top: Examples
+    bottom: Examples
+    hist_pre: np.ndarray
+    hist_post: np.ndarray
+    moments_pre: Moments
+    moments_post: Moments
+    positive: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+    bands: Examples
+    rf: ReceptiveField | None = None
+
+    @property
+    def channels(self) -> int:
+        return int(self.hist_pre.shape[0])
+
+    @property
+    def count(self) -> int:
+        """Positions seen per channel (images x h x w)."""
+        return self.moments_pre.count
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.moments_pre.mean
+
+    @property
+    def std(self) -> np.ndarray:
+        return self.moments_pre.std
+
+    @property
+    def fraction_positive(self) -> np.ndarray:
+        return self.positive / max(self.count, 1)
+
+    def check_channel(self, channel: int) -> int:
+        if not 0 <= channel < self.channels:
+            raise LayerError(f"channel {channel} is out of range for layer {self.layer!r} ({self.channels} "
+                             "channels)")
+        return int(channel)
+
+
+@dataclass
+class DatasetStats:
+    """The result of :func:`~cnnscope.dataset.examples.collect_statistics`: one :class:`LayerStats` per layer.
+
+    Attributes:
+        model: the model's name; input_size / resize_mode: how images were fitted (boxes refer to that image).
+        source: description of the image source; images: number of images processed.
+        id_ranges: processed image ids as ``[start, stop)`` intervals (merging needs disjoint ids).
+        names: image id -> name for every image an example refers to.
+        skipped: ``(name, reason)`` of unreadable images (the first 100) and ``n_skipped`` in all.
+        k, bottom_k, band_samples, seed, bins: the settings of the pass (results merge only with equal ones).
+    """
+
+    model: str
+    input_size: tuple[int, int]
+    resize_mode: str
+    source: dict
+    images: int
+    id_ranges: list[tuple[int, int]]
+    names: dict[int, str]
+    skipped: list[tuple[str, str]]
+    n_skipped: int
+    k: int
+    bottom_k: int
+    band_samples: int
+    seed: int
+    bins: LogBins
+    layers: dict[str, LayerStats] = field(default_factory=dict)
+
+    def __getitem__(self, layer: str) -> LayerStats:
+        if layer not in self.layers:
+            raise LayerError(unknown("layer in these statistics", layer, list(self.layers)))
+        return self.layers[layer]
+
+    # -- records -------------------------------------------------------------------------------------
+    def examples(self, layer: str, channel: int, which: str = "top") -> list[Example]:
+        """The ``top`` (largest first) or ``bottom`` (smallest first) examples of one channel."""
+        ls = self[layer]
+        c = ls.check_channel(channel)
+        if which not in ("top", "bottom"):
+            raise CnnscopeError(unknown("example kind", which, ("top", "bottom")))
+        ex = ls.top if which == "top" else ls.bottom
+        return self._records(ex, c, slice(None))
+
+    def _records(self, ex: Examples, c: int, index) -> list[Example]:
+        ids, vals = ex.image_ids[c][index], ex.values[c][index]
+        ys, xs, boxes = ex.ys[c][index], ex.xs[c][index], ex.boxes[c][index]
+        return [Example(int(i), self.names.get(int(i), f"image {int(i)}"), int(y), int(x), float(v),
+                        tuple(int(b) for b in box))  # type: ignore[arg-type]
+                for i, v, y, x, box in zip(ids, vals, ys, xs, boxes) if i >= 0]
+
+    def band_examples(self, layer: str, channel: int, low: float, high: float, n: int | None = None
+                      ) -> list[Example]:
+        """A uniform random sample of positions whose value lies in ``[low, high)``.
+
+        It comes from the sampling bands that overlap ``[low, high)`` (each kept ``band_samples`` uniform samples);
+        the records outside the interval are dropped and the rest ordered by their random priority, so the
+        result is a uniform sample without replacement (up to ``n`` records; fewer when the bands hold fewer).
+        """
+        ls = self[layer]
+        c = ls.check_channel(channel)
+        ex = ls.bands
+        vals = ex.values[c].reshape(-1)
+        mask = (ex.image_ids[c].reshape(-1) >= 0) & (vals >= low) & (vals < high)
+        order = np.flatnonzero(mask)[np.argsort(ex.priority[c].reshape(-1)[mask], kind="stable")]
+        flat = Examples(ex.values[c].reshape(1, -1), ex.image_ids[c].reshape(1, -1), ex.ys[c].reshape(1, -1),
+                        ex.xs[c].reshape(1, -1), ex.boxes[c].reshape(1, -1, 4))
+        return self._records(flat, 0, order[:n] if n is not None else order)
+
+    def band_count(self, layer: str, channel: int, low: float, high: float) -> int:
+        """How many positions had a value in ``[low, high)``, from the histogram (exact at bin edges)."""
+        ls = self[layer]
+        c = ls.check_channel(channel)
+        lower, upper = self.bins.bin_bounds()
+        inside = (lower >= low) & (upper <= high)
+        return int(ls.hist_pre[c][inside].sum())
+
+    # -- merging ---------------------------------------------------------------------------------------
+    def merge(self, other: DatasetStats) -> DatasetStats:
+        """Combine two passes over disjoint images into exactly the result of one pass over both."""
+        settings = ("model", "input_size", "resize_mode", "k", "bottom_k", "band_samples", "seed", "bins")
+        for name in settings:
+            if getattr(self, name) != getattr(other, name):
+                raise CnnscopeError(f"cannot merge statistics with different {name}: {getattr(self, name)!r} vs "
+                                    f"{getattr(other, name)!r}")
+        if list(self.layers) != list(other.layers):
+            raise CnnscopeError(f"cannot merge statistics of different layers: {list(self.layers)} vs "
+                                f"{list(other.layers)}")
+        for a0, a1 in self.id_ranges:
+            for b0, b1 in other.id_ranges:
+                if a0 < b1 and b0 < a1:
+                    raise CnnscopeError(f"cannot merge statistics that both contain image ids {max(a0, b0)}.."
+                                        f"{min(a1, b1) - 1}; merge passes over disjoint images")
+        layers = {name: _merge_layer(ls, other.layers[name], self) for name, ls in self.layers.items()}
+        used = {int(i) for ls in layers.values() for ex in (ls.top, ls.bottom, ls.bands)
+                for i in np.unique(ex.image_ids) if i >= 0}
+        names = {i: n for i, n in {**self.names, **other.names}.items() if i in used}
+        return replace(self, source={"kind": "merged", "parts": [self.source, other.source]},
+                       images=self.images + other.images, id_ranges=merge_ranges(self.id_ranges + other.id_ranges),
+                       names=names, skipped=(self.skipped + other.skipped)[:MAX_SKIPPED],
+                       n_skipped=self.n_skipped + other.n_skipped, layers=layers)
+
+    # -- files -----------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write everything to one ``.npz`` file (arrays + JSON metadata); :meth:`load` reads it back."""
+        arrays: dict[str, np.ndarray] = {}
+        layer_meta = {}
+        for i, (name, ls) in enumerate(self.layers.items()):
+            p = f"l{i}_"
+            for part in ("top", "bottom", "bands"):
+                ex = getattr(ls, part)
+                for f in fields(ex):
+                    value = getattr(ex, f.name)
+                    if value is not None:
+                        arrays[p + part + "_" + f.name] = value
+            for part in ("hist_pre", "hist_post", "positive", "minimum", "maximum"):
+                arrays[p + part] = getattr(ls, part)
+            for part in ("moments_pre", "moments_post"):
+                m = getattr(ls, part)
+                arrays[p + part + "_mean"], arrays[p + part + "_m2"] = m.mean, m.m2
+            if ls.rf is not None:
+                arrays[p + "rf_boxes"] = ls.rf.boxes
+            layer_meta[name] = {"prefix": p, "pre_activation": ls.pre_activation, "grid": list(ls.grid),
+                                "count": ls.moments_pre.count, "count_post": ls.moments_post.count,
+                                "rf": None if ls.rf is None else {"method": ls.rf.method,
+                                                                  "input_size": list(ls.rf.input_size)}}
+        meta = {"format": FORMAT, "model": self.model, "input_size": list(self.input_size),
+                "resize_mode": self.resize_mode, "source": self.source, "images": self.images,
+                "id_ranges": [list(r) for r in self.id_ranges], "names": {str(k): v for k, v in self.names.items()},
+                "skipped": [list(s) for s in self.skipped], "n_skipped": self.n_skipped, "k": self.k,
+                "bottom_k": self.bottom_k, "band_samples": self.band_samples, "seed": self.seed,
+                "bins": self.bins.to_dict(), "layers": layer_meta}
+        arrays["meta"] = np.array(json.dumps(meta))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> DatasetStats:
+        """Read a file written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise CnnscopeError(f"{path}: no such statistics file")
+        try:
+            data = np.load(path, allow_pickle=False)
+            meta = json.loads(str(data["meta"]))
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
+            raise CnnscopeError(f"{path}: not a cnnscope statistics file ({exc})") from None
+        if meta.get("format") != FORMAT:
+            raise CnnscopeError(f"{path}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
+        layers = {}
+        for name, lm in meta["layers"].items():
+            p = lm["prefix"]
+            grid = tuple(lm["grid"])
+
+            def ex(part: str, p: str = p) -> Examples:
+                pr = data.get(p + part + "_priority")
+                return Examples(*(data[p + part + "_" + f] for f in ("values", "image_ids", "ys", "xs", "boxes")),
+                                priority=pr)
+
+            rf = None
+            if lm["rf"] is not None:
+                rf = ReceptiveField(layer=name, input_size=tuple(lm["rf"]["input_size"]), output_size=grid,
+                                    boxes=data[p + "rf_boxes"], method=lm["rf"]["method"])
+            layers[name] = LayerStats(
+                layer=name, pre_activation=lm["pre_activation"], grid=grid, top=ex("top"), bottom=ex("bottom"),
+                hist_pre=data[p + "hist_pre"], hist_post=data[p + "hist_post"],
+                moments_pre=Moments(lm["count"], data[p + "moments_pre_mean"], data[p + "moments_pre_m2"]),
+                moments_post=Moments(lm["count_post"], data[p + "moments_post_mean"], data[p + "moments_post_m2"]),
+                positive=data[p + "positive"], minimum=data[p + "minimum"], maximum=data[p + "maximum"],
+                bands=ex("bands"), rf=rf)
+        return cls(model=meta["model"], input_size=tuple(meta["input_size"]), resize_mode=meta["resize_mode"],
+                   source=meta["source"], images=meta["images"], id_ranges=[tuple(r) for r in meta["id_ranges"]],
+                   names={int(k): v for k, v in meta["names"].items()}, skipped=[tuple(s) for s in meta["skipped"]],
+                   n_skipped=meta["n_skipped"], k=meta["k"], bottom_k=meta["bottom_k"],
+                   band_samples=meta["band_samples"], seed=meta["seed"], bins=LogBins(**meta["bins"]), layers=layers)
+
+
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sort and coalesce ``[start, stop)`` intervals."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _merge_examples(a: Examples, b: Examples, grid: tuple[int, int], rf: ReceptiveField | None, negate_scores: bool,
+                    band: bool) -> Examples:
+    parts = [kept_from_examples(e, grid, band=band) for e in (a, b)]
+    rows, scores, keys, payload = (torch.cat([p[i] for p in parts]) for i in range(4))
+    if negate_scores:  # bottom-k ranks by -value
+        scores = -scores
+    shape = a.values.shape
+    n_rows, m = int(np.prod(shape[:-1])), shape[-1]
+    kept = select(rows, scores, keys, payload, n_rows, m)
+    return examples_from_kept(kept, grid, rf, shape, negate=band)
+
+
+def _merge_layer(a: LayerStats, b: LayerStats, owner: DatasetStats) -> LayerStats:
+    if a.grid != b.grid or a.channels != b.channels or a.pre_activation != b.pre_activation:
+        raise CnnscopeError(f"layer {a.layer!r} has different shapes in the two statistics")
+    rf = a.rf or b.rf
+    return replace(
+        a, top=_merge_examples(a.top, b.top, a.grid, rf, False, False),
+        bottom=_merge_examples(a.bottom, b.bottom, a.grid, rf, True, False),
+        bands=_merge_examples(a.bands, b.bands, a.grid, rf, False, True),
+        hist_pre=a.hist_pre + b.hist_pre, hist_post=a.hist_post + b.hist_post,
+        moments_pre=a.moments_pre.merge(b.moments_pre), moments_post=a.moments_post.merge(b.moments_post),
+        positive=a.positive + b.positive, minimum=np.minimum(a.minimum, b.minimum),
+        maximum=np.maximum(a.maximum, b.maximum), rf=rf)

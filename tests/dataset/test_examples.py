@@ -1,0 +1,222 @@
+"""Streaming statistics versus brute force on tiny CNNs; merging; files; the pretrained model on real photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cnnscope.capture import Capture, evaluating
+from cnnscope.dataset import DatasetStats, collect_statistics, crops, open_source
+from cnnscope.dataset.histograms import LogBins
+from cnnscope.dataset.ranking import priorities
+from cnnscope.errors import CnnscopeError, LayerError
+from tests.conformance import assert_unchanged
+
+from .helpers import RandomImages, brute_ranking, brute_values, tiny
+
+N_IMAGES = 12
+
+
+@pytest.fixture(scope="module")
+def data():
+    return RandomImages(N_IMAGES)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny("relu6")
+
+
+@pytest.fixture(scope="module")
+def reference(model, data):
+    """One pass with batch 4, no workers."""
+    return collect_statistics(model, data, ["act1", "act2", "pw"], k=5, bottom_k=4, band_samples=3,
+                              batch_size=4, receptive_field="exact")
+
+
+@pytest.mark.parametrize("batch_size,workers", [(2, 0), (5, 0), (12, 0), (3, 2)])
+def test_top_and_bottom_k_equal_brute_force(model, data, batch_size, workers):
+    stats = collect_statistics(model, data, ["act2", "pw"], k=5, bottom_k=4, batch_size=batch_size,
+                               num_workers=workers, receptive_field=None)
+    for layer, pre in (("act2", True), ("pw", False)):
+        values = brute_values(model, data.images, layer, pre)
+        for which, k, largest in (("top", 5, True), ("bottom", 4, False)):
+            want = brute_ranking(values, k, largest)
+            got = getattr(stats[layer], which)
+            np.testing.assert_array_equal(got.image_ids, want["ids"])
+            np.testing.assert_array_equal(got.ys, want["ys"])
+            np.testing.assert_array_equal(got.xs, want["xs"])
+            np.testing.assert_allclose(got.values, want["values"], rtol=1e-6, atol=1e-6)
+
+
+def test_histograms_count_every_position_and_match_a_searchsorted_binning(model, data, reference):
+    bins = reference.bins
+    lower, _ = bins.bin_bounds()
+    for layer, pre in (("act1", True), ("act2", True), ("pw", False)):
+        ls = reference[layer]
+        values = brute_values(model, data.images, layer, pre)
+        n, c, h, w = values.shape
+        assert ls.count == n * h * w
+        assert (ls.hist_pre.sum(axis=1) == n * h * w).all()
+        assert (ls.hist_post.sum(axis=1) == n * h * w).all()
+        flat = values.transpose(1, 0, 2, 3).reshape(c, -1).astype(np.float64)
+        for ch in range(c):
+            v = flat[ch]
+            # independent binning: positive values by their lower bound, negative ones by their upper bound
+            idx = np.where(v > 0, np.searchsorted(lower, v, side="right") - 1, 0)
+            _, upper = bins.bin_bounds()
+            neg = v < 0
+            idx[neg] = np.searchsorted(upper, v[neg], side="left")
+            small = np.abs(v) < 2.0 ** bins.min_exp
+            idx[small & (v == 0)] = bins.zero_bin
+            idx[small & (v > 0)] = bins.zero_bin + 1
+            idx[small & (v < 0)] = bins.zero_bin - 1
+            np.testing.assert_array_equal(ls.hist_pre[ch], np.bincount(idx, minlength=bins.n_bins))
+        np.testing.assert_allclose(ls.mean, flat.mean(axis=1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ls.std, flat.std(axis=1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(ls.positive, (flat > 0).sum(axis=1))
+        np.testing.assert_allclose(ls.minimum, flat.min(axis=1), rtol=1e-6)
+        np.testing.assert_allclose(ls.maximum, flat.max(axis=1), rtol=1e-6)
+
+
+def test_post_histogram_of_relu6_equals_the_histogram_of_its_outputs(model, data, reference):
+    outputs = brute_values(model, data.images, "act2", pre=False)
+    c = outputs.shape[1]
+    flat = torch.from_numpy(outputs.transpose(1, 0, 2, 3).reshape(c, -1).copy())
+    bins = reference.bins
+    want = np.stack([np.bincount(bins.lookup(flat[ch]).numpy(), minlength=bins.n_bins) for ch in range(c)])
+    ls = reference["act2"]
+    np.testing.assert_array_equal(ls.hist_post, want)
+    np.testing.assert_allclose(ls.moments_post.mean, flat.double().mean(dim=1).numpy(), rtol=1e-5, atol=1e-6)
+    assert outputs.max() <= 6.0 and ls.hist_post[:, bins.lookup(torch.tensor([6.5])).item():].sum() == 0
+
+
+def test_band_samples_are_the_lowest_priority_positions_of_each_band(model, data, reference):
+    ls, bins = reference["act2"], reference.bins
+    values = brute_values(model, data.images, "act2", True)
+    n, c, h, w = values.shape
+    keys = torch.arange(n * h * w)
+    prio = priorities(keys, reference.seed).numpy()
+    flat = torch.from_numpy(values.transpose(1, 0, 2, 3).reshape(c, -1).copy())
+    for ch in range(c):
+        band = bins.lookup(flat[ch], "band").numpy()
+        for b in np.unique(band):
+            members = np.flatnonzero(band == b)
+            order = members[np.lexsort((members, prio[members]))][:reference.band_samples]
+            got = ls.bands.image_ids[ch, b]
+            got = got[got >= 0]
+            assert len(got) == len(order)
+            np.testing.assert_array_equal(got, order // (h * w))
+            np.testing.assert_array_equal(ls.bands.ys[ch, b, :len(order)], (order % (h * w)) // w)
+            np.testing.assert_array_equal(ls.bands.values[ch, b, :len(order)], flat[ch].numpy()[order])
+    samples = reference.band_examples("act2", 0, 0.0, 1e9)
+    assert samples and all(s.value >= 0 for s in samples)
+    assert reference.band_count("act2", 0, 0.0, float("inf")) == ls.positive[0] + (flat[0] == 0).sum().item()
+
+
+def test_merging_two_halves_equals_one_pass(model, data, reference):
+    src = open_source(data)
+    kw = dict(k=5, bottom_k=4, band_samples=3, batch_size=4, receptive_field="exact")
+    a = collect_statistics(model, src.subset(range(0, 6)), ["act1", "act2", "pw"], **kw)
+    b = collect_statistics(model, src.subset(range(6, N_IMAGES)), ["act1", "act2", "pw"], **kw)  # no 1-image batch
+    for merged in (a.merge(b), b.merge(a)):
+        assert merged.images == N_IMAGES and merged.id_ranges == [(0, N_IMAGES)]
+        for layer, want in reference.layers.items():
+            got = merged[layer]
+            for part in ("top", "bottom", "bands"):
+                for field in ("values", "image_ids", "ys", "xs", "boxes"):
+                    np.testing.assert_array_equal(getattr(getattr(got, part), field),
+                                                  getattr(getattr(want, part), field), err_msg=f"{layer} {part}")
+            np.testing.assert_array_equal(got.hist_pre, want.hist_pre)
+            np.testing.assert_array_equal(got.hist_post, want.hist_post)
+            np.testing.assert_array_equal(got.positive, want.positive)
+            np.testing.assert_allclose(got.mean, want.mean, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(got.std, want.std, rtol=1e-5, atol=1e-7)
+    with pytest.raises(CnnscopeError, match="both contain image ids"):
+        a.merge(a)
+
+
+def test_save_and_load_round_trip(reference, tmp_path):
+    path = reference.save(tmp_path / "stats.npz")
+    back = DatasetStats.load(path)
+    assert back.names == reference.names and back.bins == reference.bins and back.k == reference.k
+    for layer, ls in reference.layers.items():
+        got = back[layer]
+        np.testing.assert_array_equal(got.top.values, ls.top.values)
+        np.testing.assert_array_equal(got.bands.priority, ls.bands.priority)
+        np.testing.assert_array_equal(got.hist_post, ls.hist_post)
+        np.testing.assert_array_equal(got.rf.boxes, ls.rf.boxes)
+        assert got.moments_pre.count == ls.moments_pre.count
+    assert back.examples("act2", 1) == reference.examples("act2", 1)
+    with pytest.raises(CnnscopeError, match="not a cnnscope statistics file"):
+        DatasetStats.load(tmp_path.joinpath("bad.npz").write_bytes(b"nope") and tmp_path / "bad.npz")
+
+
+def test_examples_carry_receptive_field_boxes_and_crops(model, data, reference):
+    ex = reference.examples("act2", 2)
+    rf = reference["act2"].rf
+    assert len(ex) == 5 and ex[0].value >= ex[-1].value
+    for e in ex:
+        assert e.box == rf.box(e.y, e.x)
+    patches = crops(reference, "act2", 2, data, model)
+    assert all(p.shape == rf.size + (3,) for p in patches)
+    top = ex[0]
+    t, left, b, r = top.box
+    unpadded = crops(reference, "act2", 2, data, model, pad=False)[0]
+    np.testing.assert_array_equal(unpadded, data.images[top.image_id][t:b, left:r])
+
+
+def test_unreadable_images_are_reported_and_skipped(model, data, tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(data.images[i]).save(tmp_path / f"img{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(data.images[3]).save(tmp_path / "sub" / "deep.jpg")
+    stats = collect_statistics(model, tmp_path, ["act2"], k=2, batch_size=2, receptive_field=None)
+    assert stats.images == 4 and stats.n_skipped == 1
+    assert "broken.png" in stats.skipped[0][0]
+
+
+def test_the_model_is_left_unchanged(model, data):
+    net = model.module
+    net.train()
+    assert assert_unchanged(net, lambda: collect_statistics(model, data, ["act2"], k=2, receptive_field="fast")) \
+        is None
+    assert net.training
+    err = assert_unchanged(net, lambda: collect_statistics(model, data, ["act_2"], k=2))
+    assert isinstance(err, LayerError) and "act2" in str(err)
+    net.eval()
+
+
+def test_pretrained_model_examples_are_real_activations(lite0):
+    """On the embedded EfficientNet-Lite0 and skimage photos: every recorded top example is the activation the model
+    gives at that image and position, and the pre-ReLU6 statistics behave like the article's (sparse positives)."""
+    layer = "blocks.3.0.bn1.act"
+    source = open_source("samples:2")
+    stats = collect_statistics(lite0, source, [layer], k=3, batch_size=8, receptive_field=None)
+    ls = stats[layer]
+    assert stats.images == len(source) == 16 and ls.count == 16 * 28 * 28
+    frac = ls.fraction_positive
+    assert 0.02 < np.median(frac) < 0.98
+    ex = stats.examples(layer, 7)
+    x = lite0.preprocess([lite0.fit_image(source.load(e.image_id)) for e in ex])
+    with torch.no_grad(), evaluating(lite0.module), Capture(lite0.module, layer, pre_activation=True) as cap:
+        cap.run(x)
+    got = [cap[layer][i, 7, e.y, e.x].item() for i, e in enumerate(ex)]
+    np.testing.assert_allclose(got, [e.value for e in ex], rtol=1e-4, atol=1e-4)
+    assert ex[0].value == pytest.approx(float(ls.maximum[7]))
+
+
+def test_log_bins_cover_any_scale():
+    bins = LogBins()
+    lower, upper = bins.bin_bounds()
+    assert len(lower) == bins.n_bins and (np.diff(lower) >= 0).all()
+    v = torch.tensor([-3e5, -2.0, -1e-6, 0.0, 1e-6, 1.0, 3e5])
+    idx = bins.lookup(v).numpy()
+    assert idx[0] == 0 and idx[-1] == bins.n_bins - 1 and idx[3] == bins.zero_bin
+    assert idx[2] == bins.zero_bin - 1 and idx[4] == bins.zero_bin + 1
+    with pytest.raises(CnnscopeError):
+        LogBins(band_every=7)
