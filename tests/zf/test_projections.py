@@ -58,6 +58,15 @@ def test_batch_size_does_not_change_the_result(digits_run, digits_test_images):
         torch.testing.assert_close(ea.values, eb.values, rtol=1e-4, atol=1e-6)
 
 
+def test_a_stacked_array_is_an_image_set(digits_run, digits_test_images):
+    model = digits_run.model
+    stacked = np.stack(list(digits_test_images.values())[:20])
+    a = top_projections(model, stacked, "features.3", [2], k=3)
+    b = top_projections(model, dict(list(digits_test_images.items())[:20]), "features.3", [2], k=3)
+    assert a.names[:2] == ["0", "1"] and len(a.names) == 20
+    assert [e.image_index for e in a.entries[2]] == [e.image_index for e in b.entries[2]]
+
+
 def test_bad_inputs(digits_run, digits_test_images):
     model = digits_run.model
     err = assert_unchanged(model.module, lambda: top_projections(model, {}, "features.3"))

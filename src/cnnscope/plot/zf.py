@@ -97,7 +97,8 @@ def _map(ax, fig, study, values, title: str, cmap: str, **kw) -> object:
     """Draw a per-position map over the image area, each cell centred on its square's centre."""
     ys, xs = study.centers()
     h, w = study.image.shape[:2]
-    mesh = ax.pcolormesh(_edges(xs, w), _edges(ys, h), _np(values), cmap=cmap, **kw)
+    ax.imshow(study.image, alpha=0.45)
+    mesh = ax.pcolormesh(_edges(xs, w), _edges(ys, h), _np(values), cmap=cmap, alpha=0.75, **kw)
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.set_aspect("equal")

@@ -17,11 +17,14 @@ def image_set(images: ImageLike | Sequence[ImageLike] | Mapping[str, ImageLike],
               ) -> tuple[list[str], list[np.ndarray]]:
     """Normalise an image set to ``(names, uint8 arrays)``.
 
-    Accepts one image, a sequence (paths, PIL images, arrays) or a ``name -> image`` mapping.
+    Accepts one image, a sequence (paths, PIL images, arrays), a stacked ``[N, H, W, C]`` array or a
+    ``name -> image`` mapping.
 
     Raises:
         ImageError: the set is empty, or an image cannot be read (the message names it).
     """
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
     if isinstance(images, Mapping):
         names, items = [str(k) for k in images], list(images.values())
     elif isinstance(images, (list, tuple)):

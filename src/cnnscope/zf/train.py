@@ -148,7 +148,7 @@ def accuracy(model: LoadedModel, images: np.ndarray, labels: np.ndarray, batch_s
 
 
 def train(data: str | Path | ImageDataset = "digits", epochs: int = 5, checkpoint_epochs: Sequence[int] = (),
-          out: str | Path | None = None, batch_size: int = 64, lr: float = 2e-3, test_fraction: float = 0.2,
+          out: str | Path | None = None, batch_size: int = 32, lr: float = 3e-3, test_fraction: float = 0.2,
           widths: Sequence[int] = (16, 32, 64), size: int | None = None, seed: int = 0,
           device: str | torch.device = "cpu", progress: bool = False,
           on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
