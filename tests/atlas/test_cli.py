@@ -89,5 +89,7 @@ def test_demo_section_80_builds_a_small_atlas(tmp_path, capsys):
     assert f"cnnscope serve {tmp_path / 'atlas'}" in text
     with AtlasStore(tmp_path / "atlas") as st:
         assert st.integrity_check() == []
-        assert [(r.name, r.built) for r in st.layers()] == [("blocks.1.1", 2), ("blocks.3.2", 2), ("blocks.5.3", 2)]
-        assert "featurevis" in st.get_meta("kinds")
+        assert [(r.name, r.built) for r in st.layers()] == [
+            ("blocks.1.1.bn1.act", 2), ("blocks.3.2.bn1.act", 2), ("blocks.5.3.bn1.act", 2)]
+        assert {"featurevis", "examples", "histogram", "circuit"} <= set(st.get_meta("kinds"))
+        assert not st.get_meta("not_applicable")  # every kind applies to these layers

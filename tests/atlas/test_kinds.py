@@ -127,3 +127,32 @@ def test_tuning_matches_a_direct_tuning_map(atlas):
         if not rec.numbers["in_std"]:
             np.testing.assert_allclose(raw, direct.raw[i], rtol=1e-5, atol=1e-6)
         assert rec.numbers["preferred"]["value"] == pytest.approx(float(raw.max()), rel=1e-6)
+
+
+@pytest.mark.skipif("circuit" not in AVAILABLE, reason="cnnscope.dataset.circuits is not installed")
+def test_circuit_holds_the_strongest_conv_kernels(atlas):
+    conv = helpers.tiny_model().module.features[4].weight.detach()  # features.5 is the ReLU after this conv
+    for u in UNITS:
+        rec, _ = _arts(atlas, "circuit", u)["weights"]
+        inputs = rec.numbers["inputs"]
+        norms = conv[u].flatten(1).norm(dim=1)
+        expected = norms.argsort(descending=True)[:OPTIONS.circuit_k].tolist()
+        assert [it["unit"] for it in inputs] == expected
+        assert rec.numbers["source"] == "features.3" and rec.numbers["conv"] == "features.4"
+        for it in inputs:
+            torch.testing.assert_close(torch.tensor(it["weights"]), conv[u, it["unit"]])
+
+
+@pytest.mark.skipif("circuit" not in AVAILABLE, reason="cnnscope.dataset.circuits is not installed")
+def test_kinds_that_do_not_apply_to_a_layer_are_recorded(tmp_path):
+    """The pooled layer has no convolution of its own: circuit is left out there, with the reason, not faked."""
+    build_atlas(helpers.tiny_model(), tmp_path, ["features.3", "features.4"], "0-1", kinds=["circuit", "featurevis"],
+                options=BuildOptions(steps=1, size=16))
+    with AtlasStore(tmp_path) as st:
+        assert st.integrity_check() == []
+        skipped = st.get_meta("not_applicable")
+        assert list(skipped) == ["features.3"] and "MaxPool2d" in skipped["features.3"]["circuit"]
+        assert {a.kind for a in st.artifacts("features.3", 0)} == {"featurevis"}
+        assert {a.kind for a in st.artifacts("features.4", 0)} == {"featurevis", "circuit"}
+    with pytest.raises(Exception, match="no chosen artifact kind applies"):
+        build_atlas(helpers.tiny_model(), tmp_path / "b", ["features.3"], "0", kinds=["circuit"])

@@ -133,3 +133,25 @@ def test_read_only_and_headers(client):
     again = client.get("/artifact/1", headers={"If-None-Match": art.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
     assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
+
+
+def test_circuit_links_and_not_applicable_kinds(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from cnnscope.atlas import BuildOptions, build_atlas, list_kinds
+    from cnnscope.web import create_app
+    from tests.atlas import helpers
+
+    if "circuit" not in {k.name for k in list_kinds() if k.unavailable() is None}:
+        pytest.skip("cnnscope.dataset.circuits is not installed")
+    build_atlas(helpers.tiny_model(), tmp_path, ["features.3", "features.5"], "0-7", kinds=["circuit", "featurevis"],
+                options=BuildOptions(steps=1, size=16, circuit_k=3))
+    with TestClient(create_app(tmp_path)) as c:
+        v = c.get("/api/layers/features.5/units/2").json()
+        circuit = next(s for s in v["sections"] if s["kind"] == "circuit")
+        inputs = [it["unit"] for it in circuit["artifacts"][0]["numbers"]["inputs"]]
+        assert [ln["url"] for ln in v["links"]] == [f"/layer/features.3/unit/{u}" for u in inputs]
+        html = c.get("/layer/features.5/unit/2").text
+        assert 'id="circuit-links"' in html and f'href="/layer/features.3/unit/{inputs[0]}"' in html
+        html = c.get("/layer/features.3/unit/0").text
+        assert "Not available for this layer" in html and "MaxPool2d" in html

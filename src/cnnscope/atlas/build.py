@@ -185,6 +185,7 @@ def build_atlas(model, out: str | Path, layers: Sequence[str], units: str | Iter
         store.set_meta(model=desc, fingerprint=fingerprint, kinds=kind_names, options=options.to_dict(),
                        images=source.describe() if source is not None else None)
         all_infos = {i.name: k for k, i in enumerate(list_layers(model.module, model.input_size))}
+        skipped = _not_applicable(store, model, infos, chosen)
         jobs: list[tuple[LayerInfo, list[int]]] = []
         for info in infos:
             store.put_layer(info.name, all_infos[info.name], info.kind, info.output_shape, info.output_shape[0],
@@ -194,15 +195,33 @@ def build_atlas(model, out: str | Path, layers: Sequence[str], units: str | Iter
             report.skipped += len(plans[info.name]) - len(pending)
             for s in range(0, len(pending), options.batch_size):
                 jobs.append((info, pending[s:s + options.batch_size]))
-        _run_jobs(store, model, jobs, chosen, options, source, report, progress, max_units)
+        _run_jobs(store, model, jobs, chosen, skipped, options, source, report, progress, max_units)
     finally:
         store.close()
     report.seconds = time.perf_counter() - t_start
     return report
 
 
+def _not_applicable(store: AtlasStore, model, infos: list[LayerInfo], chosen: list[ArtifactKind]
+                    ) -> dict[str, dict[str, str]]:
+    """``layer -> {kind: reason}`` for kinds that cannot describe a layer (recorded in the atlas's meta)."""
+    out: dict[str, dict[str, str]] = {}
+    for info in infos:
+        reasons = {k.name: why for k in chosen if k.applies is not None and (why := k.applies(model, info))}
+        if len(reasons) == len(chosen):
+            raise LayerError(f"no chosen artifact kind applies to layer {info.name!r}: "
+                             + "; ".join(f"{k}: {why}" for k, why in reasons.items()))
+        if reasons:
+            out[info.name] = reasons
+    if out:
+        recorded = store.get_meta("not_applicable", {}) or {}
+        store.set_meta(not_applicable={**recorded, **out})
+    return out
+
+
 def _run_jobs(store: AtlasStore, model, jobs: list[tuple[LayerInfo, list[int]]], chosen: list[ArtifactKind],
-              options: BuildOptions, images, report: BuildReport, progress: bool, max_units: int | None) -> None:
+              skipped: dict[str, dict[str, str]], options: BuildOptions, images, report: BuildReport,
+              progress: bool, max_units: int | None) -> None:
     from tqdm.auto import tqdm
 
     total = sum(len(u) for _, u in jobs)
@@ -222,6 +241,8 @@ def _run_jobs(store: AtlasStore, model, jobs: list[tuple[LayerInfo, list[int]]],
             per_unit: dict[int, list[Artifact]] = {u: [] for u in chunk}
             t_chunk = time.perf_counter()
             for kind in chosen:
+                if kind.name in skipped.get(info.name, {}):
+                    continue
                 t0 = time.perf_counter()
                 made = kind.produce(ctx, list(chunk))
                 secs = time.perf_counter() - t0

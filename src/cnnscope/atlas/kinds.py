@@ -86,6 +86,8 @@ class ArtifactKind:
         optional: built only when asked for by name (not part of the default set).
         thumbnail: name of the artifact used as the unit's thumbnail on the layer page.
         description: one line for ``cnnscope atlas kinds`` and the docs.
+        applies: ``(model, layer_info) -> None`` when the kind can describe that layer's units, else the reason
+            (e.g. circuits need a convolution); the build then leaves the kind out for that layer and says why.
     """
 
     name: str
@@ -97,6 +99,7 @@ class ArtifactKind:
     optional: bool = False
     thumbnail: str | None = None
     description: str = ""
+    applies: Callable[[object, LayerInfo], str | None] | None = None
 
     def unavailable(self) -> str | None:
         """Why the kind cannot run here, or ``None`` when it can."""

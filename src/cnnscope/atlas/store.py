@@ -354,8 +354,9 @@ class AtlasStore:
     def integrity_check(self) -> list[str]:
         """Problems found (an empty list means the atlas is sound).
 
-        Checks SQLite's own ``integrity_check`` and foreign keys, that every planned kind exists for every
-        finished unit, that blob files exist with the recorded SHA-256, and that no unit row is duplicated.
+        Checks SQLite's own ``integrity_check`` and foreign keys, that every kind of the atlas exists for every
+        finished unit (except kinds recorded as not applicable to its layer), that blob files exist with the
+        recorded SHA-256, and that no unit row is duplicated.
         """
         problems: list[str] = []
         res = [r[0] for r in self.con.execute("PRAGMA integrity_check")]
@@ -366,10 +367,11 @@ class AtlasStore:
         for r in self.con.execute("SELECT layer, unit, COUNT(*) FROM units GROUP BY layer, unit HAVING COUNT(*)>1"):
             problems.append(f"duplicate unit row {r[0]}:{r[1]}")
         kinds = self.get_meta("kinds", []) or []
+        skipped = self.get_meta("not_applicable", {}) or {}
         for layer, unit in self.all_units():
             have = {r[0] for r in self.con.execute("SELECT DISTINCT kind FROM artifacts WHERE layer=? AND unit=?",
                                                    (layer, unit))}
-            missing = [k for k in kinds if k not in have]
+            missing = [k for k in kinds if k not in have and k not in skipped.get(layer, {})]
             if missing:
                 problems.append(f"unit {layer}:{unit} lacks artifacts of kind {', '.join(missing)}")
         for aid, file, sha in self.con.execute("SELECT id, file, sha256 FROM artifacts WHERE file IS NOT NULL"):

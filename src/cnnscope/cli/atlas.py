@@ -11,8 +11,9 @@ from ..errors import CnnscopeError
 from .app import cli, model_options, open_model, print_table
 from .demo import DemoContext, demo_section
 
-#: Demo atlas: a shallow, a middle and a deep layer of EfficientNet-Lite0.
-DEMO_LAYERS = ("blocks.1.1", "blocks.3.2", "blocks.5.3")
+#: Demo atlas: the expansion activations of a shallow, a middle and a deep block of EfficientNet-Lite0 (units of a
+#: convolution + batch norm + ReLU6, so every kind applies: dataset examples rank their pre-activations).
+DEMO_LAYERS = ("blocks.1.1.bn1.act", "blocks.3.2.bn1.act", "blocks.5.3.bn1.act")
 
 
 @cli.group("atlas")

@@ -40,3 +40,44 @@ def unit_histogram(centers: np.ndarray, widths: np.ndarray, mass: np.ndarray, ti
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def circuit_figure(weights: np.ndarray, labels: list[str], title: str = "") -> Figure:
+    """The strongest incoming kernels of a unit: signed heatmaps on one symmetric colour scale, or a signed bar
+    chart when the kernels are 1x1 (pointwise convolutions).
+
+    Args:
+        weights: ``float [k, kh, kw]`` kernels, strongest first.
+        labels: one caption per kernel (e.g. ``"blocks.3:17"``).
+        title: figure title.
+
+    Shape:
+        - weights: ``[k, kh, kw]``.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    k = len(w)
+    vmax = float(np.abs(w).max()) or 1.0
+    if w.shape[1] * w.shape[2] == 1:
+        fig = figure(max(3.0, 0.45 * k + 1.2), 2.4, dpi=100)
+        ax = fig.add_subplot(1, 1, 1)
+        vals = w.reshape(k)
+        ax.bar(range(k), vals, color=["#d2402a" if v < 0 else "#2457c5" for v in vals])
+        ax.axhline(0, color="#667085", linewidth=0.8)
+        ax.set_xticks(range(k), labels, rotation=60, ha="right", fontsize=6)
+        ax.set_ylabel("weight", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        return fig
+    fig = figure(1.1 * k + 0.6, 1.6, dpi=100)
+    im = None
+    for i in range(k):
+        ax = fig.add_subplot(1, k, i + 1)
+        im = ax.imshow(w[i], cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(labels[i], fontsize=6)
+    if im is not None:
+        fig.colorbar(im, ax=fig.axes, shrink=0.7).ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=9)
+    return fig

@@ -95,6 +95,9 @@ def unit_view(store: AtlasStore, layer: str, unit: int) -> dict:
         sec = sections.setdefault(a.kind, {"kind": a.kind, "title": title, "order": order, "artifacts": []})
         sec["artifacts"].append(_artifact(a))
     links = _circuit_links(store, sections)
+    for kind, why in (store.get_meta("not_applicable", {}) or {}).get(layer, {}).items():
+        order, title, _ = kinds.get(kind, (1000, kind, None))
+        sections[kind] = {"kind": kind, "title": title, "order": order, "artifacts": [], "not_applicable": why}
 
     def nav(item: tuple[str, int] | None) -> dict | None:
         return None if item is None else {"layer": item[0], "unit": item[1], "url": unit_url(*item)}
