@@ -142,7 +142,7 @@ def rise_masks(n: int, size: tuple[int, int], grid: int | tuple[int, int] = 7, p
     up = F.interpolate(cells, size=((gh + 1) * ch, (gw + 1) * cw), mode="bilinear", align_corners=False)
     dy = torch.randint(0, ch, (n,), generator=generator, device=device).tolist()
     dx = torch.randint(0, cw, (n,), generator=generator, device=device).tolist()
-    return torch.stack([up[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    return torch.stack([up[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)]).clamp_(0.0, 1.0)
 
 
 @register

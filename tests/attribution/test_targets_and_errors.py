@@ -1,0 +1,153 @@
+"""Targets (index, label, per image, callable, unit) with real values, and errors a person can act on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cnnscope import wrap
+from cnnscope.attribution import TargetError, attribute, auto_layer, unit
+from cnnscope.errors import CnnscopeError, ImageError, LayerError, MethodError
+from tests.conformance import assert_unchanged
+from tests.models import FunctionalReLUNet, GapLinearNet, InplaceReLUNet, ResidualNet
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def x_of(shape=(2, 3, 12, 14), seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# -- targets ---------------------------------------------------------------------------------------------
+def test_label_targets_and_mixed_per_image_list():
+    net = GapLinearNet()
+    m = wrap(net, input_size=(12, 14), labels=["cat", "dog", "bird"])
+    x = x_of((3, 3, 12, 14))
+    a = attribute(m, x, "saliency", target=[None, "Dog", 2])
+    with torch.no_grad():
+        top = int(net.eval()(x[:1]).argmax())
+    assert a.target == [top, 1, 2]
+    assert a.spec["target"]["labels"][1] == "dog (1)"
+    b = attribute(m, x, "saliency", target="bi")  # a unique prefix
+    assert b.target == [2, 2, 2]
+
+
+def test_callable_target_is_linear_in_the_gradient():
+    net, x = InplaceReLUNet(), x_of()
+    diff = attribute(net, x, "saliency", target=lambda out: out[:, 3] - out[:, 1])
+    a3 = attribute(net, x, "saliency", target=3).values
+    a1 = attribute(net, x, "saliency", target=1).values
+    torch.testing.assert_close(diff.values, a3 - a1)
+    assert diff.target is None and diff.spec["target"]["kind"] == "callable"
+
+
+def test_unit_target_neuron_gradient_is_the_conv_kernel():
+    net = InplaceReLUNet()
+    x = x_of((1, 3, 12, 14))
+    conv = net.features[0]
+    a = attribute(net, x, "saliency", target=unit("features.0", 5, x=6, y=4))
+    want = torch.zeros_like(x)
+    want[0, :, 3:6, 5:8] = conv.weight.detach()[5]  # 3x3 kernel, padding 1, centred on (y=4, x=6)
+    torch.testing.assert_close(a.values, want)
+    with torch.no_grad():
+        assert float(a.scores[0]) == pytest.approx(float(conv(x)[0, 5, 4, 6]), rel=1e-5)
+
+
+def test_unit_target_channel_mean_matches_autograd_and_works_for_cams():
+    net, x = InplaceReLUNet(), x_of()
+    a = attribute(net, x, "saliency", target=unit("features.4", 7))
+    xg = x.clone().requires_grad_(True)
+    net.eval()
+    score = net.features[:5](xg)[:, 7].mean(dim=(1, 2)).sum()
+    (want,) = torch.autograd.grad(score, xg)
+    torch.testing.assert_close(a.values, want)
+    cam = attribute(net, x, "gradcam", target=unit("features.4", 7), layer="features.0")
+    assert cam.values.shape == (2, 1, 12, 14)
+    with pytest.raises(LayerError, match="after the CAM layer"):
+        attribute(net, x, "gradcam", target=unit("features.0", 1), layer="features.4")
+
+
+# -- errors ----------------------------------------------------------------------------------------------
+def test_unknown_method_and_option_suggest_close_names():
+    net, x = GapLinearNet(), x_of()
+    with pytest.raises(MethodError, match="did you mean: gradcam"):
+        attribute(net, x, "gradcan")
+    with pytest.raises(MethodError, match="did you mean: window"):
+        attribute(net, x, "occlusion", windw=4)
+    with pytest.raises(MethodError, match="quadrature"):
+        attribute(net, x, "integrated_gradients", quadrature="simpson")
+    with pytest.raises(MethodError, match="base method"):
+        attribute(net, x, "smoothgrad", base="gradcam")
+    with pytest.raises(MethodError, match="stride"):
+        attribute(net, x, "occlusion", window=4, stride=5)
+
+
+def test_target_errors():
+    net, x = GapLinearNet(num_classes=3), x_of()
+    with pytest.raises(TargetError, match="out of range: the model has 3 outputs"):
+        attribute(net, x, "saliency", target=3)
+    with pytest.raises(TargetError, match="2 images"):
+        attribute(net, x, "saliency", target=[0, 1, 2])
+    with pytest.raises(TargetError, match="needs class names"):
+        attribute(net, x, "saliency", target="cat")
+    m = wrap(net, input_size=(12, 14), labels=["cat", "dog", "bird"])
+    with pytest.raises(TargetError, match="did you mean: dog"):
+        attribute(m, x, "saliency", target="dgo")
+    with pytest.raises(TargetError, match="channel 99 is out of range"):
+        attribute(net, x, "saliency", target=unit("features.0", 99))
+    with pytest.raises(LayerError, match="did you mean"):
+        attribute(net, x, "saliency", target=unit("feature.0", 1))
+
+
+def test_cam_layer_errors():
+    net, x = InplaceReLUNet(), x_of()
+    for layer in ("fc", "pool"):  # [B, 10] and [B, 16, 1, 1]: no spatial extent
+        with pytest.raises(LayerError, match="without spatial extent"):
+            attribute(net, x, "gradcam", layer=layer)
+    with pytest.raises(LayerError, match="without spatial extent"):
+        attribute(net, x, "scorecam", layer="pool")
+    with pytest.raises(LayerError, match="did you mean"):
+        attribute(net, x, "gradcam", layer="featurs")
+    res = ResidualNet()
+    with pytest.raises(LayerError, match="more than once"):
+        attribute(res, x, "gradcam", layer="layer1.relu")  # one ReLU module used twice per block
+    assert auto_layer(res, (12, 14)) == "layer2"
+    assert auto_layer(net, (12, 14)) == "features"
+
+
+def test_inputs_of_different_sizes():
+    net = GapLinearNet()
+    with pytest.raises(ImageError, match="different sizes in one batch: 3x10x12, 3x12x14"):
+        attribute(net, [x_of((3, 12, 14)), x_of((3, 10, 12))], "saliency")
+    same = attribute(net, [x_of((3, 12, 14)), x_of((3, 12, 14), seed=1)], "saliency")
+    assert same.values.shape == (2, 3, 12, 14)
+    # with a LoadedModel, images (arrays) of different sizes are resized to the model's input size
+    m = wrap(net, input_size=(12, 14))
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (30, 40, 3), dtype=np.uint8), rng.integers(0, 255, (17, 9, 3), dtype=np.uint8)]
+    assert attribute(m, imgs, "gradcam").values.shape == (2, 1, 12, 14)
+    with pytest.raises(ImageError, match="float tensors"):
+        attribute(net, torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "saliency")
+    with pytest.raises(ImageError, match="bare module"):
+        attribute(net, imgs, "saliency")
+
+
+def test_relu_rules_need_relu_modules():
+    net = FunctionalReLUNet()
+    with pytest.raises(CnnscopeError, match="no nn.ReLU"):
+        attribute(net, x_of(), "guided_backprop")
+
+
+@pytest.mark.parametrize("call", [
+    lambda net, x: attribute(net, x, "gradcam", layer="fc"),
+    lambda net, x: attribute(net, x, "saliency", target=99),
+    lambda net, x: attribute(net, x, "gradcam", target=unit("features.0", 1), layer="features.4"),
+    lambda net, x: attribute(net, x, "occlusion", target=lambda out: out),  # not one value per image
+    lambda net, x: attribute(net, x, "scorecam", target=unit("features.0", 99)),
+])
+def test_failing_calls_leave_the_model_unchanged(call):
+    net = InplaceReLUNet().train()
+    err = assert_unchanged(net, lambda: call(net, x_of()))
+    assert isinstance(err, CnnscopeError), err
+    assert torch.is_grad_enabled()
