@@ -157,6 +157,18 @@ def test_rf_offset_is_zero_for_a_centred_odd_kernel(curvenet):
     assert rf_offset(curvenet, "conv", 32) == (0.5, -0.5)
 
 
+@pytest.mark.parametrize("size,position", [(20, None), ((18, 26), None), (20, (2, 7))])
+def test_rf_offset_extrapolated_from_another_size_equals_measured(size, position):
+    """Receptive fields measured once (e.g. at the input size) give every stimulus size's offset."""
+    from cnnscope.capture.receptive_field import receptive_fields
+    from tests.models import InplaceReLUNet
+
+    net = InplaceReLUNet()
+    rf = receptive_fields(net, "features.5", (32, 40), cache=False)["features.5"]
+    measured = rf_offset(net, "features.5", size, position)
+    assert rf_offset(net, "features.5", size, position, rf=rf) == pytest.approx(measured, abs=1e-9)
+
+
 def test_loaded_model_normalisation_and_default_size(curvenet):
     """A wrapped model normalises the rendered images: mean 0.5 / std 0.5 maps [0, 1] to [-1, 1]."""
     loaded = wrap(curvenet, input_size=31, mean=(0.5,) * 3, std=(0.5,) * 3)

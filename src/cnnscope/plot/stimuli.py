@@ -48,7 +48,7 @@ def stimulus_sheet(images: np.ndarray, orientations: Sequence[float], levels: Se
     step = max(1, math.ceil(o / max_columns))
     cols = list(range(0, o, step))
     chosen = [imgs[r * o + c] for r in range(p) for c in cols]
-    sheet = grid_image(chosen, cols=len(cols), pad=2)
+    sheet = grid_image(chosen, cols=len(cols), pad=2, background=170)
     h, w = imgs.shape[1:3]
     fig = figure(min(18.0, 0.6 * len(cols) + 1.5), min(14.0, 0.6 * p + 1.2))
     ax = fig.add_subplot(1, 1, 1)

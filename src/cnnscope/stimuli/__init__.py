@@ -17,11 +17,11 @@ Example:
 
 from .curves import STIMULI, Angle, Curve, Line, Stimulus, grid, make_stimulus, render, stimulus_class
 from .families import Family, TuningStats, discover_family, find_family, tuning_stats
-from .joint import JointTuning, joint_tuning, rotate_images
-from .responses import rf_offset, stimulus_responses, unit_responses
+from .joint import JointTuning, centered_crop, joint_tuning, rotate_images
+from .responses import rf_centers, rf_offset, stimulus_responses, unit_responses
 from .tuning import TuningMap, radial_tuning, tuning_map
 
 __all__ = ["STIMULI", "Angle", "Curve", "Family", "JointTuning", "Line", "Stimulus", "TuningMap", "TuningStats",
-           "discover_family", "find_family", "grid", "joint_tuning", "make_stimulus", "radial_tuning", "render",
-           "rf_offset", "rotate_images", "stimulus_class", "stimulus_responses", "tuning_map", "tuning_stats",
-           "unit_responses"]
+           "centered_crop", "discover_family", "find_family", "grid", "joint_tuning", "make_stimulus",
+           "radial_tuning", "render", "rf_centers", "rf_offset", "rotate_images", "stimulus_class",
+           "stimulus_responses", "tuning_map", "tuning_stats", "unit_responses"]

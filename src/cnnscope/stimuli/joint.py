@@ -66,6 +66,25 @@ def rotate_images(images: torch.Tensor, angles: torch.Tensor | Sequence[float] |
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def centered_crop(image: np.ndarray, center: tuple[float, float], side: int) -> np.ndarray:
+    """A ``side x side`` window of ``image`` centred on ``center = (row, col)`` (pixel-edge coordinates, so the
+    centre of an ``H x W`` image is ``(H / 2, W / 2)``); parts outside the image repeat its border pixels.
+
+    Use it to cut rotation-safe crops around a unit's receptive-field centre (``side`` about ``sqrt(2)`` times the
+    receptive field) for :func:`joint_tuning`.
+
+    Shape:
+        - image: ``[H, W, C]``; output: ``[side, side, C]``.
+    """
+    if side < 1:
+        raise CnnscopeError(f"crop side must be >= 1, got {side}")
+    h, w = image.shape[:2]
+    top, left = round(center[0] - side / 2), round(center[1] - side / 2)
+    rows = np.clip(np.arange(top, top + side), 0, h - 1)
+    cols = np.clip(np.arange(left, left + side), 0, w - 1)
+    return np.ascontiguousarray(image[rows[:, None], cols[None, :]])
+
+
 @dataclass
 class JointTuning:
     """Responses of a family's units to rotated dataset examples of each source unit.
@@ -168,20 +187,26 @@ def joint_tuning(model: ModelLike, layer: str, examples: Mapping[int, Sequence[I
     recorded = list(dict.fromkeys([*(int(u) for u in (units or [])), *sources]))
     device = module_device(model_module(model))
     angles = torch.arange(round(n_angles), device=device, dtype=torch.float32) * step
-    curves, counts = [], []
-    for src in sources:
-        crops = _crops_tensor(list(examples[src]), crop_size, device)
-        resp = unit_responses(model, layer, _rotated_batches(crops, angles, out_size, batch_size), units=recorded,
-                              position=position, pre_activation=pre_activation,
-                              total=crops.shape[0] * len(angles), progress=progress)
-        r = resp.double().cpu().numpy().reshape(crops.shape[0], len(angles), len(recorded))
-        r, _, _ = zscore(r, recorded, mean, std, axis=2)
+    crops = {src: _crops_tensor(list(examples[src]), crop_size, device) for src in sources}
+    counts = [crops[src].shape[0] for src in sources]
+
+    def batches() -> Iterator[torch.Tensor]:  # one forward pass sequence for all sources (one open Capture)
+        for src in sources:
+            yield from _rotated_batches(crops[src], angles, out_size, batch_size)
+
+    resp = unit_responses(model, layer, batches(), units=recorded, position=position, pre_activation=pre_activation,
+                          total=sum(counts) * len(angles), progress=progress)
+    all_r = resp.double().cpu().numpy().reshape(sum(counts), len(angles), len(recorded))
+    all_r, _, _ = zscore(all_r, recorded, mean, std, axis=2)
+    curves, start = [], 0
+    for src, n in zip(sources, counts):
+        r = all_r[start:start + n]
+        start += n
         if align:
             peaks = r[:, :, recorded.index(src)].argmax(axis=1)
             shift = (np.arange(len(angles))[None, :] + peaks[:, None]) % len(angles)
             r = np.take_along_axis(r, shift[:, :, None], axis=1)
         curves.append(r.mean(axis=0))
-        counts.append(crops.shape[0])
     return JointTuning(layer=layer, sources=np.asarray(sources), units=np.asarray(recorded),
                        angles=angles.cpu().numpy().astype(float), curves=np.stack(curves),
                        n_examples=np.asarray(counts), aligned=align, in_std=mean is not None)

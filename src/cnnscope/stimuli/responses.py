@@ -1,23 +1,28 @@
 """Run batches of images through a model and read units at one spatial position (the shared helper of tuning).
 
 Every tuning measurement of this package (heatmaps, joint tuning curves, families) goes through
-:func:`unit_responses`: one :class:`~cnnscope.capture.Capture` stays open over all batches (so the forward
-stops at the layer after the first batch), the model is in temporary eval mode, nothing is written to it.
+:func:`unit_responses`: one :class:`~cnnscope.capture.Capture` stays open over all batches, and its one full
+forward pass (which checks that no captured module runs twice) is spent on a single image, so every batch stops
+at the layer; the model is in temporary eval mode and nothing is written to it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..capture import Capture, evaluating, module_device, module_dtype
+from ..capture import Capture, capture, evaluating, input_channels, module_device, module_dtype
 from ..errors import CnnscopeError, LayerError
 from ..models import LoadedModel
 from .curves import Stimulus, render
+
+if TYPE_CHECKING:
+    from ..capture.receptive_field import ReceptiveField
 
 ModelLike = LoadedModel | nn.Module
 
@@ -46,27 +51,65 @@ def model_size(model: ModelLike, size: int | tuple[int, int] | None) -> tuple[in
     return hw
 
 
+def rf_centers(rf: ReceptiveField) -> tuple[np.ndarray, np.ndarray]:
+    """Receptive-field centres of every row and column of a layer's grid (pixel-edge coordinates).
+
+    Boxes at the image border are clipped, so their midpoints are not the centres; the centres are a linear
+    function of the index (stride x index + offset), fitted on the boxes that touch no border (spread evenly over
+    the image when fewer than two rows/columns are unclipped).
+
+    Shape:
+        - Output: ``([h], [w])``.
+    """
+    out = []
+    h, w = rf.boxes.shape[:2]
+    for axis, line in ((0, rf.boxes[:, w // 2][:, [0, 2]]), (1, rf.boxes[h // 2][:, [1, 3]])):
+        n_in, idx = rf.input_size[axis], np.arange(len(line))
+        extent = line[:, 1] - line[:, 0]
+        inner = (extent == extent.max()) & (line[:, 0] > 0) & (line[:, 1] < n_in)
+        if inner.sum() >= 2:
+            slope, icpt = np.polyfit(idx[inner], (line[inner, 0] + line[inner, 1]) / 2, 1)
+            out.append(slope * idx + icpt)
+        else:
+            out.append((idx + 0.5) * n_in / len(line))
+    return out[0], out[1]
+
+
 def rf_offset(model: ModelLike, layer: str, size: int | tuple[int, int] | None = None,
-              position: tuple[int, int] | None = None) -> tuple[float, float]:
+              position: tuple[int, int] | None = None, rf: ReceptiveField | None = None) -> tuple[float, float]:
     """Offset from the image centre to the receptive-field centre of one unit, ``(x right, y up)`` pixels.
 
     Pass it as ``offset`` to the rendering and tuning functions so that every stimulus is drawn centred on the
-    unit's receptive field (measured with :func:`cnnscope.capture.receptive_field.receptive_fields`, cached per
-    module). Use an image ``size`` at least as large as the receptive field so that its box is not clipped.
+    unit's receptive field.
 
     Args:
         model: a ``LoadedModel`` or a bare module.
         layer: dotted layer name.
         size: stimulus image size (default: the model's input size).
-        position: ``(row, col)`` in the layer's map (default: the centre).
+        position: ``(row, col)`` in the layer's map at that size (default: the centre).
+        rf: the layer's receptive fields measured at any input size (e.g. by the dataset statistics pass); the
+            centres are then extrapolated with :func:`rf_centers` (stride x index + offset) and only one probe
+            forward at ``size`` is run. Without it the boxes are measured at ``size`` with
+            :func:`cnnscope.capture.receptive_field.receptive_fields` (``H + W`` probes, cached per module).
     """
-    from ..capture.receptive_field import receptive_fields
-
     hw = model_size(model, size)
-    rf = receptive_fields(model_module(model), layer, hw)[layer]
-    h, w = rf.output_size
-    top, left, bottom, right = rf.box(*(position if position is not None else (h // 2, w // 2)))
-    return (left + right) / 2 - hw[1] / 2, hw[0] / 2 - (top + bottom) / 2
+    module = model_module(model)
+    if rf is None:
+        from ..capture.receptive_field import receptive_fields
+
+        found = receptive_fields(module, layer, hw)[layer]
+        h, w = found.output_size
+        top, left, bottom, right = found.box(*(position if position is not None else (h // 2, w // 2)))
+        return (left + right) / 2 - hw[1] / 2, hw[0] / 2 - (top + bottom) / 2
+    probe = torch.zeros(1, input_channels(module), *hw, device=module_device(module), dtype=module_dtype(module))
+    with evaluating(module), torch.no_grad():
+        act = capture(module, probe, layer)[layer]
+    h, w = act.shape[-2:]
+    i, j = position if position is not None else (h // 2, w // 2)
+    cy, cx = rf_centers(rf)
+    stride_y = cy[1] - cy[0] if len(cy) > 1 else 0.0
+    stride_x = cx[1] - cx[0] if len(cx) > 1 else 0.0
+    return cx[0] + stride_x * j - hw[1] / 2, hw[0] / 2 - (cy[0] + stride_y * i)
 
 
 def to_model_input(model: ModelLike, x01: torch.Tensor) -> torch.Tensor:
@@ -130,8 +173,10 @@ def unit_responses(model: ModelLike, layer: str, batches: Iterable[torch.Tensor]
     outs: list[torch.Tensor] = []
     with evaluating(module), torch.no_grad(), Capture(module, layer, pre_activation=pre_activation) as cap, \
             tqdm(total=total, disable=not progress, desc=f"responses {layer}", unit="img") as bar:
-        for batch in batches:
+        for k, batch in enumerate(batches):
             x = to_model_input(model, batch.to(device=device, dtype=dtype))
+            if k == 0 and x.shape[0] > 1:
+                cap.run(x[:1])  # the first run of a Capture is a full forward: spend it on one image only
             cap.run(x)
             act = cap[layer]
             if unit_index is None and units is not None:

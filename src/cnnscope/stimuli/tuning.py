@@ -33,12 +33,12 @@ def default_orientations(step: float = 10.0, period: float = 360.0) -> np.ndarra
 def default_levels(kind: str, size: tuple[int, int], n: int = 8) -> np.ndarray:
     """Default values of a kind's sweep parameter for images of ``size`` (pixels, geometric spacing).
 
-    Curves: radius from ``min(size) / 56`` to ``min(size) / 3.5`` (4 to 64 px at 224). Angles (arm) and lines
+    Curves: radius from ``max(2, min(size) / 56)`` to ``min(size) / 3.5`` (4 to 64 px at 224). Angles (arm) and lines
     (length): ``min(size) / 16`` to ``min(size) / 3``.
     """
     s = float(min(size))
     lo, hi = (s / 56, s / 3.5) if stimulus_class(kind).sweep_param == "radius" else (s / 16, s / 3)
-    return np.geomspace(max(lo, 1.0), max(hi, 2.0), n)
+    return np.geomspace(max(lo, 2.0), max(hi, 4.0), n)
 
 
 @dataclass
