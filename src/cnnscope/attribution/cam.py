@@ -236,13 +236,15 @@ class ScoreCAM(CamMethod):
 
     Options:
         score: ``"logit"`` (default) or ``"prob"`` for the per-mask score before the softmax over channels.
+        align_corners: of the bilinear mask upsampling: ``False`` as in the authors' code, ``True`` as
+            pytorch-grad-cam's ``UpsamplingBilinear2d``.
     """
 
     name = "scorecam"
     title = "Score-CAM"
     reference = "Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations for CNNs"
     uses_gradients = False
-    options: ClassVar[dict[str, Any]] = {"score": "logit"}
+    options: ClassVar[dict[str, Any]] = {"score": "logit", "align_corners": False}
 
     def check_options(self) -> None:
         if self.opts["score"] not in ("logit", "prob"):
@@ -265,7 +267,7 @@ class ScoreCAM(CamMethod):
             j = jobs[real]
             if len(j):
                 maps = acts[jobs_img[j], jobs_ch[j]][:, None]
-                up = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+                up = F.interpolate(maps, size=size, mode="bilinear", align_corners=bool(self.opts["align_corners"]))
                 lo = up.amin(dim=(2, 3), keepdim=True)
                 hi = up.amax(dim=(2, 3), keepdim=True)
                 out[real.to(x.device)] = x[jobs_img[j]] * ((up - lo) / (hi - lo))

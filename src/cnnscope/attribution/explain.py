@@ -15,7 +15,7 @@ import torch
 
 from ..capture import evaluating, first_tensor
 from ..errors import CnnscopeError
-from .base import Attribution, attribute, get_method
+from .base import Attribution, get_method
 from .display import display_options, overlay
 
 DEFAULT_METHODS = ("gradcam", "guided_backprop", "integrated_gradients", "occlusion")
@@ -108,10 +108,10 @@ def explain(model: Any, images: Any, methods: Sequence[str] = DEFAULT_METHODS, t
     with torch.no_grad(), evaluating(model.module):
         logits = first_tensor(model.module(x))
     probs = logits.float().softmax(dim=1) if logits is not None and logits.ndim == 2 else None
-    results = {}
-    for m in methods:
-        opts = {"max_batch": max_batch, "progress": progress, **dict((options or {}).get(m, {}))}
-        results[m] = attribute(model, x, m, target=target, layer=layer, **opts)
+    runners = {m: get_method(m)(model, **{"max_batch": max_batch, "progress": progress,
+                                          **dict((options or {}).get(m, {}))})
+               for m in methods}  # every option is checked before the first method runs
+    results = {m: run.attribute(x, target=target, layer=layer) for m, run in runners.items()}
     out = []
     for i, (name, img) in enumerate(zip(names, shown)):
         top: list[tuple[int, str, float]] = []

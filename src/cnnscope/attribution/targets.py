@@ -184,9 +184,11 @@ class Target:
         if self.kind == "unit":
             return self._unit_score(acts[self.unit.layer])
         out = self.fn(outputs)
-        if not isinstance(out, torch.Tensor) or out.ndim != 1:
+        n = first_tensor(outputs).shape[0] if first_tensor(outputs) is not None else None
+        if not isinstance(out, torch.Tensor) or out.ndim != 1 or (n is not None and out.shape[0] != n):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise TargetError(f"a callable target must return a 1-D Tensor[B] (one value per image), got {shape}")
+            raise TargetError(f"a callable target must return a 1-D Tensor with one value per row of the batch "
+                              f"({n} rows), got {shape}; it is called on batches of perturbed copies too")
         return out
 
     def _unit_score(self, act: torch.Tensor) -> torch.Tensor:
