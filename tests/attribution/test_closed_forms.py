@@ -11,7 +11,7 @@ from torch import nn
 from cnnscope.attribution import attribute, make_baseline, rise_masks
 from cnnscope.attribution.perturbation import RISE_MASK_CHUNK
 from tests.conformance import assert_unchanged
-from tests.models import GapLinearNet, InplaceReLUNet, OneReLUNet
+from tests.models import ALL_TINY, NON_SQUARE, GapLinearNet, InplaceReLUNet, OneReLUNet
 
 SHAPE = (2, 3, 6, 8)
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -212,3 +212,17 @@ def test_rise_masks_statistics():
     assert abs(float(m.mean()) - 0.3) < 0.03
     again = rise_masks(400, (21, 30), grid=(3, 5), p=0.3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(m, again)
+
+
+@pytest.mark.parametrize("model", sorted(ALL_TINY))
+def test_integrated_gradients_completeness_at_64_steps(model):
+    net = ALL_TINY[model]()
+    x = inputs(NON_SQUARE, seed=1)
+    a = attribute(net, x, "integrated_gradients", n_steps=64, target=[0, 1])
+    with torch.no_grad():
+        out = net.eval()(x)
+        base = net(torch.zeros_like(x))
+    want = out[[0, 1], [0, 1]] - base[[0, 1], [0, 1]]
+    got = a.values.flatten(1).sum(1)
+    assert ((got - want).abs() <= 0.01 * want.abs()).all(), (got, want)  # within 1% per image
+    torch.testing.assert_close(torch.tensor(a.spec["completeness"]["score_difference"]), want, rtol=1e-5, atol=1e-7)
