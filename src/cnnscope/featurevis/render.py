@@ -33,7 +33,7 @@ MIN_SIZE = 16
 #: images per chunk when ``batch_size`` is not given
 DEFAULT_BATCH = 32
 #: default weight of the diversity term (``render(..., diversity=k)``)
-DIVERSITY_WEIGHT = 100.0
+DIVERSITY_WEIGHT = 30.0
 #: offset between the seed of an image's initialisation and the seed of its transforms
 TRANSFORM_SEED_OFFSET = 0x5EED
 
@@ -125,16 +125,21 @@ def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
     return seeds
 
 
+class _PlainForward:
+    """Stands in for a Capture when only the model's output is read."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module, self.activations = module, {}
+
+    def run(self, x: torch.Tensor) -> Any:
+        return self.module(x)
+
+
 @contextlib.contextmanager
 def _forward(module: nn.Module, layers: Sequence[str], stop_early: bool) -> Iterator[Any]:
     """A Capture on ``layers`` (or a plain forward when the objectives read only the output)."""
     if not layers:
-        class _Plain:
-            activations: dict = {}
-
-            def run(self, x: torch.Tensor) -> Any:
-                return module(x)
-        yield _Plain()
+        yield _PlainForward(module)
         return
     with Capture(module, list(layers), stop_early=stop_early) as cap:
         yield cap
