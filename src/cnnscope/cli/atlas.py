@@ -131,7 +131,7 @@ def _demo_atlas(ctx: DemoContext) -> None:
 
     out = ctx.out / "atlas"
     units = "0-1" if ctx.quick else "0-3"
-    opts = BuildOptions(steps=8 if ctx.quick else 48, size=64 if ctx.quick else 96, top_k=4 if ctx.quick else 6,
+    opts = BuildOptions(steps=8 if ctx.quick else 32, size=64 if ctx.quick else 96, top_k=4 if ctx.quick else 6,
                         batch_size=4, image_batch=8, seed=0)
     images = list(ctx.images.items())
     kinds = default_kinds(with_images=True)
