@@ -23,7 +23,7 @@ from cnnscope.models import wrap
 from tests.conformance import assert_unchanged
 from tests.models import InplaceReLUNet, ResidualNet
 
-from .helpers import ANGLES, KnownFilterNet, LinearConvNet, NoPadNet, gabor
+from .helpers import ANGLES, FixedHeadNet, KnownFilterNet, LinearConvNet, NoPadNet, gabor
 
 FEAT = "features.4"  # InplaceReLUNet: conv(8 -> 16) after a max-pool
 
@@ -207,6 +207,10 @@ def test_bad_input_is_reported_and_leaves_the_model_unchanged():
     deep = NoPadNet()
     check_error(deep, lambda: small(deep, channel("features.6", 0), size=20), CnnscopeError,
                 "size 20x20 is too small for this model.*features.6.*use a larger --size")
+    fixed = FixedHeadNet()
+    check_error(fixed, lambda: small(fixed, channel("conv", 0), size=24), CnnscopeError,
+                "cannot run on 24x24 inputs.*runs the whole model")
+    assert small(fixed, channel("conv", 0), size=16, steps=2).images.shape == (1, 16, 16, 3)
     check_error(m, lambda: measure(m, channel(FEAT, 99), np.zeros((1, 24, 24, 3), np.uint8)), LayerError,
                 "valid: 0..15")
 

@@ -164,12 +164,17 @@ def _evaluate(objs: Sequence[Objective], group: int, acts: Mapping[str, torch.Te
 
 
 def _first_forward(cap: Any, x: torch.Tensor, size: tuple[int, int], layers: Sequence[str]) -> Any:
+    """The first pass of a render (a full forward: the capture layer checks for reused modules then)."""
     try:
         return cap.run(x)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CnnscopeError(f"size {size[0]}x{size[1]} is too small for this model up to layer(s) "
-                            f"{', '.join(layers) or 'output'} ({first}); use a larger --size") from None
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        if "too small" in text.lower() or "greater than actual input size" in text:
+            raise CnnscopeError(f"size {size[0]}x{size[1]} is too small for this model up to layer(s) "
+                                f"{', '.join(layers) or 'output'} ({first}); use a larger --size") from None
+        raise CnnscopeError(f"the model cannot run on {size[0]}x{size[1]} inputs ({first}); the first pass of a "
+                            "render runs the whole model, so use a size it accepts (e.g. its input size)") from None
 
 
 def _check_shapes(objs: Sequence[Objective], acts: Mapping[str, torch.Tensor | None], size: tuple[int, int]
