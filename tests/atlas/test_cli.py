@@ -80,16 +80,3 @@ def test_serve_command(tmp_path, fake_serve, capsys):
     assert (host, port) == ("127.0.0.1", 8765)
     assert main(["serve", str(tmp_path), "--host", "0.0.0.0"]) == 0
     assert "anyone who can reach this machine" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_demo_section_80_builds_a_small_atlas(tmp_path, capsys):
-    assert main(["demo", "--only", "80", "--quick", "--out", str(tmp_path), "--device", "cpu"]) == 0
-    text = capsys.readouterr().out
-    assert f"cnnscope serve {tmp_path / 'atlas'}" in text
-    with AtlasStore(tmp_path / "atlas") as st:
-        assert st.integrity_check() == []
-        assert [(r.name, r.built) for r in st.layers()] == [
-            ("blocks.1.1.bn1.act", 2), ("blocks.3.2.bn1.act", 2), ("blocks.5.3.bn1.act", 2)]
-        assert {"featurevis", "examples", "histogram", "circuit"} <= set(st.get_meta("kinds"))
-        assert not st.get_meta("not_applicable")  # every kind applies to these layers
