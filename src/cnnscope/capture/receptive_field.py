@@ -106,21 +106,24 @@ def _line_probes(n_lines: int, axis: int, lines: Sequence[int], shape: tuple[int
     return x
 
 
-def _affected(module: nn.Module, layers: list[str], shape: tuple[int, int, int], axis: int, lines: Sequence[int],
+def _affected(cap: Capture, layers: list[str], shape: tuple[int, int, int], axis: int, lines: Sequence[int],
               max_batch: int) -> dict[str, torch.Tensor]:
-    """For each probe line, which layer positions turn NaN: ``layer -> bool [len(lines), h, w]`` (CPU)."""
-    device, dtype = module_device(module), module_dtype(module)
+    """For each probe line, which layer positions turn NaN: ``layer -> bool [len(lines), h, w]`` (CPU).
+
+    ``cap`` is an open :class:`Capture` of ``layers`` (shared by all probes, so only its first run is a full
+    forward); the caller runs it without gradients in eval mode.
+    """
+    device, dtype = module_device(cap.module), module_dtype(cap.module)
     out: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    with torch.no_grad(), evaluating(module), Capture(module, layers) as cap:
-        for start in range(0, len(lines), max_batch):
-            chunk = list(lines[start:start + max_batch])
-            cap.run(_line_probes(len(chunk), axis, chunk, shape, device, dtype))
-            for name in layers:
-                act = cap[name]
-                if act.ndim != 4:
-                    raise LayerError(f"receptive fields need a layer with [B, C, H, W] output; {name!r} gives "
-                                     f"{tuple(act.shape)}")
-                out[name].append(torch.isnan(act).any(dim=1).cpu())
+    for start in range(0, len(lines), max_batch):
+        chunk = list(lines[start:start + max_batch])
+        cap.run(_line_probes(len(chunk), axis, chunk, shape, device, dtype))
+        for name in layers:
+            act = cap[name]
+            if act.ndim != 4:
+                raise LayerError(f"receptive fields need a layer with [B, C, H, W] output; {name!r} gives "
+                                 f"{tuple(act.shape)}")
+            out[name].append(torch.isnan(act).any(dim=1).cpu())
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
@@ -147,32 +150,36 @@ def _boxes(rows: torch.Tensor, cols: torch.Tensor) -> np.ndarray:
     return boxes
 
 
-def _exact(module: nn.Module, layers: list[str], c: int, size: tuple[int, int], max_batch: int
+def _exact(cap: Capture, layers: list[str], c: int, size: tuple[int, int], max_batch: int
            ) -> dict[str, np.ndarray]:
     h, w = size
-    rows = _affected(module, layers, (c, h, w), 0, range(h), max_batch)
-    cols = _affected(module, layers, (c, h, w), 1, range(w), max_batch)
+    rows = _affected(cap, layers, (c, h, w), 0, range(h), max_batch)
+    cols = _affected(cap, layers, (c, h, w), 1, range(w), max_batch)
     return {name: _boxes(rows[name], cols[name]) for name in layers}
 
 
-def _fast(module: nn.Module, layers: list[str], c: int, size: tuple[int, int], max_batch: int, slab: int,
+def _fast(cap: Capture, layers: list[str], c: int, size: tuple[int, int], max_batch: int, slab: int | None,
           checks: int, seed: int) -> dict[str, np.ndarray] | None:
     """Slab probes plus full-size checks; ``None`` when a check disagrees (the caller then measures exactly)."""
     h, w = size
-    sw, sh = min(w, slab), min(h, slab)
-    try:
-        rows = _affected(module, layers, (c, h, sw), 0, range(h), max_batch)
-        cols = _affected(module, layers, (c, sh, w), 1, range(w), max_batch)
-    except (RuntimeError, ValueError):  # the model refuses the narrow slab (e.g. a minimum input size)
-        return None
     gen = torch.Generator().manual_seed(seed)
-    out: dict[str, np.ndarray] = {}
     check_rows = sorted({0, 1, h // 2, h - 2, h - 1} | set(torch.randint(0, h, (checks,), generator=gen).tolist()))
     check_cols = sorted({0, 1, w // 2, w - 2, w - 1} | set(torch.randint(0, w, (checks,), generator=gen).tolist()))
     check_rows = [r for r in check_rows if 0 <= r < h]
     check_cols = [x for x in check_cols if 0 <= x < w]
-    full_rows = _affected(module, layers, (c, h, w), 0, check_rows, max_batch)
-    full_cols = _affected(module, layers, (c, h, w), 1, check_cols, max_batch)
+    full_rows = _affected(cap, layers, (c, h, w), 0, check_rows, max_batch)
+    full_cols = _affected(cap, layers, (c, h, w), 1, check_cols, max_batch)
+    if slab is None:  # twice the largest stride of the layers: the slab still spans a couple of output positions
+        oh = min(full_rows[n].shape[1] for n in layers)
+        ow = min(full_rows[n].shape[2] for n in layers)
+        slab = max(8, 2 * -(-h // max(oh, 1)), 2 * -(-w // max(ow, 1)))
+    sw, sh = min(w, slab), min(h, slab)
+    try:
+        rows = _affected(cap, layers, (c, h, sw), 0, range(h), max_batch)
+        cols = _affected(cap, layers, (c, sh, w), 1, range(w), max_batch)
+    except (RuntimeError, ValueError):  # the model refuses the narrow slab (e.g. a minimum input size)
+        return None
+    out: dict[str, np.ndarray] = {}
     for name in layers:
         row_hits = rows[name].any(dim=2)  # [H, h]: slab row y reaches output row i (any slab column)
         col_hits = cols[name].any(dim=1)  # [W, w]
@@ -189,7 +196,7 @@ def _fast(module: nn.Module, layers: list[str], c: int, size: tuple[int, int], m
 
 
 def receptive_fields(module: nn.Module, layers: str | Iterable[str], input_size: int | tuple[int, int], *,
-                     method: str = "auto", max_batch: int = 32, slab: int = 32, checks: int = 4, seed: int = 0,
+                     method: str = "auto", max_batch: int = 32, slab: int | None = None, checks: int = 4, seed: int = 0,
                      cache: bool = True) -> dict[str, ReceptiveField]:
     """Measure the input box of every position of each layer (one probe pass for all layers).
 
@@ -202,7 +209,7 @@ def receptive_fields(module: nn.Module, layers: str | Iterable[str], input_size:
         method: ``"exact"`` (``H + W`` full-size probes, exact for any model), ``"fast"`` (narrow slabs checked
             against full-size probes, falling back to ``"exact"``) or ``"auto"`` (= ``"fast"``).
         max_batch: probe images per forward pass (memory bound).
-        slab: width/height of the fast method's slabs.
+        slab: width/height of the fast method's slabs (default: twice the layers' largest stride, at least 8).
         checks: random full-size rows and columns the fast method checks, besides the border ones.
         seed: seed of the fast method's random checks.
         cache: reuse boxes measured earlier for the same module, layers, size and method (kept as long as the
@@ -228,10 +235,11 @@ def receptive_fields(module: nn.Module, layers: str | Iterable[str], input_size:
     if todo:
         c = input_channels(module)
         boxes, used = None, "exact"
-        if method in ("auto", "fast"):
-            boxes, used = _fast(module, todo, c, size, max_batch, slab, checks, seed), "fast"
-        if boxes is None:
-            boxes, used = _exact(module, todo, c, size, max_batch), "exact"
+        with torch.no_grad(), evaluating(module), Capture(module, todo) as cap:
+            if method in ("auto", "fast"):
+                boxes, used = _fast(cap, todo, c, size, max_batch, slab, checks, seed), "fast"
+            if boxes is None:
+                boxes, used = _exact(cap, todo, c, size, max_batch), "exact"
         for name in todo:
             b = boxes[name]
             store[key(name)] = ReceptiveField(layer=name, input_size=size, output_size=(b.shape[0], b.shape[1]),
