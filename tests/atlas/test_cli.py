@@ -11,19 +11,21 @@ from tests.atlas import helpers
 
 def test_build_info_and_resume(tmp_path, capsys):
     out = tmp_path / "atlas"
-    args = ["atlas", "build", "efficientnet_lite0", "--layers", "blocks.1.1", "--units", "0-1", "--kinds",
-            "featurevis", "--steps", "2", "--size", "32", "--out", str(out), "--device", "cpu"]
+    args = ["atlas", "build", "efficientnet_lite0", "--layers", "blocks.1.1.bn1.act", "--units", "0-1", "--kinds",
+            "circuit", "--out", str(out), "--device", "cpu"]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "built 2 units (0 already there) with featurevis" in text and f"cnnscope serve {out}" in text
+    assert "built 2 units (0 already there) with circuit" in text and f"cnnscope serve {out}" in text
     assert main(args) == 0
     assert "built 0 units (2 already there)" in capsys.readouterr().out
     assert main(["atlas", "info", str(out), "--check"]) == 0
     text = capsys.readouterr().out
-    assert "efficientnet_lite0 · 2 units" in text and "blocks.1.1" in text and "integrity: ok" in text
+    assert "efficientnet_lite0 · 2 units" in text and "blocks.1.1.bn1.act" in text and "integrity: ok" in text
     with AtlasStore(out) as st:
-        assert st.units("blocks.1.1") == [0, 1]
-        assert st.get_meta("options")["steps"] == 2
+        assert st.units("blocks.1.1.bn1.act") == [0, 1]
+        assert st.get_meta("kinds") == ["circuit"]
+    assert main(args[:-4] + ["--top-k", "3"] + args[-4:]) == 1  # other settings: refused, nothing mixed
+    assert "other settings (top_k 9 -> 3)" in capsys.readouterr().err
 
 
 def test_errors_are_one_line(tmp_path, capsys):

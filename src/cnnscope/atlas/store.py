@@ -224,12 +224,15 @@ class AtlasStore:
         """Every layer in model order, with planned and built unit counts."""
         return [self._layer_record(r) for r in self.con.execute(self._LAYER_SQL + " ORDER BY l.position")]
 
+    def layer_names(self) -> list[str]:
+        """Layer names in model order."""
+        return [r[0] for r in self.con.execute("SELECT name FROM layers ORDER BY position")]
+
     def layer(self, name: str) -> LayerRecord:
         """One layer; an unknown name raises :class:`NotInAtlas` listing close matches."""
         row = self.con.execute(self._LAYER_SQL + " WHERE l.name = ?", (name,)).fetchone()
         if row is None:
-            names = [r[0] for r in self.con.execute("SELECT name FROM layers ORDER BY position")]
-            raise NotInAtlas(unknown("layer", name, names) + " in this atlas")
+            raise NotInAtlas(unknown("layer", name, self.layer_names()) + " in this atlas")
         return self._layer_record(row)
 
     # -- units ----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ JSON. Artifacts are served by numeric id from the database only; no URL ever nam
 from __future__ import annotations
 
 import base64
-import threading
+import re
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -86,18 +86,9 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
     app = FastAPI(title="cnnscope atlas", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.store = store
     app.state.explainer = explainer
-    lock = threading.Lock()
-    layer_names: dict[str, list[str]] = {}
-
-    def layers_for_nav() -> list[str]:
-        with lock:
-            names = [rec.name for rec in store.layers()]
-            layer_names["names"] = names
-            return names
-
     def render(name: str, status: int = 200, **ctx) -> HTMLResponse:
         model_desc = store.get_meta("model", {}) or {}
-        html = env.get_template(name).render(model_name=model_desc.get("name", "model"), nav_layers=layers_for_nav(),
+        html = env.get_template(name).render(model_name=model_desc.get("name", "model"), nav_layers=store.layer_names(),
                                              explain_enabled=explain, **ctx)
         return HTMLResponse(html, status_code=status)
 
@@ -232,7 +223,9 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
 
 
 def _suggest(store: AtlasStore, message: str) -> list[dict]:
-    """Links for a 404 page: the layers named in a did-you-mean message, else every layer."""
-    names = [rec.name for rec in store.layers()]
-    hit = [n for n in names if f"{n}" in message.split("did you mean", 1)[-1]] if "did you mean" in message else []
-    return [{"label": n, "url": views.layer_url(n)} for n in (hit or names)[:12]]
+    """Links for a 404 page: the layers named in its did-you-mean part first, then the others (12 at most)."""
+    names = store.layer_names()
+    hint = re.search(r"did you mean:? (.*?)\?", message)
+    said = hint.group(1).split(", ") if hint else []
+    named = [n for n in names if n in said]
+    return [{"label": n, "url": views.layer_url(n)} for n in (named + [n for n in names if n not in named])[:12]]
