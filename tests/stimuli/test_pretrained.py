@@ -77,7 +77,7 @@ def test_joint_tuning_of_dataset_examples_agrees_with_synthetic_curves(lite0, tm
     each other family member peak near the difference of their preferred orientations on synthetic curves."""
     from cnnscope.cli.stimuli import TuningOptions, tuning_report
 
-    opts = TuningOptions(family=8, step=15.0, levels=[8.0, 16.0, 32.0], examples=6, joint_step=10.0,
+    opts = TuningOptions(family=8, step=15.0, levels=[8.0, 16.0, 32.0], examples=4, joint_step=15.0,
                          images="samples", size=112)
     summary = tuning_report(lite0, LAYER, opts, tmp_path, progress=False)
     pref = np.asarray(summary["family"]["preferred"])

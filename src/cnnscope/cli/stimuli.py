@@ -165,7 +165,7 @@ def tuning_report(m, layer: str, opts: TuningOptions, out: Path, progress: bool 
                   progress=progress, **(opts.stimulus or {}))
     if opts.units:
         tmap = tuning_map(m, layer, opts.units, **common)
-        family = find_family(tmap, None, min_selectivity=0.0)
+        family = find_family(tmap, None, min_selectivity=0.0, min_peak=-np.inf)  # every named unit
     else:
         family, tmap = discover_family(m, layer, opts.family, min_selectivity=opts.min_selectivity, **common)
         if not len(family):
@@ -272,12 +272,12 @@ def tuning_cmd(model: str, layer: str, weights: str | None, device: str, kind: s
 @demo_section(65, "Curve detectors: synthetic stimuli and tuning")
 def _demo(ctx: DemoContext) -> None:
     out = ctx.out / "stimuli"
-    opts = TuningOptions(family=6 if ctx.quick else 10, step=30.0 if ctx.quick else 10.0,
+    opts = TuningOptions(family=10, step=30.0 if ctx.quick else 10.0,
                          levels=[8.0, 16.0, 32.0] if ctx.quick else None, examples=3 if ctx.quick else 6,
                          joint_step=30.0 if ctx.quick else 5.0, images="samples", size=96 if ctx.quick else None)
     summary = tuning_report(ctx.model, DEMO_LAYER, opts, out, progress=False)
     fam = summary["family"]
-    click.echo(f"  {DEMO_LAYER}: {len(fam['units'])} orientation-tuned units, covering {fam['coverage']:.0%} "
-               "of orientations")
+    click.echo(f"  {DEMO_LAYER}: {len(fam['units'])} orientation-tuned units; at {fam['coverage']:.0%} of the "
+               "orientations one of them gives at least half its peak response")
     _print_family(summary)
     click.echo(f"  figures: {', '.join(str(Path(f)) for f in summary['figures'])}")

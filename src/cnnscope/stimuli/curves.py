@@ -1,4 +1,4 @@
-"""Synthetic stimuli: anti-aliased curves, angles (sharp or rounded) and lines, rendered in batches.
+"""Synthetic stimuli: anti-aliased curves, angles (sharp or rounded) and lines, each drawn in its bounding box.
 
 The stimuli of Cammarata et al., *Curve Detectors* (Distill 2020), section "Synthetic curves": each shape is
 described by a handful of numbers (orientation, radius, ...) and drawn centred in the image, so that a unit

@@ -118,7 +118,7 @@ class JointTuning:
     def peak_offsets(self) -> np.ndarray:
         """Angle (degrees, wrapped to ``(-180, 180]``) where each unit's curve peaks, per source: ``[S, U]``."""
         peak = self.angles[self.curves.argmax(axis=1)]
-        return -((-peak + 180.0) % 360.0 - 180.0)
+        return 0.0 - ((180.0 - peak) % 360.0 - 180.0)  # (-180, 180], no negative zero
 
     def to_dict(self) -> dict:
         return {"layer": self.layer, "sources": self.sources.tolist(), "units": self.units.tolist(),
