@@ -129,7 +129,8 @@ batch_option = click.option("--batch-size", type=click.IntRange(1), default=16, 
 @click.option("--method", type=click.Choice(["true", "rule"]), default="true", show_default=True,
               help="true: switches + transposed filters; rule: backward-rule deconvnet (any model).")
 @out_option("zf-deconv")
-def deconv_cmd(model, image, weights, device, layer, channel, position, method, out) -> None:
+def deconv_cmd(model: str, image: str, weights: str | None, device: str, layer: str, channel: int,
+               position: str | None, method: str, out: str) -> None:
     """Project one activation of MODEL on IMAGE back to pixels with the deconvnet (Zeiler & Fergus 2013)."""
     from ..plot.zf import projection_figure
     from ..zf.deconvnet import project, rule_projection
@@ -158,7 +159,8 @@ def deconv_cmd(model, image, weights, device, layer, channel, position, method, 
 @click.option("-k", "k", type=click.IntRange(1), default=9, show_default=True, help="Activations per channel.")
 @batch_option
 @out_option("zf-top9")
-def top9_cmd(model, images, weights, device, layer, channels, k, batch_size, out) -> None:
+def top9_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, layer: str, channels: str,
+             k: int, batch_size: int, out: str) -> None:
     """Strongest activations of each channel over IMAGES, projected to pixels beside the image patches."""
     from ..plot.zf import top9_figure
     from ..zf.projections import top_projections
@@ -186,7 +188,8 @@ def top9_cmd(model, images, weights, device, layer, channels, k, batch_size, out
 @click.option("--fill", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Grey level.")
 @batch_option
 @out_option("zf-occlusion")
-def occlude_cmd(model, image, weights, device, layer, target, channel, size, stride, fill, batch_size, out) -> None:
+def occlude_cmd(model: str, image: str, weights: str | None, device: str, layer: str, target: str | None,
+                channel: int | None, size: int, stride: int, fill: float, batch_size: int, out: str) -> None:
     """Occlusion study (paper Fig. 7): slide a grey square over IMAGE and map activity and predictions."""
     from ..plot.zf import occlusion_figure
     from ..zf.occlusion_study import occlusion_study
@@ -214,7 +217,8 @@ def occlude_cmd(model, image, weights, device, layer, target, channel, size, str
 @click.option("--layers", default=None, help="Comma-separated layers (default: first conv layer and penultimate).")
 @batch_option
 @out_option("zf-invariance")
-def invariance_cmd(model, images, weights, device, transforms, amounts, layers, batch_size, out) -> None:
+def invariance_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, transforms: str,
+                   amounts: str | None, layers: str | None, batch_size: int, out: str) -> None:
     """Invariance study (paper Fig. 5): feature distance and p(true class) under translation, scale, rotation."""
     from ..plot.zf import invariance_figure
     from ..zf.invariance import invariance_study
@@ -248,7 +252,8 @@ def invariance_cmd(model, images, weights, device, transforms, amounts, layers, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @batch_option
 @out_option("zf-correspondence")
-def correspond_cmd(model, images, weights, device, boxes, layers, n_random, seed, batch_size, out) -> None:
+def correspond_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, boxes: tuple[str, ...],
+                   layers: str | None, n_random: int, seed: int, batch_size: int, out: str) -> None:
     """Correspondence analysis (paper Table 1): sign-change consistency of masking the same part in IMAGES."""
     from ..plot.zf import correspondence_figure
     from ..zf.correspondence import correspondence
@@ -277,7 +282,8 @@ def correspond_cmd(model, images, weights, device, boxes, layers, n_random, seed
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random directions.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Points per forward.")
 @out_option("zf-boundary")
-def boundary_cmd(model, images, weights, device, resolution, span, seed, batch_size, out) -> None:
+def boundary_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, resolution: int,
+                 span: str | None, seed: int, batch_size: int, out: str) -> None:
     """Predicted class over the plane through three IMAGES (or one image and two random directions)."""
     from ..plot.zf import boundary_figure
     from ..zf.boundary import decision_plane

@@ -26,7 +26,8 @@ from .zf import IMAGES_HELP, int_list, open_any, out_dir, read_images, save
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="zf-train", show_default=True,
               help="Folder for the checkpoints and history.json.")
-def train_cmd(data, epochs, checkpoints, batch_size, lr, widths, size, seed, device, out) -> None:
+def train_cmd(data: str, epochs: int, checkpoints: str, batch_size: int, lr: float, widths: str, size: int | None,
+              seed: int, device: str, out: str) -> None:
     """Train a small ZF-style CNN on DATA ('digits' = scikit-learn's digits, or a folder with one sub-folder
     per class), saving checkpoints for `cnnscope evolution`; reproducible with --seed."""
     from ..zf.train import train
@@ -66,7 +67,8 @@ def checkpoint_files(args: tuple[str, ...]) -> list[Path]:
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="zf-evolution", show_default=True)
-def evolution_cmd(checkpoints, layer, channels, images, batch_size, device, out) -> None:
+def evolution_cmd(checkpoints: tuple[str, ...], layer: str, channels: str, images: tuple[str, ...], batch_size: int,
+                  device: str, out: str) -> None:
     """Feature evolution (paper Fig. 4): strongest projection of each channel at every checkpoint (files or a
     `cnnscope train` folder)."""
     from ..plot.zf import evolution_figure
@@ -86,7 +88,8 @@ def evolution_cmd(checkpoints, layer, channels, images, batch_size, device, out)
 @click.option("--max-out", type=click.IntRange(1), default=16, show_default=True, help="Kernels shown (rows).")
 @click.option("--max-in", type=click.IntRange(1), default=8, show_default=True, help="Input channels shown.")
 @click.option("--out", type=click.Path(file_okay=False), default="zf-filters", show_default=True)
-def filters_cmd(model, weights, device, layer, max_out, max_in, out) -> None:
+def filters_cmd(model: str, weights: str | None, device: str, layer: str | None, max_out: int, max_in: int,
+                out: str) -> None:
     """Filters of MODEL: first-layer filters as pictures, kernels as heatmaps, and their frequency content."""
     from ..plot.zf import filters_figure, kernels_figure, spectrum_figure
     from ..zf.filters import conv_layers, conv_weights, filter_images, filter_spectrum
@@ -114,7 +117,8 @@ def filters_cmd(model, weights, device, layer, max_out, max_in, out) -> None:
 @click.option("--layer", required=True, help="Layer whose maps to show.")
 @click.option("--max-maps", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="zf-featuremaps", show_default=True)
-def featuremaps_cmd(model, image, weights, device, layer, max_maps, out) -> None:
+def featuremaps_cmd(model: str, image: str, weights: str | None, device: str, layer: str, max_maps: int,
+                    out: str) -> None:
     """One IMAGE's feature maps at a layer of MODEL, as a grid."""
     from ..plot.zf import feature_maps_figure
     from ..zf.filters import feature_maps

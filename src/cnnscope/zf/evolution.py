@@ -74,7 +74,7 @@ def evolution(checkpoints: Sequence[str | Path | LoadedModel], images: Sequence[
     """
     if not checkpoints:
         raise CnnscopeError("no checkpoints given; train with `cnnscope train --checkpoints 1,2,5` first")
-    names, arrays = image_set(images)
+    _, arrays = image_set(images)
     rows: list[list[TopEntry]] = []
     epochs: list[int | None] = []
     sources: list[str] = []
@@ -82,7 +82,7 @@ def evolution(checkpoints: Sequence[str | Path | LoadedModel], images: Sequence[
     bar = progress_bar(len(checkpoints), progress, "evolution")
     for ck in checkpoints:
         model = ck if isinstance(ck, LoadedModel) else load_checkpoint(ck, device)
-        tp = top_projections(model, dict(zip(names, arrays)), layer, list(channels), k=1, batch_size=batch_size)
+        tp = top_projections(model, arrays, layer, list(channels), k=1, batch_size=batch_size)
         rows.append([tp.entries[c][0] for c in tp.channels])
         epochs.append(model.extra.get("epoch"))
         sources.append(str(ck) if not isinstance(ck, LoadedModel) else model.name)
