@@ -22,6 +22,7 @@ from cnnscope.featurevis import (
     RandomCrop,
     RandomRotate,
     RandomScale,
+    Resize,
     bilateral_blur,
     gaussian_blur,
     high_frequency_share,
@@ -157,6 +158,15 @@ def test_rotate_90_and_scale_1_are_exact():
     y = RandomRotate([90.0])(x, gens(1))
     torch.testing.assert_close(y, torch.rot90(x, -1, dims=(2, 3)), atol=1e-5, rtol=0)  # clockwise on screen
     torch.testing.assert_close(RandomCrop((1.0, 1.0))(x, gens(1)), x, atol=1e-5, rtol=0)
+
+
+def test_resize_matches_interpolate():
+    x = torch.rand(2, 3, 16, 12)
+    ref = torch.nn.functional.interpolate(x, size=(24, 30), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(Resize((24, 30))(x, gens(2)), ref, atol=1e-5, rtol=0)
+    fused = Pipeline([Pad(4), CropBack(), Resize(32)])(x[..., :12], gens(2))
+    ref = torch.nn.functional.interpolate(x[..., :12], size=32, mode="bilinear")
+    torch.testing.assert_close(fused[..., 2:-2, 2:-2], ref[..., 2:-2, 2:-2], atol=1e-5, rtol=0)
 
 
 def test_scale_2_zooms_the_centre():

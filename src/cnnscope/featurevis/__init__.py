@@ -42,6 +42,7 @@ from .transforms import (
     RandomCrop,
     RandomRotate,
     RandomScale,
+    Resize,
     Transform,
     standard,
 )
@@ -49,7 +50,7 @@ from .transforms import (
 __all__ = [
     "DEFAULT_RECIPE", "INPUT", "OBJECTIVES", "OPTIMIZERS", "OUTPUT", "PARAMS", "PRESETS", "RECIPES",
     "BilateralBlur", "CropBack", "FourierImage", "GaussianBlur", "ImageParam", "Jitter", "MacoImage", "Noise",
-    "Objective", "Pad", "Pipeline", "PixelImage", "RandomCrop", "RandomRotate", "RandomScale", "Recipe",
+    "Objective", "Pad", "Pipeline", "PixelImage", "RandomCrop", "RandomRotate", "RandomScale", "Recipe", "Resize",
     "RenderResult", "Transform", "bilateral_blur", "blur", "channel", "class_logit", "direction",
     "direction_neuron", "diversity", "from_spec", "gaussian_blur", "get_recipe", "high_frequency_share", "l1",
     "l2", "layer", "make_param", "measure", "natural_magnitude", "neuron", "render", "standard",

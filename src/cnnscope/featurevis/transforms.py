@@ -176,6 +176,28 @@ class CropBack(Geometric):
         return {"type": "crop_back", "size": list(self.size) if self.size else None}
 
 
+class Resize(Geometric):
+    """Resample to ``size`` (bilinear, no anti-aliasing): e.g. show a 128 px image to the model at 224 px."""
+
+    def __init__(self, size: int | Sequence[int]) -> None:
+        super().__init__()
+        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if min(self.size) < 1:
+            raise MethodError(f"resize needs a positive size, got {size!r}")
+
+    def plan(self, gens, hw, origin, device):
+        a = eye(len(gens), device)
+        a[:, 0, 0], a[:, 1, 1] = hw[1] / self.size[1], hw[0] / self.size[0]
+        return a, self.size
+
+    def forward(self, x: torch.Tensor, gens: Sequence[torch.Generator]) -> torch.Tensor:
+        # alone: edges replicate; inside a pipeline, points past the outer pixel centres blend with the fill
+        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+
+    def spec(self) -> dict:
+        return {"type": "resize", "size": list(self.size)}
+
+
 class RandomCrop(Geometric):
     """MACO-style crop: a square box whose side is a uniform fraction in ``box`` of the image, placed uniformly
     inside it, resized back to the input size."""
