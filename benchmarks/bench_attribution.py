@@ -1,0 +1,355 @@
+"""Attribution speed vs Captum and pytorch-grad-cam on EfficientNet-Lite0 at 224 px, side by side in one run.
+
+Every comparison also checks that the maps agree: the max absolute difference of per-image min-max normalised
+maps must be <= 1e-4. Goals (issue 4):
+
+1. Grad-CAM, batch 16: images/s >= Captum ``LayerGradCam`` and >= pytorch-grad-cam ``GradCAM``.
+2. Occlusion, window 32, stride 16: >= 3x Captum ``Occlusion`` with ``perturbations_per_eval=16``.
+3. Score-CAM over the 1280 channels of ``bn2``: >= 2x pytorch-grad-cam ``ScoreCAM``, peak memory stated (each
+   run in a fresh process; peak RSS above the RSS before the call, sampled every 2 ms).
+4. Integrated gradients, 50 steps: >= Captum ``IntegratedGradients`` (same quadrature and internal batch).
+
+Contenders run interleaved (the order rotating every round) and medians are reported, since the machine is
+shared. Needs the ``bench`` extra (captum, grad-cam).
+
+    python benchmarks/bench_attribution.py [--repeats 3] [--threads 1] [--append-results] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+TOL = 1e-4
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_line() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"Python {platform.python_version()}; load average {load:.1f} at start (shared machine)")
+
+
+def norm01(m: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each image's map (any shape ``[B, ...]``)."""
+    flat = m.detach().float().flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return (flat - lo) / (hi - lo).clamp(min=1e-12)
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((norm01(a) - norm01(b)).abs().max())
+
+
+def side_by_side(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each contender, interleaved round-robin (order rotated each round), after a warm-up."""
+    names = list(contenders)
+    for n in names:
+        contenders[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            contenders[n]()
+            times[n].append(time.perf_counter() - t0)
+    return times
+
+
+def med(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def load():
+    from cnnscope import load_model, sample_images
+
+    model = load_model("efficientnet_lite0")
+    photos = sample_images()
+    return model, photos
+
+
+# -- 1. Grad-CAM -----------------------------------------------------------------------------------------
+def bench_gradcam(model, photos, repeats: int, quick: bool) -> dict:
+    from captum.attr import LayerGradCam
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cnnscope.attribution import attribute
+
+    imgs = list(photos.values())
+    batch = 4 if quick else 16
+    x = model.preprocess([imgs[i % len(imgs)] for i in range(batch)])
+    with torch.no_grad():
+        target = model.module(x).argmax(1).tolist()
+    theirs = copy.deepcopy(model.module)  # pytorch-grad-cam sets eval mode and writes parameter .grad
+    cam = GradCAM(model=theirs, target_layers=[theirs.bn2])
+    targets = [ClassifierOutputTarget(t) for t in target]
+    lgc = LayerGradCam(model.module, model.module.bn2)
+    out: dict = {}
+    runs = {
+        "cnnscope gradcam": lambda: out.__setitem__("ours", attribute(model, x, "gradcam", target=target).values),
+        "captum LayerGradCam": lambda: out.__setitem__("captum", lgc.attribute(x, target=target,
+                                                                               relu_attributions=True)),
+        "pytorch-grad-cam GradCAM": lambda: out.__setitem__("gc", torch.from_numpy(cam(input_tensor=x,
+                                                                                       targets=targets))),
+    }
+    times = side_by_side(runs, repeats)
+    cam.activations_and_grads.release()
+    up = F.interpolate(out["ours"], size=(224, 224), mode="bilinear", align_corners=False)
+    return {"name": "gradcam", "batch": batch, "times": times, "images": batch,
+            "diffs": {"captum LayerGradCam": max_diff(out["ours"], out["captum"]),
+                      "pytorch-grad-cam GradCAM": max_diff(up, out["gc"])},
+            "goal": {"captum LayerGradCam": 1.0, "pytorch-grad-cam GradCAM": 1.0}}
+
+
+# -- 2. Occlusion ------------------------------------------------------------------------------------------
+def bench_occlusion(model, photos, repeats: int, quick: bool) -> dict:
+    from captum.attr import Occlusion
+
+    from cnnscope.attribution import attribute
+
+    names = ["chelsea"] if quick else ["chelsea", "coffee"]
+    x = model.preprocess([photos[n] for n in names])
+    with torch.no_grad():
+        target = model.module(x).argmax(1).tolist()
+    occ = Occlusion(model.module)
+    out: dict = {}
+    runs = {
+        "cnnscope occlusion": lambda: out.__setitem__("ours", attribute(
+            model, x, "occlusion", target=target, window=32, stride=16, baseline=0.0).values),
+        "captum Occlusion (16/eval)": lambda: out.__setitem__("captum", occ.attribute(
+            x, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16), baselines=0.0, target=target,
+            perturbations_per_eval=16)),
+    }
+    times = side_by_side(runs, repeats)
+    return {"name": "occlusion", "batch": len(names), "times": times, "images": len(names),
+            "diffs": {"captum Occlusion (16/eval)": max_diff(out["ours"], out["captum"])},
+            "goal": {"captum Occlusion (16/eval)": 3.0}}
+
+
+# -- 3. Score-CAM (fresh processes) ------------------------------------------------------------------------
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def scorecam_child(impl: str, image: str, threads: int, out_path: str) -> None:
+    """Run one Score-CAM in this (fresh) process; write seconds, peak RSS increase and the map."""
+    torch.set_num_threads(threads)
+    model, photos = load()
+    x = model.preprocess(photos[image])
+    with torch.no_grad():
+        target = int(model.module(x).argmax(1))
+    if impl == "ours":
+        from cnnscope.attribution import attribute
+
+        def run():
+            a = attribute(model, x, "scorecam", target=target, align_corners=True)
+            return F.interpolate(a.values, size=(224, 224), mode="bilinear", align_corners=False)[:, 0], a.spec
+    else:
+        from pytorch_grad_cam import ScoreCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        cam = ScoreCAM(model=model.module, target_layers=[model.module.bn2])
+        cam.batch_size = 16  # its default
+
+        def run():
+            return torch.from_numpy(cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])), {}
+
+    peak = [_rss()]
+    before = peak[0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.002)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    t0 = time.perf_counter()
+    cam_map, spec = run()
+    seconds = time.perf_counter() - t0
+    done.set()
+    th.join()
+    torch.save({"seconds": seconds, "peak_mb": (max(peak[0], _rss()) - before) / 2**20, "map": cam_map,
+                "forwards": spec.get("scorecam_forwards")}, out_path)
+
+
+def bench_scorecam(repeats: int, quick: bool, threads: int, tmp: Path) -> dict:
+    images = ["chelsea"] if quick else ["chelsea", "astronaut"]
+    impls = {"ours": "cnnscope scorecam", "theirs": "pytorch-grad-cam ScoreCAM"}
+    per_image = {}
+    for image in images:
+        rec: dict[str, list[dict]] = {k: [] for k in impls}
+        for r in range(repeats):
+            for impl in (list(impls) if r % 2 == 0 else list(impls)[::-1]):
+                path = tmp / f"scorecam_{impl}_{image}_{r}.pt"
+                proc = subprocess.run([sys.executable, __file__, "--scorecam-child", impl, image, str(threads),
+                                       str(path)], capture_output=True, text=True)
+                if proc.returncode != 0:  # pytorch-grad-cam prints progress bars on stderr: only show on failure
+                    sys.exit(f"Score-CAM run ({impl}, {image}) failed:\n{proc.stderr[-4000:]}")
+                rec[impl].append(torch.load(path, weights_only=False))
+        diff = max_diff(rec["ours"][0]["map"], rec["theirs"][0]["map"])
+        per_image[image] = {
+            "times": {impls[k]: [v["seconds"] for v in rec[k]] for k in impls},
+            "peak_mb": {impls[k]: max(v["peak_mb"] for v in rec[k]) for k in impls},
+            "forwards": {impls["ours"]: rec["ours"][0]["forwards"], impls["theirs"]: 1280},
+            "diff": diff,
+        }
+    return {"name": "scorecam", "images": images, "per_image": per_image,
+            "goal": {"pytorch-grad-cam ScoreCAM": 2.0}}
+
+
+# -- 4. Integrated gradients -------------------------------------------------------------------------------
+def bench_ig(model, photos, repeats: int, quick: bool) -> dict:
+    from captum.attr import IntegratedGradients
+
+    from cnnscope.attribution import attribute
+
+    names = ["chelsea"] if quick else ["chelsea", "coffee"]
+    x = model.preprocess([photos[n] for n in names])
+    with torch.no_grad():
+        target = model.module(x).argmax(1).tolist()
+    steps, ibs = (8, 8) if quick else (50, 25)
+    ig = IntegratedGradients(model.module)
+    out: dict = {}
+    runs = {
+        "cnnscope integrated_gradients": lambda: out.__setitem__("ours", attribute(
+            model, x, "integrated_gradients", target=target, n_steps=steps, internal_batch_size=ibs,
+            max_batch=ibs).values),
+        "captum IntegratedGradients": lambda: out.__setitem__("captum", ig.attribute(
+            x, baselines=0.0, target=target, n_steps=steps, method="gausslegendre", internal_batch_size=ibs)),
+        # ours also returns the completeness check f(x) - f(x') vs sum(attributions); this is Captum doing the same
+        "captum IntegratedGradients + delta": lambda: ig.attribute(
+            x, baselines=0.0, target=target, n_steps=steps, method="gausslegendre", internal_batch_size=ibs,
+            return_convergence_delta=True),
+    }
+    times = side_by_side(runs, repeats)
+    return {"name": "integrated_gradients", "batch": len(names), "times": times, "images": len(names),
+            "steps": steps, "diffs": {"captum IntegratedGradients": max_diff(out["ours"], out["captum"])},
+            "goal": {"captum IntegratedGradients": 1.0, "captum IntegratedGradients + delta": 1.0}}
+
+
+# -- report ------------------------------------------------------------------------------------------------
+def report(results: list[dict], repeats: int) -> str:
+    lines = []
+    for res in results:
+        if res["name"] == "scorecam":
+            lines.append(f"**Score-CAM**, bn2 (1280 channels), one image per run, each run in a fresh process, "
+                         f"{repeats} alternating runs (medians):")
+            lines.append("")
+            lines.append("| image | contender | median s | forwards | peak RSS increase | speed-up | goal | max diff |")
+            lines.append("|---|---|---|---|---|---|---|---|")
+            for image, r in res["per_image"].items():
+                ours_t = med(r["times"]["cnnscope scorecam"])
+                for name, ts in r["times"].items():
+                    sp = med(ts) / ours_t
+                    goal = res["goal"].get(name)
+                    mark = "" if goal is None else (f"≥{goal:g}x: {'met' if sp >= goal else 'NOT met'}")
+                    diff = "" if name.startswith("cnnscope") else "{:.1e} ({})".format(
+                        r["diff"], "ok" if r["diff"] <= TOL else "DIFFERENT")
+                    lines.append(f"| {image} | {name} | {med(ts):.2f} | {r['forwards'][name]} | "
+                                 f"{r['peak_mb'][name]:.0f} MB | {sp:.2f}x | {mark} | {diff} |")
+            lines.append("")
+            continue
+        ours_name = next(n for n in res["times"] if n.startswith("cnnscope"))
+        ours_t = med(res["times"][ours_name])
+        extra = f", {res['steps']} steps" if "steps" in res else ""
+        lines.append(f"**{res['name']}**, batch {res['batch']}{extra}, {repeats} interleaved rounds (medians):")
+        lines.append("")
+        lines.append("| contender | median s | images/s | our speed-up | goal | max diff of normalised maps |")
+        lines.append("|---|---|---|---|---|---|")
+        for name, ts in res["times"].items():
+            sp = med(ts) / ours_t
+            goal = res["goal"].get(name)
+            mark = "" if goal is None else f"≥{goal:g}x: {'met' if sp >= goal else 'NOT met'}"
+            diff = res["diffs"].get(name)
+            ok = "" if diff is None else f"{diff:.1e} ({'ok' if diff <= TOL else 'DIFFERENT'})"
+            lines.append(f"| {name} | {med(ts):.3f} | {res['images'] / med(ts):.2f} | {sp:.2f}x | {mark} | {ok} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def append_results(body: str) -> None:
+    if not RESULTS.exists():
+        RESULTS.write_text("# Measured benchmark figures\n")
+    existing = RESULTS.read_text()  # re-read right before appending: other scripts append their sections
+    sep = "" if existing.endswith("\n\n") else ("\n" if existing.endswith("\n") else "\n\n")
+    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    with RESULTS.open("a") as fh:
+        fh.write(f"{sep}## bench_attribution.py: Grad-CAM, occlusion, Score-CAM, IG vs Captum and pytorch-grad-cam"
+                 f"\n\n{stamp} on {machine_line()}\n\nEfficientNet-Lite0 (pretrained), 224 px, skimage photos; "
+                 f"max diff = max |a - b| of per-image min-max normalised maps (tolerance {TOL:g}).\n\n"
+                 f"{body.rstrip()}\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--append-results", action="store_true", help=f"append the figures to {RESULTS.name}")
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds per contender (medians reported)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 by default: on a shared 2-core machine 2 threads stall under load)")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run; figures not comparable)")
+    ap.add_argument("--only", default="gradcam,occlusion,scorecam,ig", help="comma-separated sections")
+    ap.add_argument("--scorecam-child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.scorecam_child:
+        impl, image, threads, path = args.scorecam_child
+        scorecam_child(impl, image, int(threads), path)
+        return
+    torch.set_num_threads(args.threads)
+    try:
+        import captum  # noqa: F401
+        import pytorch_grad_cam  # noqa: F401
+    except ImportError as exc:
+        sys.exit(f"bench_attribution needs the bench extra (pip install -e '.[bench]'): {exc}")
+    only = set(args.only.split(","))
+    model, photos = load()
+    results = []
+    for key, fn in (("gradcam", bench_gradcam), ("occlusion", bench_occlusion), ("ig", bench_ig)):
+        if key in only:
+            print(f"== {key}", flush=True)
+            results.append(fn(model, photos, args.repeats, args.quick))
+            print(report(results[-1:], args.repeats), flush=True)
+    if "scorecam" in only:
+        import tempfile
+
+        print("== scorecam", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            results.append(bench_scorecam(max(2, args.repeats - 1), args.quick, args.threads, Path(tmp)))
+        print(report(results[-1:], max(2, args.repeats - 1)), flush=True)
+    body = report(results, args.repeats)
+    summary = {r["name"]: {n: med(t) for n, t in r.get("times", {}).items()} for r in results}
+    print(json.dumps(summary, indent=1))
+    if args.append_results and not args.quick:
+        append_results(body)
+        print(f"appended to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
