@@ -106,3 +106,15 @@ def test_tuning_command_without_dataset_and_with_units(tmp_path, capsys):
     rc = main(["tuning", "efficientnet_lite0", "blocks.1.1.bn1.actt", "--images", "none", "--out",
                str(tmp_path / "x")])
     assert rc == 1 and "did you mean" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_section_65(tmp_path, capsys):
+    rc = main(["demo", "--quick", "--only", "65", "--out", str(tmp_path), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "Curve detectors" in captured.out and "orientation-tuned units" in captured.out
+    summary = json.loads((tmp_path / "stimuli" / "tuning.json").read_text())
+    assert summary["layer"] == "blocks.3.1.bn1.act" and len(summary["family"]["units"]) == 10
+    for name in ("heatmaps.png", "radial.png", "family.png", "joint.png"):
+        assert (tmp_path / "stimuli" / name).exists()

@@ -23,8 +23,13 @@ def _hue(orientations: np.ndarray, period: float) -> np.ndarray:
     return colormaps["hsv"]((np.asarray(orientations, float) % period) / period)
 
 
+def _every(n: int, max_ticks: int) -> np.ndarray:
+    """Evenly spaced tick indices ``0, k, 2k, ...`` below ``n`` (at most about ``max_ticks``)."""
+    return np.arange(0, n, max(1, math.ceil(n / max_ticks)))
+
+
 def _levels_ticks(ax, levels: np.ndarray, axis: str = "y", max_ticks: int = 8) -> None:
-    idx = np.unique(np.linspace(0, len(levels) - 1, min(len(levels), max_ticks)).round().astype(int))
+    idx = _every(len(levels), max_ticks)
     labels = [f"{levels[i]:.3g}" for i in idx]
     if axis == "y":
         ax.set_yticks(idx, labels)
@@ -82,7 +87,7 @@ def tuning_heatmaps(values: np.ndarray, orientations: Sequence[float], levels: S
     for k, unit in enumerate(units):
         ax = fig.add_subplot(rows, cols, k + 1)
         im = ax.imshow(v[k], aspect="auto", origin="lower", cmap="RdBu_r", norm=norm, interpolation="nearest")
-        ticks = np.unique(np.linspace(0, len(orient) - 1, min(len(orient), 7)).round().astype(int))
+        ticks = _every(len(orient), 6)
         ax.set_xticks(ticks, [f"{orient[i]:g}" for i in ticks], fontsize=7)
         _levels_ticks(ax, np.asarray(levels, float))
         ax.tick_params(labelsize=7)
@@ -91,6 +96,7 @@ def tuning_heatmaps(values: np.ndarray, orientations: Sequence[float], levels: S
             ax.set_ylabel(param, fontsize=8)
         if k >= n - cols:
             ax.set_xlabel("orientation (deg)", fontsize=8)
+    fig.subplots_adjust(hspace=0.45, wspace=0.3)
     if im is not None:
         bar = fig.colorbar(im, ax=fig.axes, shrink=0.8)
         bar.set_label("std above dataset mean" if in_std else "activation")
