@@ -99,17 +99,25 @@ class LayerAccumulator:
         """
         prio = priorities(keys, self.seed)
         n, start = x.shape[1], 0
-        warm = bool(self.top.filled[:, -1].all() and self.bottom.filled[:, -1].all())
+        warm = bool(self.band_threshold.view(self.channels, -1).min(dim=1).values.lt(NO_PRIORITY).all()
+                    and self.top.filled[:, -1].all() and self.bottom.filled[:, -1].all())
         size = n if warm else max(256, n // 64)
         band_of_bin = torch.as_tensor(self.bins.band_of_bin(), device=x.device)
+        # whatever enters the top-k is at least the batch's k-th largest value (ties included), likewise bottom-k
+        k_top, k_bottom = min(self.k, n), min(self.bottom_k, n)
+        batch_top = x.topk(k_top, dim=1).values[:, -1] if not warm else None
+        batch_bottom = x.topk(k_bottom, dim=1, largest=False).values[:, -1] if not warm else None
         while start < n:
             stop = min(n, start + size)
             xs, ps, fs = x[:, start:stop], prio[start:stop], flat[:, start:stop]
             table = self.band_threshold.view(self.channels, self.n_bands)[:, band_of_bin].reshape(-1)
             cell_thr = torch.index_select(table, 0, fs.reshape(-1)).view(fs.shape)
+            high, low = self._top_threshold(), self._bottom_threshold()
+            if batch_top is not None:
+                high, low = torch.maximum(high, batch_top), torch.minimum(low, batch_bottom)
             screen = ps[None, :] <= cell_thr
-            screen |= xs >= self._top_threshold()[:, None]
-            screen |= xs <= self._bottom_threshold()[:, None]
+            screen |= xs >= high[:, None]
+            screen |= xs <= low[:, None]
             rows, cols = torch.nonzero(screen, as_tuple=True)
             if rows.numel():
                 self._offer(rows, xs[rows, cols], keys[start + cols], ps[cols])

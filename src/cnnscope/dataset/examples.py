@@ -164,23 +164,27 @@ def collect_statistics(model, images: object, layers: str | Iterable[str], *, k:
     if receptive_field is not None:
         receptive = receptive_fields(model.module, acc.layers, model.input_size, method=receptive_field)
     act_layers = [n for n in acc.layers if acc.pre[n]]
+    outputs = [n for n in acc.layers if not acc.pre[n] or acc.post[n] == "captured"]  # outputs that are read
     with ExitStack() as stack:
         stack.enter_context(torch.no_grad())
         stack.enter_context(evaluating(model.module))
-        out_cap = stack.enter_context(Capture(model.module, acc.layers))
-        # inputs of the activation modules; never stops the forward (the output capture does, after them)
         pre_cap = stack.enter_context(Capture(model.module, act_layers, pre_activation=True, stop_early=False)
                                       ) if act_layers else None
+        out_cap = stack.enter_context(Capture(model.module, outputs, stop_early=False)) if outputs else None
+        # the driver sees every layer and ends each forward after the deepest; its hooks are registered last, so
+        # the captures above have recorded a layer before the driver stops there. It keeps references, no copies.
+        driver = stack.enter_context(Capture(model.module, acc.layers, clone=False))
         for batch in iterate_batches(source, model, batch_size=batch_size, num_workers=num_workers,
                                      progress=progress, description="statistics"):
             if batch.skipped:
                 acc.skip(batch.skipped)
             if batch.ids.numel() == 0:
                 continue
-            if pre_cap is not None:
-                pre_cap.reset()
-            out_cap.run(batch.tensor(model))
-            values = {n: pre_cap[n] if pre_cap is not None and acc.pre[n] else out_cap[n] for n in acc.layers}
+            for cap in (pre_cap, out_cap):
+                if cap is not None:
+                    cap.reset()
+            driver.run(batch.tensor(model))
+            values = {n: pre_cap[n] if acc.pre[n] else out_cap[n] for n in acc.layers}  # type: ignore[index]
             acc.add(batch.ids, values, {n: out_cap[n] for n in act_layers if acc.post[n] == "captured"})
     return acc.result(source, receptive)
 

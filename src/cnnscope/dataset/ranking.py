@@ -73,8 +73,11 @@ class Kept:
 
         Only the rows that received candidates are re-ranked, so a merge costs ``O(candidates + touched * m)``.
         """
-        m = self.keys.shape[1]
-        touched, local = torch.unique(rows, return_inverse=True)
+        n_rows, m = self.keys.shape
+        hit = torch.zeros(n_rows, dtype=torch.bool, device=rows.device)
+        hit[rows] = True
+        touched = torch.nonzero(hit).squeeze(1)
+        local = (torch.cumsum(hit, 0) - 1)[rows]
         t = touched.numel()
         old_keys = self.keys[touched]
         filled = old_keys >= 0
@@ -87,9 +90,24 @@ class Kept:
         return self
 
 
+def ascending_score_key(scores: torch.Tensor) -> torch.Tensor:
+    """An ``int64`` in ``[0, 2**32)`` that sorts ascending as ``scores`` sort descending.
+
+    ``float32`` scores use their bits made monotone (sign-magnitude to two's complement); integer scores (negated
+    priorities in ``(-2**32, 0]``) are negated.
+    """
+    if scores.dtype.is_floating_point:
+        bits = scores.float().contiguous().view(torch.int32).to(torch.int64)
+        monotone = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # same order as the float values
+        return (2 ** 31 - 1) - monotone
+    return -scores.to(torch.int64)
+
+
 def select(rows: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, payload: torch.Tensor, n_rows: int,
            m: int) -> Kept:
     """The ``m`` best records of each row among flat candidates (score descending, then key ascending).
+
+    Two stable sorts: by key, then by ``row * 2**32 + ascending_score_key(score)``.
 
     Shape:
         - rows, scores, keys, payload: ``[n]``.
@@ -97,8 +115,8 @@ def select(rows: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, payload
     """
     device = keys.device
     order = torch.argsort(keys, stable=True)
-    order = order[torch.argsort(scores[order], descending=True, stable=True)]
-    order = order[torch.argsort(rows[order], stable=True)]
+    packed = (rows.to(torch.int64) << 32) | ascending_score_key(scores)
+    order = order[torch.argsort(packed[order], stable=True)]
     rows, scores, keys, payload = rows[order], scores[order], keys[order], payload[order]
     start = torch.searchsorted(rows, torch.arange(n_rows, device=device, dtype=rows.dtype))
     rank = torch.arange(rows.numel(), device=device) - start[rows]
