@@ -136,6 +136,9 @@ def test_refuses_another_model_or_other_settings(tmp_path):
     with pytest.raises(AtlasError, match="built from another model"):
         build_atlas(other, tmp_path, helpers.TINY_LAYERS, images=helpers.tiny_images(), kinds=["unit_mean"],
                     options=BuildOptions(batch_size=2))
+    with pytest.raises(AtlasError, match="other settings.*images 4 images \\(arrays\\) -> 3 images"):
+        build_atlas(helpers.tiny_model(), tmp_path, helpers.TINY_LAYERS, images=helpers.tiny_images(3),
+                    kinds=["unit_mean"], options=BuildOptions(batch_size=2))
     with pytest.raises(AtlasError, match="other settings.*batch_size 2 -> 3"):
         build_atlas(helpers.tiny_model(), tmp_path, helpers.TINY_LAYERS, images=helpers.tiny_images(),
                     kinds=["unit_mean"], options=BuildOptions(batch_size=3))

@@ -9,6 +9,7 @@ computes the rest, so an interrupted build loses at most the chunk it was workin
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import time
 from collections.abc import Iterable, Sequence
@@ -20,7 +21,7 @@ import torch
 from ..capture import LayerInfo, list_layers
 from ..errors import CnnscopeError, LayerError, MethodError, unknown
 from .kinds import ArtifactKind, BuildContext, BuildOptions, default_kinds, get_kind
-from .records import Artifact, AtlasError
+from .records import Artifact, AtlasError, dumps
 from .store import AtlasStore
 
 
@@ -114,8 +115,8 @@ def _resolve_kinds(kinds: Sequence[str] | None, with_images: bool) -> list[Artif
     return chosen
 
 
-def _check_compatible(store: AtlasStore, fingerprint: str, kinds: list[str], options: dict, model_desc: dict
-                      ) -> None:
+def _check_compatible(store: AtlasStore, fingerprint: str, kinds: list[str], options: dict, model_desc: dict,
+                      images: dict | None) -> None:
     """Refuse to mix units of another model or other settings into an existing atlas."""
     old_fp = store.get_meta("fingerprint")
     if old_fp is None:
@@ -128,9 +129,19 @@ def _check_compatible(store: AtlasStore, fingerprint: str, kinds: list[str], opt
     old_kinds, old_opts = store.get_meta("kinds", []), store.get_meta("options", {})
     diffs = [f"kinds {old_kinds} -> {kinds}"] if old_kinds != kinds else []
     diffs += [f"{k} {old_opts.get(k)!r} -> {v!r}" for k, v in options.items() if old_opts.get(k) != v]
+    old_images = store.get_meta("images")
+    if old_images != json.loads(dumps(images)):  # dataset kinds would mix statistics of two image sets
+        diffs.append(f"images {_brief(old_images)} -> {_brief(images)}")
     if diffs:
         raise AtlasError(f"the atlas {store.root} was built with other settings ({'; '.join(diffs)}); resume with "
                          "the same settings or choose another --out folder")
+
+
+def _brief(images: dict | None) -> str:
+    if not images:
+        return "none"
+    origin = f": {images['origin']}" if "origin" in images else ""
+    return f"{images.get('images')} images ({images.get('kind')}{origin})"
 
 
 def build_atlas(model, out: str | Path, layers: Sequence[str], units: str | Iterable[int] | None = "all", *,
@@ -181,9 +192,10 @@ def build_atlas(model, out: str | Path, layers: Sequence[str], units: str | Iter
     report = BuildReport(root=Path(out), kinds=kind_names)
     store = AtlasStore(out, writable=True, inline_max=inline_max)
     try:
-        _check_compatible(store, fingerprint, kind_names, options.to_dict(), desc)
+        images_desc = source.describe() if source is not None else None
+        _check_compatible(store, fingerprint, kind_names, options.to_dict(), desc, images_desc)
         store.set_meta(model=desc, fingerprint=fingerprint, kinds=kind_names, options=options.to_dict(),
-                       images=source.describe() if source is not None else None)
+                       images=images_desc)
         all_infos = {i.name: k for k, i in enumerate(list_layers(model.module, model.input_size))}
         skipped = _not_applicable(store, model, infos, chosen)
         jobs: list[tuple[LayerInfo, list[int]]] = []
