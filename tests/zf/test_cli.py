@@ -95,3 +95,11 @@ def test_studies_on_the_pretrained_model(capsys, tmp_path, one_thread):
 def test_errors_are_one_line(capsys, args, message):
     code, _, err = run(capsys, *args)
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_demo_section_50_quick(capsys, tmp_path, one_thread):
+    code, out, _ = run(capsys, "demo", "--quick", "--only", "50", "--out", tmp_path, "--device", "cpu")
+    assert code == 0 and "occlusion: p(" in out and "digits CNN: test accuracy" in out
+    for name in ("occlusion", "invariance", "filters", "spectrum", "top9", "evolution"):
+        assert (tmp_path / "zf" / f"{name}.png").stat().st_size > 1000
