@@ -1,9 +1,12 @@
 """Zeiler & Fergus, *Visualizing and Understanding Convolutional Networks* (2013), as reusable analyses.
 
     from cnnscope import load_model
-    from cnnscope.zf import project, occlusion_study, invariance_study, train
-    p = project(alexnet, x, "features.10", channel=5)          # true deconvnet (switches, transposed filters)
-    s = occlusion_study(load_model(), "cat.jpg", "blocks.5")   # Fig. 7 maps
+    from cnnscope.zf import occlusion_study, project
+    alex = load_model("alexnet", weights="alexnet.pth")
+    p = project(alex.module, alex.preprocess("cat.jpg"), "features.10", channel=5)   # true deconvnet
+    s = occlusion_study(load_model(), "cat.jpg", "blocks.5")                          # Fig. 7 maps
+
+See docs/zf.md for every analysis, its paper reference, options and limits.
 
 Every analysis returns tensors/arrays in a dataclass; figures are in :mod:`cnnscope.plot.zf`, commands in
 ``cnnscope deconv|top9|occlude|invariance|correspond|train|evolution|filters|featuremaps|boundary``.
