@@ -9,17 +9,13 @@ and 8 client threads with keep-alive connections. Measured side by side in one r
 3. unit pages while a build process writes new units into the same atlas (ratio to the idle server); every
    response must be 200.
 
-    python benchmarks/bench_web.py [--units 16] [--requests 400] [--repeats 3] [--append-results]
+    python benchmarks/bench_web.py [--units 16] [--requests 400] [--repeats 3] [--quick] [--append-results]
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import http.client
 import json
-import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -30,21 +26,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
+from _common import append_results, machine_line, markdown_table, parser
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 LAYERS = ["blocks.3.2", "blocks.5.3"]
 EXTRA_LAYER = "blocks.4.0"  # what the concurrent build adds
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def free_port() -> int:
@@ -112,18 +97,19 @@ def median_of(runs: list[dict]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__.split("\n\n")[0])
     ap.add_argument("--units", type=int, default=16, help="units per layer in the atlas")
     ap.add_argument("--requests", type=int, default=400, help="requests per measurement")
-    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=2, help="feature-vis steps of the atlas (content, not speed)")
-    ap.add_argument("--append-results", action="store_true")
     args = ap.parse_args()
+    if args.quick:
+        args.units, args.requests, args.repeats = 4, 60, 1
 
     work = Path(tempfile.mkdtemp(prefix="bench_web_"))
     atlas = work / "atlas"
     t0 = time.perf_counter()
-    subprocess.run(build_cmd(atlas, LAYERS, args.units, args.steps), check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(build_cmd(atlas, LAYERS, args.units, args.steps), check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
     build_s = time.perf_counter() - t0
     units = [f"/layer/{ly}/unit/{u}" for ly in LAYERS for u in range(args.units)]
     api = [f"/api/layers/{ly}/units/{u}" for ly in LAYERS for u in range(args.units)]
@@ -140,12 +126,12 @@ def main() -> None:
         load(port, units, 50, 4)  # warm-up
         for _ in range(args.repeats):
             for clients in (1, 4, 8):
-                results.setdefault(f"unit pages, {clients} clients", []).append(
+                results.setdefault(f"unit pages, {clients} client{'s' if clients > 1 else ''}", []).append(
                     load(port, units, args.requests, clients))
             for name, paths in (("JSON unit API", api), ("artifact PNGs", arts), ("layer pages", layers)):
                 results.setdefault(f"{name}, 8 clients", []).append(load(port, paths, args.requests, 8))
             # a build process writing into the same atlas during the load (a new layer, so it is never done)
-            extra = work / f"extra_{len(results['unit pages, 1 clients'])}"
+            extra = work / f"extra_{len(results['unit pages, 1 client'])}"
             builder = subprocess.Popen(build_cmd(atlas, LAYERS + [EXTRA_LAYER], args.units, args.steps),
                                        stdout=subprocess.DEVNULL, stderr=open(extra, "w"))
             time.sleep(8.0)  # let it load the model and start committing
@@ -159,32 +145,27 @@ def main() -> None:
     med = {k: median_of(v) for k, v in results.items()}
     base = med["unit pages, 8 clients"]
     ratios = {
-        "8 clients / 1 client (unit pages/s)": base["rps"] / med["unit pages, 1 clients"]["rps"],
+        "8 clients / 1 client (unit pages/s)": base["rps"] / med["unit pages, 1 client"]["rps"],
         "JSON unit API / HTML unit page (req/s)": med["JSON unit API, 8 clients"]["rps"] / base["rps"],
         "artifact PNG / HTML unit page (req/s)": med["artifact PNGs, 8 clients"]["rps"] / base["rps"],
         "build writing / idle (unit pages/s)": med["unit pages, 8 clients, build writing"]["rps"] / base["rps"],
     }
     errors = sum(r["errors"] for v in results.values() for r in v)
-    machine = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
-    lines = [f"atlas: {2 * args.units} units ({', '.join(LAYERS)}), built in {build_s:.1f}s; {args.requests} "
-             f"requests per measurement, median of {args.repeats}; server: `cnnscope serve` (uvicorn, 1 process)",
-             "", "| load | req/s | p50 ms | p95 ms | non-200 |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {k} | {v['rps']:.0f} | {v['p50_ms']:.1f} | {v['p95_ms']:.1f} | {int(v['errors'])} |"
-              for k, v in med.items()]
-    lines += ["", "| ratio (same run) | value |", "|---|---:|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
-    lines += ["", f"non-200 responses in all runs: {errors}"]
-    print(f"machine: {machine}")
-    print("\n".join(lines))
+    body = (f"Atlas of {2 * args.units} units ({', '.join(LAYERS)}; feature visualizations), built in {build_s:.1f}s; "
+            f"`cnnscope serve` in its own process (uvicorn, one worker); {args.requests} GET requests per "
+            f"measurement over keep-alive connections, every configuration once per round, median of {args.repeats} "
+            "rounds.\n\n")
+    body += markdown_table([(k, f"{v['rps']:.0f}", f"{v['p50_ms']:.1f}", f"{v['p95_ms']:.1f}", int(v["errors"]))
+                            for k, v in med.items()], ("load", "req/s", "p50 ms", "p95 ms", "non-200"))
+    body += "\n" + markdown_table([(k, f"{v:.2f}") for k, v in ratios.items()], ("ratio (same run)", "value"))
+    body += (f"\nNon-200 responses in all runs: {errors}. The build-writing load shares the machine's cores with "
+             "a feature-visualization build; SQLite WAL readers never wait for its commits.\n")
+    print(f"machine: {machine_line()}\n")
+    print(body)
     print(json.dumps({"medians": med, "ratios": ratios}, indent=1))
     if args.append_results:
-        if not RESULTS.exists():
-            RESULTS.write_text("# Measured benchmark figures\n")
-        section = (f"\n## bench_web.py: atlas viewer throughput ({datetime.date.today().isoformat()})\n\n"
-                   f"machine: {machine}\n\n" + "\n".join(lines) + "\n")
-        with open(RESULTS, "a") as fh:  # append: other areas write their own sections
-            fh.write(section)
-        print(f"appended to {RESULTS}")
+        path = append_results("Web viewer: unit pages per second and latency", body, "benchmarks/bench_web.py")
+        print(f"appended to {path}")
     if errors:
         raise SystemExit(f"{errors} requests did not answer 200")
 
