@@ -215,9 +215,9 @@ def _render_chunk(model: _Model, objs: Sequence[Objective], measured: Sequence[O
             if step == 0:
                 _check_shapes(objs, acts, size)
             vals = _evaluate(objs, group, acts)
-            grads = torch.autograd.grad(-vals.sum(), params)
+            grads = torch.autograd.grad(-vals.sum(), params, allow_unused=True)
             for p, g in zip(params, grads):
-                p.grad = g
+                p.grad = torch.zeros_like(p) if g is None else g
             opt.step()
             param.project_()
             if any(f.due(step) for f in filters):
