@@ -5,7 +5,7 @@
    timed separately). Goal: overhead <= 1.3x. Runs alternate and repeat; medians are reported.
 2. Peak memory (max RSS of a fresh process) of the pass over N and 4N images: it should not grow with N.
 
-    python benchmarks/bench_dataset.py [--images 32] [--repeats 3] [--append-results]
+    python benchmarks/bench_dataset.py [--images 96] [--repeats 3] [--threads N] [--append-results]
 """
 
 from __future__ import annotations
@@ -78,13 +78,16 @@ def peak_memory(n_images: int, batch_size: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--images", type=int, default=96)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-images", type=int, default=16, help="N of the memory check (also runs 4N)")
     ap.add_argument("--append-results", action="store_true")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child is not None:
         memory_child(args.memory_child, args.batch_size)
         return
@@ -99,30 +102,36 @@ def main() -> None:
     receptive_fields(model.module, LAYERS, model.input_size)  # cached for the timed passes
     rf_seconds = time.perf_counter() - t0
     bare_pass(model, source.subset(range(min(4, args.images))), args.batch_size)  # warm-up
-    bare, ours = [], []
-    for _ in range(args.repeats):
-        bare.append(bare_pass(model, source, args.batch_size))
-        ours.append(stats_pass(model, source, args.batch_size))
-    ratios = [o / b for o, b in zip(ours, bare)]
-    bare_ips, ours_ips = args.images / statistics.median(bare), args.images / statistics.median(ours)
-    ratio = statistics.median(ratios)
+    default_threads = torch.get_num_threads()
+    settings = [default_threads] + ([1] if default_threads > 1 and not args.threads else [])
+    lines = [f"layers: {', '.join(LAYERS)}; {args.images} images of 224x224, batch {args.batch_size}, "
+             f"{args.repeats} alternating repeats (medians)"]
+    for threads in settings:
+        torch.set_num_threads(threads)
+        bare, ours = [], []
+        for _ in range(args.repeats):
+            bare.append(bare_pass(model, source, args.batch_size))
+            ours.append(stats_pass(model, source, args.batch_size))
+        ratios = [o / b for o, b in zip(ours, bare)]
+        ratio = statistics.median(ratios)
+        lines += [
+            f"- {threads} torch thread{'s' if threads > 1 else ''}: bare forward "
+            f"{args.images / statistics.median(bare):.2f} images/s, statistics pass "
+            f"{args.images / statistics.median(ours):.2f} images/s; overhead {ratio:.2f}x (per repeat: "
+            f"{', '.join(f'{r:.2f}' for r in ratios)}; goal <= 1.3x: {'met' if ratio <= 1.3 else 'NOT met'})"]
+    torch.set_num_threads(default_threads)
     mem_small = peak_memory(args.memory_images, args.batch_size)
     mem_large = peak_memory(4 * args.memory_images, args.batch_size)
-
-    lines = [
-        f"layers: {', '.join(LAYERS)}; {args.images} images of 224x224, batch {args.batch_size}, "
-        f"{args.repeats} alternating repeats (medians)",
-        f"- bare forward: {bare_ips:.2f} images/s; statistics pass: {ours_ips:.2f} images/s",
-        f"- overhead (statistics / bare time): {ratio:.2f}x (per repeat: {', '.join(f'{r:.2f}' for r in ratios)}; "
-        f"goal <= 1.3x: {'met' if ratio <= 1.3 else 'NOT met'})",
+    lines += [
         f"- receptive fields of the 3 layers (once per model, cached): {rf_seconds:.1f} s",
         f"- peak RSS of a fresh process: {mem_small:.0f} MiB for {args.memory_images} images, {mem_large:.0f} MiB "
         f"for {4 * args.memory_images} images (ratio {mem_large / mem_small:.2f})",
     ]
     print("\n".join(lines))
     if args.append_results:
-        machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads")
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        machine = (f"{cpu_name()}, {os.cpu_count()} cores (load average {load:.1f} at the end), "
+                   f"torch {torch.__version__}")
         header = (f"\n## bench_dataset.py: statistics pass vs bare forward\n\n"
                   f"{datetime.date.today().isoformat()} on {machine}\n\n")
         if not RESULTS.exists():

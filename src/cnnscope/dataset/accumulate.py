@@ -41,8 +41,6 @@ class LayerAccumulator:
         self.hist_post = HistogramAccumulator(bins, channels, device) if post == "captured" else None
         self.moments = {"pre": Moments(0, np.zeros(channels), np.zeros(channels)),
                         "post": Moments(0, np.zeros(channels), np.zeros(channels))}
-        self.minimum = torch.full((channels,), float("inf"), device=device)
-        self.maximum = torch.full((channels,), float("-inf"), device=device)
 
     # -- per batch -------------------------------------------------------------------------------------------
     def update(self, keys: torch.Tensor, pre: torch.Tensor, post: torch.Tensor | None = None) -> None:
@@ -59,9 +57,6 @@ class LayerAccumulator:
         flat = self.hist_pre.add(x)
         self._rank(keys, x, flat)
         self._moments("pre", x)
-        lo, hi = torch.aminmax(x, dim=1)
-        torch.minimum(self.minimum, lo, out=self.minimum)
-        torch.maximum(self.maximum, hi, out=self.maximum)
         if isinstance(self.post, tuple):
             self._moments("post", x.clamp_(self.post[1], self.post[2]))
         elif self.hist_post is not None:
@@ -164,5 +159,6 @@ class LayerAccumulator:
             bottom=examples_from_kept(self.bottom, self.grid, rf, (c, self.bottom_k)),
             hist_pre=pre_counts, hist_post=post_counts, moments_pre=self.moments["pre"],
             moments_post=self.moments["post"] if self.post != "same" else self.moments["pre"],
-            positive=positive, minimum=self.minimum.cpu().numpy(), maximum=self.maximum.cpu().numpy(),
+            positive=positive, minimum=self.bottom.payload[:, 0].cpu().numpy(),  # the bottom-k / top-k hold the
+            maximum=self.top.payload[:, 0].cpu().numpy(),  # extremes exactly
             bands=examples_from_kept(self.bands, self.grid, rf, (c, self.n_bands, self.m), negate=True), rf=rf)
