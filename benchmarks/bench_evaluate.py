@@ -58,7 +58,7 @@ def bench_deletion(m, x, maps, step: int, repeats: int, max_batch: int) -> str:
                     module(torch.where(keep, x[i:i + 1], torch.zeros_like(x[i:i + 1]))).softmax(1)
 
     times = side_by_side({"bare forward": bare, "cnnscope deletion": ours, "one image at a time": one_at_a_time},
-                         repeats=repeats)
+                         repeats=repeats, warmup=0)
     return (f"{b} image(s) x {n_points} points = {total} forwards, max_batch {max_batch}, per curve point:\n\n"
             + timing_table(times, "bare forward", unit=total / 1000, unit_name="ms"))
 
@@ -130,23 +130,37 @@ def bench_sanity(m, x, repeats: int) -> str:
             + timing_table(times, f"{n_steps} bare saliency calls"))
 
 
-def method_table(m, images: dict, sanity_images: int, quick: bool) -> tuple[str, str]:
-    from cnnscope.evaluate import available_methods, evaluate
+def method_table(m, images: dict, sanity_images: int, quick: bool, methods: list[str] | None,
+                 resume: bool = False) -> tuple[str, str]:
+    """Evaluate every method (one at a time, the rows saved to a temporary JSON after each, so a long run that is
+    interrupted keeps what it measured; ``resume`` starts from those rows and skips the methods they hold)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from cnnscope.evaluate import MetricTable, available_methods, evaluate
 
     names = list(images)
     x = m.preprocess(list(images.values()))
-    methods = list(available_methods())
+    methods = methods or list(available_methods())
     opts = dict(step=224 * 8 if quick else 224, road_percentages=(20, 50, 80) if quick else tuple(range(10, 100, 10)))
+    partial = Path(tempfile.gettempdir()) / "cnnscope_bench_evaluate_rows.json"
+    table = MetricTable()
+    if resume and partial.exists():
+        table.rows = [tuple(r) for r in json.loads(partial.read_text()) if r[2] in names]
     t0 = time.perf_counter()
-    ev = evaluate(m.module, x, methods, metrics=["deletion", "insertion", "road"], image_names=names, max_batch=64,
-                  progress=True, **opts)
-    table = ev.table
     k = min(sanity_images, len(names))
-    if k:
-        cheap = [n for n in methods if n in CHEAP_FOR_SANITY]
-        sv = evaluate(m.module, x[:k], cheap, metrics=["sanity"], image_names=names[:k], max_batch=16,
-                      progress=True)
-        table.rows += [r for r in sv.table.rows if r[1] != "seconds"]
+    for method in methods:
+        if method in table.methods:
+            continue
+        ev = evaluate(m.module, x, [method], metrics=["deletion", "insertion", "road"], image_names=names,
+                      max_batch=64, **opts)
+        table.rows += ev.table.rows
+        if k and method in CHEAP_FOR_SANITY:
+            sv = evaluate(m.module, x[:k], [method], metrics=["sanity"], image_names=names[:k], max_batch=16)
+            table.rows += [r for r in sv.table.rows if r[1] != "seconds"]
+        partial.write_text(json.dumps(table.rows))
+        log(f"   {method}: {(time.perf_counter() - t0) / 60:.1f} min so far (rows in {partial})")
     minutes = (time.perf_counter() - t0) / 60
     protocol = ("step 1792 (quick, NOT the RISE protocol)" if quick
                 else "RISE protocol (step 224, 225 points, zero / blur 11x5 substrates)")
@@ -154,8 +168,24 @@ def method_table(m, images: dict, sanity_images: int, quick: bool) -> tuple[str,
             f"each photo's top-1. Deletion/insertion: {protocol}; "
             f"ROAD at {list(opts['road_percentages'])} %, noise 0.01. Sanity (cascading, 12 units, value after full "
             f"randomization) on the first {k} photos, for the methods that need a few passes per map. "
-            f"Mean ± std over photos; {minutes:.0f} min in all.")
+            f"Mean ± std over photos; seconds / image is the map's cost on this (shared) machine; "
+            f"{minutes:.0f} min in all.")
     return table.to_markdown(), note
+
+
+def timing_sections(m, x, maps, args) -> list[tuple[str, str]]:
+    """Sections 1-4: the side-by-side timings."""
+    log("1/5 deletion curve")
+    out = [("RISE deletion curve: ours vs bare forward vs one at a time",
+            bench_deletion(m, x[:1], maps[:1], 896 if args.quick else 224, args.repeats, 64))]
+    log("2/5 ROAD imputation")
+    out.append(("ROAD imputation: ours vs pytorch-grad-cam", bench_imputation(args.repeats,
+                                                                            112 if args.quick else 224)))
+    log("3/5 ROAD end to end")
+    out.append(("ROAD end to end: ours vs pytorch-grad-cam", bench_road(m, x[:1], maps[:1], args.repeats)))
+    log("4/5 sanity check")
+    out.append(("Sanity check: ours vs the bare explainer calls", bench_sanity(m, x[:1], args.repeats)))
+    return out
 
 
 def main() -> None:
@@ -163,6 +193,9 @@ def main() -> None:
     ap.add_argument("--table", choices=("full", "quick", "none"), default="full",
                     help="the method x metric table: full protocol on all sample photos, quick, or skip it")
     ap.add_argument("--sanity-images", type=int, default=3)
+    ap.add_argument("--methods", default=None, help="comma-separated methods for the table (default: all)")
+    ap.add_argument("--skip-timing", action="store_true", help="only the table")
+    ap.add_argument("--resume", action="store_true", help="reuse the table rows an interrupted run saved")
     args = ap.parse_args()
     torch.manual_seed(0)
 
@@ -172,26 +205,20 @@ def main() -> None:
     m = load_model()
     photos = sample_images()
     x = m.preprocess([photos["chelsea"]] if args.quick else [photos["chelsea"], photos["coffee"]])
-    cam = explainer("gradcam")(m.module, x, m.module(x).argmax(1).detach())[:, 0]
-    maps = torch.nn.functional.interpolate(cam[:, None], size=(224, 224), mode="bilinear")[:, 0]
-
-    sections = []
-    log("1/5 deletion curve")
-    sections.append(("RISE deletion curve: ours vs bare forward vs one at a time",
-                     bench_deletion(m, x, maps, 896 if args.quick else 224, args.repeats, 64)))
-    log("2/5 ROAD imputation")
-    sections.append(("ROAD imputation: ours vs pytorch-grad-cam", bench_imputation(args.repeats, 112 if args.quick
-                                                                                     else 224)))
-    log("3/5 ROAD end to end")
-    sections.append(("ROAD end to end: ours vs pytorch-grad-cam", bench_road(m, x, maps, args.repeats)))
-    log("4/5 sanity check")
-    sections.append(("Sanity check: ours vs the bare explainer calls", bench_sanity(m, x[:1], args.repeats)))
+    sections: list[tuple[str, str]] = []
+    if not args.skip_timing:
+        with torch.no_grad():
+            targets = m.module(x).argmax(1)
+        cam = explainer("gradcam")(m.module, x, targets)[:, 0]
+        maps = torch.nn.functional.interpolate(cam[:, None], size=(224, 224), mode="bilinear")[:, 0]
+        sections = timing_sections(m, x, maps, args)
     body = "\n".join(f"### {t}\n\n{b}" for t, b in sections)
     if args.table != "none":
         log("5/5 method x metric table")
         names = ("chelsea", "coffee") if args.table == "quick" else None
+        chosen = args.methods.split(",") if args.methods else None
         md, note = method_table(m, sample_images(names), 1 if args.table == "quick" else args.sanity_images,
-                                args.table == "quick")
+                                args.table == "quick", chosen, args.resume)
         body += f"\n### Method x metric table\n\n{note}\n\n{md}"
     print(body)
     if args.append_results:

@@ -68,12 +68,12 @@ class CurveResult:
     protocol: str
 
 
-def curve_points(num_pixels: int, step: int) -> torch.Tensor:
+def curve_points(num_pixels: int, step: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Pixels changed at each point: ``0, step, 2*step, ..., num_pixels``. Shape: ``[T]``."""
     if step < 1:
         raise CnnscopeError(f"step must be at least 1 pixel, got {step}")
     n_steps = math.ceil(num_pixels / step)
-    return (torch.arange(n_steps + 1) * step).clamp(max=num_pixels)
+    return (torch.arange(n_steps + 1, device=device) * step).clamp(max=num_pixels)
 
 
 def perturbation_curves(module: nn.Module, start: torch.Tensor, finish: torch.Tensor, ranks: torch.Tensor,
@@ -90,7 +90,7 @@ def perturbation_curves(module: nn.Module, start: torch.Tensor, finish: torch.Te
         - Output: ``(fractions [T], scores [B, T])``.
     """
     b, _, h, w = start.shape
-    counts = curve_points(h * w, step).to(start.device)
+    counts = curve_points(h * w, step, start.device)
     t_len = counts.numel()
     scorer = ClassScorer(module, softmax=softmax, max_batch=max_batch)
     out = torch.empty(b * t_len, device=start.device, dtype=torch.float32)
