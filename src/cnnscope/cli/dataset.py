@@ -206,12 +206,9 @@ def circuit_cmd(model: str, layer: str, weights: str | None, device: str, channe
                + f": {len(conn.inputs)} inputs, strongest " + ", ".join(
                    f"{int(conn.inputs[i])} (|w| {conn.norms[i]:.3g})" for i in conn.ranked(5)))
     if image is not None:
-        from ..capture.receptive_field import receptive_fields
-
         name, arr = read_image_arg(image)
         attr = attribution(m, layer, channel, arr, position=_position(position))
-        box = receptive_fields(m.module, [layer], m.input_size)[layer].box(*attr.position)
-        save_figure(attribution_figure(m.fit_image(arr), attr, box, n), outdir / f"{stem}_attribution.png")
+        save_figure(attribution_figure(m.fit_image(arr), attr, None, n), outdir / f"{stem}_attribution.png")
         numbers["attribution"] = {"image": name, **attr.to_dict(n)}
         click.echo(f"on {name} at {attr.position}: value {attr.value:.4g} = bias {conn.bias:.4g} + "
                    f"{attr.contributions.sum():.4g}; top: " + ", ".join(f"{c} ({v:+.3g})" for c, v in attr.top(5)))

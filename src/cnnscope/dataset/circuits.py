@@ -194,6 +194,7 @@ class Attribution:
         tensor: ``float32 [len(inputs), kh, kw]``: weight times previous-layer activation in the kernel window
             (zero where the window covers padding).
         contributions: ``[len(inputs)]`` per previous-layer channel sums of :attr:`tensor`.
+        grid: ``(h, w)`` of the unit's layer.
     """
 
     connection: Connection
@@ -201,6 +202,7 @@ class Attribution:
     value: float
     tensor: np.ndarray
     contributions: np.ndarray
+    grid: tuple[int, int] = (0, 0)
 
     def top(self, n: int = 8, absolute: bool = True) -> list[tuple[int, float]]:
         """The ``n`` strongest ``(previous-layer channel, contribution)``, by absolute value (or signed, largest)."""
@@ -257,7 +259,8 @@ def attribution(model, layer: str, channel: int, image: object, position: tuple[
                 window[:, i, j] = h[:, r, c]
     tensor = (torch.as_tensor(conn.weights, device=h.device) * window).cpu().numpy()
     return Attribution(connection=conn, position=(int(y), int(xx)), value=float(pre[y, xx]), tensor=tensor,
-                       contributions=tensor.reshape(len(conn.inputs), -1).sum(axis=1))
+                       contributions=tensor.reshape(len(conn.inputs), -1).sum(axis=1),
+                       grid=(int(pre.shape[0]), int(pre.shape[1])))
 
 
 @dataclass

@@ -135,10 +135,12 @@ def weights_figure(conn, n: int = 16) -> Figure:
     return fig
 
 
-def attribution_figure(image: np.ndarray, attr, box: tuple[int, int, int, int] | None = None, n: int = 12) -> Figure:
+def attribution_figure(image: np.ndarray, attr, box: tuple[int, int, int, int] | None = None, n: int = 12
+                       ) -> Figure:
     """Activation x weight attribution of a unit on an image (``attr``: :class:`cnnscope.dataset.circuits.Attribution`):
-    the image with the unit's receptive field, the top contributing previous-layer channels (signed bars), and the
-    spatial attribution of the strongest ones when the kernel is larger than 1x1."""
+    the image with the unit's receptive field ``box`` (without one, a cross at the centre of the unit's grid cell),
+    the top contributing previous-layer channels (signed bars), and the spatial attribution of the strongest ones
+    when the kernel is larger than 1x1."""
     conn = attr.connection
     top = attr.top(n)
     spatial = attr.tensor.shape[1] * attr.tensor.shape[2] > 1
@@ -149,6 +151,10 @@ def attribution_figure(image: np.ndarray, attr, box: tuple[int, int, int, int] |
         t, left, b, r = box
         ax.add_patch(Rectangle((left - 0.5, t - 0.5), r - left, b - t, fill=False, edgecolor="yellow",
                                linewidth=1.5))
+    elif min(attr.grid) > 0:  # no receptive field given: mark the centre of the unit's grid cell
+        gy = (attr.position[0] + 0.5) * image.shape[0] / attr.grid[0]
+        gx = (attr.position[1] + 0.5) * image.shape[1] / attr.grid[1]
+        ax.plot([gx], [gy], marker="+", color="yellow", markersize=14, markeredgewidth=2)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"{conn.layer}:{conn.channel} at {attr.position}\nvalue {attr.value:.3g} = bias "
