@@ -107,7 +107,7 @@ def _line_probes(n_lines: int, axis: int, lines: Sequence[int], shape: tuple[int
 
 
 def _affected(cap: Capture, layers: list[str], shape: tuple[int, int, int], axis: int, lines: Sequence[int],
-              max_batch: int) -> dict[str, torch.Tensor]:
+              max_batch: int, bar: object = None) -> dict[str, torch.Tensor]:
     """For each probe line, which layer positions turn NaN: ``layer -> bool [len(lines), h, w]`` (CPU).
 
     ``cap`` is an open :class:`Capture` of ``layers`` (shared by all probes, so only its first run is a full
@@ -124,6 +124,8 @@ def _affected(cap: Capture, layers: list[str], shape: tuple[int, int, int], axis
                 raise LayerError(f"receptive fields need a layer with [B, C, H, W] output; {name!r} gives "
                                  f"{tuple(act.shape)}")
             out[name].append(torch.isnan(act).any(dim=1).cpu())
+        if bar is not None:
+            bar.update(len(chunk))  # type: ignore[attr-defined]
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
@@ -150,16 +152,16 @@ def _boxes(rows: torch.Tensor, cols: torch.Tensor) -> np.ndarray:
     return boxes
 
 
-def _exact(cap: Capture, layers: list[str], c: int, size: tuple[int, int], max_batch: int
+def _exact(cap: Capture, layers: list[str], c: int, size: tuple[int, int], max_batch: int, bar: object = None
            ) -> dict[str, np.ndarray]:
     h, w = size
-    rows = _affected(cap, layers, (c, h, w), 0, range(h), max_batch)
-    cols = _affected(cap, layers, (c, h, w), 1, range(w), max_batch)
+    rows = _affected(cap, layers, (c, h, w), 0, range(h), max_batch, bar)
+    cols = _affected(cap, layers, (c, h, w), 1, range(w), max_batch, bar)
     return {name: _boxes(rows[name], cols[name]) for name in layers}
 
 
 def _fast(cap: Capture, layers: list[str], c: int, size: tuple[int, int], max_batch: int, slab: int | None,
-          checks: int, seed: int) -> dict[str, np.ndarray] | None:
+          checks: int, seed: int, bar: object = None) -> dict[str, np.ndarray] | None:
     """Slab probes plus full-size checks; ``None`` when a check disagrees (the caller then measures exactly)."""
     h, w = size
     gen = torch.Generator().manual_seed(seed)
@@ -167,16 +169,16 @@ def _fast(cap: Capture, layers: list[str], c: int, size: tuple[int, int], max_ba
     check_cols = sorted({0, 1, w // 2, w - 2, w - 1} | set(torch.randint(0, w, (checks,), generator=gen).tolist()))
     check_rows = [r for r in check_rows if 0 <= r < h]
     check_cols = [x for x in check_cols if 0 <= x < w]
-    full_rows = _affected(cap, layers, (c, h, w), 0, check_rows, max_batch)
-    full_cols = _affected(cap, layers, (c, h, w), 1, check_cols, max_batch)
+    full_rows = _affected(cap, layers, (c, h, w), 0, check_rows, max_batch, bar)
+    full_cols = _affected(cap, layers, (c, h, w), 1, check_cols, max_batch, bar)
     if slab is None:  # twice the largest stride of the layers: the slab still spans a couple of output positions
         oh = min(full_rows[n].shape[1] for n in layers)
         ow = min(full_rows[n].shape[2] for n in layers)
         slab = max(8, 2 * -(-h // max(oh, 1)), 2 * -(-w // max(ow, 1)))
     sw, sh = min(w, slab), min(h, slab)
     try:
-        rows = _affected(cap, layers, (c, h, sw), 0, range(h), max_batch)
-        cols = _affected(cap, layers, (c, sh, w), 1, range(w), max_batch)
+        rows = _affected(cap, layers, (c, h, sw), 0, range(h), max_batch, bar)
+        cols = _affected(cap, layers, (c, sh, w), 1, range(w), max_batch, bar)
     except (RuntimeError, ValueError):  # the model refuses the narrow slab (e.g. a minimum input size)
         return None
     out: dict[str, np.ndarray] = {}
@@ -197,7 +199,7 @@ def _fast(cap: Capture, layers: list[str], c: int, size: tuple[int, int], max_ba
 
 def receptive_fields(module: nn.Module, layers: str | Iterable[str], input_size: int | tuple[int, int], *,
                      method: str = "auto", max_batch: int = 32, slab: int | None = None, checks: int = 4, seed: int = 0,
-                     cache: bool = True) -> dict[str, ReceptiveField]:
+                     cache: bool = True, progress: bool = False) -> dict[str, ReceptiveField]:
     """Measure the input box of every position of each layer (one probe pass for all layers).
 
     The probes run without gradients in temporary eval mode on the module's device; the module is not changed.
@@ -214,6 +216,7 @@ def receptive_fields(module: nn.Module, layers: str | Iterable[str], input_size:
         seed: seed of the fast method's random checks.
         cache: reuse boxes measured earlier for the same module, layers, size and method (kept as long as the
             module lives; pass ``False`` after changing the module's structure).
+        progress: show a tqdm bar of the probe images.
 
     Returns:
         ``layer -> ReceptiveField``.
@@ -235,11 +238,20 @@ def receptive_fields(module: nn.Module, layers: str | Iterable[str], input_size:
     if todo:
         c = input_channels(module)
         boxes, used = None, "exact"
-        with torch.no_grad(), evaluating(module), Capture(module, todo) as cap:
-            if method in ("auto", "fast"):
-                boxes, used = _fast(cap, todo, c, size, max_batch, slab, checks, seed), "fast"
-            if boxes is None:
-                boxes, used = _exact(cap, todo, c, size, max_batch), "exact"
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(desc="receptive fields", unit="probe")
+        try:
+            with torch.no_grad(), evaluating(module), Capture(module, todo) as cap:
+                if method in ("auto", "fast"):
+                    boxes, used = _fast(cap, todo, c, size, max_batch, slab, checks, seed, bar), "fast"
+                if boxes is None:
+                    boxes, used = _exact(cap, todo, c, size, max_batch, bar), "exact"
+        finally:
+            if bar is not None:
+                bar.close()
         for name in todo:
             b = boxes[name]
             store[key(name)] = ReceptiveField(layer=name, input_size=size, output_size=(b.shape[0], b.shape[1]),

@@ -162,7 +162,8 @@ def collect_statistics(model, images: object, layers: str | Iterable[str], *, k:
                                 seed=seed)
     receptive = None
     if receptive_field is not None:
-        receptive = receptive_fields(model.module, acc.layers, model.input_size, method=receptive_field)
+        receptive = receptive_fields(model.module, acc.layers, model.input_size, method=receptive_field,
+                                     progress=progress)
     act_layers = [n for n in acc.layers if acc.pre[n]]
     outputs = [n for n in acc.layers if not acc.pre[n] or acc.post[n] == "captured"]  # outputs that are read
     with ExitStack() as stack:
