@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from cnnscope.cli import main
 
 
@@ -35,3 +37,12 @@ def test_evaluate_errors_are_one_line(tmp_path, capsys):
     rc = main(["evaluate", "efficientnet_lite0", "sample:coffee", "--methods", "gradcm", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 1 and "did you mean: gradcam" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_demo_section_70(tmp_path, capsys):
+    rc = main(["demo", "--quick", "--only", "70", "--out", str(tmp_path), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "after full randomization, Spearman" in out and "| gradcam |" in out
+    folder = tmp_path / "evaluate"
+    assert (folder / "evaluation.md").exists() and (folder / "sanity_spearman_abs.png").exists()

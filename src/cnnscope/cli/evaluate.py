@@ -168,16 +168,17 @@ def evaluate_cmd(model: str, images: tuple[str, ...], weights: str | None, devic
 def _demo(ctx: DemoContext) -> None:
     from ..evaluate import evaluate, save_table
 
-    names = ["chelsea", "coffee"]
-    x = ctx.model.preprocess([ctx.images[n] for n in names])
     quick = ctx.quick
+    names = ["coffee"] if quick else ["chelsea", "coffee"]
+    x = ctx.model.preprocess([ctx.images[n] for n in names])
     step = 224 * (32 if quick else 4)
-    ev = evaluate(ctx.model.module, x, ["gradcam", "saliency", "random"],
+    methods = ["gradcam", "random"] if quick else ["gradcam", "saliency", "guided_backprop", "random"]
+    ev = evaluate(ctx.model.module, x, methods,
                   metrics=["deletion", "insertion", "road", "sanity"], image_names=names, step=step,
                   road_percentages=(20, 50, 80) if quick else (10, 30, 50, 70, 90),
                   sanity_units=6 if quick else 16, max_batch=32)
     folder = ctx.out / "evaluate"
-    save_table(ev.table, folder, title="Evaluation on chelsea and coffee",
+    save_table(ev.table, folder, title="Evaluation on " + " and ".join(names),
                notes=f"- deletion/insertion step {step} px: coarser than the RISE protocol's 224 px to keep the "
                      "tour short (`cnnscope evaluate` uses 224)")
     save_figures(ev, folder)
