@@ -15,7 +15,8 @@ from .histograms import HistogramAccumulator, LogBins, remap
 from .ranking import Kept, priorities
 from .results import LayerStats, Moments, examples_from_kept
 
-NO_PRIORITY = 1 << 32
+NO_PRIORITY = 1 << 31  #: above every priority: the threshold of a band cell that is not full
+ALL = (1 << 31) - 1  #: the same in the int32 screening table (every priority is <= it)
 
 
 class LayerAccumulator:
@@ -37,6 +38,10 @@ class LayerAccumulator:
         self.bottom = Kept.empty(channels, bottom_k, torch.float32, device)
         self.bands = Kept.empty(channels * self.n_bands, band_samples, torch.int64, device)
         self.band_threshold = torch.full((channels * self.n_bands,), NO_PRIORITY, dtype=torch.int64, device=device)
+        self._band_of_bin = torch.as_tensor(bins.band_of_bin(), device=device)
+        lower, upper = bins.bin_bounds()
+        self._bin_lower = torch.as_tensor(lower, dtype=torch.float32, device=device)
+        self._bin_upper = torch.as_tensor(upper, dtype=torch.float32, device=device)
         self.hist_pre = HistogramAccumulator(bins, channels, device)
         self.hist_post = HistogramAccumulator(bins, channels, device) if post == "captured" else None
         self.moments = {"pre": Moments(0, np.zeros(channels), np.zeros(channels)),
@@ -87,35 +92,33 @@ class LayerAccumulator:
     def _rank(self, keys: torch.Tensor, x: torch.Tensor, flat: torch.Tensor) -> None:
         """Offer the batch's positions to the top-k, the bottom-k and the band samples.
 
-        A position is a candidate if its value reaches the channel's current top-k or bottom-k threshold, or if
-        its priority is at most the threshold of its (channel, band) cell, read from a ``[C, n_bins]`` table
-        through the histogram's flat bin index. Until every top/bottom list is full (the first batch) positions
-        are offered in growing chunks, so the thresholds tighten early.
+        One table lookup and one comparison per value screen the positions: the ``[C, n_bins]`` table holds each
+        (channel, bin)'s band-sample threshold, raised to "everything" for the bins that can hold values reaching
+        the channel's top-k or bottom-k threshold; a position whose priority is at most its entry is a candidate
+        (a superset of what the exact rules of :meth:`_offer` admit). Until the lists fill up (the first batch)
+        positions are offered in growing chunks, so the thresholds tighten early.
         """
         prio = priorities(keys, self.seed)
         n, start = x.shape[1], 0
         warm = bool(self.band_threshold.view(self.channels, -1).min(dim=1).values.lt(NO_PRIORITY).all()
                     and self.top.filled[:, -1].all() and self.bottom.filled[:, -1].all())
         size = n if warm else max(256, n // 64)
-        band_of_bin = torch.as_tensor(self.bins.band_of_bin(), device=x.device)
         # whatever enters the top-k is at least the batch's k-th largest value (ties included), likewise bottom-k
-        k_top, k_bottom = min(self.k, n), min(self.bottom_k, n)
-        batch_top = x.topk(k_top, dim=1).values[:, -1] if not warm else None
-        batch_bottom = x.topk(k_bottom, dim=1, largest=False).values[:, -1] if not warm else None
+        batch_top = x.topk(min(self.k, n), dim=1).values[:, -1] if not warm else None
+        batch_bottom = x.topk(min(self.bottom_k, n), dim=1, largest=False).values[:, -1] if not warm else None
         while start < n:
             stop = min(n, start + size)
             xs, ps, fs = x[:, start:stop], prio[start:stop], flat[:, start:stop]
-            table = self.band_threshold.view(self.channels, self.n_bands)[:, band_of_bin].reshape(-1)
-            cell_thr = torch.index_select(table, 0, fs.reshape(-1)).view(fs.shape)
             high, low = self._top_threshold(), self._bottom_threshold()
             if batch_top is not None:
                 high, low = torch.maximum(high, batch_top), torch.minimum(low, batch_bottom)
-            screen = ps[None, :] <= cell_thr
-            screen |= xs >= high[:, None]
-            screen |= xs <= low[:, None]
-            rows, cols = torch.nonzero(screen, as_tuple=True)
+            table = self.band_threshold.view(self.channels, self.n_bands)[:, self._band_of_bin]
+            reach = (self._bin_upper[None, :] >= high[:, None]) | (self._bin_lower[None, :] <= low[:, None])
+            table = torch.where(reach, ALL, table.clamp(max=ALL)).to(torch.int32).reshape(-1)
+            cell_thr = torch.index_select(table, 0, fs.reshape(-1)).view(fs.shape)
+            rows, cols = torch.nonzero(ps[None, :] <= cell_thr, as_tuple=True)
             if rows.numel():
-                self._offer(rows, xs[rows, cols], keys[start + cols], ps[cols])
+                self._offer(rows, xs[rows, cols], keys[start + cols], ps[cols].to(torch.int64))
             start = stop
             size *= 2
 

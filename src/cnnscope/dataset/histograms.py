@@ -4,8 +4,9 @@ A value's bin comes from the top bits of its ``float32`` representation (sign, e
 ``mantissa_bits`` of the mantissa: ``2**mantissa_bits`` bins per octave, neighbouring edges 9% apart for 3 bits),
 through one lookup table. Magnitudes ``2**min_exp <= |x| < 2**max_exp`` are resolved; below that there are three
 bins (tiny negative, zero, tiny positive) and above it one overflow bin per sign. The edges do not depend on the
-data, every element lands in the same bin however the data are batched, and binning is a shift, a mask and a table
-lookup: partial histograms add up to exactly the histogram of one pass, for any activation scale, in fixed memory.
+data, every element lands in the same bin however the data are batched, and binning is a table lookup of the
+value's high 16 bits: partial histograms add up to exactly the histogram of one pass, for any activation scale, in
+fixed memory.
 
 Bins are grouped into *sampling bands* of ``band_every`` bins (an octave by default; the three small bins form one
 band, each overflow bin its own) for example sampling, so a band's count is a sum of histogram counts.
@@ -13,6 +14,7 @@ band, each overflow bin its own) for example sampling, so a band's count is a su
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
@@ -108,11 +110,11 @@ class LogBins:
 
     @cached_property
     def tables(self) -> tuple[np.ndarray, np.ndarray]:
-        """Lookup tables ``code -> bin`` and ``code -> band`` (``int32``), ``code = float32 bits >> shift``."""
-        mag_bits = EXPONENT_BITS + self.mantissa_bits
-        code = np.arange(1 << (mag_bits + 1), dtype=np.int64)
-        negative = code >> mag_bits
-        q = code & ((1 << mag_bits) - 1)
+        """Lookup tables ``code -> bin`` and ``code -> band`` (``int32 [65536]``), ``code`` = the high 16 bits of
+        the ``float32`` value (sign, exponent, top 7 mantissa bits)."""
+        code = np.arange(1 << 16, dtype=np.int64)
+        negative = code >> 15
+        q = (code & 0x7FFF) >> (7 - self.mantissa_bits)
         q0 = (self.min_exp + 127) << self.mantissa_bits
         j = np.clip(q - q0 + 1, 0, self.side + 1)
         signed = np.where(negative == 1, -j, j)
@@ -121,14 +123,17 @@ class LogBins:
         return bins.astype(np.int32), self._band_of_signed(signed).astype(np.int32)
 
     def lookup(self, values: torch.Tensor, table: str = "bin") -> torch.Tensor:
-        """Bin (or band) of every value as ``int32``; any shape (small tensors: candidate values).
+        """Bin (or band) of every value as ``int32``, same shape as ``values``.
 
+        The high half of each ``float32`` is read through an ``int16`` view (no shift), widened and looked up.
         Values below ``2**-126`` (denormals, zero) fall in the zero bin.
         """
-        code = torch.bitwise_right_shift(values.float().contiguous().view(torch.int32), self.shift)
-        code.bitwise_and_((1 << (EXPONENT_BITS + self.mantissa_bits + 1)) - 1)
+        v = values.float().contiguous().reshape(-1)
+        halves = v.view(torch.int16)
+        high = halves[1::2] if sys.byteorder == "little" else halves[0::2]
+        code = high.to(torch.int32).bitwise_and_(0xFFFF)
         t = torch.as_tensor(self.tables[0 if table == "bin" else 1], device=values.device)
-        return torch.index_select(t, 0, code.view(-1)).view(code.shape)
+        return torch.index_select(t, 0, code).view(values.shape)
 
     def post_map(self, lower: float | None, upper: float | None) -> np.ndarray:
         """Where each bin's count goes when values are clamped to ``[lower, upper]`` (ReLU: ``(0, None)``).

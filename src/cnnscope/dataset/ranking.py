@@ -32,16 +32,16 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
 
 
 def priorities(keys: torch.Tensor, seed: int) -> torch.Tensor:
-    """Pseudo-random priorities of positions, uniform on ``[0, 2**32)`` and independent across keys.
+    """Pseudo-random priorities of positions, uniform on ``[0, 2**31)`` and independent across keys (``int32``).
 
-    All channels share a position's priority: the sample of each (channel, band) cell is still uniform, and the
-    pass sorts positions by priority once per batch instead of once per channel.
+    All channels share a position's priority: the sample of each (channel, band) cell is still uniform, and one
+    hash per position serves every channel.
 
     Shape:
-        - keys: ``[N]`` int64 global position keys; output ``[N]`` int64.
+        - keys: ``[N]`` int64 global position keys; output ``[N]`` int32.
     """
     lo = hash32(keys ^ (seed * 0x9E3779B1))
-    return hash32(lo ^ hash32((keys >> 32) + 0x7F4A7C15 + seed))
+    return (hash32(lo ^ hash32((keys >> 32) + 0x7F4A7C15 + seed)) >> 1).to(torch.int32)
 
 
 @dataclass
