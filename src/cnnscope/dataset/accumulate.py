@@ -1,8 +1,8 @@
 """The per-layer streaming state of the statistics pass (fixed memory, exact, on the activations' device).
 
-Per batch every value is binned once (histogram) and screened once: a table lookup and three comparisons per
-element keep only the positions that can change the top-k, the bottom-k or a band sample; the exact ranking rules
-then run on those few candidates (:mod:`.ranking`).
+Per batch every value is binned once (histogram) and screened once: one lookup in a ``[C, n_bins]`` table and one
+comparison per element keep only the positions that can change the top-k, the bottom-k or a band sample; the
+exact ranking rules then run on those few candidates (:mod:`.ranking`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..capture.receptive_field import ReceptiveField
+from ..errors import CnnscopeError
 from .histograms import HistogramAccumulator, LogBins, remap
 from .ranking import Kept, priorities
 from .results import LayerStats, Moments, examples_from_kept
@@ -66,7 +67,7 @@ class LayerAccumulator:
             self._moments("post", x.clamp_(self.post[1], self.post[2]))
         elif self.hist_post is not None:
             if post is None:
-                raise ValueError(f"layer {self.name!r} needs its outputs to compute post-activation statistics")
+                raise CnnscopeError(f"layer {self.name!r} needs its outputs for post-activation statistics")
             y = post.detach().transpose(0, 1).reshape(c, -1).float()
             self.hist_post.add(y)
             self._moments("post", y)

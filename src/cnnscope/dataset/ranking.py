@@ -97,7 +97,7 @@ def ascending_score_key(scores: torch.Tensor) -> torch.Tensor:
     priorities in ``(-2**32, 0]``) are negated.
     """
     if scores.dtype.is_floating_point:
-        bits = scores.float().contiguous().view(torch.int32).to(torch.int64)
+        bits = (scores.float() + 0.0).contiguous().view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into 0.0
         monotone = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # same order as the float values
         return (2 ** 31 - 1) - monotone
     return -scores.to(torch.int64)
@@ -127,19 +127,3 @@ def select(rows: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, payload
     out.keys[r, k] = keys[keep]
     out.payload[r, k] = payload[keep].to(out.payload.dtype)
     return out
-
-
-def top_candidates(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every element that can be among its row's ``k`` largest: those ``>=`` the row's ``k``-th largest value.
-
-    Ties at the threshold are all returned (usually exactly ``k`` per row), so the final choice among equal values
-    is made by key in :func:`select`, never by ``topk``'s arbitrary tie order.
-
-    Shape:
-        - values: ``[C, N]``.
-        - Output: ``(rows, cols)`` flat int64 indices.
-    """
-    k = min(k, values.shape[1])
-    threshold = values.topk(k, dim=1).values[:, -1:]
-    rows, cols = torch.nonzero(values >= threshold, as_tuple=True)
-    return rows, cols
