@@ -4,7 +4,7 @@ EfficientNet-Lite0, layer ``blocks.4.0``, channels 0..7, 128 px, 256 steps, ``lu
 
 1. Overhead: ms per channel-step of ``render`` versus a bare forward + backward (input gradient only) of the
    truncated model (``conv_stem .. blocks.4.0`` as an ``nn.Sequential``, no hooks) on a batch of 8 images of the
-   same size. Runs alternate and repeat; the median of the paired ratios is reported. Goal: <= 1.25x.
+   same size. Goal: <= 1.25x.
 2. Lucent (``torch-lucent`` with ``kornia==0.4.1``, the ``bench`` extra): the same 8 channels with its default
    image parameterization (Fourier, decorrelated, 128 px) and standard transforms, one ``render_vis`` call per
    channel as Lucent is normally used, plus one batched call (``param.image(128, batch=8)``). Goal: >= 3x faster
@@ -13,7 +13,12 @@ EfficientNet-Lite0, layer ``blocks.4.0``, channels 0..7, 128 px, 256 steps, ``lu
    Lucent's optimisation looks at). Lucent upsamples images under 224 px before the model, so cnnscope is also run
    with that protocol (standard transforms + ``Resize(224)``) for a like-for-like activation comparison.
 
-    python benchmarks/bench_featurevis.py [--steps 256] [--repeats 3] [--threads N] [--no-lucent] [--append-results]
+Timing: ``--repeats`` rounds, each running every method once (``--timing-steps`` steps, order rotated per
+round), so all of them see the same machine load; ratios are per round, medians reported. Activations: one final
+render of ``--steps`` steps per method.
+
+    python benchmarks/bench_featurevis.py [--steps 256] [--timing-steps 64] [--repeats 3] [--threads N]
+                                          [--no-lucent] [--append-results]
 """
 
 from __future__ import annotations
@@ -124,10 +129,22 @@ def lucent_available() -> str | None:
     return None
 
 
+def methods(model, lucent: bool) -> dict:
+    """name -> ``steps -> (seconds, uint8 images or None)``."""
+    table = {"bare": lambda steps: (bare_seconds(model, steps), None),
+             "cnnscope": lambda steps: ours(model, steps),
+             "cnnscope@224": lambda steps: ours(model, steps, view=224)}
+    if lucent:
+        table["lucent"] = lambda steps: lucent_images(steps, batched=False)
+        table["lucent batched"] = lambda steps: lucent_images(steps, batched=True)
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=3, help="alternating render/bare pairs for the overhead")
+    ap.add_argument("--steps", type=int, default=256, help="steps of the final renders compared for activation")
+    ap.add_argument("--timing-steps", type=int, default=64, help="steps of each timed run")
+    ap.add_argument("--repeats", type=int, default=3, help="timing rounds (every method once per round)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--no-lucent", action="store_true")
     ap.add_argument("--append-results", action="store_true")
@@ -138,49 +155,52 @@ def main() -> None:
     from cnnscope import load_model
 
     model = load_model()
-    n, steps = len(CHANNELS), args.steps
+    n = len(CHANNELS)
+    why = "skipped (--no-lucent)" if args.no_lucent else lucent_available()
+    table = methods(model, lucent=why is None)
+    names = list(table)
     bare_seconds(model, 2)  # warm-up
-    ratios, ours_ms, bare_ms, our_images = [], [], [], None
-    for _ in range(args.repeats):
-        b = bare_seconds(model, steps)
-        o, our_images = ours(model, steps)
-        ratios.append(o / b)
-        ours_ms.append(1000 * o / (steps * n))
-        bare_ms.append(1000 * b / (steps * n))
-        print(f"render {ours_ms[-1]:.2f} ms/channel-step, bare {bare_ms[-1]:.2f}, ratio {ratios[-1]:.3f}", flush=True)
-    lines = [f"- overhead: `render` {statistics.median(ours_ms):.2f} ms per channel-step vs bare truncated "
-             f"forward+backward {statistics.median(bare_ms):.2f} ms: **{statistics.median(ratios):.3f}x** "
-             f"(median of {args.repeats} paired runs: {', '.join(f'{r:.2f}' for r in ratios)}; ratio of the best "
-             f"times {min(ours_ms) / min(bare_ms):.3f}x; goal <= 1.25x)"]
-    a128, a224 = activations(model, our_images)
-    lines.append(f"- cnnscope final activation (mean of 8 channels): {a128:.3g} at 128 px, {a224:.3g} upsampled to "
-                 f"224 px")
-    secs224, imgs224 = ours(model, steps, view=224)
-    ms224 = 1000 * secs224 / (steps * n)
-    b128, b224 = activations(model, imgs224)
-    lines.append(f"- cnnscope with Lucent's protocol (128 px image shown to the model at 224 px): {ms224:.2f} ms per "
-                 f"channel-step, activation {b128:.3g} at 128 px, {b224:.3g} at 224 px")
-    print(lines[-1], flush=True)
-    why = None if not args.no_lucent else "skipped (--no-lucent)"
-    why = why or lucent_available()
+    ms: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(args.repeats):  # one round = every method once, in a rotated order
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            secs, _ = table[name](args.timing_steps)
+            ms[name].append(1000 * secs / (args.timing_steps * n))
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in ms.items()) + " ms/channel-step",
+              flush=True)
+
+    def ratio(a: str, b: str) -> str:
+        per_round = [x / y for x, y in zip(ms[a], ms[b])]
+        return f"**{statistics.median(per_round):.2f}x** (rounds: {', '.join(f'{v:.2f}' for v in per_round)})"
+
+    med = {k: statistics.median(v) for k, v in ms.items()}
+    lines = [f"- ms per channel-step (median of {args.repeats} rounds of {args.timing_steps}-step runs, every method "
+             "once per round): " + ", ".join(f"{k} {v:.1f}" for k, v in med.items()),
+             f"- overhead of `render` over the bare truncated forward+backward: {ratio('cnnscope', 'bare')} "
+             "(goal <= 1.25x)"]
     if why:
         lines.append(f"- Lucent comparison not run: {why}")
     else:
-        per_channel = statistics.median(ours_ms)
-        for batched in (False, True):
-            secs, imgs = lucent_images(steps, batched)
-            ms = 1000 * secs / (steps * n)
-            l128, l224 = activations(model, imgs)
-            how = "one batched call of 8" if batched else "one call per channel"
-            lines.append(f"- Lucent ({how}): {ms:.2f} ms per channel-step -> cnnscope is **{ms / per_channel:.2f}x** "
-                         f"faster (goal >= 3x; {ms / ms224:.2f}x with Lucent's 224 px protocol); Lucent activation "
-                         f"{l128:.3g} at 128 px, {l224:.3g} at 224 px (cnnscope/Lucent: **{a128 / l128:.2f}x** at "
-                         f"128 px; with Lucent's protocol **{b224 / l224:.2f}x** at 224 px)")
-            print(lines[-1], flush=True)
+        lines += [f"- Lucent one call per channel / cnnscope: {ratio('lucent', 'cnnscope')} faster (goal >= 3x); "
+                  f"batched Lucent / cnnscope: {ratio('lucent batched', 'cnnscope')}",
+                  f"- at Lucent's protocol (the 128 px image shown to the model at 224 px): Lucent / cnnscope@224 "
+                  f"{ratio('lucent', 'cnnscope@224')}, batched Lucent / cnnscope@224 "
+                  f"{ratio('lucent batched', 'cnnscope@224')}"]
+    acts = {}
+    for name in names[1:]:
+        _, images = table[name](args.steps)
+        acts[name] = activations(model, images)
+        print(f"{name}: activation {acts[name][0]:.3g} at 128 px, {acts[name][1]:.3g} at 224 px", flush=True)
+    lines.append(f"- mean final activation after {args.steps} steps (8 channels, each on its own image; at 128 px / "
+                 "upsampled to 224 px): " + ", ".join(f"{k} {a:.3g} / {b:.3g}" for k, (a, b) in acts.items()))
+    if not why:
+        for lu in ("lucent", "lucent batched"):
+            lines.append(f"- cnnscope / {lu} activation: **{acts['cnnscope'][0] / acts[lu][0]:.2f}x** at 128 px "
+                         f"(the rendered size); with Lucent's protocol cnnscope@224 / {lu} at 224 px: "
+                         f"**{acts['cnnscope@224'][1] / acts[lu][1]:.2f}x** (goal >= 1)")
     header = (f"\n## bench_featurevis.py — {datetime.date.today().isoformat()}\n\n"
               f"Machine: {cpu_name()}, {torch.get_num_threads()} torch threads of {__import__('os').cpu_count()} "
-              f"cores, torch {torch.__version__}. EfficientNet-Lite0 `{LAYER}` channels 0-7, {SIZE} px, "
-              f"{steps} steps, lucid recipe.\n\n")
+              f"cores, torch {torch.__version__}. EfficientNet-Lite0 `{LAYER}` channels 0-7, {SIZE} px, lucid "
+              "recipe; Lucent with its default image parameterization and transforms.\n\n")
     text = header + "\n".join(lines) + "\n"
     print(text)
     if args.append_results:

@@ -94,7 +94,7 @@ def build_objectives(model, layer: str, channels, neuron: bool, negative: bool, 
 @click.option("--diversity", type=click.IntRange(min=1), default=1, show_default=True,
               help="Images per objective, pushed apart by the diversity term.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Images per render batch (memory bound; default 32).")
+              help="Images per render batch (memory bound; default 8 on a CPU, 32 on a GPU).")
 @click.option("--out", type=click.Path(file_okay=False), default="render-out", show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on in a terminal).")
 def render_cmd(model: str, target: str, weights: str | None, device: str, neuron: bool, negative: bool,

@@ -30,8 +30,9 @@ from .registry import from_spec
 
 #: smallest image side the renderer accepts
 MIN_SIZE = 16
-#: images per chunk when ``batch_size`` is not given
-DEFAULT_BATCH = 32
+#: images per chunk when ``batch_size`` is not given: on a CPU larger batches leave the caches and cost more per
+#: image (EfficientNet-Lite0 to blocks.4.0 at 128 px: 17 ms per image at 8, 29 ms at 32); GPUs like them large
+DEFAULT_BATCH = {"cpu": 8, "cuda": 32}
 #: default weight of the diversity term (``render(..., diversity=k)``)
 DIVERSITY_WEIGHT = 30.0
 #: offset between the seed of an image's initialisation and the seed of its transforms
@@ -257,7 +258,7 @@ def render(module: nn.Module | LoadedModel, objectives: Objective | Mapping | Se
         size: image size ``H`` or ``(H, W)``, at least :data:`MIN_SIZE`.
         seed: one seed for all objectives, or one per objective. Image ``j`` of an objective with seed ``s``
             starts from seed ``s + j``; a batched render equals single renders with the same seeds.
-        batch_size: images per chunk (memory bound); default :data:`DEFAULT_BATCH`.
+        batch_size: images per chunk (memory bound); default :data:`DEFAULT_BATCH` (8 on a CPU, 32 on a GPU).
         thresholds: steps at which to keep snapshots of the images.
         progress: show a tqdm progress bar.
         diversity: images per objective; with ``k > 1`` each objective's images are pushed apart by
@@ -305,7 +306,7 @@ def render(module: nn.Module | LoadedModel, objectives: Objective | Mapping | Se
         maximised = [o - diversity_weight * Diversity(div_layer(o)) for o in base]
     device = model.device
     cl = device.type == "cuda" if channels_last is None else bool(channels_last)
-    per_chunk = max(1, (batch_size or DEFAULT_BATCH) // diversity)
+    per_chunk = max(1, (batch_size or DEFAULT_BATCH.get(device.type, 8)) // diversity)
     chunks = [range(i, min(i + per_chunk, len(base))) for i in range(0, len(base), per_chunk)]
     from tqdm.auto import tqdm
 
