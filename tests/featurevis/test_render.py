@@ -182,6 +182,10 @@ def test_overriding_recipe_parts():
     res = small(m, channel(FEAT, 1), transforms="none", lr=0.01, optimizer="sgd", steps=2)
     rec = res.spec["recipe"]
     assert rec["name"] == "lucid*" and rec["transforms"] == "none" and rec["optimizer"] == "sgd"
+    pixel = small(m, channel(FEAT, 1), param="pixel", steps=2)  # the recipe's Fourier options are dropped
+    assert pixel.spec["recipe"]["param"] == "pixel" and pixel.spec["recipe"]["param_options"] == {}
+    with pytest.raises(MethodError, match="bad options for the 'pixel' parameterization"):
+        small(m, channel(FEAT, 1), param="pixel", param_options={"decay_power": 1.0}, steps=2)
     with pytest.raises(MethodError, match="unknown optimizer 'adamw'"):
         small(m, channel(FEAT, 1), optimizer="adamw", steps=2)
 

@@ -293,6 +293,8 @@ def render(module: nn.Module | LoadedModel, objectives: Objective | Mapping | Se
         if not o.layers and not o.needs_output:
             raise MethodError(f"{o!r} reads no layer of the model; add a unit objective such as channel(...)")
     seeds = _seeds(seed, len(base))
+    if param is not None and param_options is None:
+        param_options = {}  # the recipe's options belong to the recipe's parameterization
     chosen = get_recipe(recipe).override(param=param, param_options=param_options, transforms=transforms,
                                          filters=filters, optimizer=optimizer, lr=lr)
     maximised = base
