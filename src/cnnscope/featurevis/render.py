@@ -339,7 +339,7 @@ def render(module: nn.Module | LoadedModel, objectives: Objective | Mapping | Se
 
 
 def measure(module: nn.Module | LoadedModel, objectives: Objective | Sequence[Objective],
-            images: np.ndarray | torch.Tensor, pairwise: bool = False, batch_size: int = 32,
+            images: np.ndarray | torch.Tensor, pairwise: bool = False, batch_size: int | None = None,
             mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
     """Objective values on given images (no optimisation).
 
@@ -348,7 +348,7 @@ def measure(module: nn.Module | LoadedModel, objectives: Objective | Sequence[Ob
         images: ``uint8 [N, H, W, 3]`` or a float tensor ``[N, 3, H, W]`` in [0, 1].
         pairwise: ``False``: objective ``i`` on image ``i`` (one objective is used for every image);
             ``True``: every objective on every image.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (default :data:`DEFAULT_BATCH` for the model's device).
 
     Returns:
         ``float64 [N]`` or, with ``pairwise``, ``[len(objectives), N]``.
@@ -357,6 +357,7 @@ def measure(module: nn.Module | LoadedModel, objectives: Objective | Sequence[Ob
     objs = as_objectives(objectives)
     x = _image_tensor(images, model.device)
     n = x.shape[0]
+    batch_size = batch_size or DEFAULT_BATCH.get(model.device.type, 8)
     if not pairwise and len(objs) not in (1, n):
         raise CnnscopeError(f"{len(objs)} objectives for {n} images; pass pairwise=True for every combination")
     layers = list(dict.fromkeys(k for o in objs for k in o.layers))
