@@ -103,7 +103,7 @@ class LayerAccumulator:
         n, start = x.shape[1], 0
         warm = bool(self.band_threshold.view(self.channels, -1).min(dim=1).values.lt(NO_PRIORITY).all()
                     and self.top.filled[:, -1].all() and self.bottom.filled[:, -1].all())
-        size = n if warm else max(256, n // 64)
+        size = n if warm else max(32, n // 512)
         # whatever enters the top-k is at least the batch's k-th largest value (ties included), likewise bottom-k
         batch_top = x.topk(min(self.k, n), dim=1).values[:, -1] if not warm else None
         batch_bottom = x.topk(min(self.bottom_k, n), dim=1, largest=False).values[:, -1] if not warm else None
