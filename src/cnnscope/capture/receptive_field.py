@@ -171,10 +171,10 @@ def _fast(cap: Capture, layers: list[str], c: int, size: tuple[int, int], max_ba
     check_cols = [x for x in check_cols if 0 <= x < w]
     full_rows = _affected(cap, layers, (c, h, w), 0, check_rows, max_batch, bar)
     full_cols = _affected(cap, layers, (c, h, w), 1, check_cols, max_batch, bar)
-    if slab is None:  # twice the largest stride of the layers: the slab still spans a couple of output positions
+    if slab is None:  # the largest stride of the layers: the slab still reaches one output position
         oh = min(full_rows[n].shape[1] for n in layers)
         ow = min(full_rows[n].shape[2] for n in layers)
-        slab = max(8, 2 * -(-h // max(oh, 1)), 2 * -(-w // max(ow, 1)))
+        slab = max(8, -(-h // max(oh, 1)), -(-w // max(ow, 1)))
     sw, sh = min(w, slab), min(h, slab)
     try:
         rows = _affected(cap, layers, (c, h, sw), 0, range(h), max_batch, bar)
@@ -211,7 +211,7 @@ def receptive_fields(module: nn.Module, layers: str | Iterable[str], input_size:
         method: ``"exact"`` (``H + W`` full-size probes, exact for any model), ``"fast"`` (narrow slabs checked
             against full-size probes, falling back to ``"exact"``) or ``"auto"`` (= ``"fast"``).
         max_batch: probe images per forward pass (memory bound).
-        slab: width/height of the fast method's slabs (default: twice the layers' largest stride, at least 8).
+        slab: width/height of the fast method's slabs (default: the layers' largest stride, at least 8).
         checks: random full-size rows and columns the fast method checks, besides the border ones.
         seed: seed of the fast method's random checks.
         cache: reuse boxes measured earlier for the same module, layers, size and method (kept as long as the
