@@ -220,3 +220,17 @@ def test_log_bins_cover_any_scale():
     assert idx[2] == bins.zero_bin - 1 and idx[4] == bins.zero_bin + 1
     with pytest.raises(CnnscopeError):
         LogBins(band_every=7)
+
+
+def test_an_image_id_is_counted_once(model, data):
+    from cnnscope.dataset import StatisticsAccumulator
+
+    acc = StatisticsAccumulator(model, ["pw"], k=2)
+    x = brute_values(model, data.images[:3], "pw", False)
+    acc.add(torch.tensor([0, 1, 2]), {"pw": torch.from_numpy(x)})
+    with pytest.raises(CnnscopeError, match="added twice"):
+        acc.add(torch.tensor([5, 2, 6]), {"pw": torch.from_numpy(x)})
+    with pytest.raises(CnnscopeError, match="added twice"):
+        acc.add(torch.tensor([7, 7, 8]), {"pw": torch.from_numpy(x)})
+    with pytest.raises(CnnscopeError, match="repeat"):
+        open_source(data).subset([1, 2, 1])

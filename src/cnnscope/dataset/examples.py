@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from contextlib import ExitStack
 
@@ -82,6 +83,9 @@ class StatisticsAccumulator:
             - ids: ``[B]`` image ids; values / outputs: ``[B, C, h, w]``.
         """
         ids = ids.to(torch.int64)
+        new = merge_ranges([(int(i), int(i) + 1) for i in ids.tolist()])
+        if sum(b - a for a, b in new) != ids.numel() or _overlaps(new, self.ranges):
+            raise CnnscopeError("an image id was added twice; every image of a pass needs its own id")
         for name in self.layers:
             v = values[name]
             if v.ndim != 4:
@@ -99,7 +103,7 @@ class StatisticsAccumulator:
             keys = (ids.to(v.device)[:, None] * (h * w) + pos[None, :]).reshape(-1)
             acc.update(keys, v, None if outputs is None else outputs.get(name))
         self.images += int(ids.numel())
-        self.ranges = merge_ranges(self.ranges + [(int(i), int(i) + 1) for i in ids.tolist()])
+        self.ranges = merge_ranges(self.ranges + new)
 
     def skip(self, items: list[tuple[str, str]]) -> None:
         """Record unreadable images."""
@@ -124,6 +128,16 @@ class StatisticsAccumulator:
                             images=self.images, id_ranges=self.ranges, names=names, skipped=self.skipped,
                             n_skipped=self.n_skipped, k=self.k, bottom_k=self.bottom_k,
                             band_samples=self.band_samples, seed=self.seed, bins=self.bins, layers=layers)
+
+
+def _overlaps(new: list[tuple[int, int]], ranges: list[tuple[int, int]]) -> bool:
+    """Whether any of the ``[start, stop)`` intervals ``new`` meets the sorted, disjoint ``ranges``."""
+    starts = [a for a, _ in ranges]
+    for a, b in new:
+        k = bisect.bisect_right(starts, a) - 1
+        if (k >= 0 and ranges[k][1] > a) or (k + 1 < len(ranges) and ranges[k + 1][0] < b):
+            return True
+    return False
 
 
 def collect_statistics(model, images: object, layers: str | Iterable[str], *, k: int = 9,

@@ -76,6 +76,8 @@ class Subset(ImageSource):
         if bad:
             raise CnnscopeError(f"subset indices {bad[:5]} are outside the source's {n} images")
         self.parent, self.indices = parent, [int(i) for i in indices]
+        if len(set(self.indices)) != len(self.indices):
+            raise CnnscopeError("subset indices repeat an image; statistics need every image once")
 
     def __len__(self) -> int:
         return len(self.indices)
