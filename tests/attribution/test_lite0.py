@@ -96,9 +96,11 @@ def test_guided_methods_on_inplace_relu6_leave_lite0_unchanged(lite0, chelsea):
 def test_explain_gives_predictions_maps_and_a_panel(lite0, samples, tmp_path):
     from cnnscope.plot.attribution import panel_figure, save_panel
 
-    expls = explain(lite0, [samples["chelsea"], samples["coffee"]], ["gradcam", "saliency"],
-                    names=["chelsea", "coffee"])
-    cat, coffee = expls
+    got = {}
+    err = assert_unchanged(lite0.module, lambda: got.setdefault("e", explain(
+        lite0, [samples["chelsea"], samples["coffee"]], ["gradcam", "saliency"], names=["chelsea", "coffee"])))
+    assert err is None, err
+    cat, coffee = got["e"]
     assert cat.predicted[0] in CAT_CLASSES and coffee.predicted[1] == "espresso"
     assert cat.image.shape == (224, 224, 3) and cat.image.dtype == np.uint8
     assert cat.target == f"{cat.predicted[1]} ({cat.predicted[0]})"

@@ -81,6 +81,11 @@ def test_unknown_method_and_option_suggest_close_names():
         attribute(net, x, "smoothgrad", base="gradcam")
     with pytest.raises(MethodError, match="stride"):
         attribute(net, x, "occlusion", window=4, stride=5)
+    with pytest.raises(MethodError, match="cpu_batch must be a positive int"):
+        attribute(net, x, "rise", cpu_batch=0)
+    a = attribute(net, x, "occlusion", window=4, stride=2, cpu_batch=None, max_batch=64)  # one forward
+    b = attribute(net, x, "occlusion", window=4, stride=2, cpu_batch=1, channels_last=False)  # one per copy
+    torch.testing.assert_close(a.values, b.values, rtol=1e-5, atol=1e-6)
 
 
 def test_target_errors():
@@ -109,7 +114,8 @@ def test_cam_layer_errors():
         attribute(net, x, "scorecam", layer="pool")
     with pytest.raises(LayerError, match="did you mean"):
         attribute(net, x, "gradcam", layer="featurs")
-    res = ResidualNet()
+    res = ResidualNet().train()
+    assert assert_unchanged(res, lambda: auto_layer(res, (12, 14))) is None
     with pytest.raises(LayerError, match="more than once"):
         attribute(res, x, "gradcam", layer="layer1.relu")  # one ReLU module used twice per block
     assert auto_layer(res, (12, 14)) == "layer2"

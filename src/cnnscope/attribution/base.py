@@ -19,8 +19,9 @@ from ..capture import evaluating, module_device, module_dtype
 from ..errors import ImageError, MethodError, unknown
 from .targets import Scorer, Target, parse_target
 
-#: Options every method takes (the memory bound, a progress bar, temporary eval mode).
-COMMON_OPTIONS: dict[str, Any] = {"max_batch": 32, "progress": False, "eval_mode": True}
+#: Options every method takes: the memory bound, the batch of perturbation forwards on a CPU, a progress bar,
+#: temporary eval mode.
+COMMON_OPTIONS: dict[str, Any] = {"max_batch": 32, "cpu_batch": 4, "progress": False, "eval_mode": True}
 
 #: name -> Method subclass; filled by :func:`register` when the method modules are imported.
 METHODS: dict[str, type[Method]] = {}
@@ -202,9 +203,10 @@ class Method:
             if key not in defaults:
                 raise MethodError(unknown(f"option of method {self.name!r}", key, defaults))
         self.opts: dict[str, Any] = {**defaults, **options}
-        mb = self.opts["max_batch"]
-        if not isinstance(mb, int) or isinstance(mb, bool) or mb < 1:
-            raise MethodError(f"{self.name}: max_batch must be a positive int, got {mb!r}")
+        for key in ("max_batch", "cpu_batch"):
+            v = self.opts[key]
+            if (v is not None or key == "max_batch") and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise MethodError(f"{self.name}: {key} must be a positive int, got {v!r}")
         self.extra: dict[str, Any] = {}
         self.check_options()
 
@@ -254,6 +256,15 @@ class Method:
                 "options": _json_safe(opts), "target": tgt.spec(), "layer": layer, "layer_choice": note,
                 "input_shape": list(x.shape), "values_shape": list(values.shape),
                 "eval_mode": bool(self.opts["eval_mode"]), "display": dict(self.display), **_json_safe(self.extra)}
+
+    def forward_batch(self, x: torch.Tensor) -> int:
+        """Images per forward for batches of perturbed copies: ``max_batch``, or ``cpu_batch`` on a CPU.
+
+        Many small batches run faster than few large ones on a CPU (they stay in the caches); ``max_batch``
+        remains the memory bound everywhere.
+        """
+        mb, cb = self.opts["max_batch"], self.opts["cpu_batch"]
+        return min(mb, cb) if cb is not None and x.device.type == "cpu" else mb
 
     def resolve_layer(self, x: torch.Tensor, layer: str | None) -> tuple[str | None, str | None]:
         """``(layer name, how it was chosen)`` for methods that use a layer (overridden by CAMs)."""

@@ -274,7 +274,7 @@ class ScoreCAM(CamMethod):
             mask = torch.where(hi_ > lo_, (up - lo_) / torch.where(hi_ > lo_, hi_ - lo_, torch.ones_like(hi_)), 0.0)
             return x[img_of[jobs]] * mask
 
-        scores = scorer.map_scores(make, rows[img_of], self.opts["max_batch"], kind=self.opts["score"],
+        scores = scorer.map_scores(make, rows[img_of], self.forward_batch(x), kind=self.opts["score"],
                                    progress=self.opts["progress"], desc=self.name,
                                    channels_last=bool(self.opts["channels_last"]))
         self.extra["scorecam_forwards"] = self.extra.get("scorecam_forwards", 0) + int(len(img_of))

@@ -113,8 +113,8 @@ class Occlusion(Method):
             return torch.where(masks(jobs % n_win), base[r], x[r])
 
         rows = torch.arange(b).repeat_interleave(n_win)
-        scores = scorer.map_scores(make, rows, mb, kind=kind, progress=self.opts["progress"], desc=self.name,
-                                   channels_last=bool(self.opts["channels_last"]))
+        scores = scorer.map_scores(make, rows, self.forward_batch(x), kind=kind, progress=self.opts["progress"],
+                                   desc=self.name, channels_last=bool(self.opts["channels_last"]))
         drops = (clean[rows.to(clean.device)] - scores).view(b, n_win).to(x.dtype)
         total = torch.zeros(b, 1, h, w, dtype=x.dtype, device=x.device)
         count = torch.zeros(1, 1, h, w, dtype=x.dtype, device=x.device)
@@ -197,7 +197,8 @@ class RISE(Method):
                 return mi * x[r] + (1 - mi) * base[r]
 
             rows = torch.arange(b).repeat(len(chunk))
-            scores = scorer.map_scores(make, rows, mb, kind=kind, channels_last=bool(self.opts["channels_last"]))
+            scores = scorer.map_scores(make, rows, self.forward_batch(x), kind=kind,
+                                       channels_last=bool(self.opts["channels_last"]))
             scores = scores.view(len(chunk), b).to(x.dtype)
             sal += torch.einsum("nb,nhw->bhw", scores, m[:, 0])[:, None]
         return sal / (n_masks * p)
