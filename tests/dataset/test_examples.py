@@ -195,10 +195,10 @@ def test_pretrained_model_examples_are_real_activations(lite0):
     """On the embedded EfficientNet-Lite0 and skimage photos: every recorded top example is the activation the model
     gives at that image and position, and the pre-ReLU6 statistics behave like the article's (sparse positives)."""
     layer = "blocks.3.0.bn1.act"
-    source = open_source("samples")
-    stats = collect_statistics(lite0, source, [layer], k=3, batch_size=8, receptive_field=None)
+    source = open_source("sample:chelsea,coffee,astronaut,rocket")
+    stats = collect_statistics(lite0, source, [layer], k=3, batch_size=4, receptive_field=None)
     ls = stats[layer]
-    assert stats.images == len(source) == 8 and ls.count == 8 * 28 * 28
+    assert stats.images == len(source) == 4 and ls.count == 4 * 28 * 28
     frac = ls.fraction_positive
     assert 0.02 < np.median(frac) < 0.98
     ex = stats.examples(layer, 7)
