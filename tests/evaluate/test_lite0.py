@@ -66,3 +66,16 @@ def test_road_credits_gradcam_and_not_scattered_pixels(setup):
     # the bias ROAD removes: zeroing scattered pixels collapses the score, imputing them does not
     assert _mean_auc(deletion, module, x, pixel_maps, targets) < _mean_auc(deletion, module, x, cam, targets)
     assert float(pixel.morf_mean.mean()) > float(grad.morf_mean.mean()) + 0.2
+
+
+@pytest.mark.slow
+def test_rise_protocol_on_lite0(setup):
+    """The frozen protocol (224 px per step, 225 points): the same two orderings hold."""
+    module, x, targets, cam = setup
+    d = deletion(module, x, cam, target=targets)
+    assert d.protocol == "RISE" and d.scores.shape == (2, 225)
+    rand = _mean_auc(deletion, module, x, explainer("random")(module, x, targets), targets, step=224)
+    assert float(d.auc.mean()) < rand, (d.auc, rand)
+    ins = insertion(module, x, cam, target=targets)
+    pixel = _mean_auc(insertion, module, x, explainer("random_pixel")(module, x, targets), targets, step=224)
+    assert ins.protocol == "RISE" and float(ins.auc.mean()) > pixel + 0.05, (ins.auc, pixel)
