@@ -144,7 +144,7 @@ def _featurevis_demo(ctx: DemoContext) -> None:
     from ..plot.common import save_figure
     from ..plot.featurevis import layer_rows
 
-    n, steps, size = (2, 12, 64) if ctx.quick else (4, 256, 128)
+    n, steps, size = (2, 8, 48) if ctx.quick else (4, 256, 128)
     rows, numbers = {}, {}
     for title, layer in DEMO_LAYERS.items():
         res = render(ctx.model, [channel(layer, c) for c in range(n)], recipe="lucid", steps=steps, size=size)
