@@ -97,7 +97,7 @@ class LayerAccumulator:
         (channel, bin)'s band-sample threshold, raised to "everything" for the bins that can hold values reaching
         the channel's top-k or bottom-k threshold; a position whose priority is at most its entry is a candidate
         (a superset of what the exact rules of :meth:`_offer` admit). Until the lists fill up (the first batch)
-        positions are offered in growing chunks, so the thresholds tighten early.
+        positions are offered in growing chunks, by increasing priority, so the thresholds tighten early.
         """
         prio = priorities(keys, self.seed)
         n, start = x.shape[1], 0
@@ -107,6 +107,9 @@ class LayerAccumulator:
         # whatever enters the top-k is at least the batch's k-th largest value (ties included), likewise bottom-k
         batch_top = x.topk(min(self.k, n), dim=1).values[:, -1] if not warm else None
         batch_bottom = x.topk(min(self.bottom_k, n), dim=1, largest=False).values[:, -1] if not warm else None
+        if not warm:  # offer positions by increasing priority: a band cell then takes its final members first
+            order = torch.argsort(prio)
+            prio, keys, x, flat = prio[order], keys[order], x[:, order], flat[:, order]
         while start < n:
             stop = min(n, start + size)
             xs, ps, fs = x[:, start:stop], prio[start:stop], flat[:, start:stop]
