@@ -239,14 +239,13 @@ class ScoreCAM(CamMethod):
         score: ``"logit"`` (default) or ``"prob"`` for the per-mask score before the softmax over channels.
         align_corners: of the bilinear mask upsampling: ``False`` as in the authors' code, ``True`` as
             pytorch-grad-cam's ``UpsamplingBilinear2d``.
-        channels_last: feed the masked copies in channels-last memory format (faster on many CPUs).
     """
 
     name = "scorecam"
     title = "Score-CAM"
     reference = "Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations for CNNs"
     uses_gradients = False
-    options: ClassVar[dict[str, Any]] = {"score": "logit", "align_corners": False, "channels_last": True}
+    options: ClassVar[dict[str, Any]] = {"score": "logit", "align_corners": False}
 
     def check_options(self) -> None:
         if self.opts["score"] not in ("logit", "prob"):
@@ -275,8 +274,7 @@ class ScoreCAM(CamMethod):
             return x[img_of[jobs]] * mask
 
         scores = scorer.map_scores(make, rows[img_of], self.forward_batch(x), kind=self.opts["score"],
-                                   progress=self.opts["progress"], desc=self.name,
-                                   channels_last=bool(self.opts["channels_last"]))
+                                   progress=self.opts["progress"], desc=self.name)
         self.extra["scorecam_forwards"] = self.extra.get("scorecam_forwards", 0) + int(len(img_of))
         full = scores[inverse.to(scores.device)].view(n, k)
         return full.softmax(dim=1).to(acts.dtype)[:, :, None, None]

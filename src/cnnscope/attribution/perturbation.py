@@ -69,14 +69,13 @@ class Occlusion(Method):
         baseline: the fill: a number in the model's input space (default 0, the mean colour for normalised
             inputs), a tensor, or ``"blur"`` (a Gaussian-blurred copy, ``blur_sigma`` pixels).
         score: ``"logit"`` (default) or ``"prob"``.
-        channels_last: feed the occluded copies in channels-last memory format (faster on many CPUs).
     """
 
     name = "occlusion"
     title = "Occlusion"
     reference = "Zeiler & Fergus 2013, Visualizing and Understanding Convolutional Networks"
     options: ClassVar[dict[str, Any]] = {"window": 32, "stride": 16, "baseline": 0.0, "blur_sigma": 10.0,
-                                         "score": "logit", "channels_last": True}
+                                         "score": "logit"}
     display: ClassVar[dict[str, Any]] = {"sign": "positive", "reduce": "mean"}
 
     def check_options(self) -> None:
@@ -114,7 +113,7 @@ class Occlusion(Method):
 
         rows = torch.arange(b).repeat_interleave(n_win)
         scores = scorer.map_scores(make, rows, self.forward_batch(x), kind=kind, progress=self.opts["progress"],
-                                   desc=self.name, channels_last=bool(self.opts["channels_last"]))
+                                   desc=self.name)
         drops = (clean[rows.to(clean.device)] - scores).view(b, n_win).to(x.dtype)
         total = torch.zeros(b, 1, h, w, dtype=x.dtype, device=x.device)
         count = torch.zeros(1, 1, h, w, dtype=x.dtype, device=x.device)
@@ -157,16 +156,14 @@ class RISE(Method):
 
     Options:
         n_masks (default 2000; the paper uses several thousand), grid (7), p (0.5), baseline, blur_sigma,
-        score (``"auto"``, ``"prob"``, ``"logit"``), seed or generator (the masks' ``torch.Generator``),
-        channels_last (feed the masked copies in channels-last memory format).
+        score (``"auto"``, ``"prob"``, ``"logit"``), seed or generator (the masks' ``torch.Generator``).
     """
 
     name = "rise"
     title = "RISE"
     reference = "Petsiuk, Das, Saenko 2018, RISE: Randomized Input Sampling for Explanation of Black-box Models"
     options: ClassVar[dict[str, Any]] = {"n_masks": 2000, "grid": 7, "p": 0.5, "baseline": 0.0,
-                                         "blur_sigma": 10.0, "score": "auto", "seed": 0, "generator": None,
-                                         "channels_last": True}
+                                         "blur_sigma": 10.0, "score": "auto", "seed": 0, "generator": None}
     display: ClassVar[dict[str, Any]] = {"sign": "positive", "reduce": "mean"}
 
     def check_options(self) -> None:
@@ -197,8 +194,7 @@ class RISE(Method):
                 return mi * x[r] + (1 - mi) * base[r]
 
             rows = torch.arange(b).repeat(len(chunk))
-            scores = scorer.map_scores(make, rows, self.forward_batch(x), kind=kind,
-                                       channels_last=bool(self.opts["channels_last"]))
+            scores = scorer.map_scores(make, rows, self.forward_batch(x), kind=kind)
             scores = scores.view(len(chunk), b).to(x.dtype)
             sal += torch.einsum("nb,nhw->bhw", scores, m[:, 0])[:, None]
         return sal / (n_masks * p)

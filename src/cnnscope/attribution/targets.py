@@ -260,10 +260,12 @@ class Scorer:
     whole call, so passes after the first stop as soon as that layer has run.
     """
 
-    def __init__(self, module: nn.Module, target: Target, eval_mode: bool = True) -> None:
+    def __init__(self, module: nn.Module, target: Target, eval_mode: bool = True, channels_last: bool = False
+                 ) -> None:
         self.module = module
         self.target = target
         self.eval_mode = eval_mode
+        self.channels_last = channels_last
         self._cap: Capture | None = None
 
     def __enter__(self) -> Scorer:
@@ -278,7 +280,13 @@ class Scorer:
             self._cap = None
 
     def forward(self, x: torch.Tensor) -> tuple[object, dict]:
-        """``(outputs, activations)`` for a batch (outputs are ``None`` when a unit pass stopped early)."""
+        """``(outputs, activations)`` for a batch (outputs are ``None`` when a unit pass stopped early).
+
+        With ``channels_last`` a 4-D batch reaches the model in channels-last memory format (a differentiable copy,
+        so input gradients still flow to ``x``).
+        """
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self._cap is None:
             return self.module(x), {}
         out = self._cap.run(x)
@@ -302,16 +310,13 @@ class Scorer:
 
     @torch.no_grad()
     def map_scores(self, make: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, max_batch: int,
-                   kind: str = "logit", progress: bool = False, desc: str = "", channels_last: bool = False
-                   ) -> torch.Tensor:
+                   kind: str = "logit", progress: bool = False, desc: str = "") -> torch.Tensor:
         """Score ``len(rows)`` generated inputs in chunks: ``make(jobs)`` builds the inputs of job indices ``jobs``.
 
         Args:
             make: ``LongTensor[n] -> Tensor[n, C, H, W]`` (the perturbed inputs of those jobs).
             rows: image index of every job (``LongTensor[N]``).
             max_batch: at most this many inputs per forward (the memory bound).
-            channels_last: hand the batches to the model in channels-last memory format (faster convolutions
-                on many CPUs; the model itself is not touched).
 
         Shape:
             - Output: ``[N]`` scores, on the model output's device.
@@ -320,8 +325,6 @@ class Scorer:
         out: list[torch.Tensor] = []
         for jobs in _chunks(n, max_batch, progress, desc):
             batch = make(jobs)
-            if channels_last and batch.ndim == 4:
-                batch = batch.contiguous(memory_format=torch.channels_last)
             out.append(self.scores(batch, rows[jobs], kind=kind).float())
         return torch.cat(out) if out else torch.zeros(0)
 
