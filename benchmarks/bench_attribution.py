@@ -20,42 +20,26 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from _common import append_results, clocked, median, parser, side_by_side_cpu
+
 TOL = 1e-4
+NOTE = ("EfficientNet-Lite0 (pretrained), 224 px, skimage photos; max diff = max |a - b| of per-image min-max "
+        f"normalised maps (tolerance {TOL:g}). Goals are judged on CPU time (time.process_time, 1 thread): the "
+        "machine is shared, so wall time mostly measures waiting; wall-time ratios are given in parentheses.")
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def machine_line() -> str:
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}; load average {load:.1f} at start (shared machine)")
-
-
 def norm01(m: torch.Tensor) -> torch.Tensor:
     """Min-max normalise each image's map (any shape ``[B, ...]``)."""
     flat = m.detach().float().flatten(1)
@@ -65,31 +49,6 @@ def norm01(m: torch.Tensor) -> torch.Tensor:
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((norm01(a) - norm01(b)).abs().max())
-
-
-def side_by_side(contenders: dict[str, Callable[[], object]], repeats: int
-                 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """CPU and wall seconds per call of each contender, interleaved round-robin (order rotated each round).
-
-    CPU time (``time.process_time``) is what the goals are judged on: on a shared machine the wall clock mostly
-    measures how long the scheduler kept us waiting. Both are reported.
-    """
-    names = list(contenders)
-    for n in names:
-        contenders[n]()
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    wall: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            c0, w0 = time.process_time(), time.perf_counter()
-            contenders[n]()
-            cpu[n].append(time.process_time() - c0)
-            wall[n].append(time.perf_counter() - w0)
-    return cpu, wall
-
-
-def med(values: list[float]) -> float:
-    return float(statistics.median(values))
 
 
 def load():
@@ -125,7 +84,7 @@ def bench_gradcam(model, photos, repeats: int, quick: bool) -> dict:
         "pytorch-grad-cam GradCAM": lambda: out.__setitem__("gc", torch.from_numpy(cam(input_tensor=x,
                                                                                        targets=targets))),
     }
-    times, wall = side_by_side(runs, repeats)
+    times, wall = side_by_side_cpu(runs, repeats)
     cam.activations_and_grads.release()
     up = F.interpolate(out["ours"], size=(224, 224), mode="bilinear", align_corners=False)
     return {"name": "gradcam", "batch": batch, "times": times, "wall": wall, "images": batch, "repeats": repeats,
@@ -153,7 +112,7 @@ def bench_occlusion(model, photos, repeats: int, quick: bool) -> dict:
             x, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16), baselines=0.0, target=target,
             perturbations_per_eval=16)),
     }
-    times, wall = side_by_side(runs, repeats)
+    times, wall = side_by_side_cpu(runs, repeats)
     return {"name": "occlusion", "batch": len(names), "times": times, "wall": wall, "images": len(names),
             "repeats": repeats,
             "diffs": {"captum Occlusion (16/eval)": max_diff(out["ours"], out["captum"])},
@@ -200,9 +159,7 @@ def scorecam_child(impl: str, image: str, threads: int, out_path: str) -> None:
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
-    c0, t0 = time.process_time(), time.perf_counter()
-    cam_map, spec = run()
-    cpu, seconds = time.process_time() - c0, time.perf_counter() - t0
+    cpu, seconds, (cam_map, spec) = clocked(run)
     done.set()
     th.join()
     torch.save({"seconds": seconds, "cpu": cpu, "peak_mb": (max(peak[0], _rss()) - before) / 2**20, "map": cam_map,
@@ -259,7 +216,7 @@ def bench_ig(model, photos, repeats: int, quick: bool) -> dict:
             x, baselines=0.0, target=target, n_steps=steps, method="gausslegendre", internal_batch_size=ibs,
             return_convergence_delta=True),
     }
-    times, wall = side_by_side(runs, repeats)
+    times, wall = side_by_side_cpu(runs, repeats)
     return {"name": "integrated_gradients", "batch": len(names), "times": times, "wall": wall,
             "images": len(names), "repeats": repeats,
             "steps": steps, "diffs": {"captum IntegratedGradients": max_diff(out["ours"], out["captum"])},
@@ -286,52 +243,35 @@ def report(results: list[dict]) -> str:
                       "| image | contender | CPU s | wall s | forwards | peak RSS | speed-up CPU (wall) | goal | "
                       "max diff |", "|---|---|---|---|---|---|---|---|---|"]
             for image, r in res["per_image"].items():
-                ours, ours_w = med(r["times"]["cnnscope scorecam"]), med(r["wall"]["cnnscope scorecam"])
+                ours, ours_w = median(r["times"]["cnnscope scorecam"]), median(r["wall"]["cnnscope scorecam"])
                 for name, ts in r["times"].items():
-                    sp, spw = med(ts) / ours, med(r["wall"][name]) / ours_w
+                    sp, spw = median(ts) / ours, median(r["wall"][name]) / ours_w
                     diff = None if name.startswith("cnnscope") else r["diff"]
-                    lines.append(f"| {image} | {name} | {med(ts):.1f} | {med(r['wall'][name]):.1f} | "
+                    lines.append(f"| {image} | {name} | {median(ts):.1f} | {median(r['wall'][name]):.1f} | "
                                  f"{r['forwards'][name]} | {r['peak_mb'][name]:.0f} MB | {sp:.2f}x ({spw:.2f}x) | "
                                  f"{_goal(res['goal'].get(name), sp)} | {_diff(diff)} |")
             lines.append("")
             continue
         ours_name = next(n for n in res["times"] if n.startswith("cnnscope"))
-        ours, ours_w = med(res["times"][ours_name]), med(res["wall"][ours_name])
+        ours, ours_w = median(res["times"][ours_name]), median(res["wall"][ours_name])
         extra = f", {res['steps']} steps" if "steps" in res else ""
         lines += [f"**{res['name']}**, batch {res['batch']}{extra}, {reps} interleaved rounds (medians):", "",
                   "| contender | CPU s | wall s | images per CPU s | speed-up CPU (wall) | goal | max diff |",
                   "|---|---|---|---|---|---|---|"]
         for name, ts in res["times"].items():
-            sp, spw = med(ts) / ours, med(res["wall"][name]) / ours_w
-            lines.append(f"| {name} | {med(ts):.2f} | {med(res['wall'][name]):.2f} | {res['images'] / med(ts):.2f} | "
+            sp, spw = median(ts) / ours, median(res["wall"][name]) / ours_w
+            lines.append(f"| {name} | {median(ts):.2f} | {median(res['wall'][name]):.2f} | "
+                         f"{res['images'] / median(ts):.2f} | "
                          f"{sp:.2f}x ({spw:.2f}x) | {_goal(res['goal'].get(name), sp)} | "
                          f"{_diff(res['diffs'].get(name))} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def append_results(body: str) -> None:
-    if not RESULTS.exists():
-        RESULTS.write_text("# Measured benchmark figures\n")
-    existing = RESULTS.read_text()  # re-read right before appending: other scripts append their sections
-    sep = "" if existing.endswith("\n\n") else ("\n" if existing.endswith("\n") else "\n\n")
-    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    with RESULTS.open("a") as fh:
-        fh.write(f"{sep}## bench_attribution.py: Grad-CAM, occlusion, Score-CAM, IG vs Captum and pytorch-grad-cam"
-                 f"\n\n{stamp} on {machine_line()}\n\nEfficientNet-Lite0 (pretrained), 224 px, skimage photos; "
-                 f"max diff = max |a - b| of per-image min-max normalised maps (tolerance {TOL:g}). Goals are "
-                 f"judged on CPU time (time.process_time, 1 thread): the machine is shared, so wall time mostly "
-                 f"measures waiting; wall-time ratios are given in parentheses.\n\n"
-                 f"{body.rstrip()}\n")
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--append-results", action="store_true", help=f"append the figures to {RESULTS.name}")
-    ap.add_argument("--repeats", type=int, default=3, help="timed rounds per contender (medians reported)")
+    ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 by default: on a shared 2-core machine 2 threads stall under load)")
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run; figures not comparable)")
     ap.add_argument("--only", default="gradcam,occlusion,scorecam,ig", help="comma-separated sections")
     ap.add_argument("--scorecam-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -361,11 +301,12 @@ def main() -> None:
             results.append(bench_scorecam(max(2, args.repeats - 1), args.quick, args.threads, Path(tmp)))
         print(report(results[-1:]), flush=True)
     body = report(results)
-    summary = {r["name"]: {n: med(t) for n, t in r.get("times", {}).items()} for r in results}
+    summary = {r["name"]: {n: median(t) for n, t in r.get("times", {}).items()} for r in results}
     print(json.dumps(summary, indent=1))
     if args.append_results and not args.quick:
-        append_results(body)
-        print(f"appended to {RESULTS}")
+        path = append_results("bench_attribution.py: Grad-CAM, occlusion, Score-CAM, IG vs Captum and "
+                              "pytorch-grad-cam", f"{NOTE}\n\n{body}", "benchmarks/bench_attribution.py")
+        print(f"appended to {path}")
 
 
 if __name__ == "__main__":
