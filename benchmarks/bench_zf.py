@@ -17,35 +17,13 @@ Runs alternate and repeat; medians are reported.
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import platform
-import statistics
-import time
 import warnings
-from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from _common import append_results, median, parser, timed_call
+
 LAYER = "features.10"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def timed(fn) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
 
 
 def projections(args) -> tuple[list[str], dict[str, list[float]]]:
@@ -101,7 +79,7 @@ def projections(args) -> tuple[list[str], dict[str, list[float]]]:
     for _ in range(args.repeats):
         for key, fn in (("batched", ours_batched), ("one", one_at_a_time), ("rule", backward_rule),
                         ("captum", captum)):
-            dt, results[key] = timed(fn)
+            dt, results[key] = timed_call(fn)
             times[key].append(dt / len(jobs))
     full = results["one"]  # the true deconvnet, one projection at a time: the reference
     # captum explains the unit with seed 1; scaled by the activation it is the deconvnet's reconstruction only when
@@ -113,7 +91,7 @@ def projections(args) -> tuple[list[str], dict[str, list[float]]]:
                          for k in keep)
     crop = max(float((e.values - full[k][:, e.box[0]:e.box[2], e.box[1]:e.box[3]]).abs().max())
                for k, e in enumerate(e for c in chans for e in results["batched"].entries[c]))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: median(v) for k, v in times.items()}
     lines = [
         f"AlexNet (random weights) {LAYER} at 224 px: {len(jobs)} projections (top-9 of {len(chans)} channels over "
         f"{len(imgs)} photos), {args.repeats} alternating repeats (medians, ms per projection)",
@@ -144,10 +122,10 @@ def occlusion(args) -> list[str]:
     maps = {}
     for _ in range(args.repeats):
         for b in (16, 1):
-            dt, maps[b] = timed(run[b])
+            dt, maps[b] = timed_call(run[b])
             times[b].append(dt)
     same = float((maps[16].probability - maps[1].probability).abs().max())
-    t16, t1 = statistics.median(times[16]), statistics.median(times[1])
+    t16, t1 = median(times[16]), median(times[1])
     return [f"occlusion study, EfficientNet-Lite0, chelsea, 16 square positions (+ the projection), "
             f"{args.repeats} alternating repeats (medians)",
             f"- batch_size=16: {t16:.2f} s; batch_size=1: {t1:.2f} s; speed-up {t1 / t16:.2f}x "
@@ -155,25 +133,17 @@ def occlusion(args) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__.splitlines()[0], quick=False)
     ap.add_argument("--images", type=int, default=16, help="photos searched (at most 16: 8 samples, mirrored)")
     ap.add_argument("--channels", type=int, default=6)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--append-results", action="store_true")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", module="captum")  # it announces its own ReLU hooks on every call
     lines, _ = projections(args)
     lines += occlusion(args)
     print("\n".join(lines))
     if args.append_results:
-        machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads")
-        header = (f"\n## bench_zf.py: batched deconvnet projections and occlusion\n\n"
-                  f"{datetime.date.today().isoformat()} on {machine}\n\n")
-        if not RESULTS.exists():
-            RESULTS.write_text("# Measured benchmark figures\n")
-        with open(RESULTS, "a") as fh:  # append: other areas write their own sections
-            fh.write(header + "\n".join(lines) + "\n")
+        append_results("bench_zf.py: batched deconvnet projections and occlusion", "\n".join(lines),
+                       "benchmarks/bench_zf.py")
 
 
 if __name__ == "__main__":
