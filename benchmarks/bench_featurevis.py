@@ -23,29 +23,15 @@ render of ``--steps`` steps per method.
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import platform
-import statistics
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from _common import append_results, machine_line, median, parser, rotation
+
 LAYER, CHANNELS, SIZE = "blocks.4.0", list(range(8)), 128
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def truncated(module: torch.nn.Module) -> torch.nn.Sequential:
@@ -141,13 +127,11 @@ def methods(model, lucent: bool) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__.splitlines()[0], quick=False)
     ap.add_argument("--steps", type=int, default=256, help="steps of the final renders compared for activation")
     ap.add_argument("--timing-steps", type=int, default=64, help="steps of each timed run")
-    ap.add_argument("--repeats", type=int, default=3, help="timing rounds (every method once per round)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--no-lucent", action="store_true")
-    ap.add_argument("--append-results", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,7 +146,7 @@ def main() -> None:
     bare_seconds(model, 2)  # warm-up
     ms: dict[str, list[float]] = {k: [] for k in names}
     for r in range(args.repeats):  # one round = every method once, in a rotated order
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in rotation(names, r):
             secs, _ = table[name](args.timing_steps)
             ms[name].append(1000 * secs / (args.timing_steps * n))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in ms.items()) + " ms/channel-step",
@@ -170,9 +154,9 @@ def main() -> None:
 
     def ratio(a: str, b: str) -> str:
         per_round = [x / y for x, y in zip(ms[a], ms[b])]
-        return f"**{statistics.median(per_round):.2f}x** (rounds: {', '.join(f'{v:.2f}' for v in per_round)})"
+        return f"**{median(per_round):.2f}x** (rounds: {', '.join(f'{v:.2f}' for v in per_round)})"
 
-    med = {k: statistics.median(v) for k, v in ms.items()}
+    med = {k: median(v) for k, v in ms.items()}
     lines = [f"- ms per channel-step (median of {args.repeats} rounds of {args.timing_steps}-step runs, every method "
              "once per round): " + ", ".join(f"{k} {v:.1f}" for k, v in med.items()),
              f"- overhead of `render` over the bare truncated forward+backward: {ratio('cnnscope', 'bare')} "
@@ -197,15 +181,12 @@ def main() -> None:
             lines.append(f"- cnnscope / {lu} activation: **{acts['cnnscope'][0] / acts[lu][0]:.2f}x** at 128 px "
                          f"(the rendered size); with Lucent's protocol cnnscope@224 / {lu} at 224 px: "
                          f"**{acts['cnnscope@224'][1] / acts[lu][1]:.2f}x** (goal >= 1)")
-    header = (f"\n## bench_featurevis.py — {datetime.date.today().isoformat()}\n\n"
-              f"Machine: {cpu_name()}, {torch.get_num_threads()} torch threads of {__import__('os').cpu_count()} "
-              f"cores, torch {torch.__version__}. EfficientNet-Lite0 `{LAYER}` channels 0-7, {SIZE} px, lucid "
-              "recipe; Lucent with its default image parameterization and transforms.\n\n")
-    text = header + "\n".join(lines) + "\n"
+    text = (f"EfficientNet-Lite0 `{LAYER}` channels 0-7, {SIZE} px, lucid recipe; Lucent with its default image "
+            "parameterization and transforms.\n\n" + "\n".join(lines) + "\n")
+    print(f"\nMachine: {machine_line()}\n")
     print(text)
     if args.append_results:
-        existing = RESULTS.read_text() if RESULTS.exists() else "# Measured benchmark figures\n"
-        RESULTS.write_text(existing.rstrip("\n") + "\n" + text)
+        append_results("bench_featurevis.py", text, "benchmarks/bench_featurevis.py")
 
 
 if __name__ == "__main__":
