@@ -24,6 +24,15 @@ from _common import append_results, machine_line, median, parser, side_by_side, 
 LAYER = "blocks.3.1.bn1.act"
 
 
+def bare_forward(model, images: torch.Tensor, batch: int = 64) -> None:
+    """A bare full forward of ready-made images in batches of ``batch`` (what the contenders are compared with)."""
+    from cnnscope.capture import evaluating
+
+    with torch.no_grad(), evaluating(model.module):
+        for k in range(0, len(images), batch):
+            model.module(model.normalize(images[k:k + batch]))
+
+
 def bench_render(size: int, n_orient: int, n_levels: int, repeats: int) -> tuple[str, dict]:
     from cnnscope.stimuli import grid, render
     from cnnscope.stimuli.curves import _coverage_map
@@ -46,22 +55,16 @@ def bench_render(size: int, n_orient: int, n_levels: int, repeats: int) -> tuple
 
 
 def bench_tuning(model, size: int, n_orient: int, n_levels: int, repeats: int) -> tuple[str, dict]:
-    from cnnscope.capture import evaluating
     from cnnscope.stimuli import grid, render, tuning_map
 
     orient = np.arange(n_orient) * (360.0 / n_orient)
     levels = np.geomspace(4, 64, n_levels)
     images = torch.from_numpy(render(grid("curve", orient, levels), size)).permute(0, 3, 1, 2)
 
-    def bare() -> None:
-        with torch.no_grad(), evaluating(model.module):
-            for k in range(0, len(images), 64):
-                model.module(model.normalize(images[k:k + 64]))
-
     times = side_by_side({
         "tuning_map (render + forward to layer, 480 units)": lambda: tuning_map(
             model, LAYER, orientations=orient, levels=levels, size=size, pre_activation=True),
-        "bare full forward (pre-rendered)": bare,
+        "bare full forward (pre-rendered)": lambda: bare_forward(model, images),
     }, repeats=repeats)
     body = (f"Tuning map of all 480 channels of `{LAYER}` over {len(images)} curve stimuli at {size} px "
             "(batch 64).\n\n" + timing_table(times, "bare full forward (pre-rendered)"))
@@ -69,7 +72,6 @@ def bench_tuning(model, size: int, n_orient: int, n_levels: int, repeats: int) -
 
 
 def bench_joint(model, n_units: int, n_examples: int, step: float, repeats: int) -> tuple[str, dict]:
-    from cnnscope.capture import evaluating
     from cnnscope.stimuli import joint_tuning, rotate_images
 
     gen = torch.Generator().manual_seed(0)
@@ -81,15 +83,10 @@ def bench_joint(model, n_units: int, n_examples: int, step: float, repeats: int)
     stack = torch.cat([torch.from_numpy(np.stack(c)).permute(0, 3, 1, 2).float() / 255 for c in crops.values()])
     rotated = torch.cat([rotate_images(stack, float(a), out_size=83) for a in angles])
 
-    def bare() -> None:
-        with torch.no_grad(), evaluating(model.module):
-            for k in range(0, len(rotated), 64):
-                model.module(model.normalize(rotated[k:k + 64]))
-
     times = side_by_side({
         "joint_tuning (rotate on the fly + forward to layer)": lambda: joint_tuning(
             model, LAYER, crops, step=step, out_size=83, pre_activation=True, batch_size=64),
-        "bare full forward (pre-rotated)": bare,
+        "bare full forward (pre-rotated)": lambda: bare_forward(model, rotated),
     }, repeats=repeats)
     body = (f"Joint tuning: {n_units} units x {n_examples} crops x {len(angles)} rotations = {n} images of 83 px.\n\n"
             + timing_table(times, "bare full forward (pre-rotated)"))
