@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..errors import MethodError
 from .base import Method, register
 from .baselines import check_baseline, make_baseline
+from .incremental import MAX_TRIES, IncrementalOcclusion, IncrementalUnavailable, discard_plan, make_plans
 from .targets import Scorer, _chunks
 
 #: RISE masks are drawn this many at a time, so they do not depend on the batch size or ``max_batch``.
@@ -69,13 +70,19 @@ class Occlusion(Method):
         baseline: the fill: a number in the model's input space (default 0, the mean colour for normalised
             inputs), a tensor, or ``"blur"`` (a Gaussian-blurred copy, ``blur_sigma`` pixels).
         score: ``"logit"`` (default) or ``"prob"``.
+        incremental: ``"auto"`` (default) computes each occluded forward incrementally when the model allows it
+            (:mod:`.incremental`, Krypton, Nakandala et al. 2019: the layers up to a split layer run only on the
+            crop the window changes; exact, checked on the clean image first) and falls back to full forwards
+            otherwise; ``True`` raises instead of falling back; ``False`` always runs full forwards.
+        split_layer: the split layer (default: chosen by estimated cost). ``spec["incremental"]`` reports the
+            choice or why full forwards were used.
     """
 
     name = "occlusion"
     title = "Occlusion"
     reference = "Zeiler & Fergus 2013, Visualizing and Understanding Convolutional Networks"
     options: ClassVar[dict[str, Any]] = {"window": 32, "stride": 16, "baseline": 0.0, "blur_sigma": 10.0,
-                                         "score": "logit"}
+                                         "score": "logit", "incremental": "auto", "split_layer": None}
     display: ClassVar[dict[str, Any]] = {"sign": "positive", "reduce": "mean"}
 
     def check_options(self) -> None:
@@ -85,6 +92,8 @@ class Occlusion(Method):
             raise MethodError(f"occlusion: stride {sh}x{sw} larger than the window {wh}x{ww} leaves pixels "
                               "uncovered")
         check_baseline(self.name, self.opts["baseline"])
+        if self.opts["incremental"] not in ("auto", True, False):
+            raise MethodError(f"occlusion: incremental must be 'auto', True or False, got {self.opts['incremental']!r}")
 
     def compute(self, x: torch.Tensor, scorer: Scorer, layer: str | None) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -112,8 +121,10 @@ class Occlusion(Method):
             return torch.where(masks(jobs % n_win), base[r], x[r])
 
         rows = torch.arange(b).repeat_interleave(n_win)
-        scores = scorer.map_scores(make, rows, self.forward_batch(x), kind=kind, progress=self.opts["progress"],
-                                   desc=self.name)
+        scores = self._incremental(x, base, scorer, clean, kind, (wh, ww), (ys.tolist(), xs.tolist()))
+        if scores is None:
+            scores = scorer.map_scores(make, rows, self.forward_batch(x), kind=kind, progress=self.opts["progress"],
+                                       desc=self.name)
         drops = (clean[rows.to(clean.device)] - scores).view(b, n_win).to(x.dtype)
         total = torch.zeros(b, 1, h, w, dtype=x.dtype, device=x.device)
         count = torch.zeros(1, 1, h, w, dtype=x.dtype, device=x.device)
@@ -122,6 +133,50 @@ class Occlusion(Method):
             total[:, :, y0:y0 + wh, x0:x0 + ww] += drops[:, k].view(b, 1, 1, 1)
             count[:, :, y0:y0 + wh, x0:x0 + ww] += 1
         return (total / count.clamp(min=1)).expand(b, c, h, w).clone()
+
+    def _incremental(self, x: torch.Tensor, base: torch.Tensor, scorer: Scorer, clean: torch.Tensor, kind: str,
+                     window: tuple[int, int], starts: tuple[list[int], list[int]]) -> torch.Tensor | None:
+        """Scores of every occluded copy by incremental inference, or ``None`` (full forwards) with the reason in
+        ``spec["incremental"]``."""
+        mode = self.opts["incremental"]
+        if mode is False:
+            self.extra["incremental"] = {"used": False, "reason": "incremental=False"}
+            return None
+        window_args = (x, window, starts, self.opts["split_layer"])
+        try:
+            if scorer.target.kind == "unit":
+                raise IncrementalUnavailable("unit targets read a layer inside the model")
+            plans = make_plans(self.module, *window_args)
+            reasons = []
+            for plan in list(plans[:MAX_TRIES]):
+                with IncrementalOcclusion(self.module, scorer, x, base, plan, scorer.channels_last,
+                                          bool(self.opts["eval_mode"])) as inc:
+                    try:
+                        inc.check(clean, kind)
+                    except IncrementalUnavailable as err:
+                        reasons.append(str(err))
+                        discard_plan(self.module, *window_args, plan)
+                        continue
+                    bar = None
+                    if self.opts["progress"]:
+                        from tqdm.auto import tqdm
+
+                        bar = tqdm(total=x.shape[0] * len(starts[0]) * len(starts[1]), desc=self.name, leave=False)
+                    try:
+                        scores = inc.scores(x.shape[0], self.forward_batch(x), kind, bar.update if bar else None)
+                    finally:
+                        if bar is not None:
+                            bar.close()
+                    break
+            else:
+                raise IncrementalUnavailable("; ".join(reasons) or "no split layer left to try")
+        except IncrementalUnavailable as err:
+            if mode is True:
+                raise MethodError(f"occlusion: incremental inference is not possible: {err}") from err
+            self.extra["incremental"] = {"used": False, "reason": str(err)}
+            return None
+        self.extra["incremental"] = plan.summary()
+        return scores.to(clean.device)
 
 
 def rise_masks(n: int, size: tuple[int, int], grid: int | tuple[int, int] = 7, p: float = 0.5,
