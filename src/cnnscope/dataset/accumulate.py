@@ -3,6 +3,12 @@
 Per batch every value is binned once (histogram) and screened once: one lookup in a ``[C, n_bins]`` table and one
 comparison per element keep only the positions that can change the top-k, the bottom-k or a band sample; the
 exact ranking rules then run on those few candidates (:mod:`.ranking`).
+
+Values are read in their memory order (``[N, C]`` for channels-last activations, ``[C, N]`` otherwise), so no
+activation is transposed or copied. The table is built from the kept records *and* from the batch's own histogram:
+nothing below a channel's k-th largest value of the batch can enter its top-k (likewise the bottom-k), and
+nothing above the m-th smallest priority of a band cell in the batch can enter that cell's sample, so even the
+first batch (empty lists) yields few candidates.
 """
 
 from __future__ import annotations
@@ -18,6 +24,38 @@ from .results import LayerStats, Moments, examples_from_kept
 
 NO_PRIORITY = 1 << 31  #: above every priority: the threshold of a band cell that is not full
 ALL = (1 << 31) - 1  #: the same in the int32 screening table (every priority is <= it)
+
+
+def memory_matrix(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """A contiguous 2-D view of ``x`` (``[C, N]``) in memory order: ``(x, True)`` or ``(x.T, False)``.
+
+    Channels-last activations give ``x`` with strides ``(1, C)``: their matrix is the ``[N, C]`` view ``x.T``.
+    Anything else that is not contiguous is copied.
+    """
+    if x.is_contiguous():
+        return x, True
+    if x.t().is_contiguous():
+        return x.t(), False
+    return x.contiguous(), True
+
+
+def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Ascending flat indices of the ``True`` entries of a contiguous bool tensor (``int64 [K]``).
+
+    A sparse mask is searched eight bytes at a time: only the words that hold a ``True`` are expanded.
+    """
+    flat = mask.reshape(-1)
+    n = flat.numel()
+    head = n - n % 8
+    if head < 64 or not flat.is_contiguous() or flat.data_ptr() % 8:
+        return torch.nonzero(flat).squeeze(1)
+    words = flat[:head].view(torch.uint8).view(torch.int64)
+    hit = torch.nonzero(words).squeeze(1)
+    idx = (hit[:, None] * 8 + torch.arange(8, device=flat.device)).reshape(-1)
+    idx = idx[torch.index_select(flat, 0, idx)]
+    if head < n:
+        idx = torch.cat([idx, torch.nonzero(flat[head:]).squeeze(1) + head])
+    return idx
 
 
 class LayerAccumulator:
@@ -40,9 +78,13 @@ class LayerAccumulator:
         self.bands = Kept.empty(channels * self.n_bands, band_samples, torch.int64, device)
         self.band_threshold = torch.full((channels * self.n_bands,), NO_PRIORITY, dtype=torch.int64, device=device)
         self._band_of_bin = torch.as_tensor(bins.band_of_bin(), device=device)
+        self._bin_index = torch.arange(bins.n_bins, device=device)
         lower, upper = bins.bin_bounds()
         self._bin_lower = torch.as_tensor(lower, dtype=torch.float32, device=device)
         self._bin_upper = torch.as_tensor(upper, dtype=torch.float32, device=device)
+        #: flat histogram index ``channel * n_bins + bin`` -> band cell ``channel * n_bands + band``
+        self._cell_of_flat = (torch.arange(channels, device=device)[:, None] * self.n_bands
+                              + self._band_of_bin[None, :]).reshape(-1)
         self.hist_pre = HistogramAccumulator(bins, channels, device)
         self.hist_post = HistogramAccumulator(bins, channels, device) if post == "captured" else None
         self.moments = {"pre": Moments(0, np.zeros(channels), np.zeros(channels)),
@@ -57,26 +99,25 @@ class LayerAccumulator:
             - pre, post: ``[B, C, h, w]``.
         """
         c = self.channels
-        x = pre.detach().transpose(0, 1).reshape(c, -1).float()
-        if x.data_ptr() == pre.data_ptr():
-            x = x.clone()
-        flat = self.hist_pre.add(x)
-        self._rank(keys, x, flat)
+        x = pre.detach().transpose(0, 1).reshape(c, -1).float()  # a view for channels-last values
+        mat, channel_major = memory_matrix(x)
+        flat, counts = self.hist_pre.add(mat, channel_major)
+        self._rank(keys, mat, channel_major, flat, counts)
         self._moments("pre", x)
         if isinstance(self.post, tuple):
-            self._moments("post", x.clamp_(self.post[1], self.post[2]))
+            self._moments("post", x.clamp(self.post[1], self.post[2]), scratch=True)
         elif self.hist_post is not None:
             if post is None:
                 raise CnnscopeError(f"layer {self.name!r} needs its outputs for post-activation statistics")
             y = post.detach().transpose(0, 1).reshape(c, -1).float()
-            self.hist_post.add(y)
+            self.hist_post.add(*memory_matrix(y))
             self._moments("post", y)
 
-    def _moments(self, kind: str, values: torch.Tensor) -> None:
+    def _moments(self, kind: str, values: torch.Tensor, scratch: bool = False) -> None:
         """Add a batch to the running mean/variance: ``float32`` sums per batch, Chan's merge in ``float64``.
 
         The sums are taken around the running mean (the batch mean for the first batch), so there is no
-        cancellation when the mean is large compared to the spread.
+        cancellation when the mean is large compared to the spread. ``scratch``: ``values`` may be overwritten.
         """
         current = self.moments[kind]
         n = values.shape[1]
@@ -85,57 +126,93 @@ class LayerAccumulator:
         else:
             shift = values.mean(dim=1)
         s1 = values.sum(dim=1) - shift * n
-        s2 = torch.linalg.vector_norm(values - shift[:, None], dim=1) ** 2
+        centered = values.sub_(shift[:, None]) if scratch else values - shift[:, None]
+        s2 = torch.linalg.vector_norm(centered, dim=1) ** 2
         s1, s2, base = (t.double().cpu().numpy() for t in (s1, s2, shift))
         batch = Moments(n, base + s1 / n, np.maximum(s2 - s1 * s1 / n, 0.0))
         self.moments[kind] = current.merge(batch)
 
-    def _rank(self, keys: torch.Tensor, x: torch.Tensor, flat: torch.Tensor) -> None:
+    def _rank(self, keys: torch.Tensor, mat: torch.Tensor, channel_major: bool, flat: torch.Tensor,
+              counts: torch.Tensor) -> None:
         """Offer the batch's positions to the top-k, the bottom-k and the band samples.
 
         One table lookup and one comparison per value screen the positions: the ``[C, n_bins]`` table holds each
         (channel, bin)'s band-sample threshold, raised to "everything" for the bins that can hold values reaching
-        the channel's top-k or bottom-k threshold; a position whose priority is at most its entry is a candidate
-        (a superset of what the exact rules of :meth:`_offer` admit). Until the lists fill up (the first batch)
-        positions are offered in growing chunks, by increasing priority, so the thresholds tighten early.
+        the channel's top-k or bottom-k; a position whose priority is at most its entry is a candidate (a superset
+        of what the exact rules of :meth:`_offer` admit).
+
+        Shape:
+            - mat: ``[C, N]`` (``channel_major``) or ``[N, C]``; flat: the same, ``channel * n_bins + bin``.
+            - counts: ``[C, n_bins]`` the batch's histogram.
         """
         prio = priorities(keys, self.seed)
-        n, start = x.shape[1], 0
-        warm = bool(self.band_threshold.view(self.channels, -1).min(dim=1).values.lt(NO_PRIORITY).all()
-                    and self.top.filled[:, -1].all() and self.bottom.filled[:, -1].all())
-        size = n if warm else max(32, n // 512)
-        # whatever enters the top-k is at least the batch's k-th largest value (ties included), likewise bottom-k
-        batch_top = x.topk(min(self.k, n), dim=1).values[:, -1] if not warm else None
-        batch_bottom = x.topk(min(self.bottom_k, n), dim=1, largest=False).values[:, -1] if not warm else None
-        if not warm:  # offer positions by increasing priority: a band cell then takes its final members first
-            order = torch.argsort(prio)
-            prio, keys, x, flat = prio[order], keys[order], x[:, order], flat[:, order]
-        while start < n:
-            stop = min(n, start + size)
-            xs, ps, fs = x[:, start:stop], prio[start:stop], flat[:, start:stop]
-            high, low = self._top_threshold(), self._bottom_threshold()
-            if batch_top is not None:
-                high, low = torch.maximum(high, batch_top), torch.minimum(low, batch_bottom)
-            table = self.band_threshold.view(self.channels, self.n_bands)[:, self._band_of_bin]
-            reach = (self._bin_upper[None, :] >= high[:, None]) | (self._bin_lower[None, :] <= low[:, None])
-            table = torch.where(reach, ALL, table.clamp(max=ALL)).to(torch.int32).reshape(-1)
-            cell_thr = torch.index_select(table, 0, fs.reshape(-1)).view(fs.shape)
-            rows, cols = torch.nonzero(ps[None, :] <= cell_thr, as_tuple=True)
-            if rows.numel():
-                self._offer(rows, xs[rows, cols], keys[start + cols], ps[cols].to(torch.int64))
-            start = stop
-            size *= 2
+        c, n = self.channels, keys.numel()
+        top, bottom = self._top_threshold(), self._bottom_threshold()
+        # the batch's k-th largest value lies in the highest bin with >= k values at or above it (equal values
+        # share a bin): lower bins cannot reach the top-k; likewise the bottom-k
+        first_top = (counts.flip(1).cumsum(1) >= self.k).sum(1) - 1
+        last_bottom = self.bins.n_bins - (counts.cumsum(1) >= self.bottom_k).sum(1)
+        reach_top = (self._bin_index >= first_top[:, None]) & (self._bin_upper >= top[:, None])
+        reach_bottom = (self._bin_index <= last_bottom[:, None]) & (self._bin_lower <= bottom[:, None])
+        band = self._band_limits(prio, flat, channel_major, counts)
+        table = band.view(c, self.n_bands)[:, self._band_of_bin].clamp(max=ALL)
+        table = torch.where(reach_top | reach_bottom, ALL, table).to(torch.int32).reshape(-1)
+        cell = torch.index_select(table, 0, flat.reshape(-1)).view(flat.shape)
+        found = flat_nonzero((prio[None, :] if channel_major else prio[:, None]) <= cell)
+        if not found.numel():
+            return
+        if channel_major:
+            rows, cols = found // n, found % n
+        else:
+            rows, cols = found % c, found // c
+        self._offer(rows, torch.index_select(mat.reshape(-1), 0, found), keys[cols], prio[cols].to(torch.int64),
+                    torch.index_select(flat.reshape(-1), 0, found).to(torch.int64), reach_top.reshape(-1),
+                    reach_bottom.reshape(-1), band)
 
-    def _offer(self, rows: torch.Tensor, v: torch.Tensor, k: torch.Tensor, p: torch.Tensor) -> None:
+    def _band_limits(self, prio: torch.Tensor, flat: torch.Tensor, channel_major: bool, counts: torch.Tensor
+                     ) -> torch.Tensor:
+        """Per band cell a priority that every position entering the cell's sample is at most (``int64 [C*bands]``).
+
+        The kept sample's threshold, lowered where the batch alone fills a cell: positions are grouped by priority
+        into half-octave ranges; the top of the first range that brings a cell ``band_samples`` positions of the
+        batch bounds the cell's ``band_samples``-th smallest priority in the batch. Counting costs a pass over the
+        values, so it runs only when the kept thresholds would let many more positions through (the first batch,
+        or bands the earlier batches rarely reached).
+        """
+        state = self.band_threshold
+        per_cell = torch.zeros(self.channels, self.n_bands, dtype=counts.dtype, device=counts.device)
+        per_cell = per_cell.index_add_(1, self._band_of_bin, counts).reshape(-1)
+        expected = (per_cell.double() * (state.double() / NO_PRIORITY)).sum()
+        needed = per_cell.clamp(max=2 * self.m).sum()
+        if bool(expected <= 2 * needed + self.channels):
+            return state
+        n = prio.numel()
+        octaves = max(1, int(np.ceil(np.log2(max(n, 1) / self.m))) + 1)
+        octaves = min(octaves, 28)
+        edges = sorted([NO_PRIORITY >> i for i in range(1, octaves + 1)] + [3 << (29 - i) for i in range(octaves)])
+        edges = torch.tensor(edges, device=prio.device)  # range j holds priorities in [edges[j-1], edges[j])
+        ranges = edges.numel() + 1
+        which = torch.bucketize(prio, edges, right=True).to(torch.int32)
+        lookup = (self._cell_of_flat * ranges).to(torch.int32)
+        index = torch.index_select(lookup, 0, flat.reshape(-1)).view(flat.shape)
+        index += which[None, :] if channel_major else which[:, None]
+        hist = torch.bincount(index.reshape(-1), minlength=per_cell.numel() * ranges).view(-1, ranges)
+        reached = hist.cumsum(1) >= self.m
+        first = reached.to(torch.uint8).argmax(1)
+        limit = torch.cat([edges - 1, torch.tensor([NO_PRIORITY], device=prio.device)])[first]
+        return torch.minimum(state, torch.where(reached[:, -1], limit, NO_PRIORITY))
+
+    def _offer(self, rows: torch.Tensor, v: torch.Tensor, k: torch.Tensor, p: torch.Tensor, flat: torch.Tensor,
+               reach_top: torch.Tensor, reach_bottom: torch.Tensor, band: torch.Tensor) -> None:
         """Apply the exact admission rules to the candidates and merge them."""
-        sel = v >= self._top_threshold()[rows]
+        sel = reach_top[flat] & (v >= self._top_threshold()[rows])
         if sel.any():
             self.top.merge(rows[sel], v[sel], k[sel], v[sel])
-        sel = v <= self._bottom_threshold()[rows]
+        sel = reach_bottom[flat] & (v <= self._bottom_threshold()[rows])
         if sel.any():
             self.bottom.merge(rows[sel], -v[sel], k[sel], v[sel])
-        cells = rows * self.n_bands + self.bins.lookup(v, "band").long()
-        sel = p <= self.band_threshold[cells]
+        cells = self._cell_of_flat[flat]
+        sel = p <= band[cells]
         if sel.any():
             self.bands.merge(cells[sel], -p[sel], k[sel], v[sel])
             full = self.bands.filled[:, -1]

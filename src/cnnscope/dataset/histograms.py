@@ -165,11 +165,18 @@ class HistogramAccumulator:
         self.counts = torch.zeros(channels, bins.n_bins, dtype=torch.int64, device=device)
         self._offsets = torch.arange(channels, device=device, dtype=torch.int32)[:, None] * bins.n_bins
 
-    def add(self, values: torch.Tensor) -> torch.Tensor:
-        """Count ``values`` (``[C, N]``); returns their flat index ``channel * n_bins + bin`` (``int32 [C, N]``)."""
-        flat = self.bins.lookup(values).add_(self._offsets)
-        self.counts += torch.bincount(flat.view(-1), minlength=self.counts.numel()).view_as(self.counts)
-        return flat
+    def add(self, values: torch.Tensor, channel_major: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Count ``values``: ``[C, N]`` or, with ``channel_major=False``, ``[N, C]``.
+
+        Returns:
+            ``(flat, counts)``: every value's flat index ``channel * n_bins + bin`` (``int32``, shaped like
+            ``values``) and the batch's own counts (``int64 [C, n_bins]``).
+        """
+        offsets = self._offsets if channel_major else self._offsets.view(1, -1)
+        flat = self.bins.lookup(values).add_(offsets)
+        counts = torch.bincount(flat.view(-1), minlength=self.counts.numel()).view_as(self.counts)
+        self.counts += counts
+        return flat, counts
 
 
 def remap(counts: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -178,10 +185,12 @@ def remap(counts: np.ndarray, target: np.ndarray) -> np.ndarray:
     Shape:
         - counts: ``[..., n_bins]``; output the same.
     """
-    n = counts.shape[-1]
-    move = np.zeros((n, n), dtype=counts.dtype)
-    move[np.arange(n), target] = 1
-    return counts @ move
+    order = np.argsort(target, kind="stable")
+    dest = target[order]
+    starts = np.flatnonzero(np.r_[True, dest[1:] != dest[:-1]])
+    out = np.zeros_like(counts)
+    out[..., dest[starts]] = np.add.reduceat(counts[..., order], starts, axis=-1)
+    return out
 
 
 def density(counts: np.ndarray, bins: LogBins) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
