@@ -137,6 +137,20 @@ def test_merging_two_halves_equals_one_pass(model, data, reference):
         a.merge(a)
 
 
+def test_batches_in_nchw_give_the_same_statistics(model, data, reference):
+    stats = collect_statistics(model, data, ["act1", "act2", "pw"], k=5, bottom_k=4, band_samples=3, batch_size=4,
+                               receptive_field=None, channels_last=False)
+    for layer, want in reference.layers.items():
+        got = stats[layer]
+        for part in ("top", "bottom", "bands"):
+            for field in ("image_ids", "ys", "xs"):
+                np.testing.assert_array_equal(getattr(getattr(got, part), field), getattr(getattr(want, part), field))
+            np.testing.assert_allclose(getattr(got, part).values, getattr(want, part).values, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(got.hist_pre, want.hist_pre)
+        np.testing.assert_array_equal(got.hist_post, want.hist_post)
+        np.testing.assert_allclose(got.std, want.std, rtol=1e-5, atol=1e-6)
+
+
 def test_save_and_load_round_trip(reference, tmp_path):
     path = reference.save(tmp_path / "stats.npz")
     back = DatasetStats.load(path)

@@ -143,7 +143,7 @@ def _overlaps(new: list[tuple[int, int]], ranges: list[tuple[int, int]]) -> bool
 def collect_statistics(model, images: object, layers: str | Iterable[str], *, k: int = 9,
                        bottom_k: int | None = None, band_samples: int = 6, bins: LogBins | None = None,
                        seed: int = 0, batch_size: int = 16, num_workers: int = 0, progress: bool = False,
-                       receptive_field: str | None = "auto") -> DatasetStats:
+                       receptive_field: str | None = "auto", channels_last: bool = True) -> DatasetStats:
     """One pass over ``images`` collecting per-channel statistics of several layers.
 
     The model runs without gradients in temporary eval mode; forward passes stop after the deepest requested
@@ -162,6 +162,10 @@ def collect_statistics(model, images: object, layers: str | Iterable[str], *, k:
         num_workers: ``DataLoader`` workers reading images.
         progress: show a progress bar.
         receptive_field: how to measure example boxes (``"auto"``, ``"fast"``, ``"exact"``; ``None`` = no boxes).
+        channels_last: hand the batches to the model in channels-last memory format (faster convolutions on CPU,
+            and the statistics read such activations without copies); ``False``: contiguous ``NCHW`` batches, for
+            models that need them. The statistics are exact either way (the two formats' convolutions may round
+            differently in the last bits).
 
     Returns:
         :class:`DatasetStats`; unreadable images are listed in ``skipped``.
@@ -198,7 +202,8 @@ def collect_statistics(model, images: object, layers: str | Iterable[str], *, k:
             for cap in (pre_cap, out_cap):
                 if cap is not None:
                     cap.reset()
-            driver.run(batch.tensor(model))
+            x = batch.tensor(model)
+            driver.run(x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format))
             values = {n: pre_cap[n] if acc.pre[n] else out_cap[n] for n in acc.layers}  # type: ignore[index]
             acc.add(batch.ids, values, {n: out_cap[n] for n in act_layers if acc.post[n] == "captured"})
     return acc.result(source, receptive)
