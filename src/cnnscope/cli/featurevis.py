@@ -144,7 +144,8 @@ def _featurevis_demo(ctx: DemoContext) -> None:
     from ..plot.common import save_figure
     from ..plot.featurevis import layer_rows
 
-    n, steps, size = (2, 8, 48) if ctx.quick else (4, 256, 128)
+    # 128 steps at 112 px already show the progression; the full demo stays within a few minutes on a laptop CPU
+    n, steps, size = (2, 8, 48) if ctx.quick else (4, 128, 112)
     rows, numbers = {}, {}
     for title, layer in DEMO_LAYERS.items():
         res = render(ctx.model, [channel(layer, c) for c in range(n)], recipe="lucid", steps=steps, size=size)
