@@ -19,7 +19,7 @@ import torch
 from ..capture.receptive_field import ReceptiveField
 from ..errors import CnnscopeError
 from .histograms import HistogramAccumulator, LogBins, remap
-from .ranking import Kept, priorities
+from .ranking import Kept, priorities, take
 from .results import LayerStats, Moments, examples_from_kept
 
 NO_PRIORITY = 1 << 31  #: above every priority: the threshold of a band cell that is not full
@@ -52,7 +52,7 @@ def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     words = flat[:head].view(torch.uint8).view(torch.int64)
     hit = torch.nonzero(words).squeeze(1)
     idx = (hit[:, None] * 8 + torch.arange(8, device=flat.device)).reshape(-1)
-    idx = idx[torch.index_select(flat, 0, idx)]
+    idx = take(idx, torch.nonzero(take(flat, idx)).squeeze(1))
     if head < n:
         idx = torch.cat([idx, torch.nonzero(flat[head:]).squeeze(1) + head])
     return idx
@@ -165,9 +165,9 @@ class LayerAccumulator:
             rows, cols = found // n, found % n
         else:
             rows, cols = found % c, found // c
-        self._offer(rows, torch.index_select(mat.reshape(-1), 0, found), keys[cols], prio[cols].to(torch.int64),
-                    torch.index_select(flat.reshape(-1), 0, found).to(torch.int64), reach_top.reshape(-1),
-                    reach_bottom.reshape(-1), band)
+        self._offer(rows, take(mat.reshape(-1), found), take(keys, cols), take(prio, cols).to(torch.int64),
+                    take(flat.reshape(-1), found).to(torch.int64), reach_top.reshape(-1), reach_bottom.reshape(-1),
+                    band)
 
     def _band_limits(self, prio: torch.Tensor, flat: torch.Tensor, channel_major: bool, counts: torch.Tensor
                      ) -> torch.Tensor:
@@ -205,16 +205,18 @@ class LayerAccumulator:
     def _offer(self, rows: torch.Tensor, v: torch.Tensor, k: torch.Tensor, p: torch.Tensor, flat: torch.Tensor,
                reach_top: torch.Tensor, reach_bottom: torch.Tensor, band: torch.Tensor) -> None:
         """Apply the exact admission rules to the candidates and merge them."""
-        sel = reach_top[flat] & (v >= self._top_threshold()[rows])
-        if sel.any():
-            self.top.merge(rows[sel], v[sel], k[sel], v[sel])
-        sel = reach_bottom[flat] & (v <= self._bottom_threshold()[rows])
-        if sel.any():
-            self.bottom.merge(rows[sel], -v[sel], k[sel], v[sel])
-        cells = self._cell_of_flat[flat]
-        sel = p <= band[cells]
-        if sel.any():
-            self.bands.merge(cells[sel], -p[sel], k[sel], v[sel])
+        new = torch.nonzero(take(reach_top, flat) & (v >= take(self._top_threshold(), rows))).squeeze(1)
+        if new.numel():
+            values = take(v, new)
+            self.top.merge(take(rows, new), values, take(k, new), values)
+        new = torch.nonzero(take(reach_bottom, flat) & (v <= take(self._bottom_threshold(), rows))).squeeze(1)
+        if new.numel():
+            values = take(v, new)
+            self.bottom.merge(take(rows, new), -values, take(k, new), values)
+        cells = take(self._cell_of_flat, flat)
+        new = torch.nonzero(p <= take(band, cells)).squeeze(1)
+        if new.numel():
+            self.bands.merge(take(cells, new), -take(p, new), take(k, new), take(v, new))
             full = self.bands.filled[:, -1]
             self.band_threshold = torch.where(full, -self.bands.scores[:, -1], NO_PRIORITY)
 

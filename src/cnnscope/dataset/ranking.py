@@ -74,20 +74,25 @@ class Kept:
         Only the rows that received candidates are re-ranked, so a merge costs ``O(candidates + touched * m)``.
         """
         n_rows, m = self.keys.shape
-        hit = torch.zeros(n_rows, dtype=torch.bool, device=rows.device)
-        hit[rows] = True
+        hit = torch.zeros(n_rows, dtype=torch.bool, device=rows.device).index_fill_(0, rows, True)
         touched = torch.nonzero(hit).squeeze(1)
-        local = (torch.cumsum(hit, 0) - 1)[rows]
-        t = touched.numel()
-        old_keys = self.keys[touched]
-        filled = old_keys >= 0
-        old_local = torch.arange(t, device=keys.device).repeat_interleave(m).view(t, m)[filled]
-        kept = select(torch.cat([old_local, local]),
-                      torch.cat([self.scores[touched][filled], scores.to(self.scores.dtype)]),
-                      torch.cat([old_keys[filled], keys]),
-                      torch.cat([self.payload[touched][filled], payload.to(self.payload.dtype)]), t, m)
-        self.scores[touched], self.keys[touched], self.payload[touched] = kept.scores, kept.keys, kept.payload
+        local = take(torch.cumsum(hit, 0) - 1, rows)
+        old_keys = take(self.keys, touched).view(-1)
+        filled = torch.nonzero(old_keys >= 0).squeeze(1)  # flat slots of the touched rows that hold a record
+        kept = select(torch.cat([filled // m, local]),
+                      torch.cat([take(take(self.scores, touched).view(-1), filled), scores.to(self.scores.dtype)]),
+                      torch.cat([take(old_keys, filled), keys]),
+                      torch.cat([take(take(self.payload, touched).view(-1), filled),
+                                 payload.to(self.payload.dtype)]), touched.numel(), m)
+        self.scores.index_copy_(0, touched, kept.scores)
+        self.keys.index_copy_(0, touched, kept.keys)
+        self.payload.index_copy_(0, touched, kept.payload)
         return self
+
+
+def take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t[index]`` along the first dimension (``index_select``: cheaper than advanced indexing)."""
+    return torch.index_select(t, 0, index)
 
 
 def ascending_score_key(scores: torch.Tensor) -> torch.Tensor:
@@ -107,23 +112,27 @@ def select(rows: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, payload
            m: int) -> Kept:
     """The ``m`` best records of each row among flat candidates (score descending, then key ascending).
 
-    Two stable sorts: by key, then by ``row * 2**32 + ascending_score_key(score)``.
+    One stable sort by ``row * 2**32 + ascending_score_key(score)``; where two candidates of a row have equal
+    scores, two: by key, then stably by that.
 
     Shape:
         - rows, scores, keys, payload: ``[n]``.
         - Output: :class:`Kept` with ``[n_rows, m]`` tensors.
     """
     device = keys.device
-    order = torch.argsort(keys, stable=True)
     packed = (rows.to(torch.int64) << 32) | ascending_score_key(scores)
-    order = order[torch.argsort(packed[order], stable=True)]
-    rows, scores, keys, payload = rows[order], scores[order], keys[order], payload[order]
+    order = torch.argsort(packed, stable=True)
+    ordered = take(packed, order)
+    if ordered.numel() > 1 and bool((ordered[1:] == ordered[:-1]).any()):  # ties: break them by key
+        order = torch.argsort(keys, stable=True)
+        order = take(order, torch.argsort(take(packed, order), stable=True))
+    rows, scores, keys, payload = (take(t, order) for t in (rows, scores, keys, payload))
     start = torch.searchsorted(rows, torch.arange(n_rows, device=device, dtype=rows.dtype))
-    rank = torch.arange(rows.numel(), device=device) - start[rows]
-    keep = rank < m
+    rank = torch.arange(rows.numel(), device=device) - take(start, rows)
+    keep = torch.nonzero(rank < m).squeeze(1)
     out = Kept.empty(n_rows, m, scores.dtype, device)
-    r, k = rows[keep], rank[keep]
-    out.scores[r, k] = scores[keep]
-    out.keys[r, k] = keys[keep]
-    out.payload[r, k] = payload[keep].to(out.payload.dtype)
+    slot = take(rows, keep).to(torch.int64) * m + take(rank, keep)
+    out.scores.view(-1).index_copy_(0, slot, take(scores, keep))
+    out.keys.view(-1).index_copy_(0, slot, take(keys, keep).to(torch.int64))
+    out.payload.view(-1).index_copy_(0, slot, take(payload, keep).to(out.payload.dtype))
     return out
