@@ -17,17 +17,20 @@ from .helpers import tiny
 C, H, W = 5, 6, 7
 
 
-def _batches(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(seed: int = 0, clipped: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``(ids, values [B, C, H, W])``: tiny values first, then a much larger scale (bands the first batches never
-    reached), then many exact ties (zeros and half steps); ids out of order."""
+    reached), then many exact ties (zeros and half steps); ids out of order. ``clipped``: values clipped to
+    ``[0, 1]`` (ReLU6-like outputs: the top-k and bottom-k are ties broken by position)."""
     g = np.random.default_rng(seed)
-    ids = g.permutation(14)
+    ids = np.array([11, 13, 12, 6, 9, 3, 0, 10, 2, 8, 4, 7, 1, 5])  # later batches hold smaller ids too
     scales = [0.01, 0.01, 100.0, 3.0, 3.0]
     out, start = [], 0
     for i, (size, scale) in enumerate(zip([3, 2, 4, 3, 2], scales)):
         v = g.standard_normal((size, C, H, W)) * scale
         if i >= 3:
             v = np.where(g.random(v.shape) < 0.5, 0.0, np.round(v * 2) / 2)
+        if clipped:
+            v = np.clip(v * 100, 0.0, 1.0)
         out.append((torch.from_numpy(ids[start:start + size].copy()), torch.from_numpy(v.astype(np.float32))))
         start += size
     return out
@@ -53,11 +56,12 @@ def _brute(batches, k: int, bottom_k: int, m: int, bins: LogBins, seed: int):
     return np.stack(top), np.stack(bottom), bands, hist, flat
 
 
+@pytest.mark.parametrize("clipped", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_streaming_equals_brute_force_with_shifts_and_ties(channels_last):
+def test_streaming_equals_brute_force_with_shifts_and_ties(channels_last, clipped):
     model = tiny("relu6")
     k, bottom_k, m, seed = 4, 3, 2, 5
-    batches = _batches()
+    batches = _batches(clipped=clipped)
     acc = StatisticsAccumulator(model, ["pw"], k=k, bottom_k=bottom_k, band_samples=m, seed=seed)
     for ids, v in batches:
         fmt = torch.channels_last if channels_last else torch.contiguous_format

@@ -204,15 +204,19 @@ class LayerAccumulator:
 
     def _offer(self, rows: torch.Tensor, v: torch.Tensor, k: torch.Tensor, p: torch.Tensor, flat: torch.Tensor,
                reach_top: torch.Tensor, reach_bottom: torch.Tensor, band: torch.Tensor) -> None:
-        """Apply the exact admission rules to the candidates and merge them."""
-        new = torch.nonzero(take(reach_top, flat) & (v >= take(self._top_threshold(), rows))).squeeze(1)
-        if new.numel():
-            values = take(v, new)
-            self.top.merge(take(rows, new), values, take(k, new), values)
-        new = torch.nonzero(take(reach_bottom, flat) & (v <= take(self._bottom_threshold(), rows))).squeeze(1)
-        if new.numel():
-            values = take(v, new)
-            self.bottom.merge(take(rows, new), -values, take(k, new), values)
+        """Apply the exact admission rules to the candidates and merge them.
+
+        A candidate enters the top-k only if it ranks before the channel's k-th record (a larger value, or an equal
+        one at a smaller position), so masses of equal values (zeros, clipped maxima) do not reach the merge.
+        """
+        for kept, reach, sign in ((self.top, reach_top, 1.0), (self.bottom, reach_bottom, -1.0)):
+            value, key = self._last(kept, sign)
+            value, key = take(value, rows), take(key, rows)
+            better = v > value if sign > 0 else v < value
+            new = torch.nonzero(take(reach, flat) & (better | ((v == value) & (k < key)))).squeeze(1)
+            if new.numel():
+                values = take(v, new)
+                kept.merge(take(rows, new), values * sign, take(k, new), values)
         cells = take(self._cell_of_flat, flat)
         new = torch.nonzero(p <= take(band, cells)).squeeze(1)
         if new.numel():
@@ -220,13 +224,18 @@ class LayerAccumulator:
             full = self.bands.filled[:, -1]
             self.band_threshold = torch.where(full, -self.bands.scores[:, -1], NO_PRIORITY)
 
+    @staticmethod
+    def _last(kept: Kept, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Value and key of each row's last record (``sign``: +1 top, -1 bottom); rows not full admit anything."""
+        full = kept.filled[:, -1]
+        value = torch.where(full, kept.payload[:, -1], -sign * float("inf"))
+        return value, torch.where(full, kept.keys[:, -1], torch.iinfo(torch.int64).max)
+
     def _top_threshold(self) -> torch.Tensor:
-        full = self.top.filled[:, -1]
-        return torch.where(full, self.top.payload[:, -1], float("-inf"))
+        return self._last(self.top, 1.0)[0]
 
     def _bottom_threshold(self) -> torch.Tensor:
-        full = self.bottom.filled[:, -1]
-        return torch.where(full, self.bottom.payload[:, -1], float("inf"))
+        return self._last(self.bottom, -1.0)[0]
 
     # -- result ----------------------------------------------------------------------------------------------
     def result(self, rf: ReceptiveField | None) -> LayerStats:
