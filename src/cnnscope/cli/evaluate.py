@@ -176,7 +176,7 @@ def _demo(ctx: DemoContext) -> None:
     ev = evaluate(ctx.model.module, x, methods,
                   metrics=["deletion", "insertion", "road", "sanity"], image_names=names, step=step,
                   road_percentages=(20, 50, 80) if quick else (10, 30, 50, 70, 90),
-                  sanity_units=6 if quick else 16, max_batch=32)
+                  sanity_units=6 if quick else 8, max_batch=32)
     folder = ctx.out / "evaluate"
     save_table(ev.table, folder, title="Evaluation on " + " and ".join(names),
                notes=f"- deletion/insertion step {step} px: coarser than the RISE protocol's 224 px to keep the "
