@@ -142,7 +142,9 @@ class Occlusion(Method):
         if mode is False:
             self.extra["incremental"] = {"used": False, "reason": "incremental=False"}
             return None
-        window_args = (x, window, starts, self.opts["split_layer"])
+        # the split is planned (timed) in the memory format the model will see
+        xp = x.contiguous(memory_format=torch.channels_last) if scorer.channels_last else x
+        window_args = (xp, window, starts, self.opts["split_layer"])
         try:
             if scorer.target.kind == "unit":
                 raise IncrementalUnavailable("unit targets read a layer inside the model")
