@@ -44,6 +44,8 @@ MAX_TRIES = 3
 MAX_COST = 0.85
 #: Layers after this share of the forward's time are not considered (their receptive fields cost probes).
 MAX_SHARE = 0.6
+#: Timed forwards of the split planning.
+TIMING_RUNS = 3
 #: Relative tolerance of the clean-image checks.
 CHECK_RTOL = 1e-4
 
@@ -99,8 +101,9 @@ class Plan:
 def split_candidates(module: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """Block boundaries with a spatial output and the share of the forward's time spent before each.
 
-    Two timed forwards of ``x[:4]`` with hooks (the second is used; on CUDA every hook synchronizes); layers that
-    run more than once and layers whose output is another candidate's (same tensor) are left out.
+    Forwards of ``x[:4]`` with hooks (one warm-up, then :data:`TIMING_RUNS` timed; each stretch between two block
+    boundaries counts with its fastest run; on CUDA every hook synchronizes). Layers that run more than once and
+    layers whose output is another candidate's (the same tensor) are left out.
     """
     containers = (nn.Sequential, nn.ModuleList)
     names: dict[nn.Module, str] = {}
@@ -121,9 +124,11 @@ def split_candidates(module: nn.Module, x: torch.Tensor) -> dict[str, float]:
             outputs[name] = out
 
     handles = [m.register_forward_hook(lambda mod, i, o, n=n: mark(n, o)) for m, n in names.items()]
+    runs: list[list[float]] = []  # per timed run: the time of each mark in execution order, then the end
+    order: list[str] = []
     try:
         with torch.no_grad():
-            for _ in range(2):
+            for r in range(TIMING_RUNS + 1):
                 seen.clear()
                 calls.clear()
                 outputs.clear()
@@ -131,14 +136,20 @@ def split_candidates(module: nn.Module, x: torch.Tensor) -> dict[str, float]:
                 t0 = time.perf_counter()
                 module(x[:4])
                 sync()
-                total = time.perf_counter() - t0
+                end = time.perf_counter()
+                order = sorted(seen, key=seen.get)
+                if r:  # the first run warms up
+                    runs.append([seen[n] - t0 for n in order] + [end - t0])
     finally:
         for h in handles:
             h.remove()
+    # each segment between consecutive marks: its fastest run (robust to a descheduled thread on a busy machine)
+    segments = np.min(np.diff(np.array(runs), axis=1, prepend=0.0), axis=0)
+    at = dict(zip(order, np.cumsum(segments)[:-1] / segments.sum(), strict=True))
     out: dict[str, float] = {}
     tensors: set[int] = set()
-    for name in sorted(outputs, key=lambda n: seen[n], reverse=True):  # deepest name of a shared output wins
-        share = (seen[name] - t0) / total
+    for name in sorted(outputs, key=lambda n: at[n], reverse=True):  # deepest name of a shared output wins
+        share = float(at[name])
         if calls[name] == 1 and id(outputs[name]) not in tensors and 0 < share < 1:
             out[name] = share
             tensors.add(id(outputs[name]))
