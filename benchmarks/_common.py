@@ -66,7 +66,7 @@ def machine_line() -> str:
     if "gpu" in m:
         parts.append(f"GPU {m['gpu']}")
     if "load" in m:
-        parts.append(f"load average {m['load']} at start (shared machine)")
+        parts.append(f"load average {m['load']} when written (shared machine)")
     return "; ".join(parts)
 
 
