@@ -39,8 +39,9 @@ def truncated(module: torch.nn.Module) -> torch.nn.Sequential:
     return torch.nn.Sequential(module.conv_stem, module.bn1, *module.blocks[:4], module.blocks[4][0])
 
 
-def bare_seconds(model, steps: int) -> float:
-    """``steps`` forward + input-gradient passes of the truncated model on 8 images."""
+def bare_seconds(model, steps: int, channels_last: bool = True) -> float:
+    """``steps`` forward + input-gradient passes of the truncated model on 8 images (in the memory format that
+    ``render`` feeds by default, channels-last; ``False``: the plain NCHW a user would write)."""
     from cnnscope.capture import evaluating
 
     net = truncated(model.module)
@@ -51,7 +52,7 @@ def bare_seconds(model, steps: int) -> float:
         t0 = time.perf_counter()
         for _ in range(steps):
             xi = model.normalize(x).requires_grad_(True)
-            out = net(xi)
+            out = net(xi.contiguous(memory_format=torch.channels_last) if channels_last else xi)
             loss = out[torch.arange(len(CHANNELS)), idx].mean(dim=(1, 2)).sum()
             torch.autograd.grad(loss, xi)
         return time.perf_counter() - t0
@@ -118,6 +119,7 @@ def lucent_available() -> str | None:
 def methods(model, lucent: bool) -> dict:
     """name -> ``steps -> (seconds, uint8 images or None)``."""
     table = {"bare": lambda steps: (bare_seconds(model, steps), None),
+             "bare NCHW": lambda steps: (bare_seconds(model, steps, channels_last=False), None),
              "cnnscope": lambda steps: ours(model, steps),
              "cnnscope@224": lambda steps: ours(model, steps, view=224)}
     if lucent:
@@ -159,8 +161,8 @@ def main() -> None:
     med = {k: median(v) for k, v in ms.items()}
     lines = [f"- ms per channel-step (median of {args.repeats} rounds of {args.timing_steps}-step runs, every method "
              "once per round): " + ", ".join(f"{k} {v:.1f}" for k, v in med.items()),
-             f"- overhead of `render` over the bare truncated forward+backward: {ratio('cnnscope', 'bare')} "
-             "(goal <= 1.25x)"]
+             f"- overhead of `render` over the bare truncated forward+backward in the same (channels-last) format: "
+             f"{ratio('cnnscope', 'bare')} (goal <= 1.25x); over a plain NCHW one: {ratio('cnnscope', 'bare NCHW')}"]
     if why:
         lines.append(f"- Lucent comparison not run: {why}")
     else:
@@ -170,7 +172,7 @@ def main() -> None:
                   f"{ratio('lucent', 'cnnscope@224')}, batched Lucent / cnnscope@224 "
                   f"{ratio('lucent batched', 'cnnscope@224')}"]
     acts = {}
-    for name in names[1:]:
+    for name in [k for k in names if not k.startswith("bare")]:
         _, images = table[name](args.steps)
         acts[name] = activations(model, images)
         print(f"{name}: activation {acts[name][0]:.3g} at 128 px, {acts[name][1]:.3g} at 224 px", flush=True)
