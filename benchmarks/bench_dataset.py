@@ -14,31 +14,19 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from _common import append_results
+
 LAYERS = ["blocks.2.1.bn1.act", "blocks.4.0.bn1.act", "blocks.5"]
-RESULTS = Path(__file__).with_name("RESULTS.md")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def bare_pass(model, source, batch_size: int, channels_last: bool = True) -> tuple[float, float]:
@@ -150,16 +138,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if args.append_results:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        machine = (f"{cpu_name()}, {os.cpu_count()} cores (load average {load:.1f} at the end), "
-                   f"torch {torch.__version__}")
-        header = (f"\n## bench_dataset.py: statistics pass vs bare forward\n\n"
-                  f"{datetime.date.today().isoformat()} on {machine}\n\n")
-        if not RESULTS.exists():
-            RESULTS.write_text("# Measured benchmark figures\n")
-        with open(RESULTS, "a") as fh:  # append: other areas write their own sections
-            fh.write(header + "\n".join(lines) + "\n")
-
+        append_results("Dataset statistics (#6): bench_dataset.py", "\n".join(lines), "benchmarks/bench_dataset.py")
 
 if __name__ == "__main__":
     main()
