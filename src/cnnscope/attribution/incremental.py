@@ -98,12 +98,13 @@ class Plan:
                 "candidates": {k: round(v, 4) for k, v in self.candidates.items()}}
 
 
-def split_candidates(module: nn.Module, x: torch.Tensor) -> dict[str, float]:
+def split_candidates(module: nn.Module, x: torch.Tensor, batch: int = 4) -> dict[str, float]:
     """Block boundaries with a spatial output and the share of the forward's time spent before each.
 
-    Forwards of ``x[:4]`` with hooks (one warm-up, then :data:`TIMING_RUNS` timed; each stretch between two block
-    boundaries counts with its fastest run; on CUDA every hook synchronizes). Layers that run more than once and
-    layers whose output is another candidate's (the same tensor) are left out.
+    Forwards of a batch of ``batch`` images cycled from ``x`` (the batch the occluded copies will run at: on a CPU
+    the time share of early, high-resolution layers grows with it) with hooks: one warm-up, then :data:`TIMING_RUNS`
+    timed; each stretch between two block boundaries counts with its fastest run; on CUDA every hook synchronizes.
+    Layers that run more than once and layers whose output is another candidate's (the same tensor) are left out.
     """
     containers = (nn.Sequential, nn.ModuleList)
     names: dict[nn.Module, str] = {}
@@ -112,6 +113,7 @@ def split_candidates(module: nn.Module, x: torch.Tensor) -> dict[str, float]:
             for child_name, child in parent.named_children():
                 names.setdefault(child, f"{parent_name}.{child_name}" if parent_name else child_name)
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    xb = x[torch.arange(batch) % x.shape[0]]
     seen: dict[str, float] = {}
     calls: dict[str, int] = {}
     outputs: dict[str, torch.Tensor] = {}  # held, so tensor ids stay unique during the pass
@@ -134,7 +136,7 @@ def split_candidates(module: nn.Module, x: torch.Tensor) -> dict[str, float]:
                 outputs.clear()
                 sync()
                 t0 = time.perf_counter()
-                module(x[:4])
+                module(xb)
                 sync()
                 end = time.perf_counter()
                 order = sorted(seen, key=seen.get)
@@ -182,7 +184,7 @@ def _jump(top: np.ndarray) -> int | None:
 
 
 def make_plans(module: nn.Module, x: torch.Tensor, window: tuple[int, int], starts: tuple[list[int], list[int]],
-               layer: str | None = None) -> list[Plan]:
+               layer: str | None = None, batch: int = 4) -> list[Plan]:
     """Split plans worth trying, cheapest first (only the given layer's when ``layer`` is set).
 
     Plans (and the reasons there is none) are cached per module, input size, windows and device type: the first
@@ -193,10 +195,10 @@ def make_plans(module: nn.Module, x: torch.Tensor, window: tuple[int, int], star
         IncrementalUnavailable: no candidate layer, or none whose estimated cost is below :data:`MAX_COST`.
     """
     cache = _PLANS.setdefault(module, {})
-    key = _key(x, window, starts, layer)
+    key = (*_key(x, window, starts, layer), batch)
     if key not in cache:
         try:
-            cache[key] = _make_plans(module, x, window, starts, layer)
+            cache[key] = _make_plans(module, x, window, starts, layer, batch)
         except IncrementalUnavailable as err:
             cache[key] = err
     got = cache[key]
@@ -206,9 +208,9 @@ def make_plans(module: nn.Module, x: torch.Tensor, window: tuple[int, int], star
 
 
 def discard_plan(module: nn.Module, x: torch.Tensor, window: tuple[int, int], starts: tuple[list[int], list[int]],
-                 layer: str | None, plan: Plan) -> None:
+                 layer: str | None, plan: Plan, batch: int = 4) -> None:
     """Forget ``plan`` for later calls (its split layer failed the clean-image check)."""
-    got = _PLANS.get(module, {}).get(_key(x, window, starts, layer))
+    got = _PLANS.get(module, {}).get((*_key(x, window, starts, layer), batch))
     if isinstance(got, list) and plan in got:
         got.remove(plan)
 
@@ -218,9 +220,9 @@ def _key(x: torch.Tensor, window: tuple[int, int], starts: tuple[list[int], list
 
 
 def _make_plans(module: nn.Module, x: torch.Tensor, window: tuple[int, int], starts: tuple[list[int], list[int]],
-                layer: str | None) -> list[Plan]:
+                layer: str | None, batch: int) -> list[Plan]:
     h, w = x.shape[-2:]
-    cands = split_candidates(module, x)
+    cands = split_candidates(module, x, batch)
     if layer is not None:
         Capture(module, [layer])  # an unknown name raises LayerError with close matches
         if layer not in cands:

@@ -183,7 +183,8 @@ class Occlusion(Method):
         try:
             if scorer.target.kind == "unit":
                 raise IncrementalUnavailable("unit targets read a layer inside the model")
-            plans = make_plans(self.module, *window_args)
+            batch = self._incremental_batch(x)
+            plans = make_plans(self.module, *window_args, batch=batch)
             reasons = []
             for plan in list(plans[:MAX_TRIES]):
                 with IncrementalOcclusion(scorer.module, scorer, x, base, plan, scorer.channels_last,
@@ -192,7 +193,7 @@ class Occlusion(Method):
                         inc.check(clean, kind)
                     except IncrementalUnavailable as err:
                         reasons.append(str(err))
-                        discard_plan(self.module, *window_args, plan)
+                        discard_plan(self.module, *window_args, plan, batch)
                         continue
                     bar = None
                     if self.opts["progress"]:
@@ -200,7 +201,7 @@ class Occlusion(Method):
 
                         bar = tqdm(total=x.shape[0] * len(starts[0]) * len(starts[1]), desc=self.name, leave=False)
                     try:
-                        scores = inc.scores(x.shape[0], self._incremental_batch(x), kind,
+                        scores = inc.scores(x.shape[0], batch, kind,
                                             bar.update if bar else None)
                     finally:
                         if bar is not None:
