@@ -20,9 +20,8 @@ from ..errors import ImageError, MethodError, unknown
 from .targets import Scorer, Target, parse_target
 
 #: Options every method takes: the memory bound, the batch of perturbation forwards on a CPU, a progress bar,
-#: temporary eval mode.
-#: Options every method takes. ``channels_last`` hands 4-D batches to the model in channels-last memory format
-#: (1.4x-1.7x faster forward/backward on CPUs with oneDNN, results equal to float rounding); the model is not touched.
+#: temporary eval mode, and ``channels_last``, which hands 4-D batches to the model in channels-last memory format
+#: (1.4x-1.7x faster forward/backward on CPUs with oneDNN, results equal to float rounding; the model is not touched).
 COMMON_OPTIONS: dict[str, Any] = {"max_batch": 32, "cpu_batch": 4, "progress": False, "eval_mode": True,
                                   "channels_last": True}
 
