@@ -162,3 +162,21 @@ def test_lite0_layer_shapes(lite0):
     assert infos["blocks.4.0"].output_shape == (112, 14, 14)
     assert infos["conv_head"].output_shape == (1280, 7, 7)
     assert infos["blocks.4.0.bn1.act"].kind == "ReLU6"
+
+
+def test_layer_times_follow_execution_order_and_share_outputs():
+    from cnnscope.capture import layer_times
+
+    from .models import ResidualNet
+
+    net = ResidualNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    t = layer_times(net, x, ["stem", "act", "layer1", "layer1.conv2", "layer2", "fc"], runs=2)
+    assert list(t) == ["stem", "act", "layer1.conv2", "layer1", "layer2", "fc"]  # exit order
+    shares = [v.share for v in t.values()]
+    assert shares == sorted(shares) and 0 < shares[0] and shares[-1] <= 1
+    assert t["layer1"].shape == (2, 8, 16, 16) and t["fc"].shape == (2, 5)
+    assert t["stem"].output == t["act"].output  # in-place ReLU returns the stem's tensor
+    assert t["layer1"].output != t["layer2"].output
+    assert t["act"].calls == 1
+    assert not any(h for m in net.modules() for h in m._forward_hooks.values())

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from cnnscope.attribution import attribute
-from cnnscope.attribution.fold_bn import conv_bn_pairs, fold_batchnorm
+from cnnscope.attribution.fold_bn import fold_batchnorm
+from cnnscope.capture import conv_bn_pairs
 
 from ..models import InplaceReLUNet, seeded
 from .test_incremental import DeepNet

@@ -16,46 +16,11 @@ The model itself is never changed.
 from __future__ import annotations
 
 import copy
-from collections import Counter
 
 import torch
 from torch import nn
 
-
-def conv_bn_pairs(module: nn.Module, x: torch.Tensor) -> list[tuple[str, str]]:
-    """``(conv name, batch-norm name)`` for every ``BatchNorm2d`` that reads a ``Conv2d``'s output directly.
-
-    One forward of ``x[:1]`` without gradients; the module must be in the mode the caller runs it in.
-    """
-    produced: dict[int, str] = {}
-    pairs: list[tuple[str, str]] = []
-    keep: list[torch.Tensor] = []  # held, so tensor ids stay unique during the pass
-    handles = []
-
-    def conv_out(name: str, out: object) -> None:
-        if isinstance(out, torch.Tensor):
-            produced[id(out)] = name
-            keep.append(out)
-
-    def bn_in(name: str, inputs: tuple) -> None:
-        src = produced.get(id(inputs[0])) if inputs and isinstance(inputs[0], torch.Tensor) else None
-        if src is not None:
-            pairs.append((src, name))
-
-    for name, mod in module.named_modules():
-        if type(mod) is nn.Conv2d:
-            handles.append(mod.register_forward_hook(lambda m, i, o, n=name: conv_out(n, o)))
-        elif isinstance(mod, nn.BatchNorm2d):
-            handles.append(mod.register_forward_pre_hook(lambda m, i, n=name: bn_in(n, i)))
-    try:
-        with torch.no_grad():
-            module(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    convs = Counter(c for c, _ in pairs)
-    bns = Counter(b for _, b in pairs)
-    return [(c, b) for c, b in pairs if convs[c] == 1 and bns[b] == 1]  # modules called twice are left alone
+from ..capture import conv_bn_pairs
 
 
 def _neutralise(parent: nn.Module, attr: str, bn: nn.BatchNorm2d) -> None:

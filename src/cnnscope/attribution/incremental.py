@@ -23,17 +23,15 @@ the root module, with a spatial output, run once per forward.
 
 from __future__ import annotations
 
-import time
 import weakref
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..capture import Capture, evaluating, patch_outputs
+from ..capture import Capture, layer_times, patch_outputs
 from ..capture.receptive_field import receptive_fields
 from ..errors import CnnscopeError
 from .targets import Scorer
@@ -44,7 +42,7 @@ MAX_TRIES = 3
 MAX_COST = 0.85
 #: Layers after this share of the forward's time are not considered (their receptive fields cost probes).
 MAX_SHARE = 0.6
-#: Timed forwards of the split planning.
+#: Timed forwards of the split planning (after one warm-up).
 TIMING_RUNS = 3
 #: Relative tolerance of the clean-image checks.
 CHECK_RTOL = 1e-4
@@ -55,10 +53,6 @@ _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 class IncrementalUnavailable(CnnscopeError):
     """The model or the options do not allow incremental occlusion (the caller falls back to full forwards)."""
-
-
-class _Stop(Exception):
-    """Raised by the split layer's hook to end a prefix forward."""
 
 
 @dataclass(frozen=True)
@@ -101,10 +95,9 @@ class Plan:
 def split_candidates(module: nn.Module, x: torch.Tensor, batch: int = 4) -> dict[str, float]:
     """Block boundaries with a spatial output and the share of the forward's time spent before each.
 
-    Forwards of a batch of ``batch`` images cycled from ``x`` (the batch the occluded copies will run at: on a CPU
-    the time share of early, high-resolution layers grows with it) with hooks: one warm-up, then :data:`TIMING_RUNS`
-    timed; each stretch between two block boundaries counts with its fastest run; on CUDA every hook synchronizes.
-    Layers that run more than once and layers whose output is another candidate's (the same tensor) are left out.
+    Timed (:func:`~cnnscope.capture.layer_times`) on a batch of ``batch`` images cycled from ``x``, the batch the
+    occluded copies will run at: on a CPU the time share of early, high-resolution layers grows with it. Layers that
+    run more than once and layers whose output is another candidate's (the same tensor) are left out.
     """
     containers = (nn.Sequential, nn.ModuleList)
     names: dict[nn.Module, str] = {}
@@ -112,50 +105,14 @@ def split_candidates(module: nn.Module, x: torch.Tensor, batch: int = 4) -> dict
         if parent is module or isinstance(parent, containers):
             for child_name, child in parent.named_children():
                 names.setdefault(child, f"{parent_name}.{child_name}" if parent_name else child_name)
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    xb = x[torch.arange(batch) % x.shape[0]]
-    seen: dict[str, float] = {}
-    calls: dict[str, int] = {}
-    outputs: dict[str, torch.Tensor] = {}  # held, so tensor ids stay unique during the pass
-
-    def mark(name: str, out: object) -> None:
-        sync()
-        calls[name] = calls.get(name, 0) + 1
-        seen[name] = time.perf_counter()
-        if isinstance(out, torch.Tensor) and out.ndim == 4 and min(out.shape[-2:]) > 1:
-            outputs[name] = out
-
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: mark(n, o)) for m, n in names.items()]
-    runs: list[list[float]] = []  # per timed run: the time of each mark in execution order, then the end
-    order: list[str] = []
-    try:
-        with torch.no_grad():
-            for r in range(TIMING_RUNS + 1):
-                seen.clear()
-                calls.clear()
-                outputs.clear()
-                sync()
-                t0 = time.perf_counter()
-                module(xb)
-                sync()
-                end = time.perf_counter()
-                order = sorted(seen, key=seen.get)
-                if r:  # the first run warms up
-                    runs.append([seen[n] - t0 for n in order] + [end - t0])
-    finally:
-        for h in handles:
-            h.remove()
-    # each segment between consecutive marks: its fastest run (robust to a descheduled thread on a busy machine)
-    segments = np.min(np.diff(np.array(runs), axis=1, prepend=0.0), axis=0)
-    at = dict(zip(order, np.cumsum(segments)[:-1] / segments.sum(), strict=True))
+    times = layer_times(module, x[torch.arange(batch) % x.shape[0]], names.values(), runs=TIMING_RUNS)
     out: dict[str, float] = {}
-    tensors: set[int] = set()
-    for name in sorted(outputs, key=lambda n: at[n], reverse=True):  # deepest name of a shared output wins
-        share = float(at[name])
-        if calls[name] == 1 and id(outputs[name]) not in tensors and 0 < share < 1:
-            out[name] = share
-            tensors.add(id(outputs[name]))
-    outputs.clear()
+    outputs: set[int] = set()
+    for name, t in sorted(times.items(), key=lambda kv: kv[1].share, reverse=True):  # deepest name of an output
+        spatial = t.shape is not None and len(t.shape) == 4 and min(t.shape[-2:]) > 1
+        if spatial and t.calls == 1 and t.output not in outputs and 0 < t.share < 1:
+            out[name] = t.share
+            outputs.add(t.output)
     return dict(sorted(out.items(), key=lambda kv: kv[1]))
 
 
@@ -276,8 +233,9 @@ class IncrementalOcclusion:
                  channels_last: bool, eval_mode: bool) -> None:
         self.module, self.scorer, self.x, self.base, self.plan = module, scorer, x, base, plan
         self.cl = channels_last
-        self.eval_mode = eval_mode
-        self.split = dict(module.named_modules())[plan.layer]
+        # clones: the first run goes all the way (it checks for reuse), and in-place layers after the split would
+        # otherwise change what it captured
+        self.cap = Capture(module, [plan.layer], stop_early=True, clone=True, eval_mode=eval_mode)
         jy, jx = plan.rows[0].jump, plan.cols[0].jump
         self.dummy_size = (min(x.shape[-2], max(8, 2 * jy)), min(x.shape[-1], max(8, 2 * jx)))
 
@@ -290,26 +248,12 @@ class IncrementalOcclusion:
         pass
 
     def _prefix(self, batch: torch.Tensor) -> torch.Tensor:
-        """The split layer's output for ``batch`` (the forward stops right after it)."""
+        """The split layer's output for ``batch`` (after the first call, the forward stops right after it)."""
         if self.cl:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        got: list[torch.Tensor] = []
-
-        def stop(_mod: nn.Module, _inp: tuple, out: object) -> None:
-            got.append(out)
-            raise _Stop
-
-        handle = self.split.register_forward_hook(stop)
-        try:
-            with evaluating(self.module) if self.eval_mode else nullcontext():
-                self.module(batch)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        if not got or not isinstance(got[0], torch.Tensor):
-            raise IncrementalUnavailable(f"split layer {self.plan.layer!r} did not produce a tensor")
-        return got[0]
+        with self.cap:  # hooks only while the prefix runs: the suffix passes through the split layer too
+            self.cap.run(batch)
+        return self.cap.activations[self.plan.layer]
 
     def _crops(self, jobs: list[tuple[int, int, int]], occlude: bool) -> torch.Tensor:
         out = []

@@ -1,6 +1,7 @@
 """The capture layer: the only code in cnnscope that registers hooks on a model (DESIGN rule 1)."""
 
 from .capture import REUSE_MODES, Capture, capture
+from .conv_bn import conv_bn_pairs
 from .layers import LayerInfo, input_channels, list_layers
 from .patch import patch_outputs
 from .relu_rules import RULES, relu_modules, relu_rule
@@ -15,7 +16,9 @@ from .state import (
                     module_dtype,
                     resolve_layers,
 )
+from .timing import LayerTime, layer_times
 
-__all__ = ["ACTIVATION_TYPES", "REUSE_MODES", "RULES", "Capture", "LayerInfo", "StopForward", "capture",
-           "evaluating", "first_tensor", "input_channels", "is_activation", "layer_names", "list_layers",
-           "module_device", "module_dtype", "patch_outputs", "relu_modules", "relu_rule", "resolve_layers"]
+__all__ = ["ACTIVATION_TYPES", "Capture", "LayerInfo", "LayerTime", "REUSE_MODES", "RULES", "StopForward", "capture",
+           "conv_bn_pairs", "evaluating", "first_tensor", "input_channels", "is_activation", "layer_names",
+           "layer_times", "list_layers", "module_device", "module_dtype", "patch_outputs", "relu_modules",
+           "relu_rule", "resolve_layers"]
