@@ -66,14 +66,19 @@ def first_tensor(value: object) -> torch.Tensor | None:
 
 @contextmanager
 def evaluating(module: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily put every submodule in eval mode; restore each ``training`` flag in ``finally``."""
-    flags = [(m, m.training) for m in module.modules()]
+    """Temporarily put every submodule in eval mode; restore each ``training`` flag in ``finally``.
+
+    A module already all in eval mode is left alone: ``eval()`` walks every submodule through ``__setattr__``, a
+    sizeable cost for the thousands of small passes a perturbation method makes.
+    """
+    training = [m for m in module.modules() if m.training]
     try:
-        module.eval()
+        if training:
+            module.eval()
         yield module
     finally:
-        for m, flag in flags:
-            m.training = flag
+        for m in training:
+            m.training = True
 
 
 def module_device(module: nn.Module) -> torch.device:
