@@ -92,3 +92,23 @@ def test_lite0_folds_every_norm(lite0):
     with torch.no_grad():
         want = lite0.module(x)
         torch.testing.assert_close(folded(x), want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_folded_copy_is_cached_until_the_model_changes(single_thread):
+    net = DeepNet().eval()
+    x = _x()
+    first, _ = fold_batchnorm(net, x)
+    assert fold_batchnorm(net, x)[0] is first
+    assert fold_batchnorm(net, x, cache=False)[0] is not first
+    with torch.no_grad():
+        net.stem[1].running_var.mul_(2.0)  # an in-place change bumps the buffer's version
+    second, _ = fold_batchnorm(net, x)
+    assert second is not first
+    with torch.no_grad():
+        torch.testing.assert_close(second(x), net(x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(first(x), net(x), rtol=1e-3, atol=1e-3)
+    net.load_state_dict(DeepNet().state_dict())  # copies in place: new versions again
+    third, _ = fold_batchnorm(net, x)
+    assert third is not second
+    with torch.no_grad():
+        torch.testing.assert_close(third(x), net(x), rtol=1e-5, atol=1e-5)

@@ -10,12 +10,14 @@ Pairs are found by running the model once: a ``BatchNorm2d`` whose input is the 
 A conv output that something else also reads (a skip connection taken before the norm) would be changed by the
 fold, so the caller must compare the copy's outputs with the original's (:func:`fold_batchnorm` returns the copy;
 :class:`~cnnscope.attribution.perturbation.Occlusion` checks the clean scores and falls back to the model itself).
-The model itself is never changed.
+The model itself is never changed. The copy is cached per model and reused while every parameter and buffer is the
+same tensor at the same version (an optimizer step, ``load_state_dict`` or ``.to()`` makes a new copy).
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 
 import torch
 from torch import nn
@@ -39,11 +41,33 @@ def _neutralise(parent: nn.Module, attr: str, bn: nn.BatchNorm2d) -> None:
             bn.bias.zero_()
 
 
-def fold_batchnorm(module: nn.Module, x: torch.Tensor) -> tuple[nn.Module, int]:
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _state(module: nn.Module) -> tuple:
+    """What the folded copy depends on: identity, version, storage, dtype and device of every parameter and
+    buffer (a tensor changed in place bumps its version)."""
+    return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device)
+                 for t in (*module.parameters(), *module.buffers()))
+
+
+def fold_batchnorm(module: nn.Module, x: torch.Tensor, cache: bool = True) -> tuple[nn.Module, int]:
     """``(copy, number of folded pairs)``: an eval-mode copy of ``module`` with each conv -> batch-norm pair fused.
 
-    Compare the copy's outputs with the original's before trusting it (see the module docstring).
+    Compare the copy's outputs with the original's before trusting it (see the module docstring). With ``cache``
+    the copy is shared by calls on an unchanged model: do not modify it.
     """
+    if not cache:
+        return _fold(module, x)
+    state = _state(module)
+    got = _CACHE.get(module)
+    if got is None or got[0] != state:
+        got = (state, *_fold(module, x))
+        _CACHE[module] = got
+    return got[1], got[2]
+
+
+def _fold(module: nn.Module, x: torch.Tensor) -> tuple[nn.Module, int]:
     was = module.training
     module.eval()
     try:
