@@ -103,6 +103,30 @@ def test_every_split_layer_equals_full_forwards(single_thread, window, stride, b
     torch.testing.assert_close(auto.values, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("chain", [["stem", "blocks.0"], ["stem", "blocks.1", "blocks.2"],
+                                   ["blocks.0", "blocks.1", "blocks.2", "blocks.4"]])
+def test_chains_of_split_layers_equal_full_forwards(single_thread, chain):
+    net = DeepNet().eval()
+    x = _images()
+    opts = {"window": 8, "stride": 5, "baseline": "blur", "blur_sigma": 2.0, "target": [0, 5]}
+    a = attribute(net, x, "occlusion", split_layer=chain, **opts)
+    info = a.spec["incremental"]
+    assert info["used"] and info["layers"] == chain and len(info["stage_crops"]) == len(chain), info
+    torch.testing.assert_close(a.values, _full(net, x, **opts), rtol=1e-4, atol=1e-5)
+
+
+def test_auto_chains_use_only_layers_that_work_alone(single_thread):
+    net = DeepNet().eval()
+    x = _images()
+    a = attribute(net, x, "occlusion", window=6, stride=3, target=[1, 4])
+    info = a.spec["incremental"]
+    assert info["used"]
+    # inside a residual block the skip bypasses the split: those layers fail alone and never enter a chain
+    assert not any(n.startswith(("blocks.0.", "blocks.2.")) for n in info["layers"]), info
+    assert all(not n.startswith(("blocks.0.", "blocks.2.")) for c in info["candidates"] for n in c.split(", "))
+    torch.testing.assert_close(a.values, _full(net, x, window=6, stride=3, target=[1, 4]), rtol=1e-4, atol=1e-5)
+
+
 def test_auto_choice_on_residual_net_equals_full_forwards(single_thread):
     net = ResidualNet().eval()
     x = _images(32, 36)
@@ -112,8 +136,9 @@ def test_auto_choice_on_residual_net_equals_full_forwards(single_thread):
         torch.testing.assert_close(got.values, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("net_cls,reason", [(GatedNet, "no candidate layer has regular receptive fields"),
-                                             (CoordNet, "a crop's activation differs from the full forward")])
+@pytest.mark.parametrize("net_cls,reason", [
+    (GatedNet, "no candidate layer has regular receptive fields"),
+    (CoordNet, "a crop's activation at 'blocks.0' differs from the full forward")])
 def test_non_local_prefix_falls_back_and_explains(single_thread, net_cls, reason):
     net = net_cls().eval()
     x = _images()
@@ -141,6 +166,8 @@ def test_bad_split_layers(single_thread):
         attribute(net, x, "occlusion", window=8, stride=4, split_layer="blokcs.1")
     a = attribute(net, x, "occlusion", window=8, stride=4, split_layer="blocks.0.dw")
     assert "not a block boundary" in a.spec["incremental"]["reason"]
+    rev = attribute(net, x, "occlusion", window=8, stride=4, split_layer=["blocks.1", "stem"])
+    assert "not in forward order" in rev.spec["incremental"]["reason"]
     with pytest.raises(MethodError, match="incremental must be"):
         attribute(net, x, "occlusion", incremental="yes")
     off = attribute(net, x, "occlusion", window=8, stride=4, incremental=False)
@@ -160,5 +187,6 @@ def test_lite0_incremental_occlusion_equals_full_forwards(lite0, samples):
     a = attribute(lite0, chelsea, "occlusion", window=48, stride=32)
     info = a.spec["incremental"]
     assert info["used"] and info["layer"].startswith("blocks.") and info["estimated_cost"] < 0.85
+    assert info["layers"][0] == info["layer"] and len(info["layers"]) <= 3
     b = attribute(lite0, chelsea, "occlusion", window=48, stride=32, incremental=False)
     torch.testing.assert_close(a.values, b.values, rtol=1e-4, atol=1e-4 * float(b.values.abs().max()))

@@ -23,8 +23,9 @@ the root module, with a spatial output, run once per forward.
 
 from __future__ import annotations
 
+import itertools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,12 +37,18 @@ from ..capture.receptive_field import receptive_fields
 from ..errors import CnnscopeError
 from .targets import Scorer
 
-#: Plans tried per call (cheapest first) before falling back to full forwards.
+#: Plans tried per call (cheapest first) before falling back to full forwards (a plan with a failed stage rules out
+#: every other plan with that stage).
 MAX_TRIES = 3
-#: A split layer is used only when its estimated cost is at most this share of a full forward.
+#: A plan is used only when its estimated cost is at most this share of a full forward.
 MAX_COST = 0.85
 #: Layers after this share of the forward's time are not considered (their receptive fields cost probes).
-MAX_SHARE = 0.6
+MAX_SHARE = 0.75
+#: Most split layers in one plan (stages); each further stage must lower the estimated cost by :data:`STAGE_GAIN`.
+MAX_STAGES = 3
+#: Share of a full forward a further stage must save to be worth its extra pass, crops and pastes (measured on
+#: EfficientNet-Lite0 on one CPU core: a stage saving ~5% of a forward did not pay for itself).
+STAGE_GAIN = 0.06
 #: Timed forwards of the split planning (after one warm-up).
 TIMING_RUNS = 3
 #: Relative tolerance of the clean-image checks.
@@ -52,13 +59,21 @@ _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class IncrementalUnavailable(CnnscopeError):
-    """The model or the options do not allow incremental occlusion (the caller falls back to full forwards)."""
+    """The model or the options do not allow incremental occlusion (the caller falls back to full forwards).
+
+    ``pair`` is the ``(source, layer)`` stage that failed a check, when one did (``source`` ``None`` is the input).
+    """
+
+    def __init__(self, message: str, pair: tuple[str | None, str] | None = None) -> None:
+        super().__init__(message)
+        self.pair = pair
 
 
 @dataclass(frozen=True)
 class AxisCut:
-    """Geometry of one window start along one axis: changed positions ``[r0, r1)`` at the split layer and the
-    input crop ``[c0, c1)`` that computes them (``c0`` a multiple of the layer's stride)."""
+    """Geometry of one window start along one axis for one stage: changed positions ``[r0, r1)`` of the stage's
+    layer and the crop ``[c0, c1)`` of its source (the input for the first stage, the previous stage's layer
+    after) that computes them; ``c0`` is a multiple of ``jump``, the layer's stride in source positions."""
 
     start: int
     stop: int
@@ -75,20 +90,43 @@ class AxisCut:
 
 
 @dataclass
-class Plan:
-    """A split layer and the cut of every window row and column."""
+class Stage:
+    """One split layer of a plan: the cut of every window row and column, in the coordinates of its source."""
 
+    source: str | None
     layer: str
     rows: list[AxisCut]
     cols: list[AxisCut]
-    prefix_share: float
+    share: float
+    area: float
+
+    @property
+    def pair(self) -> tuple[str | None, str]:
+        return self.source, self.layer
+
+    @property
+    def mean_crop(self) -> list[float]:
+        return [round(float(np.mean([c.c1 - c.c0 for c in cuts])), 1) for cuts in (self.rows, self.cols)]
+
+
+@dataclass
+class Plan:
+    """Split layers in forward order; the first stage's source is the input, the suffix runs from the last."""
+
+    stages: list[Stage]
     cost: float
     candidates: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def layer(self) -> str:
+        """The layer the suffix starts from."""
+        return self.stages[-1].layer
+
     def summary(self) -> dict:
-        crop = np.mean([r.c1 - r.c0 for r in self.rows]), np.mean([c.c1 - c.c0 for c in self.cols])
-        return {"used": True, "layer": self.layer, "prefix_share": round(self.prefix_share, 4),
-                "estimated_cost": round(self.cost, 4), "mean_crop": [round(float(v), 1) for v in crop],
+        first = self.stages[0]
+        return {"used": True, "layer": first.layer, "layers": [st.layer for st in self.stages],
+                "prefix_share": round(first.share, 4), "estimated_cost": round(self.cost, 4),
+                "mean_crop": first.mean_crop, "stage_crops": [st.mean_crop for st in self.stages],
                 "candidates": {k: round(v, 4) for k, v in self.candidates.items()}}
 
 
@@ -116,46 +154,82 @@ def split_candidates(module: nn.Module, x: torch.Tensor, batch: int = 4) -> dict
     return dict(sorted(out.items(), key=lambda kv: kv[1]))
 
 
-def _cuts(top: np.ndarray, bottom: np.ndarray, starts: list[int], window: int, size: int, jump: int
-          ) -> list[AxisCut] | None:
-    cuts = []
+@dataclass(frozen=True)
+class _Axis:
+    """Input-pixel extent ``[top, bottom)`` of every position of a layer (or of the input) along one axis."""
+
+    top: np.ndarray
+    bottom: np.ndarray
+
+    @classmethod
+    def pixels(cls, n: int) -> _Axis:
+        return cls(np.arange(n), np.arange(n) + 1)
+
+    @property
+    def jump(self) -> int | None:
+        """The stride of the positions in input pixels (the most common step of ``top``), ``None`` if irregular."""
+        top = self.top
+        steps = np.diff(top[top > 0]) if (top > 0).sum() > 1 else np.diff(top)
+        if steps.size == 0:
+            return 1
+        vals, counts = np.unique(steps, return_counts=True)
+        j = int(vals[counts.argmax()])
+        return j if j >= 1 else None
+
+
+def _cuts(src: _Axis, dst: _Axis, starts: list[int], window: int, size: int) -> list[AxisCut] | None:
+    """Cuts of every window start for the stage ``src -> dst`` (``None`` when the geometry is irregular).
+
+    The source positions a ``dst`` position needs are those whose input extent lies inside its own (a superset of
+    its true support, so the crop is never too small); the checks on the clean image confirm the result. All crops
+    get one length (the largest, shifted inward at the borders) so the occluded copies batch together.
+    """
+    ja, jb = src.jump, dst.jump
+    if ja is None or jb is None or jb % ja:
+        return None
+    jump = jb // ja
+    inside = (src.top[None, :] >= dst.top[:, None]) & (src.bottom[None, :] <= dst.bottom[:, None])
+    if not inside.any(axis=1).all():
+        return None
+    lo = inside.argmax(axis=1)
+    hi = inside.shape[1] - inside[:, ::-1].argmax(axis=1)
+    raw = []
     for s in starts:
         e = min(s + window, size)
-        hit = np.nonzero((top < e) & (bottom > s))[0]
+        hit = np.nonzero((dst.top < e) & (dst.bottom > s))[0]
         if hit.size == 0 or hit[-1] - hit[0] + 1 != hit.size:
             return None
         r0, r1 = int(hit[0]), int(hit[-1]) + 1
-        c0 = int(top[r0:r1].min()) // jump * jump
-        c1 = int(bottom[r0:r1].max())
-        cuts.append(AxisCut(s, e, r0, r1, c0, c1, jump))
+        raw.append((s, e, r0, r1, int(lo[r0:r1].min()) // jump * jump, int(hi[r0:r1].max())))
+    n = len(src.top)
+    length = -(-max(c1 - c0 for *_, c0, c1 in raw) // jump) * jump
+    last = max(0, (n - length) // jump * jump)
+    cuts = []
+    for s, e, r0, r1, c0, c1 in raw:
+        c0 = min(c0, last)
+        cuts.append(AxisCut(s, e, r0, r1, c0, max(c1, min(c0 + length, n)), jump))
     return cuts
 
 
-def _jump(top: np.ndarray) -> int | None:
-    steps = np.diff(top[top > 0]) if (top > 0).sum() > 1 else np.diff(top)
-    if steps.size == 0:
-        return 1
-    vals, counts = np.unique(steps, return_counts=True)
-    j = int(vals[counts.argmax()])
-    return j if j >= 1 else None
-
-
 def make_plans(module: nn.Module, x: torch.Tensor, window: tuple[int, int], starts: tuple[list[int], list[int]],
-               layer: str | None = None, batch: int = 4) -> list[Plan]:
-    """Split plans worth trying, cheapest first (only the given layer's when ``layer`` is set).
+               layer: str | Sequence[str] | None = None, batch: int = 4,
+               verify: Callable[[Plan], None] | None = None) -> list[Plan]:
+    """Split plans worth trying, cheapest first (only the given layer or chain of layers when ``layer`` is set).
 
     Plans (and the reasons there is none) are cached per module, input size, windows and device type: the first
-    call times the forward and probes receptive fields (~1 s for EfficientNet-Lite0 on one CPU core), later ones
-    reuse them. The returned list is the cached one: :func:`discard_plan` removes a plan that failed its check.
+    call times the forward, probes receptive fields and, with ``verify`` (which raises
+    :class:`IncrementalUnavailable` for a plan that fails the clean-image check), keeps only the layers that work as
+    a single split before it chains them (~2-4 s for EfficientNet-Lite0 on one CPU core); later calls reuse them.
+    The returned list is the cached one: :func:`discard_plans` removes plans with a failed stage.
 
     Raises:
-        IncrementalUnavailable: no candidate layer, or none whose estimated cost is below :data:`MAX_COST`.
+        IncrementalUnavailable: no candidate layer, or no plan whose estimated cost is below :data:`MAX_COST`.
     """
     cache = _PLANS.setdefault(module, {})
     key = (*_key(x, window, starts, layer), batch)
     if key not in cache:
         try:
-            cache[key] = _make_plans(module, x, window, starts, layer, batch)
+            cache[key] = _make_plans(module, x, window, starts, _layers(layer), batch, verify)
         except IncrementalUnavailable as err:
             cache[key] = err
     got = cache[key]
@@ -164,60 +238,129 @@ def make_plans(module: nn.Module, x: torch.Tensor, window: tuple[int, int], star
     return got
 
 
-def discard_plan(module: nn.Module, x: torch.Tensor, window: tuple[int, int], starts: tuple[list[int], list[int]],
-                 layer: str | None, plan: Plan, batch: int = 4) -> None:
-    """Forget ``plan`` for later calls (its split layer failed the clean-image check)."""
+def discard_plans(module: nn.Module, x: torch.Tensor, window: tuple[int, int], starts: tuple[list[int], list[int]],
+                  layer: str | Sequence[str] | None, pair: tuple[str | None, str], batch: int = 4) -> None:
+    """Forget, for later calls, every plan with the stage ``pair`` (it failed the clean-image check)."""
     got = _PLANS.get(module, {}).get((*_key(x, window, starts, layer), batch))
-    if isinstance(got, list) and plan in got:
-        got.remove(plan)
+    if isinstance(got, list):
+        got[:] = [p for p in got if pair not in [st.pair for st in p.stages]]
 
 
-def _key(x: torch.Tensor, window: tuple[int, int], starts: tuple[list[int], list[int]], layer: str | None) -> tuple:
+def _layers(layer: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    if layer is None:
+        return None
+    layers = (layer,) if isinstance(layer, str) else tuple(layer)
+    if not layers or not all(isinstance(n, str) and n for n in layers):
+        raise IncrementalUnavailable(f"split_layer must be a layer name or a list of them, got {layer!r}")
+    return layers
+
+
+def _key(x: torch.Tensor, window: tuple[int, int], starts: tuple[list[int], list[int]],
+         layer: str | Sequence[str] | None) -> tuple:
+    layer = layer if layer is None or isinstance(layer, str) else tuple(layer)
     return tuple(x.shape[1:]), tuple(window), tuple(starts[0]), tuple(starts[1]), layer, x.device.type
 
 
 def _make_plans(module: nn.Module, x: torch.Tensor, window: tuple[int, int], starts: tuple[list[int], list[int]],
-                layer: str | None, batch: int) -> list[Plan]:
+                layers: tuple[str, ...] | None, batch: int, verify: Callable[[Plan], None] | None) -> list[Plan]:
     h, w = x.shape[-2:]
     cands = split_candidates(module, x, batch)
-    if layer is not None:
-        Capture(module, [layer])  # an unknown name raises LayerError with close matches
-        if layer not in cands:
-            raise IncrementalUnavailable(f"split_layer {layer!r} is not a block boundary with a spatial output "
+    if layers is not None:
+        Capture(module, list(layers))  # an unknown name raises LayerError with close matches
+        bad = [n for n in layers if n not in cands]
+        if bad:
+            raise IncrementalUnavailable(f"split_layer {bad[0]!r} is not a block boundary with a spatial output "
                                          f"(candidates: {', '.join(cands) or 'none'})")
-        cands = {layer: cands[layer]}
+        if [cands[n] for n in layers] != sorted(cands[n] for n in layers) or len(set(layers)) != len(layers):
+            raise IncrementalUnavailable(f"split layers {list(layers)} are not in forward order")
+        cands = {n: cands[n] for n in layers}
     else:
         cands = {n: s for n, s in cands.items() if s <= MAX_SHARE}
     if not cands:
         raise IncrementalUnavailable("no block boundary with a spatial output to split the model at")
     rfs = receptive_fields(module, list(cands), (h, w))
-    plans: list[Plan] = []
-    for name, share in cands.items():
+    axes = {None: (_Axis.pixels(h), _Axis.pixels(w))}
+    for name in cands:
         boxes = rfs[name].boxes
-        top_r, bot_r = boxes[:, :, 0].min(axis=1), boxes[:, :, 2].max(axis=1)
-        top_c, bot_c = boxes[:, :, 1].min(axis=0), boxes[:, :, 3].max(axis=0)
-        jy, jx = _jump(top_r), _jump(top_c)
-        if jy is None or jx is None:
+        axes[name] = (_Axis(boxes[:, :, 0].min(axis=1), boxes[:, :, 2].max(axis=1)),
+                      _Axis(boxes[:, :, 1].min(axis=0), boxes[:, :, 3].max(axis=0)))
+    stages: dict[tuple, Stage | None] = {}
+
+    def stage(src: str | None, dst: str) -> Stage | None:
+        if (src, dst) not in stages:
+            rows = _cuts(axes[src][0], axes[dst][0], starts[0], window[0], h)
+            cols = _cuts(axes[src][1], axes[dst][1], starts[1], window[1], w)
+            if rows is None or cols is None:
+                stages[src, dst] = None
+            else:
+                area = (np.mean([r.c1 - r.c0 for r in rows]) * np.mean([c.c1 - c.c0 for c in cols])
+                        / (len(axes[src][0].top) * len(axes[src][1].top)))
+                stages[src, dst] = Stage(src, dst, rows, cols, cands[dst], float(area))
+        return stages[src, dst]
+
+    names = list(cands)
+    if layers is None and verify is not None:
+        names = _working_layers(names, stage, verify)
+    chains = [tuple(layers)] if layers is not None else [
+        c for k in range(1, MAX_STAGES + 1) for c in itertools.combinations(names, k)]
+    plans: list[Plan] = []
+    for chain in chains:
+        built = [stage(a, b) for a, b in zip((None, *chain[:-1]), chain)]
+        if any(st is None for st in built):
             continue
-        rows = _cuts(top_r, bot_r, starts[0], window[0], h, jy)
-        cols = _cuts(top_c, bot_c, starts[1], window[1], w, jx)
-        if rows is None or cols is None:
-            continue
-        area = np.mean([r.c1 - r.c0 for r in rows]) * np.mean([c.c1 - c.c0 for c in cols]) / (h * w)
-        plans.append(Plan(name, rows, cols, share, float(share * area + (1.0 - share))))
+        plans.append(Plan(built, _cost(built)))  # type: ignore[arg-type]
     if not plans:
         raise IncrementalUnavailable("no candidate layer has regular receptive fields")
-    plans.sort(key=lambda p: p.cost)
-    costs = {p.layer: p.cost for p in plans}
+    if layers is None:  # a further stage must pay for its extra pass
+        best: dict[tuple, float] = {}
+        for p in plans:
+            best[tuple(st.layer for st in p.stages)] = p.cost
+        plans = [p for p in plans if len(p.stages) == 1 or p.cost <= min(
+            best.get(tuple(st.layer for st in p.stages[:k]), np.inf) for k in range(1, len(p.stages))) - STAGE_GAIN]
+    plans.sort(key=lambda p: (p.cost, len(p.stages)))
+    costs = {", ".join(st.layer for st in p.stages): p.cost for p in plans[:12]}
     for p in plans:
         p.candidates = costs
-    if layer is None:
-        best = plans[0]
+    if layers is None:
+        top = plans[0]
         plans = [p for p in plans if p.cost <= MAX_COST]
         if not plans:
-            raise IncrementalUnavailable(f"no split layer pays off (best {best.layer!r}: estimated {best.cost:.2f} "
+            raise IncrementalUnavailable(f"no split layer pays off (best {top.layer!r}: estimated {top.cost:.2f} "
                                          "of a full forward)")
     return plans
+
+
+def _working_layers(names: list[str], stage: Callable, verify: Callable[[Plan], None]) -> list[str]:
+    """The layers (of ``names``) whose single-split plan costs at most :data:`MAX_COST` and passes ``verify``.
+
+    Chains are built from these only: a later stage whose source sits inside a residual block (the skip bypasses
+    it) fails, and there are many such chains; a layer that works alone rarely fails in a chain, and the per-call
+    check still catches it.
+    """
+    singles = [st for n in names if (st := stage(None, n)) is not None and _cost([st]) <= MAX_COST]
+    ok, reasons = set(), []
+    for st in sorted(singles, key=lambda st: _cost([st])):
+        try:
+            verify(Plan([st], _cost([st])))
+        except IncrementalUnavailable as err:
+            reasons.append(str(err))
+            continue
+        ok.add(st.layer)
+    if not ok:
+        shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "")
+        raise IncrementalUnavailable(shown or "no split layer pays off")
+    return [n for n in names if n in ok]
+
+
+def _cost(stages: list[Stage]) -> float:
+    """Estimated share of a full forward: each stage's time share times its crop's share of its source, plus the
+    suffix."""
+    before = 0.0
+    cost = 0.0
+    for st in stages:
+        cost += (st.share - before) * st.area
+        before = st.share
+    return float(cost + 1.0 - before)
 
 
 class IncrementalOcclusion:
@@ -230,113 +373,182 @@ class IncrementalOcclusion:
     """
 
     def __init__(self, module: nn.Module, scorer: Scorer, x: torch.Tensor, base: torch.Tensor, plan: Plan,
-                 channels_last: bool, eval_mode: bool) -> None:
+                 channels_last: bool) -> None:
         self.module, self.scorer, self.x, self.base, self.plan = module, scorer, x, base, plan
         self.cl = channels_last
-        # clones: the first run goes all the way (it checks for reuse), and in-place layers after the split would
-        # otherwise change what it captured
-        self.cap = Capture(module, [plan.layer], stop_early=True, clone=True, eval_mode=eval_mode)
-        jy, jx = plan.rows[0].jump, plan.cols[0].jump
+        # the caller has set the mode (eval or train) for the whole call. Clones: a first run goes all the way (it
+        # checks for reuse), and in-place layers after a split layer would otherwise change what it captured
+        layers = [st.layer for st in plan.stages]
+        self.cap_all = Capture(module, layers, stop_early=True, clone=True, eval_mode=False)
+        self.caps = [Capture(module, [n], stop_early=True, clone=True, eval_mode=False) for n in layers]
+        jy, jx = plan.stages[0].rows[0].jump, plan.stages[0].cols[0].jump
         self.dummy_size = (min(x.shape[-2], max(8, 2 * jy)), min(x.shape[-1], max(8, 2 * jx)))
+        self._swaps: dict[str, torch.Tensor] = {}
+        self._patch = patch_outputs(module, {n: lambda y, n=n: self._swaps.pop(n, y) for n in layers})
 
     def __enter__(self) -> IncrementalOcclusion:
+        """Capture every split layer's clean activation (one image at a time, as the checks compare them), then keep
+        a hook on each split layer that swaps in a given tensor for one pass (the passes of later stages and of the
+        rest of the model)."""
         with torch.no_grad():
-            self.clean = torch.cat([self._prefix(self.x[i:i + 1]) for i in range(self.x.shape[0])])
+            per_image = []
+            for i in range(self.x.shape[0]):
+                with self.cap_all:
+                    self.cap_all.run(self._format(self.x[i:i + 1]))
+                per_image.append([self.cap_all.activations[st.layer] for st in self.plan.stages])
+            self.clean = [torch.cat(acts) for acts in zip(*per_image)]
+        self._patch.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
+        self._swaps.clear()
+        self._patch.__exit__(*exc)
 
-    def _prefix(self, batch: torch.Tensor) -> torch.Tensor:
-        """The split layer's output for ``batch`` (after the first call, the forward stops right after it)."""
-        if self.cl:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with self.cap:  # hooks only while the prefix runs: the suffix passes through the split layer too
-            self.cap.run(batch)
-        return self.cap.activations[self.plan.layer]
+    def _format(self, t: torch.Tensor) -> torch.Tensor:
+        return t.contiguous(memory_format=torch.channels_last) if self.cl and t.ndim == 4 else t
 
-    def _crops(self, jobs: list[tuple[int, int, int]], occlude: bool) -> torch.Tensor:
+    def _dummy(self, n: int) -> torch.Tensor:
+        return self.x.new_zeros((n, self.x.shape[1], *self.dummy_size))
+
+    def _run_stage(self, k: int, crops: torch.Tensor) -> torch.Tensor:
+        """Stage ``k``'s layer output for ``crops`` of its source (images for the first stage; for later ones a tiny
+        dummy input enters the model and a hook swaps the crops in for the previous split layer's output)."""
+        cap = self.caps[k]
+        crops = self._format(crops)
+        with cap:  # hooks only while the stage runs: later passes run through the same layers
+            if k == 0:
+                cap.run(crops)
+            else:
+                self._swaps[self.plan.stages[k - 1].layer] = crops
+                try:
+                    cap.run(self._dummy(crops.shape[0]))
+                finally:
+                    self._swaps.clear()
+        return cap.activations[self.plan.stages[k].layer]
+
+    def _crops(self, k: int, jobs: list[tuple[int, int, int]], source: torch.Tensor | None, occlude: bool
+               ) -> torch.Tensor:
+        """Stage ``k``'s crops: of the images (``source`` ``None``; occluded when ``occlude``) or of ``source``,
+        whose row ``n`` belongs to ``jobs[n]``."""
+        st = self.plan.stages[k]
         out = []
-        for r, i, j in jobs:
-            ry, cx = self.plan.rows[i], self.plan.cols[j]
-            crop = self.x[r, :, ry.c0:ry.c1, cx.c0:cx.c1].clone()
+        for n, (r, i, j) in enumerate(jobs):
+            ry, cx = st.rows[i], st.cols[j]
+            crop = (self.x[r] if source is None else source[n])[:, ry.c0:ry.c1, cx.c0:cx.c1]
             if occlude:
+                crop = crop.clone()
                 ys, xs = slice(ry.start - ry.c0, ry.stop - ry.c0), slice(cx.start - cx.c0, cx.stop - cx.c0)
                 crop[:, ys, xs] = self.base[r, :, ry.start:ry.stop, cx.start:cx.stop]
             out.append(crop)
         return torch.stack(out)
 
-    def _paste(self, jobs: list[tuple[int, int, int]], acts: torch.Tensor) -> torch.Tensor:
-        pasted = self.clean[[r for r, _, _ in jobs]].clone()
-        for k, (_, i, j) in enumerate(jobs):
-            ry, cx = self.plan.rows[i], self.plan.cols[j]
+    def _paste(self, k: int, jobs: list[tuple[int, int, int]], acts: torch.Tensor) -> torch.Tensor:
+        """Stage ``k``'s clean activations of the jobs' images with each job's changed positions from ``acts``."""
+        st = self.plan.stages[k]
+        pasted = self.clean[k][[r for r, _, _ in jobs]].clone()
+        for n, (_, i, j) in enumerate(jobs):
+            ry, cx = st.rows[i], st.cols[j]
             _, oy, ny = ry.local
             _, ox, nx = cx.local
-            pasted[k, :, ry.r0:ry.r1, cx.r0:cx.r1] = acts[k, :, oy:oy + ny, ox:ox + nx]
-        if self.cl and pasted.ndim == 4:  # indexing returns the default layout; the suffix runs as fast as the prefix
-            pasted = pasted.contiguous(memory_format=torch.channels_last)
+            pasted[n, :, ry.r0:ry.r1, cx.r0:cx.r1] = acts[n, :, oy:oy + ny, ox:ox + nx]
         return pasted
 
+    def _through_stages(self, jobs: list[tuple[int, int, int]]) -> torch.Tensor:
+        """The last split layer's activation of each job's occluded image."""
+        source = None
+        for k in range(len(self.plan.stages)):
+            acts = self._run_stage(k, self._crops(k, jobs, source, occlude=k == 0))
+            source = self._paste(k, jobs, acts)
+        return source
+
     def _suffix(self, pasted: torch.Tensor, rows: torch.Tensor, kind: str) -> torch.Tensor:
-        n = pasted.shape[0]
-        dummy = self.x.new_zeros((n, self.x.shape[1], *self.dummy_size))
-        with patch_outputs(self.module, {self.plan.layer: lambda _y: pasted}):
-            return self.scorer.scores(dummy, rows, kind=kind).float()
+        self._swaps[self.plan.layer] = pasted
+        try:
+            return self.scorer.scores(self._dummy(pasted.shape[0]), rows, kind=kind).float()
+        finally:
+            self._swaps.clear()
+
+    def _geometry(self, k: int, i: int, j: int) -> tuple:
+        st = self.plan.stages[k]
+        return st.rows[i].local, st.cols[j].local
 
     @torch.no_grad()
     def check(self, clean_scores: torch.Tensor, kind: str) -> None:
-        """Raise :class:`IncrementalUnavailable` unless every crop geometry reproduces the clean activation and the
-        spliced forward reproduces the clean scores."""
-        groups: dict[tuple, tuple[int, int, int]] = {}
-        for i, ry in enumerate(self.plan.rows):
-            for j, cx in enumerate(self.plan.cols):
-                groups.setdefault((ry.local, cx.local), (0, i, j))
-        jobs = list(groups.values())
-        try:
-            for k in range(0, len(jobs), 8):
-                part = jobs[k:k + 8]
-                by_shape: dict[tuple, list] = {}
-                for job in part:
-                    by_shape.setdefault((self.plan.rows[job[1]].local[0], self.plan.cols[job[2]].local[0]),
-                                        []).append(job)
+        """Raise :class:`IncrementalUnavailable` unless, for every stage, every crop geometry reproduces the stage
+        layer's clean activation, and the spliced forward reproduces the clean scores."""
+        for k, st in enumerate(self.plan.stages):
+            groups: dict[tuple, tuple[int, int, int]] = {}
+            for i in range(len(st.rows)):
+                for j in range(len(st.cols)):
+                    groups.setdefault(self._geometry(k, i, j), (0, i, j))
+            by_shape: dict[tuple, list] = {}
+            for job in groups.values():
+                by_shape.setdefault((st.rows[job[1]].local[0], st.cols[job[2]].local[0]), []).append(job)
+            try:
                 for same in by_shape.values():
-                    acts = self._prefix(self._crops(same, occlude=False))
-                    got = self._paste(same, acts)
-                    want = self.clean[[r for r, _, _ in same]]
-                    _close(got, want, "a crop's activation")
-            rows = torch.arange(self.x.shape[0])
-            spliced = self._suffix(self.clean.clone(), rows, kind)
-        except IncrementalUnavailable:
-            raise
-        except Exception as err:  # a model that cannot take the crop or the dummy input
-            raise IncrementalUnavailable(f"split at {self.plan.layer!r} failed: {type(err).__name__}: {err}") from err
-        _close(spliced, clean_scores.float().to(spliced.device), "the spliced forward's scores")
+                    for b in range(0, len(same), 16):
+                        part = same[b:b + 16]
+                        source = None if k == 0 else self.clean[k - 1][[r for r, _, _ in part]]
+                        acts = self._run_stage(k, self._crops(k, part, source, occlude=False))
+                        _close(self._paste(k, part, acts), self.clean[k][[r for r, _, _ in part]],
+                               f"a crop's activation at {st.layer!r}", st.pair)
+            except IncrementalUnavailable:
+                raise
+            except Exception as err:  # a model that cannot take the crop or the dummy input
+                raise IncrementalUnavailable(f"split at {st.layer!r} failed: {type(err).__name__}: {err}",
+                                             st.pair) from err
+        try:
+            spliced = self._suffix(self._format(self.clean[-1].clone()), torch.arange(self.x.shape[0]), kind)
+        except Exception as err:
+            raise IncrementalUnavailable(f"the forward from {self.plan.layer!r} failed: {type(err).__name__}: "
+                                         f"{err}", self.plan.stages[-1].pair) from err
+        _close(spliced, clean_scores.float().to(spliced.device), "the spliced forward's scores",
+               self.plan.stages[-1].pair)
 
     @torch.no_grad()
     def scores(self, n_images: int, max_batch: int, kind: str, progress: Callable | None = None) -> torch.Tensor:
-        """Scores of every (image, window) in row-major window order: ``[n_images * n_windows]``."""
-        n_rows, n_cols = len(self.plan.rows), len(self.plan.cols)
+        """Scores of every (image, window) in row-major window order: ``[n_images * n_windows]``.
+
+        Jobs whose crops have the same sizes at every stage run together (all of them, but for a few at the
+        borders of some models), ``max_batch`` at a time; the rest of the model runs in full batches of
+        ``max_batch`` across those groups.
+        """
+        first = self.plan.stages[0]
+        n_rows, n_cols = len(first.rows), len(first.cols)
         jobs = [(r, i, j) for r in range(n_images) for i in range(n_rows) for j in range(n_cols)]
         order: dict[tuple, list[int]] = {}
         for idx, (_, i, j) in enumerate(jobs):
-            order.setdefault((self.plan.rows[i].local, self.plan.cols[j].local), []).append(idx)
+            key = tuple((st.rows[i].local[0], st.cols[j].local[0]) for st in self.plan.stages)
+            order.setdefault(key, []).append(idx)
         out = torch.empty(len(jobs))
-        for idxs in order.values():
-            for k in range(0, len(idxs), max_batch):
-                chunk = idxs[k:k + max_batch]
-                part = [jobs[t] for t in chunk]
-                acts = self._prefix(self._crops(part, occlude=True))
-                pasted = self._paste(part, acts)
-                rows = torch.tensor([r for r, _, _ in part])
-                out[chunk] = self._suffix(pasted, rows, kind).cpu()
+        size = max_batch
+        waiting: list[tuple[list[int], torch.Tensor]] = []
+
+        def run_suffix(final: bool) -> None:
+            while waiting and (final or sum(len(c) for c, _ in waiting) >= size):
+                idxs = [t for c, _ in waiting for t in c]
+                pasted = torch.cat([p for _, p in waiting]) if len(waiting) > 1 else waiting[0][1]
+                waiting.clear()
+                if len(idxs) > size:
+                    waiting.append((idxs[size:], pasted[size:]))
+                    idxs, pasted = idxs[:size], pasted[:size]
+                rows = torch.tensor([jobs[t][0] for t in idxs])
+                out[idxs] = self._suffix(self._format(pasted), rows, kind).cpu()
                 if progress is not None:
-                    progress(len(chunk))
+                    progress(len(idxs))
+
+        for idxs in order.values():
+            for b in range(0, len(idxs), max_batch):
+                chunk = idxs[b:b + max_batch]
+                waiting.append((chunk, self._through_stages([jobs[t] for t in chunk])))
+                run_suffix(final=False)
+        run_suffix(final=True)
         return out
 
 
-def _close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+def _close(got: torch.Tensor, want: torch.Tensor, what: str, pair: tuple[str | None, str] | None = None) -> None:
     scale = float(want.abs().max()) if want.numel() else 0.0
     diff = float((got - want).abs().max()) if want.numel() else 0.0
     if got.shape != want.shape or diff > CHECK_RTOL * max(scale, 1e-6):
         raise IncrementalUnavailable(f"{what} differs from the full forward (max |diff| {diff:.3g}, scale "
-                                     f"{scale:.3g})")
+                                     f"{scale:.3g})", pair)

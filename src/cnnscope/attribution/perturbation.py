@@ -16,7 +16,7 @@ from ..errors import MethodError
 from .base import Method, register
 from .baselines import check_baseline, make_baseline
 from .fold_bn import fold_batchnorm
-from .incremental import MAX_TRIES, IncrementalOcclusion, IncrementalUnavailable, discard_plan, make_plans
+from .incremental import MAX_TRIES, IncrementalOcclusion, IncrementalUnavailable, Plan, discard_plans, make_plans
 from .targets import Scorer, _chunks
 
 #: Largest batch of occluded copies per pass of incremental occlusion on a CPU (see ``Occlusion._incremental_batch``).
@@ -165,9 +165,44 @@ class Occlusion(Method):
     def _incremental_batch(self, x: torch.Tensor) -> int:
         """Occluded copies per pass of the incremental path: crops and the low-resolution rest of the model use a
         CPU's caches well at larger batches than full forwards do (EfficientNet-Lite0, one core: batches of 16 took
-        3.8 s for two images, 4 took 4.1 s, 1 took 6.0 s), so ``cpu_batch`` does not apply; ``max_batch`` does."""
+        3.8 s for two images, 4 took 4.1 s, 1 took 6.0 s; running the rest of the model at 32 or 64 while the
+        stages run at 16 gained nothing), so ``cpu_batch`` does not apply; ``max_batch`` does."""
         mb = self.opts["max_batch"]
         return min(mb, INCREMENTAL_CPU_BATCH) if x.device.type == "cpu" else mb
+
+    def _first_plan_that_passes(self, plans: list, x: torch.Tensor, base: torch.Tensor, scorer: Scorer,
+                                clean: torch.Tensor, kind: str, window_args: tuple, starts: tuple) -> tuple:
+        """``(plan, scores)`` of the cheapest plan that passes its clean-image check (at most ``MAX_TRIES`` tried;
+        a failed stage rules out every plan that has it, in this call and later ones)."""
+        batch = self._incremental_batch(x)
+        reasons: list[str] = []
+        failed: set[tuple] = set()
+        for plan in list(plans):
+            if any(st.pair in failed for st in plan.stages):
+                continue
+            if len(reasons) == MAX_TRIES:
+                break
+            with IncrementalOcclusion(scorer.module, scorer, x, base, plan, scorer.channels_last) as inc:
+                try:
+                    inc.check(clean, kind)
+                except IncrementalUnavailable as err:
+                    reasons.append(str(err))
+                    if err.pair is not None:
+                        failed.add(err.pair)
+                        discard_plans(self.module, *window_args, err.pair, batch)
+                    continue
+                bar = None
+                if self.opts["progress"]:
+                    from tqdm.auto import tqdm
+
+                    bar = tqdm(total=x.shape[0] * len(starts[0]) * len(starts[1]), desc=self.name, leave=False)
+                try:
+                    return plan, inc.scores(x.shape[0], batch, kind, bar.update if bar else None)
+                finally:
+                    if bar is not None:
+                        bar.close()
+        shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "")
+        raise IncrementalUnavailable(shown or "no split layer left to try")
 
     def _incremental(self, x: torch.Tensor, base: torch.Tensor, scorer: Scorer, clean: torch.Tensor, kind: str,
                      window: tuple[int, int], starts: tuple[list[int], list[int]]) -> torch.Tensor | None:
@@ -183,32 +218,12 @@ class Occlusion(Method):
         try:
             if scorer.target.kind == "unit":
                 raise IncrementalUnavailable("unit targets read a layer inside the model")
-            batch = self._incremental_batch(x)
-            plans = make_plans(self.module, *window_args, batch=batch)
-            reasons = []
-            for plan in list(plans[:MAX_TRIES]):
-                with IncrementalOcclusion(scorer.module, scorer, x, base, plan, scorer.channels_last,
-                                          bool(self.opts["eval_mode"])) as inc:
-                    try:
-                        inc.check(clean, kind)
-                    except IncrementalUnavailable as err:
-                        reasons.append(str(err))
-                        discard_plan(self.module, *window_args, plan, batch)
-                        continue
-                    bar = None
-                    if self.opts["progress"]:
-                        from tqdm.auto import tqdm
+            def verify(plan: Plan) -> None:
+                with IncrementalOcclusion(scorer.module, scorer, x, base, plan, scorer.channels_last) as inc:
+                    inc.check(clean, kind)
 
-                        bar = tqdm(total=x.shape[0] * len(starts[0]) * len(starts[1]), desc=self.name, leave=False)
-                    try:
-                        scores = inc.scores(x.shape[0], batch, kind,
-                                            bar.update if bar else None)
-                    finally:
-                        if bar is not None:
-                            bar.close()
-                    break
-            else:
-                raise IncrementalUnavailable("; ".join(reasons) or "no split layer left to try")
+            plans = make_plans(self.module, *window_args, batch=self._incremental_batch(x), verify=verify)
+            plan, scores = self._first_plan_that_passes(plans, x, base, scorer, clean, kind, window_args, starts)
         except IncrementalUnavailable as err:
             if mode is True:
                 raise MethodError(f"occlusion: incremental inference is not possible: {err}") from err

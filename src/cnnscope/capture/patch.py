@@ -15,7 +15,8 @@ from .state import resolve_layers
 def patch_outputs(module: nn.Module, fns: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
     """Within the block, layer ``name``'s output ``y`` is replaced by ``fns[name](y)`` on every call.
 
-    The functions must return a tensor of the same shape. Hooks are removed in ``finally``.
+    The functions usually return a tensor of the same shape; any other is passed on as it is (incremental occlusion
+    swaps in crops and activations of another size). Hooks are removed in ``finally``.
     """
     layers = resolve_layers(module, list(fns))
     handles = []
