@@ -72,6 +72,14 @@ class BypassNet(DeepNet):
         return super().forward(x) + 3.0 * x.mean(dim=(2, 3))[:, :1]
 
 
+class BatchSizeNet(DeepNet):
+    """The head reshapes by the input's batch size: a rest-of-model pass fed a dummy input must not be trusted."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.stem(x)).mean(dim=(2, 3))
+        return self.fc(h.reshape(x.shape[0], -1, h.shape[1]).mean(dim=1))
+
+
 def _images(h: int = 48, w: int = 40, n: int = 2) -> torch.Tensor:
     return torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(0))
 
@@ -156,6 +164,16 @@ def test_bypass_of_the_split_layer_is_detected(single_thread):
     a = attribute(net, x, "occlusion", window=8, stride=4, split_layer="blocks.1")
     assert a.spec["incremental"]["used"] is False
     assert "spliced forward" in a.spec["incremental"]["reason"]
+    torch.testing.assert_close(a.values, _full(net, x, window=8, stride=4), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n_images", [1, 2])
+def test_batch_size_dependence_is_detected(single_thread, n_images):
+    net = BatchSizeNet().eval()
+    x = _images(n=n_images)
+    a = attribute(net, x, "occlusion", window=8, stride=4, split_layer="blocks.1")
+    assert a.spec["incremental"]["used"] is False
+    assert "the forward from 'blocks.1' failed" in a.spec["incremental"]["reason"]
     torch.testing.assert_close(a.values, _full(net, x, window=8, stride=4), rtol=0, atol=0)
 
 

@@ -382,7 +382,8 @@ class IncrementalOcclusion:
         self.cap_all = Capture(module, layers, stop_early=True, clone=True, eval_mode=False)
         self.caps = [Capture(module, [n], stop_early=True, clone=True, eval_mode=False) for n in layers]
         jy, jx = plan.stages[0].rows[0].jump, plan.stages[0].cols[0].jump
-        self.dummy_size = (min(x.shape[-2], max(8, 2 * jy)), min(x.shape[-1], max(8, 2 * jx)))
+        self.dummy = self._format(x.new_zeros((1, x.shape[1], min(x.shape[-2], max(8, 2 * jy)),
+                                               min(x.shape[-1], max(8, 2 * jx)))))
         self._swaps: dict[str, torch.Tensor] = {}
         self._patch = patch_outputs(module, {n: lambda y, n=n: self._swaps.pop(n, y) for n in layers})
 
@@ -407,8 +408,6 @@ class IncrementalOcclusion:
     def _format(self, t: torch.Tensor) -> torch.Tensor:
         return t.contiguous(memory_format=torch.channels_last) if self.cl and t.ndim == 4 else t
 
-    def _dummy(self, n: int) -> torch.Tensor:
-        return self.x.new_zeros((n, self.x.shape[1], *self.dummy_size))
 
     def _run_stage(self, k: int, crops: torch.Tensor) -> torch.Tensor:
         """Stage ``k``'s layer output for ``crops`` of its source (images for the first stage; for later ones a tiny
@@ -421,7 +420,7 @@ class IncrementalOcclusion:
             else:
                 self._swaps[self.plan.stages[k - 1].layer] = crops
                 try:
-                    cap.run(self._dummy(crops.shape[0]))
+                    cap.run(self.dummy)
                 finally:
                     self._swaps.clear()
         return cap.activations[self.plan.stages[k].layer]
@@ -464,7 +463,7 @@ class IncrementalOcclusion:
     def _suffix(self, pasted: torch.Tensor, rows: torch.Tensor, kind: str) -> torch.Tensor:
         self._swaps[self.plan.layer] = pasted
         try:
-            return self.scorer.scores(self._dummy(pasted.shape[0]), rows, kind=kind).float()
+            return self.scorer.scores(self.dummy, rows, kind=kind).float()
         finally:
             self._swaps.clear()
 
@@ -497,12 +496,14 @@ class IncrementalOcclusion:
             except Exception as err:  # a model that cannot take the crop or the dummy input
                 raise IncrementalUnavailable(f"split at {st.layer!r} failed: {type(err).__name__}: {err}",
                                              st.pair) from err
-        try:
-            spliced = self._suffix(self._format(self.clean[-1].clone()), torch.arange(self.x.shape[0]), kind)
+        rows = torch.arange(self.x.shape[0]).repeat(2)  # a batch other than the dummy's: the rest of the model
+        try:                                             # must not depend on the input's batch size
+            spliced = self._suffix(self._format(self.clean[-1][rows]), rows, kind)
         except Exception as err:
             raise IncrementalUnavailable(f"the forward from {self.plan.layer!r} failed: {type(err).__name__}: "
                                          f"{err}", self.plan.stages[-1].pair) from err
-        _close(spliced, clean_scores.float().to(spliced.device), "the spliced forward's scores",
+        want = clean_scores.float().to(spliced.device)[rows.to(spliced.device)]
+        _close(spliced, want, "the spliced forward's scores",
                self.plan.stages[-1].pair)
 
     @torch.no_grad()
