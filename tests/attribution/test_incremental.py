@@ -208,3 +208,24 @@ def test_lite0_incremental_occlusion_equals_full_forwards(lite0, samples):
     assert info["layers"][0] == info["layer"] and len(info["layers"]) <= 3
     b = attribute(lite0, chelsea, "occlusion", window=48, stride=32, incremental=False)
     torch.testing.assert_close(a.values, b.values, rtol=1e-4, atol=1e-4 * float(b.values.abs().max()))
+
+
+def test_crop_checks_run_once_per_model_state(single_thread, monkeypatch):
+    from cnnscope.attribution.incremental import IncrementalOcclusion
+
+    calls = []
+    original = IncrementalOcclusion._check_crops
+    monkeypatch.setattr(IncrementalOcclusion, "_check_crops",
+                        lambda self, interior_only: calls.append(interior_only) or original(self, interior_only))
+    net = DeepNet().eval()
+    x = _images()
+    opts = {"window": 8, "stride": 4, "split_layer": ["stem", "blocks.1"], "fold_bn": False}
+    first = attribute(net, x, "occlusion", **opts)
+    assert first.spec["incremental"]["used"] and calls == [False]
+    again = attribute(net, x.flip(-1), "occlusion", **opts)  # another image: locality is the model's property
+    assert again.spec["incremental"]["used"] and calls == [False]
+    torch.testing.assert_close(again.values, _full(net, x.flip(-1), window=8, stride=4), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        net.blocks[1].weight.mul_(1.5)  # changed in place: the crops are checked again
+    attribute(net, x, "occlusion", **opts)
+    assert calls == [False, False]

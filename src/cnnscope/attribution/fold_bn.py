@@ -22,7 +22,7 @@ import weakref
 import torch
 from torch import nn
 
-from ..capture import conv_bn_pairs
+from ..capture import conv_bn_pairs, module_state
 
 
 def _neutralise(parent: nn.Module, attr: str, bn: nn.BatchNorm2d) -> None:
@@ -44,13 +44,6 @@ def _neutralise(parent: nn.Module, attr: str, bn: nn.BatchNorm2d) -> None:
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _state(module: nn.Module) -> tuple:
-    """What the folded copy depends on: identity, version, storage, dtype and device of every parameter and
-    buffer (a tensor changed in place bumps its version)."""
-    return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device)
-                 for t in (*module.parameters(), *module.buffers()))
-
-
 def fold_batchnorm(module: nn.Module, x: torch.Tensor, cache: bool = True) -> tuple[nn.Module, int]:
     """``(copy, number of folded pairs)``: an eval-mode copy of ``module`` with each conv -> batch-norm pair fused.
 
@@ -59,7 +52,7 @@ def fold_batchnorm(module: nn.Module, x: torch.Tensor, cache: bool = True) -> tu
     """
     if not cache:
         return _fold(module, x)
-    state = _state(module)
+    state = module_state(module)
     got = _CACHE.get(module)
     if got is None or got[0] != state:
         got = (state, *_fold(module, x))

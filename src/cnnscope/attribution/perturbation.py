@@ -220,7 +220,7 @@ class Occlusion(Method):
                 raise IncrementalUnavailable("unit targets read a layer inside the model")
             def verify(plan: Plan) -> None:
                 with IncrementalOcclusion(scorer.module, scorer, x, base, plan, scorer.channels_last) as inc:
-                    inc.check(clean, kind)
+                    inc.check(clean, kind, crops="interior")
 
             plans = make_plans(self.module, *window_args, batch=self._incremental_batch(x), verify=verify)
             plan, scores = self._first_plan_that_passes(plans, x, base, scorer, clean, kind, window_args, starts)

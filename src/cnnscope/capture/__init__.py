@@ -14,11 +14,12 @@ from .state import (
                     layer_names,
                     module_device,
                     module_dtype,
+                    module_state,
                     resolve_layers,
 )
 from .timing import LayerTime, layer_times
 
 __all__ = ["ACTIVATION_TYPES", "Capture", "LayerInfo", "LayerTime", "REUSE_MODES", "RULES", "StopForward", "capture",
            "conv_bn_pairs", "evaluating", "first_tensor", "input_channels", "is_activation", "layer_names",
-           "layer_times", "list_layers", "module_device", "module_dtype", "patch_outputs", "relu_modules",
-           "relu_rule", "resolve_layers"]
+           "layer_times", "list_layers", "module_device", "module_dtype", "module_state", "patch_outputs",
+           "relu_modules", "relu_rule", "resolve_layers"]

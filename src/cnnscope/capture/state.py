@@ -96,3 +96,11 @@ def module_dtype(module: nn.Module) -> torch.dtype:
         if t.is_floating_point():
             return t.dtype
     return torch.float32
+
+
+def module_state(module: nn.Module) -> tuple:
+    """A fingerprint of a model's numbers: identity, version, storage, dtype and device of every parameter and
+    buffer. It changes when any of them is replaced or changed in place (an optimizer step, ``load_state_dict``,
+    ``.to()``), so results derived from the model can be cached against it."""
+    return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device)
+                 for t in (*module.parameters(), *module.buffers()))
