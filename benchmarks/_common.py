@@ -149,6 +149,26 @@ def side_by_side_cpu(contenders: Mapping[str, Callable[[], object]], repeats: in
     return ({n: [c for c, _ in v] for n, v in both.items()}, {n: [w for _, w in v] for n, v in both.items()})
 
 
+def side_by_side_user(contenders: Mapping[str, Callable[[], object]], repeats: int = 3, warmup: int = 1
+                      ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]:
+    """As :func:`side_by_side_cpu`, plus the user-mode share of the CPU time (``os.times``).
+
+    CPU time = user + system; the system part is mostly page faults, which depend on the allocator's state (glibc
+    maps and unmaps buffers above its mmap threshold on every call), so a ratio of user times compares the compute
+    alone.
+
+    Returns:
+        ``(name -> [CPU s], name -> [wall s], name -> [user s])`` per round.
+    """
+    def measure(fn: Callable[[], object]) -> tuple[float, float, float]:
+        u0 = os.times().user
+        cpu, wall, _ = clocked(fn)
+        return cpu, wall, os.times().user - u0
+
+    got = interleaved(contenders, repeats, warmup, measure)
+    return tuple({n: [m[i] for m in v] for n, v in got.items()} for i in range(3))  # type: ignore[return-value]
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
