@@ -95,7 +95,6 @@ class IncrementalOcclusion:
     def _format(self, t: torch.Tensor) -> torch.Tensor:
         return t.contiguous(memory_format=torch.channels_last) if self.cl and t.ndim == 4 else t
 
-
     def _run_stage(self, k: int, crops: torch.Tensor) -> torch.Tensor:
         """Stage ``k``'s layer output for ``crops`` of its source (images for the first stage; for later ones a tiny
         dummy input enters the model and a hook swaps the crops in for the previous split layer's output)."""
@@ -165,13 +164,12 @@ class IncrementalOcclusion:
 
         ``crops``: ``"all"`` checks every distinct crop geometry of every stage, once per model state (the result is
         kept on the plan: locality is a property of the model, not of the image); ``"interior"`` only the most
-        common one (what planning uses to weed out layers); ``"none"`` skips them. The spliced forward is checked on
-        every call.
+        common one (what planning uses to weed out layers). The spliced forward is checked on every call.
         """
-        state = (id(self.module), module_state(self.module))
-        if crops == "all" and state not in self.plan.verified:
+        state = module_state(self.module)
+        if crops == "all" and self.plan.verified.get(id(self.module)) != state:
             self._check_crops(interior_only=False)
-            self.plan.verified.add(state)
+            self.plan.verified[id(self.module)] = state
         elif crops == "interior":
             self._check_crops(interior_only=True)
         self._check_spliced(clean_scores, kind)
@@ -210,8 +208,7 @@ class IncrementalOcclusion:
             raise IncrementalUnavailable(f"the forward from {self.plan.layer!r} failed: {type(err).__name__}: "
                                          f"{err}", self.plan.stages[-1].pair) from err
         want = clean_scores.float().to(spliced.device)[rows.to(spliced.device)]
-        _close(spliced, want, "the spliced forward's scores",
-               self.plan.stages[-1].pair)
+        _close(spliced, want, "the spliced forward's scores", self.plan.stages[-1].pair)
 
     @torch.no_grad()
     def scores(self, n_images: int, max_batch: int, kind: str, progress: Callable | None = None) -> torch.Tensor:
@@ -229,17 +226,16 @@ class IncrementalOcclusion:
             key = tuple((st.rows[i].local[0], st.cols[j].local[0]) for st in self.plan.stages)
             order.setdefault(key, []).append(idx)
         out = torch.empty(len(jobs))
-        size = max_batch
         waiting: list[tuple[list[int], torch.Tensor]] = []
 
         def run_suffix(final: bool) -> None:
-            while waiting and (final or sum(len(c) for c, _ in waiting) >= size):
+            while waiting and (final or sum(len(c) for c, _ in waiting) >= max_batch):
                 idxs = [t for c, _ in waiting for t in c]
                 pasted = torch.cat([p for _, p in waiting]) if len(waiting) > 1 else waiting[0][1]
                 waiting.clear()
-                if len(idxs) > size:
-                    waiting.append((idxs[size:], pasted[size:]))
-                    idxs, pasted = idxs[:size], pasted[:size]
+                if len(idxs) > max_batch:
+                    waiting.append((idxs[max_batch:], pasted[max_batch:]))
+                    idxs, pasted = idxs[:max_batch], pasted[:max_batch]
                 rows = torch.tensor([jobs[t][0] for t in idxs])
                 out[idxs] = self._suffix(self._format(pasted), rows, kind).cpu()
                 if progress is not None:

@@ -100,8 +100,9 @@ class Plan:
     stages: list[Stage]
     cost: float
     candidates: dict[str, float] = field(default_factory=dict)
-    #: ``(id(module), module_state(module))`` of the models whose crops passed every geometry's check.
-    verified: set = field(default_factory=set, repr=False)
+    #: ``id(module) -> module_state(module)`` of the last state of each model whose crops passed every geometry's
+    #: check (one entry per model, so a training loop does not grow it).
+    verified: dict = field(default_factory=dict, repr=False)
 
     @property
     def layer(self) -> str:
@@ -333,9 +334,14 @@ def _working_layers(names: list[str], stage: Callable, verify: Callable[[Plan], 
             continue
         ok.add(st.layer)
     if not ok:
-        shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "")
-        raise IncrementalUnavailable(shown or "no split layer pays off")
+        raise IncrementalUnavailable(join_reasons(reasons) or "no split layer pays off")
     return [n for n in names if n in ok]
+
+
+def join_reasons(reasons: list[str], shown: int = 3) -> str:
+    """The first ``shown`` reasons a plan failed, and how many more there were."""
+    more = len(reasons) - shown
+    return "; ".join(reasons[:shown]) + (f"; and {more} more" if more > 0 else "")
 
 
 def _cost(stages: list[Stage]) -> float:

@@ -17,6 +17,7 @@ from .base import Method, register
 from .baselines import check_baseline, make_baseline
 from .fold_bn import fold_batchnorm
 from .incremental import MAX_TRIES, IncrementalOcclusion, IncrementalUnavailable, Plan, discard_plans, make_plans
+from .incremental_plan import join_reasons
 from .targets import Scorer, _chunks
 
 #: Largest batch of occluded copies per pass of incremental occlusion on a CPU (see ``Occlusion._incremental_batch``).
@@ -74,11 +75,11 @@ class Occlusion(Method):
             inputs), a tensor, or ``"blur"`` (a Gaussian-blurred copy, ``blur_sigma`` pixels).
         score: ``"logit"`` (default) or ``"prob"``.
         incremental: ``"auto"`` (default) computes each occluded forward incrementally when the model allows it
-            (:mod:`.incremental`, Krypton, Nakandala et al. 2019: the layers up to a split layer run only on the
+            (:mod:`.incremental`, Krypton, Nakandala et al. 2019: the layers up to each split layer run only on the
             crop the window changes; exact, checked on the clean image first) and falls back to full forwards
             otherwise; ``True`` raises instead of falling back; ``False`` always runs full forwards.
-        split_layer: the split layer (default: chosen by estimated cost). ``spec["incremental"]`` reports the
-            choice or why full forwards were used.
+        split_layer: the split layer, or a chain of them in forward order (default: a chain of up to 3 chosen by
+            estimated cost). ``spec["incremental"]`` reports the choice or why full forwards were used.
         fold_bn: run the occluded forwards on a copy of the model with eval-mode batch norms folded into their
             convolutions (:mod:`.fold_bn`; used only when it reproduces the clean scores, see ``spec["fold_bn"]``).
     """
@@ -201,8 +202,7 @@ class Occlusion(Method):
                 finally:
                     if bar is not None:
                         bar.close()
-        shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "")
-        raise IncrementalUnavailable(shown or "no split layer left to try")
+        raise IncrementalUnavailable(join_reasons(reasons) or "no split layer left to try")
 
     def _incremental(self, x: torch.Tensor, base: torch.Tensor, scorer: Scorer, clean: torch.Tensor, kind: str,
                      window: tuple[int, int], starts: tuple[list[int], list[int]]) -> torch.Tensor | None:
