@@ -1,4 +1,4 @@
-"""DESIGN rule 2, as a reusable check: a public operation must leave the model exactly as it found it.
+"""docs/ARCHITECTURE.md rule 2, as a reusable check: a public operation must leave the model exactly as it found it.
 
 Use ``assert_unchanged(module, lambda: operation(...))``: the operation runs (an exception it raises is
 returned, not propagated) and then the state_dict values, every ``training`` flag, the module objects (identity,

@@ -1,4 +1,4 @@
-"""Exceptions a person can act on (DESIGN rule 7).
+"""Exceptions a person can act on (docs/ARCHITECTURE.md, rule 7).
 
 Every error raised on purpose by cnnscope derives from :class:`CnnscopeError`; the CLI prints its message on
 one line and exits non-zero.

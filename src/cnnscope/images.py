@@ -162,10 +162,48 @@ def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(x, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
-def to_float(image: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
-    """Convert an ``uint8`` ``[H,W,3]`` array to a float tensor ``[1,3,H,W]`` in [0, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    return t.unsqueeze(0).to(device) if device is not None else t.unsqueeze(0)
+#: ITU-R BT.601 luma weights: how a one-channel model sees an RGB image
+LUMA = (0.299, 0.587, 0.114)
+
+
+def luma(x01: torch.Tensor) -> torch.Tensor:
+    """RGB images ``[B, 3, H, W]`` -> luma ``[B, 1, H, W]`` (ITU-R BT.601 weights, :data:`LUMA`)."""
+    if x01.ndim != 4 or x01.shape[1] != 3:
+        raise ImageError(f"luma() takes [B, 3, H, W] RGB tensors, got {tuple(x01.shape)}")
+    w = torch.tensor(LUMA, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
+    return (x01 * w).sum(1, keepdim=True)
+
+
+def to_float(images: np.ndarray | list[np.ndarray] | tuple[np.ndarray, ...], device: torch.device | str | None = None,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``uint8`` pictures -> float ``[B, 3, H, W]`` in [0, 1]: the one uint8-HWC to float-BCHW conversion.
+
+    Args:
+        images: one ``[H, W, 3]`` array, a ``[B, H, W, 3]`` batch, or a list of ``[H, W, 3]`` arrays of one size.
+        device, dtype: of the result (the copy to ``device`` happens before the conversion, in uint8).
+
+    Raises:
+        ImageError: wrong rank, channel count or pixel type, or arrays of different sizes.
+    """
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ImageError("to_float() got an empty list of images")
+        shapes = sorted({tuple(np.shape(a)) for a in images})
+        if len(shapes) > 1:
+            raise ImageError("images of different sizes in one batch: " + ", ".join("x".join(map(str, s))
+                                                                                 for s in shapes))
+        arr = np.stack([np.asarray(a) for a in images])
+    else:
+        arr = np.asarray(images)
+        if arr.ndim == 3:
+            arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise ImageError(f"to_float() takes uint8 [H, W, 3] pictures (or [B, H, W, 3]), got {arr.dtype} "
+                         f"{tuple(arr.shape)}; load_image() converts other images")
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    if device is not None:
+        t = t.to(device)
+    return t.permute(0, 3, 1, 2).to(dtype).div_(255.0)
 
 
 def save_image(image: np.ndarray | torch.Tensor, path: str | Path) -> Path:

@@ -1,7 +1,7 @@
 """Every registered method on every tiny CNN (in-place ReLU, reused ReLU + residual, ReLU6, GAP + linear).
 
 Parametrized over the registry, so a new method is tested automatically: shapes, finite values, the model left
-unchanged (DESIGN rule 2), batch independence, one target per image, reproducible randomness.
+unchanged (docs/ARCHITECTURE.md, rule 2), batch independence, one target per image, reproducible randomness.
 """
 
 from __future__ import annotations

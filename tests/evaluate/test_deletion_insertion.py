@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from cnnscope.errors import CnnscopeError, MethodError
-from cnnscope.evaluate import SUBSTRATES, auc, deletion, gaussian_blur, insertion, pixel_ranks
+from cnnscope.evaluate import SUBSTRATES, auc, deletion, insertion, pixel_ranks
 from cnnscope.evaluate.deletion_insertion import curve_points
+from cnnscope.filters import gaussian_blur
 
 from .helpers import ConstantNet, RegionSumNet, checker, square_region
 
@@ -91,7 +92,7 @@ def test_curve_endpoints_are_image_and_substrate():
     i = insertion(model, x, m, target=0, step=10)
     torch.testing.assert_close(d.scores[:, 0], score(x))
     torch.testing.assert_close(d.scores[:, -1], score(torch.zeros_like(x)))
-    torch.testing.assert_close(i.scores[:, 0], score(gaussian_blur(x, 11, 5.0)))
+    torch.testing.assert_close(i.scores[:, 0], score(gaussian_blur(x, 5.0, 5, padding="zeros")))
     torch.testing.assert_close(i.scores[:, -1], score(x))
 
 
@@ -144,7 +145,7 @@ def test_gaussian_blur_matches_scipy():
     k = np.exp(-r ** 2 / 50.0)
     k /= k.sum()
     ref = np.stack([correlate(x[0, c].numpy(), np.outer(k, k), mode="constant") for c in range(2)])
-    np.testing.assert_allclose(gaussian_blur(x, 11, 5.0)[0].numpy(), ref, atol=1e-12)
+    np.testing.assert_allclose(gaussian_blur(x, 5.0, 5, padding="zeros")[0].numpy(), ref, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(SUBSTRATES))

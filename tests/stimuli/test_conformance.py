@@ -1,4 +1,4 @@
-"""DESIGN rule 2 for the stimuli area: every public operation leaves the model exactly as it found it."""
+"""docs/ARCHITECTURE.md rule 2 for the stimuli area: every public operation leaves the model exactly as it found it."""
 
 from __future__ import annotations
 

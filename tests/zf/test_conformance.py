@@ -1,4 +1,4 @@
-"""DESIGN rule 2 for every public operation of cnnscope.zf: the model is left exactly as it was found."""
+"""docs/ARCHITECTURE.md rule 2 for every public operation of cnnscope.zf: the model is left exactly as it was found."""
 
 from __future__ import annotations
 

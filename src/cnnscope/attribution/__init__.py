@@ -15,7 +15,7 @@ with raw signed values, and :mod:`.display` turns them into heatmaps and overlay
 
 from . import cam, gradient, perturbation  # noqa: F401 - registers the methods
 from .base import COMMON_OPTIONS, METHODS, Attribution, Method, attribute, get_method, list_methods, register
-from .baselines import gaussian_blur, make_baseline
+from .baselines import make_baseline
 from .cam import CamMethod, auto_layer, layer_gradients
 from .display import colorize, display_options, overlay, to_heatmap, upsample
 from .explain import Explanation, explain
@@ -25,6 +25,6 @@ from .targets import Target, TargetError, Unit, parse_target, unit
 
 __all__ = ["COMMON_OPTIONS", "METHODS", "Attribution", "CamMethod", "Explanation", "GradientMethod", "Method",
            "Target", "TargetError", "Unit", "attribute", "auto_layer", "colorize", "display_options", "explain",
-           "gaussian_blur", "get_method", "input_gradients", "layer_gradients", "list_methods", "make_baseline",
+           "get_method", "input_gradients", "layer_gradients", "list_methods", "make_baseline",
            "overlay", "parse_target", "quadrature", "register", "rise_masks", "to_heatmap", "unit", "upsample",
            "window_starts"]

@@ -1,4 +1,4 @@
-"""The one attribution base (DESIGN rule 5): ``Attribution``, the ``Method`` base class, the registry, ``attribute()``.
+"""The one attribution base (docs/ARCHITECTURE.md, rule 5): ``Attribution``, the ``Method`` base class, the registry, ``attribute()``.
 
 Every method is a small :class:`Method` subclass registered under a name; :func:`attribute` looks the name up,
 checks the options, runs the method in temporary eval mode and returns an :class:`Attribution` holding the raw,

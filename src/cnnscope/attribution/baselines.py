@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 
 from ..errors import MethodError
+from ..filters import gaussian_blur
 
 BaselineLike = float | int | str | torch.Tensor
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``[B, C, H, W]`` (reflect padding, kernel radius ``3 sigma``).
-
-    Shape:
-        - Input: ``[B, C, H, W]``; Output: same.
-    """
-    if sigma <= 0:
-        return x.clone()
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    radius = min(radius, (min(x.shape[-2:]) - 1) or 1)
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    mode = "reflect" if min(x.shape[-2:]) > radius else "replicate"
-    y = F.pad(x, (radius, radius, 0, 0), mode=mode)
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    y = F.pad(y, (0, 0, radius, radius), mode=mode)
-    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def make_baseline(x: torch.Tensor, baseline: BaselineLike, blur_sigma: float = 10.0) -> torch.Tensor:

@@ -35,7 +35,7 @@ def auto_layer(module: nn.Module, input_size: tuple[int, int] = (224, 224), in_c
     Raises:
         LayerError: no layer has a spatial output larger than 1x1.
     """
-    infos = list_layers(module, input_size, in_channels)
+    infos = list_layers(module, input_size, in_channels=in_channels)
     order = {i.name: k for k, i in enumerate(infos)}
     spatial = [i for i in infos if i.calls == 1 and i.spatial is not None and i.spatial[0] * i.spatial[1] > 1]
     if not spatial:

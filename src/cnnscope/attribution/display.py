@@ -1,6 +1,6 @@
 """Turn raw attributions into pictures: heatmaps in [0, 1], upsampling, colour overlays (array level).
 
-These helpers are separate from the methods (DESIGN rule 5): a method returns raw signed values, and the
+These helpers are separate from the methods (docs/ARCHITECTURE.md, rule 5): a method returns raw signed values, and the
 viewer, the CLI and the atlas choose how to show them. Tensors in, tensors out; numpy in, numpy out.
 """
 

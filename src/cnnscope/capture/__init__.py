@@ -1,4 +1,4 @@
-"""The capture layer: the only code in cnnscope that registers hooks on a model (DESIGN rule 1)."""
+"""The capture layer: the only code in cnnscope that registers hooks on a model (docs/ARCHITECTURE.md, rule 1)."""
 
 from .capture import REUSE_MODES, Capture, capture
 from .conv_bn import conv_bn_pairs
@@ -14,6 +14,7 @@ from .state import (
                     layer_names,
                     module_device,
                     module_dtype,
+                    module_of,
                     module_state,
                     resolve_layers,
 )
@@ -21,5 +22,5 @@ from .timing import LayerTime, layer_times
 
 __all__ = ["ACTIVATION_TYPES", "Capture", "LayerInfo", "LayerTime", "REUSE_MODES", "RULES", "StopForward", "capture",
            "conv_bn_pairs", "evaluating", "first_tensor", "input_channels", "is_activation", "layer_names",
-           "layer_times", "list_layers", "module_device", "module_dtype", "module_state", "patch_outputs",
+           "layer_times", "list_layers", "module_device", "module_dtype", "module_of", "module_state", "patch_outputs",
            "relu_modules", "relu_rule", "resolve_layers"]

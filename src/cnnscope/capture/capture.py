@@ -1,6 +1,6 @@
 """``Capture``: record layer activations (and their gradients) during a forward pass.
 
-This is the one place that registers forward hooks on a user's model (DESIGN rule 1). Hooks live only
+This is the one place that registers forward hooks on a user's model (docs/ARCHITECTURE.md, rule 1). Hooks live only
 inside the ``with`` block and are removed in ``finally``.
 """
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import LayerError
-from .state import StopForward, evaluating, first_tensor, is_activation, resolve_layers
+from .state import StopForward, evaluating, first_tensor, is_activation, module_of, resolve_layers
 
 REUSE_MODES = ("error", "all", "last")
 
@@ -29,7 +29,7 @@ class Capture:
         >>> cap.activations["blocks.4.0"].shape, cap.grads["blocks.4.0"].shape
 
     Args:
-        module: any ``nn.Module``; it is not modified.
+        model: a ``LoadedModel`` or any ``nn.Module``; it is not modified.
         layers: one dotted name or several (``named_modules()`` names).
         grads: also record the gradient of whatever is back-propagated w.r.t. each captured tensor
             (through tensor hooks, so in-place activations are handled).
@@ -50,12 +50,12 @@ class Capture:
         stopped: whether the last :meth:`run` ended early.
     """
 
-    def __init__(self, module: nn.Module, layers: str | Iterable[str], *, grads: bool = False,
+    def __init__(self, model: nn.Module, layers: str | Iterable[str], *, grads: bool = False,
                  stop_early: bool = True, pre_activation: bool = False, reuse: str = "error",
                  clone: bool = True, eval_mode: bool = True) -> None:
         if reuse not in REUSE_MODES:
             raise LayerError(f"reuse must be one of {REUSE_MODES}, got {reuse!r}")
-        self.module = module
+        module = self.module = module_of(model)
         self.layers = resolve_layers(module, layers)
         self.names = list(self.layers)
         if pre_activation:
@@ -178,13 +178,21 @@ class Capture:
         return self.activations[name]
 
 
-def capture(module: nn.Module, x: torch.Tensor, layers: str | Iterable[str], **options: Any
+def capture(model: nn.Module, images: torch.Tensor, layers: str | Iterable[str], **options: Any
             ) -> dict[str, torch.Tensor]:
-    """One-shot: run ``module(x)`` and return ``{layer: activation}``.
+    """One-shot: run the model on ``images`` and return ``{layer: activation}``.
+
+    Args:
+        model: a ``LoadedModel`` or an ``nn.Module``.
+        images: a model-space ``[B, C, H, W]`` tensor; with a ``LoadedModel`` also pictures (see
+            :meth:`~cnnscope.models.LoadedModel.batch`).
+        layers: dotted layer name(s).
+        **options: :class:`Capture` options (keyword-only).
 
     A single call does a full forward (to detect reused modules); loops should keep one :class:`Capture`
     open so that later passes stop early.
     """
-    with Capture(module, layers, **options) as cap:
+    x = model.batch(images) if hasattr(model, "batch") and hasattr(model, "module") else images
+    with Capture(model, layers, **options) as cap:
         cap.run(x)
     return dict(cap.activations)

@@ -8,7 +8,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .state import evaluating, first_tensor, module_device, module_dtype
+from .state import evaluating, first_tensor, module_device, module_dtype, module_of
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,23 @@ def input_channels(module: nn.Module, default: int = 3) -> int:
     return default
 
 
-def list_layers(module: nn.Module, input_size: int | tuple[int, int] = 224, in_channels: int | None = None
+def list_layers(model: nn.Module, input_size: int | tuple[int, int] | None = None, *, in_channels: int | None = None
                 ) -> list[LayerInfo]:
     """All submodules in execution order (modules that never ran come last), from one probe forward.
 
     The probe runs under ``torch.no_grad()`` in temporary eval mode on the module's device; nothing about the
     module changes.
+
+    Args:
+        model: a ``LoadedModel`` or an ``nn.Module``.
+        input_size: probe size; default: the ``LoadedModel``'s input size, 224 for a plain module.
+        in_channels: probe channels; default: the model's (first convolution's) channel count.
     """
+    if input_size is None:
+        input_size = tuple(getattr(model, "input_size", (224, 224)))  # type: ignore[assignment]
+    if in_channels is None and hasattr(model, "mean") and hasattr(model, "module"):
+        in_channels = len(model.mean)  # type: ignore[attr-defined]
+    module = module_of(model)
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     c = in_channels or input_channels(module)
     x = torch.zeros(1, c, h, w, device=module_device(module), dtype=module_dtype(module))

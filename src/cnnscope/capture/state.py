@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..errors import LayerError, unknown
+from ..errors import LayerError, ModelError, unknown
 
 #: Activation modules whose input is the "pre-activation" (Curve Detectors uses pre-ReLU values).
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
@@ -19,6 +19,20 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
 
 class StopForward(BaseException):
     """Raised by a hook to end a forward pass early (a ``BaseException`` so model code can't swallow it)."""
+
+
+def module_of(model: object) -> nn.Module:
+    """The ``nn.Module`` of a ``LoadedModel`` (anything with ``.module`` and ``.preprocess``) or the module itself.
+
+    Raises:
+        ModelError: ``model`` is neither.
+    """
+    if isinstance(model, nn.Module):
+        return model
+    inner = getattr(model, "module", None)
+    if isinstance(inner, nn.Module) and hasattr(model, "preprocess"):
+        return inner
+    raise ModelError(f"expected a LoadedModel or a torch.nn.Module, got {type(model).__name__}")
 
 
 def layer_names(module: nn.Module) -> list[str]:

@@ -1,4 +1,4 @@
-"""The ``cnnscope`` command group, shared options and the one-line error handling (DESIGN rule 7)."""
+"""The ``cnnscope`` command group, shared options and the one-line error handling (docs/ARCHITECTURE.md, rule 7)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from .report import COLUMNS, MetricTable, save_table
 from .road import PERCENTAGES, RoadResult, linear_imputation_system, noisy_linear_impute, road
 from .sanity import MODES, SanityResult, randomization_units, reinitialize_, sanity_check
 from .similarity import SIMILARITIES, average_ranks, hog_correlation, spearman, spearman_abs, ssim
-from .substrates import SUBSTRATES, gaussian_blur
+from .substrates import SUBSTRATES
 from .suite import DEFAULT_METRICS, METRICS, Evaluation, evaluate
 
 __all__ = [

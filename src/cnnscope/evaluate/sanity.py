@@ -78,7 +78,7 @@ def randomization_units(module: nn.Module, x: torch.Tensor, layers: Sequence[str
         if len(units) > max_units and chosen:
             break
         chosen = units
-    infos = list_layers(module, tuple(x.shape[-2:]), x.shape[1])
+    infos = list_layers(module, tuple(x.shape[-2:]), in_channels=x.shape[1])
     ran = {i.name: k for k, i in enumerate(infos) if i.calls > 0}
     return sorted((u for u in chosen if u in ran), key=lambda u: ran[u])
 

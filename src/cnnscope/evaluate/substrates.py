@@ -10,33 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import MethodError, unknown
+from ..filters import gaussian_blur
 
 Substrate = Callable[[torch.Tensor], torch.Tensor]
-
-
-def gaussian_kernel1d(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Sampled, normalised 1-D Gaussian of odd ``size``. Shape: ``[size]``."""
-    if size < 1 or size % 2 == 0:
-        raise MethodError(f"blur kernel size must be a positive odd number, got {size}")
-    r = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    k = torch.exp(-(r ** 2) / (2.0 * float(sigma) ** 2))
-    return k / k.sum()
-
-
-def gaussian_blur(x: torch.Tensor, size: int = 11, sigma: float = 5.0) -> torch.Tensor:
-    """Per-channel Gaussian blur with zero padding (separable, same size as the input).
-
-    Shape:
-        - x: ``[B, C, H, W]``; Output: same.
-    """
-    c = x.shape[1]
-    k = gaussian_kernel1d(size, sigma, x.device, x.dtype)
-    pad = size // 2
-    y = F.conv2d(x, k.view(1, 1, size, 1).expand(c, 1, size, 1), padding=(pad, 0), groups=c)
-    return F.conv2d(y, k.view(1, 1, 1, size).expand(c, 1, 1, size), padding=(0, pad), groups=c)
 
 
 def zero_substrate(x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +24,7 @@ def zero_substrate(x: torch.Tensor) -> torch.Tensor:
 
 def blur_substrate(x: torch.Tensor) -> torch.Tensor:
     """RISE's insertion start: Gaussian blur, kernel 11, sigma 5."""
-    return gaussian_blur(x, 11, 5.0)
+    return gaussian_blur(x, 5.0, 5, padding="zeros")
 
 
 def mean_substrate(x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +34,7 @@ def mean_substrate(x: torch.Tensor) -> torch.Tensor:
 
 def strong_blur_substrate(x: torch.Tensor) -> torch.Tensor:
     """A stronger blur (kernel 31, sigma 10): an option for large inputs; not part of the RISE protocol."""
-    return gaussian_blur(x, 31, 10.0)
+    return gaussian_blur(x, 10.0, 15, padding="zeros")
 
 
 #: name -> substrate function ``x -> same-shape tensor``.

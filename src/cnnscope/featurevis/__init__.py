@@ -13,7 +13,8 @@ Objectives are data with an algebra (:mod:`.objectives`, :mod:`.penalties`); par
 (:mod:`.param`) and transforms (:mod:`.transforms`) are ``nn.Module``\\ s; recipes (:mod:`.recipes`) bundle them.
 """
 
-from .filters import BilateralBlur, GaussianBlur, bilateral_blur, gaussian_blur
+from ..filters import bilateral_blur, gaussian_blur
+from .filters import BilateralBlur, GaussianBlur
 from .objectives import (
     INPUT,
     OUTPUT,

@@ -1,4 +1,4 @@
-"""The objective base class and its algebra (DESIGN rule 3: objectives are data).
+"""The objective base class and its algebra (docs/ARCHITECTURE.md, rule 3: objectives are data).
 
 An objective is a small object: called on a mapping of captured activations it returns one value per image
 (``Tensor[B]``). The renderer *maximises* the sum of these values (it negates once). Objectives combine with

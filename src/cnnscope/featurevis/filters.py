@@ -1,86 +1,20 @@
-"""Image filters: Gaussian and bilateral blur, as pure functions and as every-k-steps modules.
+"""Step filters of the renderer: Gaussian and bilateral blur applied to the image every ``every`` steps.
 
 PytorchRevelio's activation-maximization variants blur the image being optimised after gradient steps (Gaussian
 blur after Audun Øygard 2015, bilateral blur after Mike Tyka 2016), with the filter width annealed from a start to
-an end value over the run. :class:`GaussianBlur` and :class:`BilateralBlur` do this for the renderer: every
-``every`` steps the image is replaced by its filtered version (the image parameterization applies it).
+an end value over the run. :class:`GaussianBlur` and :class:`BilateralBlur` do this for the renderer (the image
+parameterization applies them); the filters themselves are :mod:`cnnscope.filters`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MethodError
-
-
-def _check_image(x: torch.Tensor, name: str) -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise MethodError(f"{name} expects images of shape [B, C, H, W], got {shape}")
-
-
-def gaussian_kernel1d(sigma: float, radius: int | None = None, *, device: torch.device | None = None,
-                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Normalised 1-D Gaussian taps ``[2r+1]`` (``r = ceil(3 sigma)`` unless given)."""
-    r = max(1, math.ceil(3.0 * sigma)) if radius is None else int(radius)
-    t = torch.arange(-r, r + 1, device=device, dtype=dtype)
-    k = torch.exp(-0.5 * (t / max(sigma, 1e-6)) ** 2)
-    return k / k.sum()
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float, radius: int | None = None) -> torch.Tensor:
-    """Separable Gaussian blur of each channel, with reflect padding (so borders are not darkened).
-
-    Shape:
-        - Input: ``[B, C, H, W]``
-        - Output: ``[B, C, H, W]``
-    """
-    _check_image(x, "gaussian_blur")
-    if sigma <= 0:
-        return x
-    k = gaussian_kernel1d(sigma, radius, device=x.device, dtype=x.dtype)
-    r = (k.numel() - 1) // 2
-    r = min(r, x.shape[-1] - 1, x.shape[-2] - 1)
-    if r < 1:
-        return x
-    k = k[(k.numel() - 1) // 2 - r:(k.numel() - 1) // 2 + r + 1]
-    k = k / k.sum()
-    c = x.shape[1]
-    y = F.pad(x, (r, r, r, r), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def bilateral_blur(x: torch.Tensor, sigma_space: float, sigma_color: float, radius: int | None = None
-                   ) -> torch.Tensor:
-    """Edge-preserving bilateral filter (Tomasi & Manduchi 1998): each pixel becomes the average of its
-    ``(2r+1)^2`` neighbours weighted by ``exp(-d^2 / 2 sigma_space^2) * exp(-|I_p - I_q|^2 / 2 sigma_color^2)``,
-    with the colour distance taken over all channels jointly. Borders are reflect-padded.
-
-    Shape:
-        - Input: ``[B, C, H, W]``
-        - Output: ``[B, C, H, W]``
-    """
-    _check_image(x, "bilateral_blur")
-    if sigma_space <= 0 or sigma_color <= 0:
-        return x
-    r = max(1, math.ceil(2.0 * sigma_space)) if radius is None else int(radius)
-    r = min(r, x.shape[-1] - 1, x.shape[-2] - 1)
-    if r < 1:
-        return x
-    b, c, h, w = x.shape
-    k = 2 * r + 1
-    patches = F.unfold(F.pad(x, (r, r, r, r), mode="reflect"), k).view(b, c, k * k, h, w)
-    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
-    space = torch.exp(-(t.view(-1, 1) ** 2 + t.view(1, -1) ** 2) / (2 * sigma_space ** 2)).view(1, k * k, 1, 1)
-    color = torch.exp(-((patches - x.unsqueeze(2)) ** 2).sum(1) / (2 * sigma_color ** 2))
-    weights = space * color
-    return (patches * weights.unsqueeze(1)).sum(2) / weights.sum(1, keepdim=True)
+from ..filters import bilateral_blur, gaussian_blur
 
 
 def _schedule(value: float | Sequence[float], name: str) -> tuple[float, float]:

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from ..errors import MethodError
+from ..filters import gaussian_blur
 from .algebra import INPUT, Acts, Objective
-from .filters import gaussian_blur
 
 
 class ImagePenalty(Objective):

@@ -10,10 +10,14 @@ import torch
 from torch import nn
 
 from ..errors import CnnscopeError, ImageError
-from ..images import ImageLike, load_image, resize
+from ..images import ImageLike, load_image, luma, resize, to_float
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class AssumptionWarning(UserWarning):
+    """cnnscope had to assume something about a plain ``nn.Module`` (its normalisation or input size)."""
 
 
 @dataclass
@@ -43,6 +47,24 @@ class LoadedModel:
     resize_mode: str = "resize"
     source: str = "user"
     extra: dict = field(default_factory=dict)
+    #: what cnnscope assumed about a plain module (see :func:`~cnnscope.models.as_model`), or ``None``
+    assumed: str | None = None
+    _warned: bool = field(default=False, init=False, repr=False, compare=False)
+
+    def _note_assumption(self) -> None:
+        """Warn once, the first time an assumed normalisation turns pictures into inputs or back."""
+        if self.assumed and not self._warned:
+            import warnings
+
+            self._warned = True
+            warnings.warn(self.assumed, AssumptionWarning, stacklevel=3)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the module's first floating parameter or buffer (float32 when it has none)."""
+        from ..capture import module_dtype
+
+        return module_dtype(self.module)
 
     @property
     def device(self) -> torch.device:
@@ -64,13 +86,15 @@ class LoadedModel:
 
     # -- images <-> tensors -------------------------------------------------------------------------
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
-        """Map images in [0, 1] (``[B,3,H,W]``) to the model's input space."""
+        """Map images in [0, 1] (``[B,C,H,W]`` with the model's channel count) to the model's input space."""
+        self._note_assumption()
         mean = torch.tensor(self.mean, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
         return (x01 - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`normalize`: model-space tensors back to [0, 1] (not clamped)."""
+        self._note_assumption()
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
         return x * std + mean
@@ -89,24 +113,70 @@ class LoadedModel:
             raise CnnscopeError(f"unknown resize_mode {self.resize_mode!r}; use 'resize' or 'center_crop'")
         return arr if arr.shape[:2] == (h, w) else resize(arr, (h, w))
 
-    def preprocess(self, image: ImageLike | Sequence[ImageLike], size: tuple[int, int] | None = None
-                   ) -> torch.Tensor:
-        """Image(s) -> normalised ``Tensor[B,3,H,W]`` on the model's device (``B=1`` for one image).
+    def to_input(self, x01: torch.Tensor) -> torch.Tensor:
+        """RGB pictures in [0, 1] ``[B, 3, H, W]`` -> the model's input (luma first for one-channel models).
 
         Shape:
-            - Output: ``[B, 3, H, W]`` with ``(H, W) = size or input_size``.
+            - x01: ``[B, 3, H, W]`` (or already ``[B, C, H, W]`` with the model's ``C``); Output: ``[B, C, H, W]``.
+        """
+        if len(self.mean) == 1 and x01.shape[1] == 3:
+            x01 = luma(x01)
+        return self.normalize(x01)
+
+    def preprocess(self, image: ImageLike | Sequence[ImageLike], size: tuple[int, int] | None = None
+                   ) -> torch.Tensor:
+        """Image(s) -> normalised ``Tensor[B,C,H,W]`` on the model's device (``B=1`` for one image).
+
+        Shape:
+            - Output: ``[B, C, H, W]`` with ``(H, W) = size or input_size``.
         """
         if isinstance(image, torch.Tensor) and image.ndim == 4:
             raise ImageError("preprocess() takes images (paths, PIL, uint8 arrays), not a batch tensor; "
                              "use normalize() for tensors in [0, 1]")
-        items = list(image) if isinstance(image, (list, tuple)) else [image]
+        if isinstance(image, np.ndarray) and image.ndim == 4:
+            items: list = list(image)
+        else:
+            items = list(image) if isinstance(image, (list, tuple)) else [image]
         if not items:
             raise ImageError("preprocess() got an empty list of images")
-        arrs = [self.fit_image(it, size) for it in items]
-        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
-        if len(self.mean) == 1:  # single-channel model: ITU-R 601 luma
-            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        return self.normalize(x.to(self.device))
+        x = to_float([self.fit_image(it, size) for it in items], device=self.device)
+        return self.to_input(x).to(self.dtype)
+
+    def batch(self, images: object, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The one input check: ``images`` -> a detached model-space ``[B, C, H, W]`` batch on the model's device.
+
+        Args:
+            images: a float tensor in the model's input space (``[B, C, H, W]`` or one ``[C, H, W]``), a list of
+                such tensors of one size, or pictures: anything :func:`~cnnscope.images.load_image` takes, a
+                ``uint8 [B, H, W, 3]`` array or a list of those (resized to ``size`` or :attr:`input_size`).
+            size: ``(H, W)`` for pictures (default :attr:`input_size`); tensors keep their size.
+
+        Raises:
+            ImageError: wrong rank or channel count, a non-float tensor, an empty batch, tensors of different sizes,
+                NaN or infinite values, or an unreadable picture (naming the file and the reason).
+        """
+        if isinstance(images, (list, tuple)) and images and all(isinstance(t, torch.Tensor) and t.is_floating_point()
+                                                                for t in images):
+            items = [t[0] if t.ndim == 4 and t.shape[0] == 1 else t for t in images]
+            shapes = sorted({tuple(t.shape) for t in items})
+            if any(t.ndim != 3 for t in items) or len(shapes) > 1:
+                raise ImageError("a list of tensors must hold [C, H, W] images of one size, got shapes "
+                                 + ", ".join("x".join(map(str, s)) for s in shapes)
+                                 + "; pass the pictures themselves to have them resized")
+            images = torch.stack(items)
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            x = images.detach()
+            if x.ndim == 3:
+                x = x.unsqueeze(0)
+            x = self.check_input(x)
+            if x.shape[0] == 0:
+                raise ImageError(f"{self.name} got an empty batch")
+            if not bool(torch.isfinite(x).all()):
+                raise ImageError(f"{self.name}: the input batch contains NaN or infinite values")
+            return x.to(device=self.device, dtype=self.dtype)
+        if isinstance(images, torch.Tensor):
+            images = images.detach().cpu().numpy()
+        return self.preprocess(images, size).detach()  # type: ignore[arg-type]
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         """Validate a model-space batch: ``[B, C, H, W]`` float with ``C`` = the model's channel count.

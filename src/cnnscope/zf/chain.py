@@ -105,7 +105,7 @@ def build_chain(module: nn.Module, layer: str, input_size: tuple[int, int], in_c
             backward-rule deconvnet).
     """
     resolve_layers(module, layer)
-    infos = list_layers(module, input_size, in_channels)
+    infos = list_layers(module, input_size, in_channels=in_channels)
     entered = [i.name for i in infos if i.calls > 0]
     if layer not in entered:
         raise DeconvError(f"layer {layer!r} does not run in the model's forward pass")

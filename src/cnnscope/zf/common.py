@@ -82,7 +82,7 @@ def default_layers(module: torch.nn.Module, input_size: tuple[int, int], in_chan
     The first is the first activation module after the first convolution (its output is "layer 1"); the
     second is the leaf that feeds the last module (the penultimate features, "layer 7" in the paper).
     """
-    infos = [i for i in list_layers(module, input_size, in_channels) if i.leaf and i.calls > 0]
+    infos = [i for i in list_layers(module, input_size, in_channels=in_channels) if i.leaf and i.calls > 0]
     if len(infos) < 2:
         raise LayerError("the model has fewer than two leaf modules; pass layer names explicitly")
     first = None
@@ -100,7 +100,7 @@ def default_layers(module: torch.nn.Module, input_size: tuple[int, int], in_chan
 
 def deep_layers(module: torch.nn.Module, input_size: tuple[int, int], in_channels: int = 3) -> list[str]:
     """``[last layer with a spatial map, penultimate features]``: the paper's "layer 5" and "layer 7" pair."""
-    infos = [i for i in list_layers(module, input_size, in_channels) if i.leaf and i.calls > 0]
+    infos = [i for i in list_layers(module, input_size, in_channels=in_channels) if i.leaf and i.calls > 0]
     spatial = [i.name for i in infos[:-1] if i.spatial is not None and i.spatial[0] * i.spatial[1] > 1]
     if len(infos) < 2 or not spatial:
         raise LayerError("cannot pick default layers for this model; pass layer names explicitly")
