@@ -10,6 +10,18 @@ import torch
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Every test writes cnnscope's cache (occlusion plans, ...) under a temporary folder, never the user's."""
+    old = os.environ.get("CNNSCOPE_CACHE")
+    os.environ["CNNSCOPE_CACHE"] = str(tmp_path_factory.mktemp("cnnscope-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CNNSCOPE_CACHE", None)
+    else:
+        os.environ["CNNSCOPE_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def lite0():
     """The embedded ImageNet-pretrained EfficientNet-Lite0 (``LoadedModel``), on the CPU, in eval mode."""

@@ -34,6 +34,48 @@ def model_options(f):
     return f
 
 
+class PositionType(click.ParamType):
+    """``--position``: ``max``, ``center``, ``ROW,COL`` or ``all`` (the whole channel), as in docs/CONVENTIONS.md."""
+
+    name = "position"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 - click's signature
+        if value is None or isinstance(value, tuple):
+            return value
+        text = str(value).strip().lower()
+        if text in ("max", "center"):
+            return text
+        if text in ("all", "none", "channel"):
+            return None
+        try:
+            row, col = (int(v) for v in text.split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not max, center, all or ROW,COL", param, ctx)
+        if row < 0 or col < 0:
+            self.fail(f"{value!r}: row and column are non-negative", param, ctx)
+        return row, col
+
+
+POSITION = PositionType()
+
+
+def batch_size_option(f):
+    """``--batch-size``: images per forward pass (default: chosen by device)."""
+    return click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                        help="Images per forward pass (default: chosen by device).")(f)
+
+
+def channels_option(f, default: str | None = None, help: str = "Channels: all, 0-31 or 0,4,8-11."):
+    """``--channels``: a channel selection (parsed later with ``cnnscope.parse_channels``)."""
+    return click.option("--channels", default=default, show_default=default is not None, help=help)(f)
+
+
+def pre_activation_option(f):
+    """``--pre-activation``: read an activation module's input (pre-ReLU values) instead of its output."""
+    return click.option("--pre-activation", is_flag=True,
+                        help="Read the input of the activation module (pre-activation values).")(f)
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         import torch
