@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from .state import module_of
 
-def conv_bn_pairs(module: nn.Module, x: torch.Tensor) -> list[tuple[str, str]]:
+if TYPE_CHECKING:
+    from ..models import ModelLike
+
+
+def conv_bn_pairs(model: ModelLike, images: torch.Tensor) -> list[tuple[str, str]]:
     """``(conv name, batch-norm name)`` for every ``BatchNorm2d`` that reads a ``Conv2d``'s output directly.
 
-    One forward of ``x[:1]`` without gradients; the module must be in the mode the caller runs it in.
+    One forward of ``images[:1]`` (a model-space batch) without gradients; the module must be in the mode the
+    caller runs it in.
     """
+    module = module_of(model)
     produced: dict[int, str] = {}
     pairs: list[tuple[str, str]] = []
     keep: list[torch.Tensor] = []  # held, so tensor ids stay unique during the pass
@@ -35,7 +43,7 @@ def conv_bn_pairs(module: nn.Module, x: torch.Tensor) -> list[tuple[str, str]]:
             handles.append(mod.register_forward_pre_hook(lambda m, i, n=name: bn_in(n, i)))
     try:
         with torch.no_grad():
-            module(x[:1])
+            module(images[:1])
     finally:
         for h in handles:
             h.remove()

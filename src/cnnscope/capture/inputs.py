@@ -8,11 +8,13 @@ removed in ``finally``), recording each layer's first positional tensor input fo
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from .capture import Capture
+from .state import module_of
+
+if TYPE_CHECKING:
+    from ..models import ModelLike
 
 
 class InputCapture(Capture):
@@ -24,7 +26,8 @@ class InputCapture(Capture):
         >>> h_prev = cap["blocks.4.0.conv_pw"]   # [B, C_in, H, W]
     """
 
-    def __init__(self, module: nn.Module, layers: str | Iterable[str], **options: Any) -> None:
+    def __init__(self, model: ModelLike, layers: str | Iterable[str], **options: Any) -> None:
+        module = module_of(model)
         options.pop("pre_activation", None)
         super().__init__(module, layers, **options)
         self.pre_activation = True  # forward pre-hooks; unlike Capture(pre_activation=True) any module kind is fine

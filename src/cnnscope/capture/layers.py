@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .state import evaluating, first_tensor, module_device, module_dtype, module_of
+
+if TYPE_CHECKING:
+    from ..models import ModelLike
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,9 @@ class LayerInfo:
         return d
 
 
-def input_channels(module: nn.Module, default: int = 3) -> int:
+def input_channels(model: ModelLike, *, default: int = 3) -> int:
     """Channels of the first ``Conv2d`` in the module (``default`` when there is none)."""
+    module = module_of(model)
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             return m.in_channels

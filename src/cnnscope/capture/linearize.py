@@ -11,21 +11,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .state import is_activation
+from .state import is_activation, module_of
+
+if TYPE_CHECKING:
+    from ..models import ModelLike
 
 
 @contextmanager
-def linearized(module: nn.Module) -> Iterator[int]:
+def linearized(model: ModelLike) -> Iterator[int]:
     """Within the block, every activation module of ``module`` (ReLU, ReLU6, GELU, ...) returns its input.
 
     Yields:
         The number of activation modules made linear. Activations called as functions inside ``forward`` (not
         modules) stay nonlinear.
     """
+    module = module_of(model)
     targets = [m for _, m in module.named_modules() if is_activation(m)]
     saved = [(m, getattr(m, "inplace", None)) for m in targets]
     handles = []

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
-from .state import resolve_layers
+from .state import module_of, resolve_layers
+
+if TYPE_CHECKING:
+    from ..models import ModelLike
 
 
 @contextmanager
-def patch_outputs(module: nn.Module, fns: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+def patch_outputs(model: ModelLike, fns: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
     """Within the block, layer ``name``'s output ``y`` is replaced by ``fns[name](y)`` on every call.
 
     The functions usually return a tensor of the same shape; any other is passed on as it is (incremental occlusion
     swaps in crops and activations of another size). Hooks are removed in ``finally``.
     """
+    module = module_of(model)
     layers = resolve_layers(module, list(fns))
     handles = []
     try:

@@ -23,15 +23,18 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..errors import CnnscopeError, LayerError, MethodError, unknown
 from .capture import Capture
 from .layers import input_channels
-from .state import evaluating, module_device, module_dtype
+from .state import evaluating, module_device, module_dtype, module_of
+
+if TYPE_CHECKING:
+    from ..models import ModelLike
 
 METHODS = ("auto", "fast", "exact")
 
@@ -197,7 +200,7 @@ def _fast(cap: Capture, layers: list[str], c: int, size: tuple[int, int], max_ba
     return out
 
 
-def receptive_fields(module: nn.Module, layers: str | Iterable[str], input_size: int | tuple[int, int], *,
+def receptive_fields(model: ModelLike, layers: str | Iterable[str], input_size: int | tuple[int, int], *,
                      method: str = "auto", max_batch: int = 32, slab: int | None = None, checks: int = 4, seed: int = 0,
                      cache: bool = True, progress: bool = False) -> dict[str, ReceptiveField]:
     """Measure the input box of every position of each layer (one probe pass for all layers).
@@ -225,6 +228,7 @@ def receptive_fields(module: nn.Module, layers: str | Iterable[str], input_size:
         LayerError: unknown layer, or a layer without a spatial ``[B, C, h, w]`` output.
         MethodError: unknown method.
     """
+    module = module_of(model)
     if method not in METHODS:
         raise MethodError(unknown("receptive-field method", method, METHODS))
     size = (input_size, input_size) if isinstance(input_size, int) else (int(input_size[0]), int(input_size[1]))

@@ -17,11 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..errors import CnnscopeError, MethodError, unknown
+from .state import module_of
+
+if TYPE_CHECKING:
+    from ..models import ModelLike
 
 RULES = ("guided", "deconv")
 
@@ -54,8 +59,9 @@ def _upper(mod: nn.Module) -> float | None:
     return None
 
 
-def relu_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
+def relu_modules(model: ModelLike) -> list[tuple[str, nn.Module]]:
     """The ReLU-family modules a rule can override: ``nn.ReLU``, ``nn.ReLU6`` (and ``Hardtanh(0, t)``)."""
+    module = module_of(model)
     out = []
     for name, m in module.named_modules():
         if isinstance(m, nn.ReLU) or (isinstance(m, nn.Hardtanh) and m.min_val == 0.0):
@@ -64,7 +70,7 @@ def relu_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 @contextmanager
-def relu_rule(module: nn.Module, rule: str) -> Iterator[int]:
+def relu_rule(model: ModelLike, rule: str) -> Iterator[int]:
     """Within the block, every ReLU/ReLU6 module of ``module`` back-propagates with ``rule``.
 
     Yields:
@@ -74,6 +80,7 @@ def relu_rule(module: nn.Module, rule: str) -> Iterator[int]:
         MethodError: unknown rule.
         CnnscopeError: the model has no ReLU modules (e.g. it only calls ``F.relu``).
     """
+    module = module_of(model)
     if rule not in RULES:
         raise MethodError(unknown("backward rule", rule, RULES))
     targets = relu_modules(module)

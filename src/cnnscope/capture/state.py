@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..errors import LayerError, ModelError, unknown
+
+if TYPE_CHECKING:
+    from ..models import ModelLike
 
 #: Activation modules whose input is the "pre-activation" (Curve Detectors uses pre-ReLU values).
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
@@ -35,13 +39,15 @@ def module_of(model: object) -> nn.Module:
     raise ModelError(f"expected a LoadedModel or a torch.nn.Module, got {type(model).__name__}")
 
 
-def layer_names(module: nn.Module) -> list[str]:
+def layer_names(model: ModelLike) -> list[str]:
     """Dotted names of every submodule (``named_modules()`` order, root excluded)."""
+    module = module_of(model)
     return [n for n, _ in module.named_modules() if n]
 
 
-def resolve_layers(module: nn.Module, names: str | Iterable[str]) -> dict[str, nn.Module]:
+def resolve_layers(model: ModelLike, names: str | Iterable[str]) -> dict[str, nn.Module]:
     """Map dotted layer names to submodules; unknown names raise :class:`LayerError` with close matches."""
+    module = module_of(model)
     wanted = [names] if isinstance(names, str) else list(dict.fromkeys(names))
     if not wanted:
         raise LayerError("no layer names given")
@@ -56,9 +62,9 @@ def resolve_layers(module: nn.Module, names: str | Iterable[str]) -> dict[str, n
     return out
 
 
-def is_activation(module: nn.Module) -> bool:
-    """Whether ``module`` is an elementwise activation (its input is a pre-activation)."""
-    return isinstance(module, ACTIVATION_TYPES) or type(module).__name__.lower() in ("swish", "quickgelu")
+def is_activation(submodule: nn.Module) -> bool:
+    """Whether ``submodule`` is an elementwise activation (its input is a pre-activation)."""
+    return isinstance(submodule, ACTIVATION_TYPES) or type(submodule).__name__.lower() in ("swish", "quickgelu")
 
 
 def first_tensor(value: object) -> torch.Tensor | None:
@@ -79,12 +85,13 @@ def first_tensor(value: object) -> torch.Tensor | None:
 
 
 @contextmanager
-def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+def evaluating(model: ModelLike) -> Iterator[nn.Module]:
     """Temporarily put every submodule in eval mode; restore each ``training`` flag in ``finally``.
 
     A module already all in eval mode is left alone: ``eval()`` walks every submodule through ``__setattr__``, a
     sizeable cost for the thousands of small passes a perturbation method makes.
     """
+    module = module_of(model)
     training = [m for m in module.modules() if m.training]
     try:
         if training:
@@ -95,8 +102,9 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
             m.training = True
 
 
-def module_device(module: nn.Module) -> torch.device:
+def module_device(model: ModelLike) -> torch.device:
     """Device of the first parameter/buffer (CPU for a module without any)."""
+    module = module_of(model)
     for t in module.parameters():
         return t.device
     for t in module.buffers():
@@ -104,17 +112,19 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def module_dtype(module: nn.Module) -> torch.dtype:
+def module_dtype(model: ModelLike) -> torch.dtype:
     """Floating dtype of the first floating parameter (float32 when there is none)."""
+    module = module_of(model)
     for t in module.parameters():
         if t.is_floating_point():
             return t.dtype
     return torch.float32
 
 
-def module_state(module: nn.Module) -> tuple:
+def module_state(model: ModelLike) -> tuple:
     """A fingerprint of a model's numbers: identity, version, storage, dtype and device of every parameter and
     buffer. It changes when any of them is replaced or changed in place (an optimizer step, ``load_state_dict``,
     ``.to()``), so results derived from the model can be cached against it."""
+    module = module_of(model)
     return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device)
                  for t in (*module.parameters(), *module.buffers()))

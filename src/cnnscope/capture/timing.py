@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
-from .state import resolve_layers
+from .state import module_of, resolve_layers
+
+if TYPE_CHECKING:
+    from ..models import ModelLike
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,9 @@ class LayerTime:
     output: int
 
 
-def layer_times(module: nn.Module, x: torch.Tensor, layers: Iterable[str], runs: int = 3) -> dict[str, LayerTime]:
-    """Time a forward of ``x`` and report when each of ``layers`` finishes.
+def layer_times(model: ModelLike, images: torch.Tensor, layers: Iterable[str], *, runs: int = 3
+                ) -> dict[str, LayerTime]:
+    """Time a forward of ``images`` (a model-space batch) and report when each of ``layers`` finishes.
 
     One warm-up forward, then ``runs`` timed ones without gradients; each stretch between two consecutive layer exits
     counts with its fastest run, which keeps the shares stable on a busy machine. On CUDA every hook synchronizes.
@@ -40,6 +44,8 @@ def layer_times(module: nn.Module, x: torch.Tensor, layers: Iterable[str], runs:
     Returns:
         ``name -> LayerTime`` for the layers that ran, in execution order.
     """
+    module = module_of(model)
+    x = images
     mods = resolve_layers(module, list(layers))
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     seen: dict[str, float] = {}
