@@ -41,7 +41,7 @@ def layers_cmd(model: str, weights: str | None, device: str, depth: int | None, 
     from ..capture import list_layers
 
     m = open_model(model, weights, device)
-    infos = list_layers(m.module, size or m.input_size)
+    infos = list_layers(m, size or m.input_size)
     if depth is not None:
         infos = [i for i in infos if i.name.count(".") <= depth]
     if as_json:

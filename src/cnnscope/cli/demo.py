@@ -46,7 +46,7 @@ def _predictions(ctx: DemoContext) -> None:
 def _layers(ctx: DemoContext) -> None:
     from ..capture import list_layers
 
-    infos = list_layers(ctx.model.module, ctx.model.input_size)
+    infos = list_layers(ctx.model)
     top = [i for i in infos if i.name.count(".") <= 1 and i.output_shape]
     for i in top:
         click.echo(f"  {i.name:<12} {i.kind:<22} {'x'.join(map(str, i.output_shape))}")
