@@ -78,7 +78,8 @@ def test_batch_converts_pictures_exactly_like_preprocess_and_checks_tensors():
     torch.testing.assert_close(m.batch([x[0], x[1]]), x)
     for bad, msg in [(torch.zeros(1, 1, 8, 8), r"\[B,3,H,W\]"), (torch.zeros(0, 3, 8, 8), "empty batch"),
                      (torch.full((1, 3, 4, 4), float("inf")), "NaN or infinite"),
-                     ([torch.zeros(3, 4, 4), torch.zeros(3, 5, 5)], "one size"), ("/no/such.png", "no such file")]:
+                     ([torch.zeros(3, 4, 4), torch.zeros(3, 5, 5)], "one size"), ("/no/such.png", "no such file"),
+                     (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "float tensors")]:
         with pytest.raises(ImageError, match=msg):
             m.batch(bad)
 

@@ -147,7 +147,7 @@ class LoadedModel:
 
         Args:
             images: a float tensor in the model's input space (``[B, C, H, W]`` or one ``[C, H, W]``), a list of
-                such tensors of one size, or pictures: anything :func:`~cnnscope.images.load_image` takes, a
+                such tensors of one size (a tensor is never a picture), or pictures: anything :func:`~cnnscope.images.load_image` takes, a
                 ``uint8 [B, H, W, 3]`` array or a list of those (resized to ``size`` or :attr:`input_size`).
             size: ``(H, W)`` for pictures (default :attr:`input_size`); tensors keep their size.
 
@@ -175,7 +175,8 @@ class LoadedModel:
                 raise ImageError(f"{self.name}: the input batch contains NaN or infinite values")
             return x.to(device=self.device, dtype=self.dtype)
         if isinstance(images, torch.Tensor):
-            images = images.detach().cpu().numpy()
+            raise ImageError(f"{self.name} takes float tensors in its input space, got a {images.dtype} tensor; pass "
+                             "pictures as uint8 numpy arrays, PIL images or paths")
         return self.preprocess(images, size).detach()  # type: ignore[arg-type]
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
