@@ -6,9 +6,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from click.testing import CliRunner
 
-from cnnscope.attribution import list_methods
-from cnnscope.cli import main
+from cnnscope.attribution import METHODS, Method, attribute, list_methods, register_method
+from cnnscope.cli import cli, main
+from tests.models import GapLinearNet
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -41,9 +44,13 @@ def test_explain_label_and_unit_targets(capsys, tmp_path):
     assert code == 0, err
     assert "explained tabby (281)" in out
     code, out, err = run(capsys, "explain", "efficientnet_lite0", "sample:chelsea", "--methods", "saliency",
-                         "--target", "unit:blocks.5.0:7", "--out", str(tmp_path / "u"), "--no-progress")
+                         "--target", "unit:blocks.5.0:7", "--position", "3,4", "--batch-size", "1", "--out",
+                         str(tmp_path / "u"), "--no-progress")
     assert code == 0, err
     assert "unit blocks.5.0 channel 7" in out
+    spec = json.loads((tmp_path / "u" / "chelsea.json").read_text())["methods"]["saliency"]["spec"]
+    assert spec["target"] == {"kind": "unit", "layer": "blocks.5.0", "channel": 7, "position": [3, 4]}
+    assert spec["options"]["batch_size"] == 1
 
 
 @pytest.mark.parametrize("args,message", [
@@ -53,6 +60,8 @@ def test_explain_label_and_unit_targets(capsys, tmp_path):
     (["--methods", "gradcam", "--layer", "classifier"], "without spatial extent"),
     (["-o", "rise.n_masks=4"], "not in --methods"),
     (["-o", "occlusion.window=4"], "stride 16x16 larger than the window 4x4"),
+    (["--target", "-1"], "negative"),
+    (["--position", "max"], "--position needs a unit target"),
 ])
 def test_explain_errors_are_one_line(capsys, tmp_path, args, message):
     code, out, err = run(capsys, "explain", "efficientnet_lite0", "sample:chelsea", "--out", str(tmp_path),
@@ -67,6 +76,30 @@ def test_explain_methods_lists_the_registry(capsys):
     rows = json.loads(out)
     assert [r["name"] for r in rows] == list_methods()
     assert next(r for r in rows if r["name"] == "occlusion")["options"]["window"] == 32
+
+
+def test_a_method_registered_by_one_class_is_listed():
+    with METHODS.scoped():
+        @register_method
+        class Ones(Method):
+            """Every pixel counts the same."""
+
+            name = "ones_for_test"
+            title = "Ones"
+            reference = "a test"
+
+            def compute(self, x, scorer, layer):
+                return torch.ones_like(x)
+
+        assert "ones_for_test" in list_methods()
+        a = attribute(GapLinearNet(), torch.randn(1, 3, 8, 8), "ones_for_test", target=2)
+        assert torch.equal(a.values, torch.ones(1, 3, 8, 8)) and a.target == [2]
+        result = CliRunner().invoke(cli, ["explain-methods"])
+        assert result.exit_code == 0, result.output
+        assert any(line.split()[:3] == ["ones_for_test", "pixel", "a"] for line in result.output.splitlines())
+        rows = json.loads(CliRunner().invoke(cli, ["explain-methods", "--json"]).output)
+        assert rows[-1]["name"] == "ones_for_test" and rows[-1]["options"]["batch_size"] is None
+    assert "ones_for_test" not in list_methods()
 
 
 def test_demo_section_40(capsys, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from cnnscope import wrap
 from cnnscope.attribution import attribute, make_baseline, rise_masks
 from cnnscope.attribution.perturbation import RISE_MASK_CHUNK
 from tests.conformance import assert_unchanged
@@ -50,7 +51,7 @@ def test_integrated_gradients_of_linear_model_is_exact(quadrature):
     net, x = linear_model(), inputs()
     base = inputs(seed=5) * 0.3
     a = attribute(net, x, "integrated_gradients", target=3, baseline=base, n_steps=7, quadrature=quadrature,
-                  internal_batch_size=3)
+                  batch_size=3)
     torch.testing.assert_close(a.values, (x - base) * weights_of(net, [3, 3]), rtol=1e-5, atol=1e-6)
     c = a.spec["completeness"]
     assert max(abs(d) for d in c["delta"]) < 1e-4
@@ -100,7 +101,7 @@ def _occlusion_brute_force(net, x, cls, window, stride, base):
 def test_occlusion_of_linear_model_matches_closed_form(window, stride, baseline):
     net, x = linear_model(), inputs()
     a = attribute(net, x, "occlusion", target=2, window=window, stride=stride, baseline=baseline, blur_sigma=1.5,
-                  max_batch=5)
+                  batch_size=5)
     base = make_baseline(x, baseline, 1.5)
     torch.testing.assert_close(a.values, _occlusion_brute_force(net, x, 2, window, stride, base), rtol=1e-4,
                                atol=1e-5)
@@ -125,9 +126,11 @@ def test_guided_backprop_and_deconvnet_closed_forms(relu6, inplace):
     }
     got = {}
 
+    model = wrap(net, input_size=(1, 1), mean=(0.0,) * 6, std=(1.0,) * 6)  # six input channels, no Conv2d to read
+
     def run_all():
         for method in expect:
-            got[method] = attribute(net, x, method, target=0).values.flatten(1)
+            got[method] = attribute(model, x, method, target=0).values.flatten(1)
 
     assert assert_unchanged(net, run_all) is None
     for method, want in expect.items():
@@ -171,7 +174,7 @@ def test_layercam_and_gradcam_pp_closed_forms_on_gap_linear_net():
 def test_scorecam_equals_naive_per_channel_loop():
     net = InplaceReLUNet().eval()
     x = inputs((2, 3, 16, 20), seed=7)
-    a = attribute(net, x, "scorecam", target=[3, 5], max_batch=7)
+    a = attribute(net, x, "scorecam", target=[3, 5], batch_size=7)
     assert a.layer == "features"
     with torch.no_grad():
         acts = net.features(x.clone())
@@ -193,7 +196,7 @@ def test_rise_equals_naive_sum_over_masks():
     net = InplaceReLUNet().eval()
     x = inputs((2, 3, 16, 20), seed=8)
     n = RISE_MASK_CHUNK + 8
-    a = attribute(net, x, "rise", target=[1, 4], n_masks=n, grid=4, p=0.4, seed=11, max_batch=6)
+    a = attribute(net, x, "rise", target=[1, 4], n_masks=n, grid=4, p=0.4, seed=11, batch_size=6)
     gen = torch.Generator().manual_seed(11)
     masks = torch.cat([rise_masks(len(range(s, min(s + RISE_MASK_CHUNK, n))), (16, 20), 4, 0.4, gen)
                        for s in range(0, n, RISE_MASK_CHUNK)])

@@ -64,7 +64,7 @@ def test_occlusion_windows_equal_direct_forwards(lite0, chelsea):
     # Partial occlusions of this photo *raise* the Egyptian-cat probability (the fur is everywhere and a grey
     # patch pushes tabby/Egyptian cat apart), so there is no "higher on the face" claim to test; instead the
     # batched windows must equal one forward per occluded copy.
-    a = attribute(lite0, chelsea, "occlusion", window=112, stride=112, score="prob", max_batch=3)
+    a = attribute(lite0, chelsea, "occlusion", window=112, stride=112, score="prob", batch_size=3)
     assert a.values.shape == chelsea.shape
     cls = a.target[0]
     with torch.no_grad():
@@ -98,7 +98,7 @@ def test_explain_gives_predictions_maps_and_a_panel(lite0, samples, tmp_path):
 
     got = {}
     err = assert_unchanged(lite0.module, lambda: got.setdefault("e", explain(
-        lite0, [samples["chelsea"], samples["coffee"]], ["gradcam", "saliency"], names=["chelsea", "coffee"])))
+        lite0, [samples["chelsea"], samples["coffee"]], methods=["gradcam", "saliency"], names=["chelsea", "coffee"])))
     assert err is None, err
     cat, coffee = got["e"]
     assert cat.predicted[0] in CAT_CLASSES and coffee.predicted[1] == "espresso"
@@ -116,3 +116,8 @@ def test_explain_gives_predictions_maps_and_a_panel(lite0, samples, tmp_path):
     assert path.stat().st_size > 10_000
     summary = cat.to_dict()
     assert summary["methods"]["gradcam"]["layer"] == "bn2" and summary["top"][0]["index"] == cat.predicted[0]
+    # a model-space tensor is explained as it is and shown as the model sees it
+    x = lite0.preprocess(samples["chelsea"])
+    [again] = explain(lite0, x, methods=["gradcam"])
+    assert again.name == "image0" and np.array_equal(again.image, lite0.deprocess(x))
+    torch.testing.assert_close(again.results["gradcam"].values, cat.results["gradcam"].values)

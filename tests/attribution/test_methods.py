@@ -62,7 +62,7 @@ def test_method_runs_and_leaves_model_unchanged(method, model):
 def test_batch_gives_per_image_results_with_one_target_each(method, model):
     net = ALL_TINY[model]()
     x = torch.randn(3, 3, 12, 14, generator=torch.Generator().manual_seed(2))
-    together = attribute(net, x, method, target=[2, 0, 4], max_batch=2)
+    together = attribute(net, x, method, target=[2, 0, 4], batch_size=2)
     for i, t in enumerate([2, 0, 4]):
         alone = attribute(net, x[i:i + 1], method, target=t)
         torch.testing.assert_close(together.values[i:i + 1], alone.values, rtol=1e-4, atol=1e-6)

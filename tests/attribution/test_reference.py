@@ -57,7 +57,7 @@ def test_integrated_gradients_equal_captum(quadrature):
     net, x = ResidualNet().eval(), x_of()
     base = x_of(seed=3) * 0.1
     ours = attribute(net, x, "integrated_gradients", target=[0, 3], baseline=base, n_steps=20,
-                     quadrature=quadrature, internal_batch_size=7)
+                     quadrature=quadrature, batch_size=7)
     ref, delta = ca.IntegratedGradients(net).attribute(x, baselines=base, target=[0, 3], n_steps=20,
                                                        method=quadrature, return_convergence_delta=True)
     if quadrature == "riemann_trapezoid":
@@ -74,7 +74,7 @@ def test_integrated_gradients_equal_captum(quadrature):
 def test_occlusion_equals_captum(window, stride):
     ca = captum_attr()
     net, x = InplaceReLUNet().eval(), x_of()
-    ours = attribute(net, x, "occlusion", target=[4, 1], window=window, stride=stride, baseline=0.25, max_batch=9)
+    ours = attribute(net, x, "occlusion", target=[4, 1], window=window, stride=stride, baseline=0.25, batch_size=9)
     ref = ca.Occlusion(net).attribute(x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride),
                                       baselines=0.25, target=[4, 1], perturbations_per_eval=8)
     torch.testing.assert_close(ours.values, ref.detach(), rtol=1e-4, atol=1e-6)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cnnscope import wrap
-from cnnscope.attribution import TargetError, attribute, auto_layer, unit
+from cnnscope import unit, wrap
+from cnnscope.attribution import TargetError, attribute, auto_layer
 from cnnscope.errors import CnnscopeError, ImageError, LayerError, MethodError
 from tests.conformance import assert_unchanged
 from tests.models import FunctionalReLUNet, GapLinearNet, InplaceReLUNet, ResidualNet
@@ -46,12 +46,30 @@ def test_unit_target_neuron_gradient_is_the_conv_kernel():
     net = InplaceReLUNet()
     x = x_of((1, 3, 12, 14))
     conv = net.features[0]
-    a = attribute(net, x, "saliency", target=unit("features.0", 5, x=6, y=4))
+    a = attribute(net, x, "saliency", target=unit("features.0", 5, (4, 6)))
     want = torch.zeros_like(x)
-    want[0, :, 3:6, 5:8] = conv.weight.detach()[5]  # 3x3 kernel, padding 1, centred on (y=4, x=6)
+    want[0, :, 3:6, 5:8] = conv.weight.detach()[5]  # 3x3 kernel, padding 1, centred on (row 4, col 6)
     torch.testing.assert_close(a.values, want)
     with torch.no_grad():
         assert float(a.scores[0]) == pytest.approx(float(conv(x)[0, 5, 4, 6]), rel=1e-5)
+    centre = attribute(net, x, "saliency", target=unit("features.0", 5, "center"))  # 12x14 -> (6, 7)
+    want = torch.zeros_like(x)
+    want[0, :, 5:8, 6:9] = conv.weight.detach()[5]
+    torch.testing.assert_close(centre.values, want)
+
+
+def test_unit_target_max_position_is_the_strongest_neuron_per_image():
+    net, x = InplaceReLUNet(), x_of()
+    conv = net.features[0]
+    with torch.no_grad():
+        act = conv(x)[:, 5]
+    a = attribute(net, x, "saliency", target=unit("features.0", 5, "max"))
+    torch.testing.assert_close(a.scores, act.flatten(1).amax(1))
+    for b in range(2):
+        r, c = divmod(int(act[b].flatten().argmax()), act.shape[-1])
+        padded = torch.zeros(3, 14, 16)  # the input with conv's padding of 1
+        padded[:, r:r + 3, c:c + 3] = conv.weight.detach()[5]
+        torch.testing.assert_close(a.values[b], padded[:, 1:-1, 1:-1])
 
 
 def test_unit_target_channel_mean_matches_autograd_and_works_for_cams():
@@ -81,11 +99,14 @@ def test_unknown_method_and_option_suggest_close_names():
         attribute(net, x, "smoothgrad", base="gradcam")
     with pytest.raises(MethodError, match="stride"):
         attribute(net, x, "occlusion", window=4, stride=5)
-    with pytest.raises(MethodError, match="cpu_batch must be a positive int"):
-        attribute(net, x, "rise", cpu_batch=0)
-    a = attribute(net, x, "occlusion", window=4, stride=2, cpu_batch=None, max_batch=64)  # one forward
-    b = attribute(net, x, "occlusion", window=4, stride=2, cpu_batch=1, channels_last=False)  # one per copy
+    for bad in (0, 2.0, True):
+        with pytest.raises(MethodError, match="batch_size .* must be a positive int"):
+            attribute(net, x, "rise", batch_size=bad)
+    a = attribute(net, x, "occlusion", window=4, stride=2, batch_size=64)  # one forward
+    b = attribute(net, x, "occlusion", window=4, stride=2, batch_size=1, channels_last=False)  # one per copy
     torch.testing.assert_close(a.values, b.values, rtol=1e-5, atol=1e-6)
+    with pytest.raises(MethodError, match="did you mean: batch_size"):
+        attribute(net, x, "integrated_gradients", internal_batch_size=4)
 
 
 def test_target_errors():
@@ -94,13 +115,18 @@ def test_target_errors():
         attribute(net, x, "saliency", target=3)
     with pytest.raises(TargetError, match="2 images"):
         attribute(net, x, "saliency", target=[0, 1, 2])
-    with pytest.raises(TargetError, match="needs class names"):
+    for negative in (-1, "-1", [0, -2]):  # never "the top class": that is None
+        with pytest.raises(TargetError, match="negative"):
+            attribute(net, x, "saliency", target=negative)
+    with pytest.raises(TargetError, match="has no class labels; give a class index"):
         attribute(net, x, "saliency", target="cat")
     m = wrap(net, input_size=(12, 14), labels=["cat", "dog", "bird"])
     with pytest.raises(TargetError, match="did you mean: dog"):
         attribute(m, x, "saliency", target="dgo")
-    with pytest.raises(TargetError, match="channel 99 is out of range"):
+    with pytest.raises(LayerError, match="channel 99 is outside layer 'features.0'"):
         attribute(net, x, "saliency", target=unit("features.0", 99))
+    with pytest.raises(LayerError, match=r"position \(20, 0\) is outside layer 'features.0'"):
+        attribute(net, x, "saliency", target=unit("features.0", 1, (20, 0)))
     with pytest.raises(LayerError, match="did you mean"):
         attribute(net, x, "saliency", target=unit("feature.0", 1))
 
@@ -115,28 +141,63 @@ def test_cam_layer_errors():
     with pytest.raises(LayerError, match="did you mean"):
         attribute(net, x, "gradcam", layer="featurs")
     res = ResidualNet().train()
-    assert assert_unchanged(res, lambda: auto_layer(res, (12, 14))) is None
+    assert assert_unchanged(res, lambda: auto_layer(res, input_size=(12, 14))) is None
     with pytest.raises(LayerError, match="more than once"):
         attribute(res, x, "gradcam", layer="layer1.relu")  # one ReLU module used twice per block
-    assert auto_layer(res, (12, 14)) == "layer2"
-    assert auto_layer(net, (12, 14)) == "features"
+    assert auto_layer(res, input_size=(12, 14)) == "layer2"
+    assert auto_layer(wrap(net, input_size=(12, 14))) == "features"
 
 
-def test_inputs_of_different_sizes():
+def test_images_go_through_the_models_one_input_check():
     net = GapLinearNet()
-    with pytest.raises(ImageError, match="different sizes in one batch: 3x10x12, 3x12x14"):
+    with pytest.raises(ImageError, match="one size, got shapes 3x10x12, 3x12x14"):
         attribute(net, [x_of((3, 12, 14)), x_of((3, 10, 12))], "saliency")
     same = attribute(net, [x_of((3, 12, 14)), x_of((3, 12, 14), seed=1)], "saliency")
     assert same.values.shape == (2, 3, 12, 14)
-    # with a LoadedModel, images (arrays) of different sizes are resized to the model's input size
+    with pytest.raises(ImageError, match="NaN or infinite"):
+        attribute(net, torch.full((1, 3, 8, 8), float("nan")), "saliency")
+    with pytest.raises(ImageError, match=r"takes \[B,3,H,W\] tensors"):
+        attribute(net, x_of((1, 4, 8, 8)), "saliency")
+    # pictures (arrays) of different sizes are resized to the model's input size
     m = wrap(net, input_size=(12, 14))
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 255, (30, 40, 3), dtype=np.uint8), rng.integers(0, 255, (17, 9, 3), dtype=np.uint8)]
-    assert attribute(m, imgs, "gradcam").values.shape == (2, 1, 12, 14)
-    with pytest.raises(ImageError, match="float tensors"):
-        attribute(net, torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "saliency")
-    with pytest.raises(ImageError, match="bare module"):
-        attribute(net, imgs, "saliency")
+    a = attribute(m, imgs, "gradcam")
+    assert a.values.shape == (2, 1, 12, 14)
+    torch.testing.assert_close(a.values, attribute(m, m.preprocess(imgs), "gradcam").values)
+
+
+def test_a_plain_module_and_its_wrap_give_identical_attributions():
+    net = ResidualNet()
+    x = x_of()
+    for method, opts in (("saliency", {}), ("gradcam", {}), ("integrated_gradients", {"n_steps": 4}),
+                         ("occlusion", {"window": 4, "stride": 4})):
+        plain = attribute(net, x, method, target=[1, 3], **opts)
+        wrapped = attribute(wrap(net, input_size=(12, 14)), x, method, target=[1, 3], **opts)
+        assert torch.equal(plain.values, wrapped.values), method
+        assert plain.spec == wrapped.spec and plain.layer == wrapped.layer
+
+
+def test_a_plain_module_with_1000_outputs_gets_imagenet_labels():
+    net = GapLinearNet(num_classes=1000)
+    a = attribute(net, x_of(), "saliency", target="tabby")
+    assert a.target == [281, 281] and a.spec["target"]["labels"][0] == "tabby (281)"
+
+
+def test_options_and_method_arguments_are_keyword_only():
+    from cnnscope.attribution import explain, get_method
+
+    net, x = GapLinearNet(), x_of()
+    with pytest.raises(TypeError):
+        attribute(net, x, "saliency", 1)
+    with pytest.raises(TypeError):
+        get_method("saliency")(net).attribute(x, 1)
+    with pytest.raises(TypeError):
+        get_method("saliency")(net, 32)
+    with pytest.raises(TypeError):
+        auto_layer(net, (12, 14))
+    with pytest.raises(TypeError):
+        explain(net, x, ["saliency"])
 
 
 def test_relu_rules_need_relu_modules():

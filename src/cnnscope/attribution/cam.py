@@ -14,17 +14,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..batching import chunks, track
 from ..capture import Capture, list_layers, patch_outputs, resolve_layers
 from ..errors import LayerError, MethodError
-from .base import Method, register
-from .gradient import GuidedBackprop
-from .targets import Scorer, _chunks
+from ..models import ModelLike, as_model
+from .base import Method, register_method
+from .gradient import GRADIENT_BATCH_SIZE, GuidedBackprop
+from .targets import Scorer
 
 CAM_DISPLAY: dict[str, Any] = {"sign": "positive", "reduce": "sum"}
 
 
-def auto_layer(module: nn.Module, input_size: tuple[int, int] = (224, 224), in_channels: int | None = None
-               ) -> str:
+def auto_layer(model: ModelLike, *, input_size: tuple[int, int] | None = None) -> str:
     """The layer a CAM uses by default: the last one whose output still has spatial extent larger than 1x1.
 
     Layers are ordered by when the forward enters them (one probe forward, :func:`cnnscope.capture.list_layers`);
@@ -32,15 +33,21 @@ def auto_layer(module: nn.Module, input_size: tuple[int, int] = (224, 224), in_c
     output (``bn2.act`` inside ``bn2``, ``layer4.1.bn2`` inside ``layer4``), the outermost such container is
     named, since its output is the one the rest of the network reads.
 
+    Args:
+        model: a ``LoadedModel`` or an ``nn.Module``.
+        input_size: ``(H, W)`` of the probe (default: the model's input size).
+
     Raises:
         LayerError: no layer has a spatial output larger than 1x1.
     """
-    infos = list_layers(module, input_size, in_channels=in_channels)
+    m = as_model(model)
+    size = tuple(input_size) if input_size is not None else tuple(m.input_size)
+    infos = list_layers(m.module, size, in_channels=len(m.mean))
     order = {i.name: k for k, i in enumerate(infos)}
     spatial = [i for i in infos if i.calls == 1 and i.spatial is not None and i.spatial[0] * i.spatial[1] > 1]
     if not spatial:
-        raise LayerError(f"{type(module).__name__} has no layer with a spatial output larger than 1x1 at input size "
-                         f"{tuple(input_size)}; CAM methods need a convolutional layer")
+        raise LayerError(f"{m.name} has no layer with a spatial output larger than 1x1 at input size {size}; CAM "
+                         "methods need a convolutional layer")
     best = spatial[-1]
     table = {i.name: i for i in infos}
     while "." in best.name:
@@ -116,10 +123,12 @@ class CamMethod(Method):
 
     Options:
         relu: apply the final ReLU (keep only evidence *for* the target); ``False`` returns the signed map.
+        batch_size: images per forward/backward (default: 32 on every device).
     """
 
     kind = "layer"
     uses_layer = True
+    default_batch_size = GRADIENT_BATCH_SIZE
     uses_gradients: ClassVar[bool] = True
     default_relu: ClassVar[bool] = True
     options: ClassVar[dict[str, Any]] = {"relu": None}
@@ -127,7 +136,7 @@ class CamMethod(Method):
 
     def resolve_layer(self, x: torch.Tensor, layer: str | None) -> tuple[str, str]:
         if layer is None:
-            name = auto_layer(self.module, tuple(x.shape[-2:]), x.shape[1])
+            name = auto_layer(self.model, input_size=tuple(x.shape[-2:]))
             return name, "auto: the last layer whose output has spatial extent > 1x1"
         resolve_layers(self.module, layer)
         return layer, "given"
@@ -140,8 +149,9 @@ class CamMethod(Method):
     def compute(self, x: torch.Tensor, scorer: Scorer, layer: str | None) -> torch.Tensor:
         assert layer is not None
         parts = []
-        for rows in _chunks(x.shape[0], self.opts["max_batch"], self.opts["progress"], self.name):
-            xb = x[rows]
+        every = torch.arange(x.shape[0])
+        for part in track(list(chunks(x.shape[0], self.batch_size(x))), self.opts["progress"], self.name):
+            xb, rows = x[part], every[part]
             if self.uses_gradients:
                 acts, grads = layer_gradients(self.module, scorer, xb, layer, rows, bind=True)
             else:
@@ -163,7 +173,7 @@ class CamMethod(Method):
         return cap.activations[layer]
 
 
-@register
+@register_method
 class GradCAM(CamMethod):
     """Grad-CAM: ``W_k = mean_ij dY/dA_k[i, j]`` (Selvaraju et al. 2017)."""
 
@@ -175,7 +185,7 @@ class GradCAM(CamMethod):
         return grads.mean(dim=(2, 3), keepdim=True)
 
 
-@register
+@register_method
 class GradCAMPlusPlus(CamMethod):
     """Grad-CAM++ (Chattopadhay et al. 2018, Eq. 19 with ``Y = exp(S)``).
 
@@ -196,7 +206,7 @@ class GradCAMPlusPlus(CamMethod):
         return (alpha * grads.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
 
 
-@register
+@register_method
 class LayerCAM(CamMethod):
     """LayerCAM: per-position weights ``ReLU(dY/dA_k[i, j])`` (Jiang et al. 2021)."""
 
@@ -208,7 +218,7 @@ class LayerCAM(CamMethod):
         return grads.clamp(min=0)
 
 
-@register
+@register_method
 class HiResCAM(CamMethod):
     """HiResCAM: ``sum_k dY/dA_k * A_k`` elementwise, signed (Draelos & Carin 2020; ``relu=True`` clips it).
 
@@ -224,7 +234,7 @@ class HiResCAM(CamMethod):
         return grads
 
 
-@register
+@register_method
 class ScoreCAM(CamMethod):
     """Score-CAM (Wang et al. 2020, Algorithm 1): weights from the scores of masked inputs, no gradients.
 
@@ -233,7 +243,7 @@ class ScoreCAM(CamMethod):
     baseline term ``f(X_b)`` of the paper's Eq. 4 is the same for every channel and cancels in the softmax.
     Channels that are constant (all zero after a ReLU) give an all-zero mask, and channels equal up to scale
     and offset give the same mask: each distinct mask is scored once (``spec["scorecam_forwards"]`` counts
-    them). Masked inputs go through the model ``max_batch`` at a time.
+    them). Masked inputs go through the model ``batch_size`` at a time (default: 4 on a CPU, 32 on a GPU).
 
     Options:
         score: ``"logit"`` (default) or ``"prob"`` for the per-mask score before the softmax over channels.
@@ -245,6 +255,7 @@ class ScoreCAM(CamMethod):
     title = "Score-CAM"
     reference = "Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations for CNNs"
     uses_gradients = False
+    default_batch_size: ClassVar[dict[str, int]] = {"cpu": 4, "gpu": 32}
     options: ClassVar[dict[str, Any]] = {"score": "logit", "align_corners": False}
 
     def check_options(self) -> None:
@@ -273,14 +284,14 @@ class ScoreCAM(CamMethod):
             mask = torch.where(hi_ > lo_, (up - lo_) / torch.where(hi_ > lo_, hi_ - lo_, torch.ones_like(hi_)), 0.0)
             return x[img_of[jobs]] * mask
 
-        scores = scorer.map_scores(make, rows[img_of], self.forward_batch(x), kind=self.opts["score"],
+        scores = scorer.map_scores(make, rows[img_of], self.batch_size(x), kind=self.opts["score"],
                                    progress=self.opts["progress"], desc=self.name)
         self.extra["scorecam_forwards"] = self.extra.get("scorecam_forwards", 0) + int(len(img_of))
         full = scores[inverse.to(scores.device)].view(n, k)
         return full.softmax(dim=1).to(acts.dtype)[:, :, None, None]
 
 
-@register
+@register_method
 class GuidedGradCAM(Method):
     """Guided Grad-CAM: guided backprop times the Grad-CAM map upsampled to the input (Selvaraju et al. 2017)."""
 
@@ -288,12 +299,13 @@ class GuidedGradCAM(Method):
     title = "Guided Grad-CAM"
     reference = "Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks"
     uses_layer = True
+    default_batch_size = GRADIENT_BATCH_SIZE
 
     def resolve_layer(self, x: torch.Tensor, layer: str | None) -> tuple[str, str]:
         return CamMethod.resolve_layer(self, x, layer)
 
     def compute(self, x: torch.Tensor, scorer: Scorer, layer: str | None) -> torch.Tensor:
-        opts = {k: self.opts[k] for k in ("max_batch", "eval_mode")}
-        cam = GradCAM(self.module, **opts).compute(x, scorer, layer)
-        guided = GuidedBackprop(self.module, **opts).compute_rows(x, scorer, torch.arange(x.shape[0]))
+        opts = {k: self.opts[k] for k in ("batch_size", "eval_mode")}
+        cam = GradCAM(self.model, **opts).compute(x, scorer, layer)
+        guided = GuidedBackprop(self.model, **opts).compute_rows(x, scorer, torch.arange(x.shape[0]))
         return guided * F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)

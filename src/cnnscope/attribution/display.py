@@ -18,7 +18,7 @@ SIGNS = ("positive", "absolute", "negative", "all")
 REDUCES = ("sum", "mean", "max")
 
 
-def upsample(maps: torch.Tensor | np.ndarray, size: tuple[int, int], mode: str = "bilinear"
+def upsample(maps: torch.Tensor | np.ndarray, size: tuple[int, int], *, mode: str = "bilinear"
              ) -> torch.Tensor | np.ndarray:
     """Resize maps to ``size = (H, W)``.
 
@@ -38,7 +38,7 @@ def upsample(maps: torch.Tensor | np.ndarray, size: tuple[int, int], mode: str =
     return out.numpy() if as_numpy else out
 
 
-def to_heatmap(values: torch.Tensor | np.ndarray, sign: str = "absolute", reduce: str = "sum",
+def to_heatmap(values: torch.Tensor | np.ndarray, *, sign: str = "absolute", reduce: str = "sum",
                size: tuple[int, int] | None = None, outlier_perc: float = 0.5) -> torch.Tensor | np.ndarray:
     """Display maps from raw attributions.
 
@@ -90,7 +90,7 @@ def colorize(heatmap: np.ndarray, cmap: str = "jet") -> np.ndarray:
     return np.round(rgba[..., :3] * 255.0).astype(np.uint8)
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray | torch.Tensor, cmap: str = "jet", alpha: float = 0.5
+def overlay(image: np.ndarray, heatmap: np.ndarray | torch.Tensor, *, cmap: str = "jet", alpha: float = 0.5
             ) -> np.ndarray:
     """Blend a coloured heatmap over an image.
 

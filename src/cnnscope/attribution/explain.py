@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..capture import evaluating, first_tensor
-from ..errors import CnnscopeError
+from ..errors import CnnscopeError, MethodError
+from ..models import ModelLike, as_model
 from .base import Attribution, get_method
 from .display import display_options, overlay
 
@@ -48,17 +49,17 @@ class Explanation:
         """``(index, label, probability)`` of the top-1 class."""
         return self.top[0]
 
-    def heatmaps(self, **display: Any) -> dict[str, np.ndarray]:
-        """Method -> ``float [H, W]`` display map in [0, 1] at the image's size (method defaults unless overridden)."""
+    def heatmaps(self, **display: Any) -> dict[str, torch.Tensor]:
+        """Method -> ``[H, W]`` display map in [0, 1] at the image's size (method defaults unless overridden)."""
         out = {}
         for name, res in self.results.items():
             opts = {k: v for k, v in display_options(name, **display).items() if k != "cmap"}
-            out[name] = res.heatmap(size=self.image.shape[:2], **opts)[0].cpu().numpy()
+            out[name] = res.heatmap(size=self.image.shape[:2], **opts)[0]
         return out
 
-    def overlays(self, alpha: float = 0.5, cmap: str | None = None, **display: Any) -> dict[str, np.ndarray]:
+    def overlays(self, *, alpha: float = 0.5, cmap: str | None = None, **display: Any) -> dict[str, np.ndarray]:
         """Method -> ``uint8 [H, W, 3]`` heatmap blended over :attr:`image`."""
-        return {name: overlay(self.image, hm, cmap or display_options(name)["cmap"], alpha)
+        return {name: overlay(self.image, hm, cmap=cmap or display_options(name)["cmap"], alpha=alpha)
                 for name, hm in self.heatmaps(**display).items()}
 
     def to_dict(self) -> dict:
@@ -74,58 +75,72 @@ class Explanation:
                 "target_probability": self.target_probability, "methods": methods}
 
 
-def explain(model: Any, images: Any, methods: Sequence[str] = DEFAULT_METHODS, target: object = None,
+def _is_tensor_batch(images: object) -> bool:
+    """Model-space float tensors (one batch or a list of images), as opposed to pictures."""
+    if isinstance(images, (list, tuple)):
+        return bool(images) and all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in images)
+    return isinstance(images, torch.Tensor) and images.is_floating_point()
+
+
+def explain(model: ModelLike, images: object, *, methods: Sequence[str] = DEFAULT_METHODS, target: object = None,
             layer: str | None = None, names: Sequence[str] | None = None,
-            options: Mapping[str, Mapping[str, Any]] | None = None, max_batch: int = 32,
+            options: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int | None = None,
             progress: bool = False) -> list[Explanation]:
     """Explain each image with every method in ``methods``.
 
     Args:
-        model: a ``LoadedModel`` (images are resized to its input size; labels name the classes).
-        images: one image or a list (paths, PIL, uint8 arrays; see :func:`cnnscope.images.load_image`).
+        model: a ``LoadedModel`` or an ``nn.Module`` (images are resized to its input size; labels name the
+            classes).
+        images: one picture or a list (paths, PIL, uint8 arrays; see :func:`cnnscope.images.load_image`), shown
+            at the model's input size; or model-space float tensors (anything :meth:`~cnnscope.LoadedModel.batch`
+            takes), shown as :meth:`~cnnscope.LoadedModel.deprocess` renders them.
         methods: registered method names.
         target: as for :func:`~cnnscope.attribution.attribute` (one for all, or one per image).
         layer: CAM layer (automatic when ``None``).
         names: display names of the images (default ``image0``, ``image1``, ...).
         options: per-method options, ``{"integrated_gradients": {"n_steps": 32}}``.
-        max_batch: the memory bound passed to every method (unless its options set one).
+        batch_size: images per forward, passed to every method (unless its options set one; ``None``: each
+            method's default for the model's device).
+        progress: progress bars.
 
     Returns:
         One :class:`Explanation` per image.
     """
-    if not hasattr(model, "preprocess"):
-        raise CnnscopeError("explain() needs a LoadedModel (load_model() or wrap(module, ...))")
-    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    m = as_model(model)
     if not methods:
-        raise CnnscopeError("explain() needs at least one method")
-    for m in methods:
-        get_method(m)
-    names = list(names) if names is not None else [f"image{i}" for i in range(len(items))]
-    if len(names) != len(items):
-        raise CnnscopeError(f"got {len(names)} names for {len(items)} images")
-    shown = [model.fit_image(it) for it in items]
-    x = model.preprocess(shown)
-    with torch.no_grad(), evaluating(model.module):
-        logits = first_tensor(model.module(x))
+        raise MethodError("explain() needs at least one method")
+    for name in methods:
+        get_method(name)
+    if _is_tensor_batch(images):
+        x = m.batch(images)
+        shown = list(m.deprocess(x).reshape(x.shape[0], x.shape[2], x.shape[3], 3))
+    else:
+        shown = [m.fit_image(it) for it in (images if isinstance(images, (list, tuple)) else [images])]
+        x = m.batch(shown)
+    names = list(names) if names is not None else [f"image{i}" for i in range(len(shown))]
+    if len(names) != len(shown):
+        raise CnnscopeError(f"got {len(names)} names for {len(shown)} images")
+    with torch.no_grad(), evaluating(m.module):
+        logits = first_tensor(m.module(x))
     probs = logits.float().softmax(dim=1) if logits is not None and logits.ndim == 2 else None
-    runners = {m: get_method(m)(model, **{"max_batch": max_batch, "progress": progress,
-                                          **dict((options or {}).get(m, {}))})
-               for m in methods}  # every option is checked before the first method runs
-    results = {m: run.attribute(x, target=target, layer=layer) for m, run in runners.items()}
+    runners = {name: get_method(name)(m, **{"batch_size": batch_size, "progress": progress,
+                                            **dict((options or {}).get(name, {}))})
+               for name in methods}  # every option is checked before the first method runs
+    results = {name: run.attribute(x, target=target, layer=layer) for name, run in runners.items()}
     out = []
     for i, (name, img) in enumerate(zip(names, shown)):
         top: list[tuple[int, str, float]] = []
         if probs is not None:
             vals, idx = probs[i].topk(min(5, probs.shape[1]))
-            top = [(int(k), model.label(int(k)), float(p)) for p, k in zip(vals.cpu(), idx.cpu())]
+            top = [(int(k), m.label(int(k)), float(p)) for p, k in zip(vals.cpu(), idx.cpu())]
         first = next(iter(results.values()))
         cls = None if first.target is None else first.target[i]
-        tdesc = first.spec["target"].get("labels", [None] * len(items))
+        tdesc = first.spec["target"].get("labels", [None] * len(shown))
         text = tdesc[i] if tdesc else None
         if text is None:
             t = first.spec["target"]
             text = f"unit {t['layer']} channel {t['channel']}" if t.get("kind") == "unit" else str(t.get("name"))
         out.append(Explanation(name=name, image=img, top=top, target=text, target_index=cls,
                                target_probability=None if cls is None or probs is None else float(probs[i, cls]),
-                               results={m: r.select(i) for m, r in results.items()}))
+                               results={meth: r.select(i) for meth, r in results.items()}))
     return out

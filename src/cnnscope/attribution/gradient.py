@@ -1,6 +1,6 @@
 """Gradient methods: saliency, input x gradient, guided backprop, deconvnet, integrated gradients, SmoothGrad.
 
-All of them share :func:`input_gradients` (one forward, ``torch.autograd.grad`` w.r.t. the input, so parameter
+All of them share ``input_gradients`` (one forward, ``torch.autograd.grad`` w.r.t. the input, so parameter
 ``.grad`` fields are never written); guided backprop and deconvnet only add a backward rule for the ReLUs
 (:func:`cnnscope.capture.relu_rule`), integrated gradients and SmoothGrad only choose the points where the
 gradient is taken.
@@ -15,14 +15,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..batching import chunks, track
 from ..capture import relu_rule
 from ..errors import MethodError, unknown
-from .base import METHODS, Method, get_method, register
+from .base import METHODS, Method, get_method, register_method
 from .baselines import check_baseline, make_baseline
-from .targets import Scorer, _chunks
+from .targets import Scorer
 
 QUADRATURES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 SMOOTHGRAD_VARIANTS = ("smoothgrad", "squared", "vargrad")
+#: images per forward/backward of the gradient methods when ``batch_size=None``, on every device
+GRADIENT_BATCH_SIZE: dict[str, int] = {"cpu": 32, "gpu": 32}
 
 
 def input_gradients(module: nn.Module, scorer: Scorer, x: torch.Tensor, rows: torch.Tensor,
@@ -47,9 +50,13 @@ def input_gradients(module: nn.Module, scorer: Scorer, x: torch.Tensor, rows: to
 
 
 class GradientMethod(Method):
-    """A method computed from input gradients at the given points (subclasses set ``rule``/``combine``)."""
+    """A method computed from input gradients at the given points (subclasses set ``rule``/``combine``).
+
+    ``batch_size`` bounds the images per forward/backward (default: 32 on every device).
+    """
 
     rule: ClassVar[str | None] = None
+    default_batch_size = GRADIENT_BATCH_SIZE
 
     def compute(self, x: torch.Tensor, scorer: Scorer, layer: str | None) -> torch.Tensor:
         return self.compute_rows(x, scorer, None)
@@ -63,7 +70,7 @@ class GradientMethod(Method):
         bind = rows is None
         idx = torch.arange(x.shape[0]) if rows is None else rows
         parts = [self.combine(x[j], input_gradients(self.module, scorer, x[j], idx[j], self.rule, bind))
-                 for j in _chunks(x.shape[0], self.opts["max_batch"], self.opts["progress"], self.name)]
+                 for j in track(list(chunks(x.shape[0], self.batch_size(x))), self.opts["progress"], self.name)]
         return torch.cat(parts)
 
     def combine(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -71,7 +78,7 @@ class GradientMethod(Method):
         return grad
 
 
-@register
+@register_method
 class Saliency(GradientMethod):
     """Vanilla gradient ``d score / d x`` (Simonyan et al. 2013); displayed as ``max_c |grad|``."""
 
@@ -80,7 +87,7 @@ class Saliency(GradientMethod):
     reference = "Simonyan, Vedaldi, Zisserman 2013, Deep Inside Convolutional Networks"
 
 
-@register
+@register_method
 class InputXGradient(GradientMethod):
     """``x * d score / d x`` (Shrikumar et al. 2016)."""
 
@@ -93,7 +100,7 @@ class InputXGradient(GradientMethod):
         return x * grad
 
 
-@register
+@register_method
 class GuidedBackprop(GradientMethod):
     """Gradient with the guided ReLU rule ``g * 1[x > 0] * 1[g > 0]`` (Springenberg et al. 2014); ReLU6 too."""
 
@@ -103,7 +110,7 @@ class GuidedBackprop(GradientMethod):
     rule = "guided"
 
 
-@register
+@register_method
 class Deconvnet(GradientMethod):
     """Gradient with the deconvnet ReLU rule ``max(g, 0)`` (Zeiler & Fergus 2013, as a backward rule).
 
@@ -140,7 +147,7 @@ def quadrature(n_steps: int, kind: str = "gausslegendre") -> tuple[np.ndarray, n
     return (np.arange(n) + offset) / n, np.full(n, 1.0 / n)
 
 
-@register
+@register_method
 class IntegratedGradients(GradientMethod):
     """``(x - x') * integral_0^1 grad f(x' + a (x - x')) da`` (Sundararajan et al. 2017).
 
@@ -148,7 +155,7 @@ class IntegratedGradients(GradientMethod):
         baseline: ``x'``: a number (in the model's input space), a tensor or ``"blur"``; default ``0``.
         n_steps: quadrature points (default 50).
         quadrature: ``"gausslegendre"`` (default) or ``"riemann_left|right|middle|trapezoid"``.
-        internal_batch_size: interpolated images per forward/backward (default ``max_batch``).
+        batch_size: interpolated images per forward/backward (Captum's ``internal_batch_size``).
         blur_sigma: sigma in pixels of the ``"blur"`` baseline.
 
     The result's ``spec["completeness"]`` holds, per image, ``sum(attributions)``, ``f(x) - f(x')`` and their
@@ -159,7 +166,7 @@ class IntegratedGradients(GradientMethod):
     title = "Integrated gradients"
     reference = "Sundararajan, Taly, Yan 2017, Axiomatic Attribution for Deep Networks"
     options: ClassVar[dict[str, Any]] = {"baseline": 0.0, "n_steps": 50, "quadrature": "gausslegendre",
-                                         "internal_batch_size": None, "blur_sigma": 10.0}
+                                         "blur_sigma": 10.0}
     display: ClassVar[dict[str, Any]] = {"sign": "absolute", "reduce": "sum"}
 
     def check_options(self) -> None:
@@ -168,17 +175,14 @@ class IntegratedGradients(GradientMethod):
             raise MethodError(f"integrated_gradients: n_steps must be a positive int, got {n!r}")
         if q not in QUADRATURES:
             raise MethodError(unknown("quadrature", q, QUADRATURES))
-        ibs = self.opts["internal_batch_size"]
-        if ibs is not None and (not isinstance(ibs, int) or ibs < 1):
-            raise MethodError(f"integrated_gradients: internal_batch_size must be a positive int, got {ibs!r}")
         check_baseline(self.name, self.opts["baseline"])
 
     def compute(self, x: torch.Tensor, scorer: Scorer, layer: str | None) -> torch.Tensor:
-        mb = self.opts["max_batch"]
-        clean = scorer.bind_clean(x, mb)
+        bs = self.batch_size(x)
+        clean = scorer.bind_clean(x, bs)
         values = self.compute_rows(x, scorer, torch.arange(x.shape[0]))
         base = make_baseline(x, self.opts["baseline"], self.opts["blur_sigma"])
-        f_base = scorer.map_scores(lambda j: base[j], torch.arange(x.shape[0]), mb)
+        f_base = scorer.map_scores(lambda j: base[j], torch.arange(x.shape[0]), bs)
         total = values.flatten(1).sum(dim=1).float()
         diff = clean.float() - f_base
         self.extra["completeness"] = {"sum_attributions": total.tolist(), "score_difference": diff.tolist(),
@@ -193,8 +197,9 @@ class IntegratedGradients(GradientMethod):
         alphas = torch.as_tensor(a_np, dtype=x.dtype, device=x.device)
         weights = torch.as_tensor(w_np, dtype=x.dtype, device=x.device)
         total = torch.zeros_like(x)
-        size = self.opts["internal_batch_size"] or self.opts["max_batch"]
-        for jobs in _chunks(x.shape[0] * n, size, self.opts["progress"], self.name):
+        jobs_all = torch.arange(x.shape[0] * n)
+        for part in track(list(chunks(len(jobs_all), self.batch_size(x))), self.opts["progress"], self.name):
+            jobs = jobs_all[part]
             r, k = jobs // n, jobs % n
             a = alphas[k.to(x.device)].view(-1, 1, 1, 1)
             points = base[r] + a * (x[r] - base[r])
@@ -203,7 +208,7 @@ class IntegratedGradients(GradientMethod):
         return (x - base) * total
 
 
-@register
+@register_method
 class SmoothGrad(Method):
     """Average of a gradient method over noisy copies ``x + N(0, sigma^2)`` (Smilkov et al. 2017).
 
@@ -224,6 +229,7 @@ class SmoothGrad(Method):
                                          "variant": "smoothgrad", "seed": 0, "generator": None,
                                          "base_options": None}
     batch_independent = False
+    default_batch_size = GRADIENT_BATCH_SIZE
 
     def check_options(self) -> None:
         bases = [n for n, c in METHODS.items() if issubclass(c, GradientMethod)]
@@ -240,9 +246,9 @@ class SmoothGrad(Method):
             self.display = {"sign": "positive", "reduce": "sum"}
 
     def compute(self, x: torch.Tensor, scorer: Scorer, layer: str | None) -> torch.Tensor:
-        mb = self.opts["max_batch"]
-        scorer.bind_clean(x, mb)
-        base = get_method(self.opts["base"])(self.model or self.module, max_batch=mb,
+        bs = self.batch_size(x)
+        scorer.bind_clean(x, bs)
+        base = get_method(self.opts["base"])(self.model, batch_size=self.opts["batch_size"],
                                              eval_mode=self.opts["eval_mode"], **(self.opts["base_options"] or {}))
         gen = self.opts["generator"]
         if gen is None:
@@ -250,10 +256,11 @@ class SmoothGrad(Method):
         n = self.opts["n_samples"]
         sigma = float(self.opts["noise_level"]) * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
         s1, s2 = torch.zeros_like(x), torch.zeros_like(x)
-        for jobs in _chunks(x.shape[0] * n, mb, self.opts["progress"], self.name):
-            r = jobs // n
+        jobs_all = torch.arange(x.shape[0] * n)
+        for part in track(list(chunks(len(jobs_all), bs)), self.opts["progress"], self.name):
+            r = jobs_all[part] // n
             rd = r.to(x.device)
-            noise = torch.randn((len(jobs), *x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
+            noise = torch.randn((len(r), *x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
             a = base.compute_rows(x[r] + sigma[rd].view(-1, 1, 1, 1) * noise, scorer, r)
             s1.index_add_(0, rd, a)
             if self.opts["variant"] != "smoothgrad":

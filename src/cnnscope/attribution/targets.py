@@ -6,7 +6,11 @@ A target is given to :func:`~cnnscope.attribution.attribute` as
 * an ``int``: a class index; a ``str``: a class label (``"tabby"``, case-insensitive, unique prefixes allowed);
 * a sequence or 1-D tensor of those, one per image (``[281, "tiger cat", None]``);
 * a callable ``outputs -> Tensor[B]`` (any scalar per image computed from the model's outputs);
-* :func:`unit` ``(layer, channel, x=None, y=None)``: the mean of one channel of an inner layer, or one neuron of it.
+* a :class:`cnnscope.Unit` (``cnnscope.unit(layer, channel, position=None)``): one channel of an inner layer,
+  read with :func:`cnnscope.units.read_unit` (``position=None``: its mean over positions; ``(row, col)`` or
+  ``"center"``: one neuron; ``"max"``: its strongest position per image).
+
+Class indices are non-negative; ``-1`` is not "the top class" (use ``None``).
 
 Internally each call builds a fresh :class:`Target`; a :class:`Scorer` runs the model and reads the target's
 score, keeping the :class:`~cnnscope.capture.Capture` a unit target needs open for the whole call.
@@ -14,80 +18,57 @@ score, keeping the :class:`~cnnscope.capture.Capture` a unit target needs open f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..batching import chunks, track
 from ..capture import Capture, first_tensor
 from ..errors import CnnscopeError, unknown
+from ..units import Unit, read_unit
+
+if TYPE_CHECKING:
+    from ..models import LoadedModel
 
 SCORE_KINDS = ("logit", "prob")
+#: a class target not bound yet: the top-1 class, decided on the clean input (never a user's value)
+_TOP1 = -1
 
 
 class TargetError(CnnscopeError, ValueError):
     """A target that does not fit the model: class out of range, unknown label, wrong count per image."""
 
 
-@dataclass(frozen=True)
-class Unit:
-    """One channel (mean over positions) or one neuron (``x``, ``y`` given) of a layer, as an attribution target.
-
-    Attributes:
-        layer: dotted layer name (``"blocks.5.0"``).
-        channel: channel index in the layer's output ``[B, C, H, W]`` (or feature index of ``[B, C]``).
-        x, y: a spatial position in the layer's output; ``None`` averages over all positions.
-    """
-
-    layer: str
-    channel: int
-    x: int | None = None
-    y: int | None = None
-
-    def spec(self) -> dict:
-        return {"kind": "unit", "layer": self.layer, "channel": self.channel, "x": self.x, "y": self.y}
-
-    def __str__(self) -> str:
-        where = "" if self.x is None and self.y is None else f" at (x={self.x}, y={self.y})"
-        return f"{self.layer} channel {self.channel}{where}"
+def _index(value: int) -> int:
+    if value < 0:
+        raise TargetError(f"class target {value} is negative; class indices start at 0 (give None or 'top' for "
+                          "the top-1 class)")
+    return value
 
 
-def unit(layer: str, channel: int, x: int | None = None, y: int | None = None) -> Unit:
-    """A :class:`Unit` target: explain channel ``channel`` of ``layer`` (or its neuron at ``(x, y)``)."""
-    if not isinstance(layer, str) or not layer:
-        raise TargetError(f"unit() needs a dotted layer name, got {layer!r}")
-    if (x is None) != (y is None):
-        raise TargetError("unit() takes both x and y (one neuron) or neither (the channel's mean)")
-    return Unit(layer, int(channel), None if x is None else int(x), None if y is None else int(y))
-
-
-def _class_of(item: object, labels: Sequence[str] | None) -> int:
-    """One class target (index, label or ``None``/"top" -> -1 meaning top-1) as an index."""
+def _class_of(item: object, model: LoadedModel | None) -> int:
+    """One class target (index, label, or ``None``/"top" -> the internal top-1 marker) as an index."""
     if item is None or (isinstance(item, str) and item.strip().lower() in ("top", "top1", "top-1")):
-        return -1
+        return _TOP1
     if isinstance(item, (bool, np.bool_)):
         raise TargetError(f"a class target must be an index or a label, got {item!r}")
     if isinstance(item, (int, np.integer)) or (isinstance(item, torch.Tensor) and item.ndim == 0):
-        return int(item)
+        return _index(int(item))
     if isinstance(item, str):
         if item.strip().lstrip("-").isdigit():
-            return int(item)
-        if labels is None:
-            raise TargetError(f"class label {item!r} needs class names: pass a LoadedModel (load_model/wrap with "
-                              "labels=...) or a class index")
-        low = [lab.lower() for lab in labels]
-        key = item.strip().lower()
-        if key in low:
-            return low.index(key)
-        hits = [i for i, lab in enumerate(low) if lab.startswith(key)]
-        if len(hits) == 1:
-            return hits[0]
-        raise TargetError(unknown("class label", item, labels))
+            return _index(int(item))
+        if model is None:
+            raise TargetError(f"class label {item!r} needs class names; give a class index")
+        try:
+            return model.class_index(item)
+        except CnnscopeError as err:
+            raise TargetError(f"{err} (wrap(module, labels=...) names the classes)") from None
     raise TargetError(f"cannot use {type(item).__name__} as a class target; give None, an index, a label, a "
-                      "list of those (one per image), a callable outputs -> Tensor[B] or unit(layer, channel)")
+                      "list of those (one per image), a callable outputs -> Tensor[B] or cnnscope.unit(layer, "
+                      "channel)")
 
 
 class Target:
@@ -95,7 +76,7 @@ class Target:
 
     Attributes:
         kind: ``"class"``, ``"callable"`` or ``"unit"``.
-        classes: ``LongTensor[B]`` of class indices for class targets (``-1`` until a top-1 class is bound).
+        classes: ``LongTensor[B]`` of class indices for class targets (``_TOP1`` until a top-1 class is bound).
         clean: the target's score on each clean input once bound (``Tensor[B]``).
         layers: layers whose activations the score needs (a unit target's layer).
     """
@@ -109,7 +90,7 @@ class Target:
         self.unit = unit_
         self.labels = labels
         self.given = given
-        self.classes = torch.tensor(classes if classes is not None else [-1] * batch, dtype=torch.long)
+        self.classes = torch.tensor(classes if classes is not None else [_TOP1] * batch, dtype=torch.long)
         self.clean: torch.Tensor | None = None
         self._bound = torch.zeros(batch, dtype=torch.bool)
 
@@ -134,7 +115,7 @@ class Target:
             n_out = logits.shape[1]
             cls = self.classes[rows_c]
             top = logits.detach().argmax(dim=1).cpu()
-            cls = torch.where(cls < 0, top, cls)
+            cls = torch.where(cls == _TOP1, top, cls)
             bad = [int(c) for c in cls if not 0 <= int(c) < n_out]
             if bad:
                 raise TargetError(f"target class {bad[0]} is out of range: the model has {n_out} outputs "
@@ -196,19 +177,7 @@ class Target:
         if act.ndim not in (2, 4):
             raise TargetError(f"unit target: layer {u.layer!r} outputs shape {tuple(act.shape)}; expected "
                               "[B, C] or [B, C, H, W]")
-        if not 0 <= u.channel < act.shape[1]:
-            raise TargetError(f"unit target: channel {u.channel} is out of range for layer {u.layer!r} "
-                              f"({act.shape[1]} channels)")
-        ch = act[:, u.channel]
-        if u.x is None:
-            return ch.flatten(1).mean(dim=1) if ch.ndim > 1 else ch
-        if ch.ndim != 3:
-            raise TargetError(f"unit target: layer {u.layer!r} has no spatial positions; drop x and y")
-        h, w = ch.shape[1:]
-        if not (0 <= u.y < h and 0 <= u.x < w):
-            raise TargetError(f"unit target: position (x={u.x}, y={u.y}) is outside layer {u.layer!r} "
-                              f"({w}x{h})")
-        return ch[:, u.y, u.x]
+        return read_unit(act, u.channel, u.position, u.layer)
 
     # -- reporting ----------------------------------------------------------------------------------
     def class_list(self) -> list[int] | None:
@@ -238,18 +207,22 @@ class Target:
         return {"kind": "callable", "name": getattr(self.fn, "__name__", type(self.fn).__name__)}
 
 
-def parse_target(target: object, batch: int, labels: Sequence[str] | None = None) -> Target:
-    """Build the :class:`Target` of one call for a batch of ``batch`` images (see the module docstring)."""
+def parse_target(target: object, batch: int, model: LoadedModel | None = None) -> Target:
+    """Build the :class:`Target` of one call for a batch of ``batch`` images (see the module docstring).
+
+    ``model`` turns labels into class indices (:meth:`~cnnscope.LoadedModel.class_index`) and names the classes.
+    """
+    labels = None if model is None else model.labels
     if isinstance(target, Unit):
         return Target("unit", batch, unit_=target, given=target)
     if isinstance(target, (list, tuple, np.ndarray)) or (isinstance(target, torch.Tensor) and target.ndim == 1):
         items = list(target)
         if len(items) != batch:
             raise TargetError(f"got {len(items)} targets for {batch} images; give one per image or a single one")
-        return Target("class", batch, [_class_of(t, labels) for t in items], labels=labels, given=target)
+        return Target("class", batch, [_class_of(t, model) for t in items], labels=labels, given=target)
     if callable(target) and not isinstance(target, (str, torch.Tensor)):
         return Target("callable", batch, fn=target, given=target)
-    c = _class_of(target, labels)
+    c = _class_of(target, model)
     return Target("class", batch, [c] * batch, labels=labels, given=target)
 
 
@@ -301,40 +274,30 @@ class Scorer:
         return self.target.score(out, acts, rows, kind)
 
     @torch.no_grad()
-    def bind_clean(self, x: torch.Tensor, max_batch: int) -> torch.Tensor:
-        """Bind the target on the clean batch ``x`` (in chunks of ``max_batch``); returns the clean scores."""
-        for start in range(0, x.shape[0], max_batch):
-            rows = torch.arange(start, min(start + max_batch, x.shape[0]))
-            self.scores(x[start:start + max_batch], rows, bind=True)
+    def bind_clean(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Bind the target on the clean batch ``x`` (``batch_size`` images per forward); returns the clean scores."""
+        rows = torch.arange(x.shape[0])
+        for part in chunks(x.shape[0], batch_size):
+            self.scores(x[part], rows[part], bind=True)
         return self.target.clean
 
     @torch.no_grad()
-    def map_scores(self, make: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, max_batch: int,
+    def map_scores(self, make: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, batch_size: int,
                    kind: str = "logit", progress: bool = False, desc: str = "") -> torch.Tensor:
         """Score ``len(rows)`` generated inputs in chunks: ``make(jobs)`` builds the inputs of job indices ``jobs``.
 
         Args:
             make: ``LongTensor[n] -> Tensor[n, C, H, W]`` (the perturbed inputs of those jobs).
             rows: image index of every job (``LongTensor[N]``).
-            max_batch: at most this many inputs per forward (the memory bound).
+            batch_size: at most this many inputs per forward (the memory bound).
 
         Shape:
             - Output: ``[N]`` scores, on the model output's device.
         """
         n = rows.shape[0]
+        jobs_all = torch.arange(n)
         out: list[torch.Tensor] = []
-        for jobs in _chunks(n, max_batch, progress, desc):
-            batch = make(jobs)
-            out.append(self.scores(batch, rows[jobs], kind=kind).float())
+        parts = list(chunks(n, batch_size))
+        for part in track(parts, progress, desc or "batches", unit="batch"):
+            out.append(self.scores(make(jobs_all[part]), rows[part], kind=kind).float())
         return torch.cat(out) if out else torch.zeros(0)
-
-
-def _chunks(n: int, size: int, progress: bool = False, desc: str = "") -> Iterator[torch.Tensor]:
-    """Index tensors ``[0..size)``, ``[size..2 size)``, ... covering ``range(n)`` (optionally with tqdm)."""
-    starts = range(0, n, max(1, size))
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc=desc or "batches", unit="batch", leave=False)
-    for s in starts:
-        yield torch.arange(s, min(s + size, n))

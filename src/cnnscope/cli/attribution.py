@@ -10,28 +10,25 @@ import click
 import numpy as np
 
 from ..errors import CnnscopeError
-from .app import cli, model_options, open_model, read_image_arg, write_json
+from .app import POSITION, batch_size_option, cli, model_options, open_model, read_image_arg, write_json
 from .demo import DemoContext, demo_section
 
 DEFAULT_METHODS = "gradcam,guided_backprop,integrated_gradients,occlusion"
 
 
-def parse_cli_target(text: str | None):
-    """``top``, ``INDEX``, ``LABEL`` or ``unit:LAYER:CHANNEL[:X,Y]`` -> an attribution target."""
-    from ..attribution import unit
+def parse_cli_target(text: str | None, position: tuple[int, int] | str | None = None):
+    """``top``, ``INDEX``, ``LABEL`` or ``unit:LAYER:CHANNEL`` (at ``--position``) -> an attribution target."""
+    from ..units import unit
 
+    if text is not None and text.startswith("unit:"):
+        parts = text.split(":")
+        if len(parts) != 3 or not parts[2].isdigit():
+            raise CnnscopeError(f"bad unit target {text!r}: use unit:LAYER:CHANNEL (and --position for one neuron)")
+        return unit(parts[1], int(parts[2]), position)
+    if position is not None:
+        raise CnnscopeError("--position needs a unit target (--target unit:LAYER:CHANNEL)")
     if text is None or text.strip().lower() in ("", "top", "top1"):
         return None
-    if text.startswith("unit:"):
-        parts = text.split(":")
-        if len(parts) not in (3, 4) or not parts[2].isdigit():
-            raise CnnscopeError(f"bad unit target {text!r}: use unit:LAYER:CHANNEL or unit:LAYER:CHANNEL:X,Y")
-        if len(parts) == 4:
-            m = re.fullmatch(r"(\d+),(\d+)", parts[3])
-            if not m:
-                raise CnnscopeError(f"bad position in {text!r}: use X,Y (two integers)")
-            return unit(parts[1], int(parts[2]), int(m.group(1)), int(m.group(2)))
-        return unit(parts[1], int(parts[2]))
     return int(text) if text.strip().isdigit() else text
 
 
@@ -72,18 +69,19 @@ def _stems(names: list[str]) -> list[str]:
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
               help="Comma-separated methods (`cnnscope explain-methods` lists them).")
 @click.option("--target", default="top", show_default=True,
-              help="top, a class INDEX, a class LABEL, or unit:LAYER:CHANNEL[:X,Y].")
+              help="top, a class INDEX, a class LABEL, or unit:LAYER:CHANNEL.")
+@click.option("--position", type=POSITION, default=None,
+              help="Of a unit target: max, center or ROW,COL (one neuron); default: the channel's mean.")
 @click.option("--layer", default=None, help="Layer of the CAM methods (default: the last one with spatial extent).")
 @click.option("--out", type=click.Path(file_okay=False), default="explain-out", show_default=True)
-@click.option("--max-batch", type=click.IntRange(1), default=32, show_default=True,
-              help="Images per forward pass (memory bound).")
+@batch_size_option
 @click.option("-o", "--option", "option", multiple=True,
               help="Method option METHOD.KEY=VALUE (repeatable), e.g. occlusion.window=48.")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Heatmap opacity.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 def explain_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, methods: str, target: str,
-                layer: str | None, out: str, max_batch: int, option: tuple[str, ...], alpha: float,
-                progress: bool) -> None:
+                position: tuple[int, int] | str | None, layer: str | None, out: str, batch_size: int | None,
+                option: tuple[str, ...], alpha: float, progress: bool) -> None:
     """Explain MODEL's answer on each IMAGE (path or sample:NAME) with several attribution methods.
 
     Writes per image: NAME_panel.png (original + one overlay per method), NAME_METHOD.npy (raw maps) and
@@ -96,12 +94,12 @@ def explain_cmd(model: str, images: tuple[str, ...], weights: str | None, device
     for name in names:
         get_method(name)
     opts = parse_options(option, names)
-    tgt = parse_cli_target(target)
+    tgt = parse_cli_target(target, position)
     m = open_model(model, weights, device)
     loaded = [read_image_arg(arg) for arg in images]
     stems = _stems([n for n, _ in loaded])
-    expls = explain(m, [a for _, a in loaded], names, target=tgt, layer=layer, names=stems, options=opts,
-                    max_batch=max_batch, progress=progress)
+    expls = explain(m, [a for _, a in loaded], methods=names, target=tgt, layer=layer, names=stems, options=opts,
+                    batch_size=batch_size, progress=progress)
     folder = Path(out)
     for stem, expl in zip(stems, expls):
         panel = save_panel(expl, folder / f"{stem}_panel.png", alpha=alpha)
@@ -147,7 +145,7 @@ def _attribution_demo(ctx: DemoContext) -> None:
         methods = ["gradcam", "gradcam_pp", "guided_gradcam", "integrated_gradients", "occlusion"]
         options = {"integrated_gradients": {"n_steps": 32}}
     names = [n for n in names if n in ctx.images]
-    expls = explain(ctx.model, [ctx.images[n] for n in names], methods, names=names, options=options)
+    expls = explain(ctx.model, [ctx.images[n] for n in names], methods=methods, names=names, options=options)
     numbers = {}
     for e in expls:
         cam = e.results["gradcam"].values[0, 0]

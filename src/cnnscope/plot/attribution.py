@@ -7,6 +7,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from ..errors import CnnscopeError
 from .common import figure, save_figure
 
 
@@ -39,7 +40,7 @@ def _draw_row(fig: Figure, expl, row: int, rows: int, cols: int, alpha: float) -
         ax.axis("off")
 
 
-def panel_figure(explanation, alpha: float = 0.5, tile: float = 2.4) -> Figure:
+def panel_figure(explanation, *, alpha: float = 0.5, tile: float = 2.4) -> Figure:
     """One image explained: the photo titled with the predicted label and probability, then one overlay per method.
 
     Args:
@@ -49,10 +50,10 @@ def panel_figure(explanation, alpha: float = 0.5, tile: float = 2.4) -> Figure:
     return panels_figure([explanation], alpha=alpha, tile=tile)
 
 
-def panels_figure(explanations: Sequence, alpha: float = 0.5, tile: float = 2.4) -> Figure:
+def panels_figure(explanations: Sequence, *, alpha: float = 0.5, tile: float = 2.4) -> Figure:
     """Several explanations, one row each (all with the same methods)."""
     if not explanations:
-        raise ValueError("panels_figure() needs at least one explanation")
+        raise CnnscopeError("panels_figure() needs at least one explanation")
     cols = 1 + max(len(e.results) for e in explanations)
     rows = len(explanations)
     fig = figure(cols * tile, rows * (tile + 0.6))
@@ -62,6 +63,6 @@ def panels_figure(explanations: Sequence, alpha: float = 0.5, tile: float = 2.4)
     return fig
 
 
-def save_panel(explanation, path: str | Path, alpha: float = 0.5, dpi: int = 100) -> Path:
+def save_panel(explanation, path: str | Path, *, alpha: float = 0.5, dpi: int = 100) -> Path:
     """Write :func:`panel_figure` of ``explanation`` to ``path`` (PNG by suffix)."""
     return save_figure(panel_figure(explanation, alpha=alpha), path, dpi=dpi)

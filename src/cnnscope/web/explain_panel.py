@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
+
+from ..models import ModelLike
 
 #: per-method options that keep a request to seconds on a CPU (the defaults suit offline use)
 FAST_OPTIONS = {"integrated_gradients": {"n_steps": 16}, "smoothgrad": {"n_samples": 16},
                 "rise": {"n_masks": 512}}
 
 
-def explain_panel(model, image: np.ndarray, methods: list[str], target: int | None, max_batch: int = 16) -> dict:
-    """Explain ``image`` with ``methods`` for ``target`` (``None``: top-1); nothing is written.
+def explain_panel(model: ModelLike, image: np.ndarray, methods: Sequence[str], *, target: int | None = None,
+                  batch_size: int | None = None) -> dict:
+    """Explain one picture (``uint8 [H, W, 3]``) with ``methods`` for ``target`` (``None``: top-1); nothing is
+    written. ``batch_size``: images per forward of every method (``None``: each method's default for the device).
 
     Returns:
         ``{"predictions", "target", "methods", "attribution" (per-method statistics), "seconds", "panel_png"}``.
@@ -28,7 +33,8 @@ def explain_panel(model, image: np.ndarray, methods: list[str], target: int | No
         opts = {k: v for k, v in FAST_OPTIONS.get(m, {}).items() if k in known}
         if opts:
             options[m] = opts
-    [ex] = explain(model, [image], methods, target=target, names=["upload"], options=options, max_batch=max_batch)
+    [ex] = explain(model, [image], methods=methods, target=target, names=["upload"], options=options,
+                   batch_size=batch_size)
     png = figure_png(panel_figure(ex), dpi=90)
     summary = ex.to_dict()
     return {"predictions": summary["top"], "methods": list(methods),
