@@ -1,4 +1,4 @@
-"""Benchmark of the Zeiler & Fergus toolkit (issue 5): batched projections and batched occlusion.
+"""Benchmark of the Zeiler & Fergus toolkit: batched projections and batched occlusion.
 
 1. Projections of single activations of AlexNet's conv5 (``features.10``, random weights, 224 px): the top-9 of
    several channels over a few images. Time per projection of
@@ -33,7 +33,6 @@ def projections(args) -> tuple[list[str], dict[str, list[float]]]:
     from cnnscope.images import sample_images
     from cnnscope.models import wrap
     from cnnscope.zf import DeconvNet, rule_projection, top_projections
-    from cnnscope.zf.common import model_space, pixels
 
     torch.manual_seed(0)
     net = torchvision.models.alexnet().eval()
@@ -42,11 +41,11 @@ def projections(args) -> tuple[list[str], dict[str, list[float]]]:
     imgs = {**photos, **{f"{n}-mirrored": a[:, ::-1].copy() for n, a in photos.items()}}  # 16 images
     imgs = dict(list(imgs.items())[:args.images])
     chans = list(range(args.channels))
-    deconv = DeconvNet(net, LAYER, (224, 224))
-    xs = {n: model_space(model, pixels([model.fit_image(a)], model.device)) for n, a in imgs.items()}
+    deconv = DeconvNet(model, LAYER)
+    xs = {n: model.batch(a) for n, a in imgs.items()}
 
     def ours_batched():
-        return top_projections(model, imgs, LAYER, chans, k=9, batch_size=16)
+        return top_projections(model, imgs, LAYER, channels=chans, k=9, batch_size=16)
 
     tp = ours_batched()  # warm-up, and the list of projections everyone computes
     jobs = [(tp.names[e.image_index], c, e.position) for c in chans for e in tp.entries[c]]
@@ -60,7 +59,7 @@ def projections(args) -> tuple[list[str], dict[str, list[float]]]:
         return out
 
     def backward_rule():
-        return [rule_projection(net, xs[name], LAYER, c, pos).values[0] for name, c, pos in jobs]
+        return [rule_projection(net, xs[name], LAYER, channel=c, position=pos).values[0] for name, c, pos in jobs]
 
     nd = NeuronDeconvolution(net, net.features[10])
     acts: list[float] = []

@@ -30,7 +30,7 @@ def test_linear_classifier_matches_the_closed_form():
         z0, z1, z2 = lin(x)  # logits are affine in the plane coordinates
     a, b = torch.meshgrid(p.betas, p.alphas, indexing="ij")[::-1]
     logits = z0 + a[..., None] * (z1 - z0) + b[..., None] * (z2 - z0)
-    assert torch.equal(p.classes, logits.argmax(-1))
+    assert torch.equal(p.classes, logits.argmax(-1)) and p.classes.device.type == "cpu"
     torch.testing.assert_close(p.confidence, logits.softmax(-1).amax(-1), rtol=1e-4, atol=1e-6)
     assert p.marks == [("0", 0.0, 0.0), ("1", 1.0, 0.0), ("2", 0.0, 1.0)]
 
@@ -66,3 +66,14 @@ def test_bad_inputs():
         decision_plane(model, _images(1), directions=[torch.zeros(3, 4, 4)] * 2)
     with pytest.raises(CnnscopeError, match="empty"):
         decision_plane(model, [])
+    with pytest.raises(TypeError):
+        decision_plane(model, _images(3), None)  # options are keyword-only
+
+
+def test_a_plain_module_and_its_wrapper_give_the_same_plane():
+    model = wrap(GapLinearNet(), 8, labels=["a", "b", "c"])
+    x = model.batch(_images(3))
+    a = decision_plane(model, x, resolution=5, batch_size=7)
+    b = decision_plane(model.module, x, resolution=5)
+    assert torch.equal(a.classes, b.classes)
+    torch.testing.assert_close(a.confidence, b.confidence)

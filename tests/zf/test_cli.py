@@ -43,6 +43,10 @@ def test_deconv_top9_evolution_featuremaps_filters_boundary_on_the_trained_net(c
     assert code == 0 and "(deconvnet)" in text
     info = json.loads((out / "d" / "deconv.json").read_text())
     assert info["method"] == "deconvnet" and np.load(out / "d" / "deconv.npy").shape == (1, 16, 16)
+    code, text, _ = run(capsys, "deconv", ck, cli_run / "digit.png", "--layer", "features.4", "--channel", "1",
+                        "--position", "all", "--pre-activation", "--method", "rule", "--out", out / "d2")
+    info = json.loads((out / "d2" / "deconv.json").read_text())
+    assert code == 0 and "every position" in text and info["position"] is None and info["pre_activation"]
     code, text, _ = run(capsys, "top9", ck, "digits:60", "--layer", "features.3", "--channels", "0-1", "-k", "4",
                         "--out", out / "t")
     data = json.loads((out / "t" / "top9.json").read_text())

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cnnscope.errors import CnnscopeError, ImageError
-from cnnscope.models import wrap
+from cnnscope.models import AssumptionWarning, wrap
 from cnnscope.zf import correspondence, sign_consistency
 from cnnscope.zf.correspondence import mask, pair_distances
 from tests.conformance import assert_unchanged
@@ -64,3 +64,19 @@ def test_bad_boxes_and_image_sets():
     ok = assert_unchanged(model.module, lambda: correspondence(model, [img, img], [(0, 0, 5, 5)] * 2,
                                                                layers=["features.1", "features.3"], n_random=1))
     assert ok is None
+    with pytest.raises(TypeError):
+        correspondence(model, [img, img], [(0, 0, 5, 5)] * 2, ["features.1"])  # options are keyword-only
+
+
+def test_tensors_are_masked_with_the_same_grey_in_model_space():
+    model = wrap(GapLinearNet(), 16, labels=["a", "b", "c"])
+    imgs = [np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8) for i in range(3)]
+    boxes = [(0, 0, 6, 6), (4, 4, 10, 12), (8, 2, 16, 9)]
+    # fill 0.6 is exactly 153 in uint8 pictures, so both paths paint the same grey
+    a = correspondence(model, imgs, boxes, layers=["features.1"], n_random=2, seed=1, fill=0.6)
+    with pytest.warns(AssumptionWarning):  # the grey in model space needs the (assumed) normalisation
+        b = correspondence(model.module, model.batch(imgs), boxes, layers=["features.1"], n_random=2, seed=1,
+                           fill=0.6)
+    assert a.random_boxes == b.random_boxes
+    assert a.part["features.1"].mean == pytest.approx(b.part["features.1"].mean, abs=1e-6)
+    assert a.random["features.1"].total == pytest.approx(b.random["features.1"].total, abs=1e-6)

@@ -8,6 +8,7 @@ import torch
 import torchvision
 
 from cnnscope.errors import LayerError
+from cnnscope.models import wrap
 from cnnscope.zf import conv_layers, conv_weights, feature_maps, filter_images, filter_spectrum
 from tests.conformance import assert_unchanged
 from tests.models import InplaceReLUNet
@@ -52,14 +53,18 @@ def test_weights_pictures_and_maps_come_from_the_model():
     tiles = filter_images(conv_weights(net))
     assert tiles.shape == (8, 3, 3, 3) and tiles.dtype == np.uint8
     assert (tiles.reshape(8, -1).min(1) == 0).all() and (tiles.reshape(8, -1).max(1) == 255).all()
-    x = torch.randn(1, 3, 12, 12, generator=torch.Generator().manual_seed(0))
-    maps = feature_maps(net, x, "features.3")
+    x = torch.randn(3, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    maps = feature_maps(net, x, "features.3", batch_size=2)
     assert net.training
     net.eval()
     with torch.no_grad():
-        torch.testing.assert_close(maps, net.features[:4](x)[0])
+        torch.testing.assert_close(maps, net.features[:4](x))
+        torch.testing.assert_close(feature_maps(wrap(net, 12), x, "features.2", pre_activation=True),
+                                   net.features[:2](x))  # the ReLU's input: the batch-norm output
     net.train()
     assert assert_unchanged(net, lambda: feature_maps(net, x, "features.3")) is None
+    with pytest.raises(TypeError):
+        filter_spectrum(conv_weights(net), 16)  # options are keyword-only
 
 
 def test_alexnet_first_layer_filters_are_rgb_11x11():
@@ -67,7 +72,7 @@ def test_alexnet_first_layer_filters_are_rgb_11x11():
     net = torchvision.models.alexnet()
     tiles = filter_images(conv_weights(net), per_filter=False)
     assert tiles.shape == (64, 11, 11, 3)
-    spec = filter_spectrum(conv_weights(net))
+    spec = filter_spectrum(conv_weights(wrap(net, 224)))
     torch.testing.assert_close(spec.bands.sum(1), torch.ones(64, dtype=torch.float64))
 
 

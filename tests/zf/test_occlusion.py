@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cnnscope.errors import CnnscopeError, LayerError
-from cnnscope.models import wrap
+from cnnscope.errors import CnnscopeError, ImageError, LayerError
+from cnnscope.models import AssumptionWarning, wrap
 from cnnscope.zf import occlusion_study
 from cnnscope.zf.occlusion_study import positions
 from tests.conformance import assert_unchanged
@@ -39,6 +39,8 @@ def test_probability_is_lowest_over_the_cat(lite0, samples, one_thread):
     assert float(s.activation.max() - s.activation.min()) > 0.05 * abs(s.base_activation)
     assert s.projection.method == "backward-rule"  # Lite0 has residual blocks: the true deconvnet refuses
     assert s.projection.values.shape == (1, 3, 224, 224)
+    assert s.image.shape == (224, 224, 3) and s.image.dtype == np.uint8
+    assert s.probability.device == lite0.device
 
 
 def test_every_map_entry_is_the_forward_of_that_occluded_image():
@@ -65,11 +67,44 @@ def test_every_map_entry_is_the_forward_of_that_occluded_image():
     assert s.projection.method == "deconvnet"  # a plain stack: the true deconvnet
 
 
+def test_a_plain_module_and_its_wrapper_give_identical_maps():
+    net = InplaceReLUNet(num_classes=5).eval()
+    x = torch.randn(1, 3, 20, 20, generator=torch.Generator().manual_seed(1))  # model space: no resizing
+    with pytest.warns(AssumptionWarning, match="ImageNet mean/std"):  # the grey square in model space needs them
+        plain = occlusion_study(net, x, "features.5", size=6, stride=5, batch_size=4)
+    wrapped = occlusion_study(wrap(net, 20), x[0], "features.5", size=6, stride=5)
+    for name in ("activation", "probability", "top_class", "top_probability"):
+        torch.testing.assert_close(getattr(plain, name), getattr(wrapped, name))
+    torch.testing.assert_close(plain.projection.values, wrapped.projection.values)
+    assert plain.channel == wrapped.channel and plain.target == wrapped.target
+    assert np.array_equal(plain.image, wrapped.image)
+
+
+def test_the_square_is_the_fill_grey_in_model_space():
+    net = InplaceReLUNet(num_classes=5).eval()
+    model = wrap(net, 12, labels=[f"c{i}" for i in range(5)])
+    img = np.random.default_rng(2).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    s = occlusion_study(model, img, "features.5", size=12, stride=12, fill=0.25)
+    grey = model.normalize(torch.full((1, 3, 12, 12), 0.25))  # the square covers the whole image
+    with torch.no_grad():
+        prob = net(grey).softmax(1)[0]
+    assert float(s.probability[0, 0]) == pytest.approx(float(prob[s.target]), rel=1e-5)
+    pre = occlusion_study(model, img, "features.5", size=6, stride=6, pre_activation=True, channel=1)
+    conv = occlusion_study(model, img, "features.4", size=6, stride=6, channel=1)
+    torch.testing.assert_close(pre.activation, conv.activation)  # features.5 is the ReLU after features.4
+    torch.testing.assert_close(pre.projection.values, conv.projection.values)
+    assert pre.pre_activation and pre.to_dict()["pre_activation"]
+
+
 def test_bad_inputs():
     model = wrap(ResidualNet(), 16, labels=None)
     img = np.zeros((16, 16, 3), np.uint8)
     with pytest.raises(LayerError, match="did you mean"):
         occlusion_study(model, img, "layer9")
+    with pytest.raises(ImageError, match="one image, got 2"):
+        occlusion_study(model, [img, img], "layer1")
+    with pytest.raises(TypeError):
+        occlusion_study(model, img, "layer1", None)  # options are keyword-only
     with pytest.raises(CnnscopeError, match="occluder size"):
         occlusion_study(model, img, "layer1", size=40)
     with pytest.raises(CnnscopeError, match="out of range"):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cnnscope.errors import CnnscopeError, ImageError, ModelError
+from cnnscope.models import AssumptionWarning
 from cnnscope.zf import evolution, load_checkpoint, project, top_projections, train
 from cnnscope.zf.train import ImageDataset, accuracy, digits_dataset, folder_dataset
 
@@ -42,12 +43,13 @@ def test_training_is_reproducible_with_a_seed(one_thread):
 
 def test_evolution_follows_channels_across_checkpoints(digits_run, digits_test_images):
     paths = [digits_run.checkpoints[e] for e in (0, 1)]
-    ev = evolution(paths, digits_test_images, "features.6", [0, 3, 5], batch_size=64)
+    ev = evolution(paths, digits_test_images, "features.6", channels="0,3,5", batch_size=64)
     assert ev.epochs == [0, 1] and ev.channels == [0, 3, 5]
     assert [[e.channel for e in row] for row in ev.entries] == [[0, 3, 5]] * 2
+    assert ev.images.shape == (len(digits_test_images), 32, 32, 3) and ev.images.dtype == np.uint8
     for col, path in enumerate(paths):
         model = load_checkpoint(path)
-        tp = top_projections(model, digits_test_images, "features.6", [0, 3, 5], k=1)
+        tp = top_projections(model, digits_test_images, "features.6", channels=[0, 3, 5], k=1)
         for j, c in enumerate((0, 3, 5)):
             assert ev.entries[col][j].image_index == tp.entries[c][0].image_index
             torch.testing.assert_close(ev.entries[col][j].values, tp.entries[c][0].values)
@@ -58,6 +60,11 @@ def test_evolution_follows_channels_across_checkpoints(digits_run, digits_test_i
             before.values, after.values, rtol=1e-3, atol=1e-6)
         assert differ
     assert ev.crop(ev.entries[1][0]).ndim == 3
+    models = [load_checkpoint(p) for p in paths]
+    x = models[1].batch(list(digits_test_images.values()))  # model space: plain modules need no normalisation
+    with pytest.warns(AssumptionWarning):  # only the pictures of a plain module depend on assumptions
+        same = evolution([m.module for m in models], x, "features.6", channels=[3])
+    torch.testing.assert_close(same.entries[1][0].values, ev.entries[1][1].values)  # models work like files
 
 
 def test_folder_dataset_training_and_deconvnet_on_the_result(tmp_path, one_thread):
@@ -74,7 +81,7 @@ def test_folder_dataset_training_and_deconvnet_on_the_result(tmp_path, one_threa
     assert ds.classes == ["blue", "red"] and ds.images.shape == (12, 16, 16, 3) and ds.channels == 3
     r = train(tmp_path, epochs=2, size=16, widths=(4, 8), batch_size=4, checkpoint_epochs=[2], out=tmp_path / "run")
     m = load_checkpoint(r.checkpoints[2])
-    p = project(m.module, m.preprocess(ds.images[0]), "features.3", 1)
+    p = project(m, ds.images[0], "features.3", channel=1)
     assert p.values.shape == (1, 3, 16, 16) and p.method == "deconvnet"
 
 
@@ -94,4 +101,6 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ModelError, match="not a checkpoint written by"):
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(CnnscopeError, match="no checkpoints"):
-        evolution([], [np.zeros((8, 8, 3), np.uint8)], "features.0", [0])
+        evolution([], [np.zeros((8, 8, 3), np.uint8)], "features.0", channels=[0])
+    with pytest.raises(TypeError):
+        train("digits", 1)  # everything after the data is keyword-only

@@ -6,13 +6,24 @@ Every command writes PNG figures and the numbers behind them (JSON, NPY) into ``
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
 import numpy as np
 
 from ..errors import CnnscopeError
-from .app import cli, model_options, open_model, read_image_arg, write_json
+from .app import (
+    POSITION,
+    batch_size_option,
+    channels_option,
+    cli,
+    model_options,
+    open_model,
+    pre_activation_option,
+    read_image_arg,
+    write_json,
+)
 
 IMAGES_HELP = ("IMAGES: paths, folders (every image inside), sample:NAME, 'samples' (all skimage photos) or "
                "'digits' / 'digits:N' (scikit-learn digits).")
@@ -33,7 +44,7 @@ def open_any(model: str, weights: str | None, device: str):
     if is_checkpoint(model):
         from .app import resolve_device
 
-        return load_checkpoint(model, resolve_device(device))
+        return load_checkpoint(model, device=resolve_device(device))
     return open_model(model, weights, device)
 
 
@@ -71,30 +82,14 @@ def read_images(args: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def int_list(text: str | None) -> list[int] | None:
-    """``"0,3,8-11"`` -> ``[0, 3, 8, 9, 10, 11]`` (``None`` stays ``None``)."""
-    if text is None:
-        return None
-    out: list[int] = []
-    try:
-        for part in (p.strip() for p in text.split(",")):
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out += list(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise CnnscopeError(f"expected integers like 0,3,8-11, got {text!r}") from None
-    return out
-
-
-def float_list(text: str | None) -> list[float] | None:
+def numbers(text: str | None, cast=float) -> list | None:
+    """``"0,10,20"`` -> ``[0.0, 10.0, 20.0]`` (``cast`` each item; ``None`` stays ``None``)."""
     if text is None:
         return None
     try:
-        return [float(p) for p in text.split(",") if p.strip()]
+        return [cast(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise CnnscopeError(f"expected numbers like 0,10,20, got {text!r}") from None
+        raise CnnscopeError(f"expected comma-separated numbers like 0,10,20, got {text!r}") from None
 
 
 def out_dir(out: str) -> Path:
@@ -110,64 +105,73 @@ def save(fig, path: Path) -> None:
     click.echo(f"wrote {path}")
 
 
+IMAGE = click.argument("image")
+IMAGES = click.argument("images", nargs=-1, required=True)
+
+
+def model_command(name: str, *arguments, help: str | None = None):
+    """Decorator: the command ``cnnscope NAME MODEL ARGUMENTS...`` with the model options (weights, device)."""
+
+    def deco(f):
+        f = model_options(f)
+        for argument in reversed(arguments):
+            f = argument(f)
+        return cli.command(name, help=help)(click.argument("model")(f))
+
+    return deco
+
+
 def out_option(default: str):
     return click.option("--out", type=click.Path(file_okay=False), default=default, show_default=True,
                         help="Folder for the figures and numbers.")
 
 
-batch_option = click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
-                            help="Images per forward pass (memory bound).")
-
-
-@cli.command("deconv")
-@click.argument("model")
-@click.argument("image")
-@model_options
+@model_command("deconv", IMAGE)
 @click.option("--layer", required=True, help="Layer of the feature stack (see `cnnscope layers MODEL`).")
 @click.option("--channel", type=click.IntRange(0), required=True, help="Feature map to project.")
-@click.option("--position", default=None, help="ROW,COL in the layer's map (default: the strongest activation).")
+@click.option("--position", type=POSITION, default="max", show_default=True,
+              help="max (the strongest activation), center, ROW,COL, or all (the whole map).")
+@pre_activation_option
 @click.option("--method", type=click.Choice(["true", "rule"]), default="true", show_default=True,
               help="true: switches + transposed filters; rule: backward-rule deconvnet (any model).")
 @out_option("zf-deconv")
 def deconv_cmd(model: str, image: str, weights: str | None, device: str, layer: str, channel: int,
-               position: str | None, method: str, out: str) -> None:
+               position, pre_activation: bool, method: str, out: str) -> None:
     """Project one activation of MODEL on IMAGE back to pixels with the deconvnet (Zeiler & Fergus 2013)."""
     from ..plot.zf import projection_figure
     from ..zf.deconvnet import project, rule_projection
 
     m = open_any(model, weights, device)
     name, arr = read_image_arg(image)
-    pos = tuple(int_list(position)) if position else None
-    if pos is not None and len(pos) != 2:
-        raise CnnscopeError(f"--position is ROW,COL, got {position!r}")
     fn = project if method == "true" else rule_projection
-    p = fn(m.module, m.preprocess(arr), layer, channel, pos)
+    p = fn(m, arr, layer, channel=channel, position=position, pre_activation=pre_activation)
     d = out_dir(out)
+    where = p.positions[0] if p.positions is not None else None
     np.save(d / "deconv.npy", p.values[0].cpu().numpy())
-    write_json(d / "deconv.json", {"image": name, "layer": layer, "channel": channel, "position": p.position,
-                                   "activation": p.activation, "box": p.box, "method": p.method})
+    write_json(d / "deconv.json", {"image": name, "layer": layer, "channel": channel, "position": where,
+                                   "activation": float(p.activations[0]), "box": p.boxes[0] if p.boxes else None,
+                                   "pre_activation": pre_activation, "method": p.method})
     save(projection_figure(m.fit_image(arr), p), d / "deconv.png")
-    click.echo(f"{layer} channel {channel} at {p.position}: activation {p.activation:.4g} ({p.method})")
+    click.echo(f"{layer} channel {channel} at {where or 'every position'}: activation "
+               f"{float(p.activations[0]):.4g} ({p.method})")
 
 
-@cli.command("top9", help=HELP_TOP9)
-@click.argument("model")
-@click.argument("images", nargs=-1, required=True)
-@model_options
+@model_command("top9", IMAGES, help=HELP_TOP9)
 @click.option("--layer", required=True, help="Layer of the feature stack.")
-@click.option("--channels", default="0-7", show_default=True, help="Channels, e.g. 0,3,8-11.")
+@partial(channels_option, default="0-7")
 @click.option("-k", "k", type=click.IntRange(1), default=9, show_default=True, help="Activations per channel.")
-@batch_option
+@pre_activation_option
+@batch_size_option
 @out_option("zf-top9")
 def top9_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, layer: str, channels: str,
-             k: int, batch_size: int, out: str) -> None:
+             k: int, pre_activation: bool, batch_size: int | None, out: str) -> None:
     """Strongest activations of each channel over IMAGES, projected to pixels beside the image patches."""
     from ..plot.zf import top9_figure
     from ..zf.projections import top_projections
 
     m = open_any(model, weights, device)
-    tp = top_projections(m, read_images(images), layer, int_list(channels), k=k, batch_size=batch_size,
-                         progress=True)
+    tp = top_projections(m, read_images(images), layer, channels=channels, k=k, pre_activation=pre_activation,
+                         batch_size=batch_size, progress=True)
     d = out_dir(out)
     write_json(d / "top9.json", tp.to_dict())
     save(top9_figure(tp), d / "top9.png")
@@ -176,20 +180,19 @@ def top9_cmd(model: str, images: tuple[str, ...], weights: str | None, device: s
         click.echo(f"channel {c}: best {best.activation:.4g} in {tp.names[best.image_index]} at {best.position}")
 
 
-@cli.command("occlude")
-@click.argument("model")
-@click.argument("image")
-@model_options
+@model_command("occlude", IMAGE)
 @click.option("--layer", required=True, help="Convolutional layer for panels (b) and (c).")
 @click.option("--target", default=None, help="Correct class (index or label; default the top-1 prediction).")
 @click.option("--channel", type=click.IntRange(0), default=None, help="Feature map (default: the strongest).")
 @click.option("--size", type=click.IntRange(1), default=48, show_default=True, help="Grey square side (pixels).")
 @click.option("--stride", type=click.IntRange(1), default=16, show_default=True, help="Square step (pixels).")
 @click.option("--fill", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Grey level.")
-@batch_option
+@pre_activation_option
+@batch_size_option
 @out_option("zf-occlusion")
-def occlude_cmd(model: str, image: str, weights: str | None, device: str, layer: str, target: str | None,
-                channel: int | None, size: int, stride: int, fill: float, batch_size: int, out: str) -> None:
+def occlude_cmd(model: str, image: str, layer: str, target: str | None, channel: int | None, size: int, stride: int,
+                fill: float, pre_activation: bool, batch_size: int | None, weights: str | None, device: str,
+                out: str) -> None:
     """Occlusion study (paper Fig. 7): slide a grey square over IMAGE and map activity and predictions."""
     from ..plot.zf import occlusion_figure
     from ..zf.occlusion_study import occlusion_study
@@ -197,7 +200,7 @@ def occlude_cmd(model: str, image: str, weights: str | None, device: str, layer:
     m = open_any(model, weights, device)
     _, arr = read_image_arg(image)
     s = occlusion_study(m, arr, layer, target=target, channel=channel, size=size, stride=stride, fill=fill,
-                        batch_size=batch_size, progress=True)
+                        pre_activation=pre_activation, batch_size=batch_size, progress=True)
     d = out_dir(out)
     write_json(d / "occlusion.json", s.to_dict())
     np.save(d / "occlusion_projection.npy", s.projection.values[0].cpu().numpy())
@@ -208,29 +211,28 @@ def occlude_cmd(model: str, image: str, weights: str | None, device: str, layer:
                f"with the square at top={s.tops[r]}, left={s.lefts[c]}")
 
 
-@cli.command("invariance", help=HELP_INVARIANCE)
-@click.argument("model")
-@click.argument("images", nargs=-1, required=True)
-@model_options
-@click.option("--transforms", default="translate,scale,rotate", show_default=True, help="Comma-separated.")
+@model_command("invariance", IMAGES, help=HELP_INVARIANCE)
+@click.option("--transforms", default=None, help="Comma-separated (default: every registered transform).")
 @click.option("--amounts", default=None, help="Sweep for a single transform, e.g. 0,10,20 (default: paper-like).")
 @click.option("--layers", default=None, help="Comma-separated layers (default: first conv layer and penultimate).")
-@batch_option
+@pre_activation_option
+@batch_size_option
 @out_option("zf-invariance")
-def invariance_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, transforms: str,
-                   amounts: str | None, layers: str | None, batch_size: int, out: str) -> None:
+def invariance_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, transforms: str | None,
+                   amounts: str | None, layers: str | None, pre_activation: bool, batch_size: int | None,
+                   out: str) -> None:
     """Invariance study (paper Fig. 5): feature distance and p(true class) under translation, scale, rotation."""
     from ..plot.zf import invariance_figure
-    from ..zf.invariance import invariance_study
+    from ..zf.invariance import TRANSFORMS, invariance_study
 
     m = open_any(model, weights, device)
     imgs = read_images(images)
-    names = [t.strip() for t in transforms.split(",") if t.strip()]
+    names = [t.strip() for t in transforms.split(",") if t.strip()] if transforms else TRANSFORMS.names()
     if amounts and len(names) != 1:
         raise CnnscopeError("--amounts needs exactly one transform in --transforms")
     lays = [s.strip() for s in layers.split(",")] if layers else None
-    studies = [invariance_study(m, imgs, t, float_list(amounts), lays, batch_size=batch_size, progress=True)
-               for t in names]
+    studies = [invariance_study(m, imgs, t, amounts=numbers(amounts), layers=lays, pre_activation=pre_activation,
+                                batch_size=batch_size, progress=True) for t in names]
     d = out_dir(out)
     write_json(d / "invariance.json", [s.to_dict() for s in studies])
     save(invariance_figure(studies), d / "invariance.png")
@@ -240,29 +242,29 @@ def invariance_cmd(model: str, images: tuple[str, ...], weights: str | None, dev
                    + ", ".join(f"{n} {v:.3g}" for n, v in zip(s.layers, far)))
 
 
-@cli.command("correspond", help=HELP_CORRESPOND)
-@click.argument("model")
-@click.argument("images", nargs=-1, required=True)
-@model_options
+@model_command("correspond", IMAGES, help=HELP_CORRESPOND)
 @click.option("--box", "boxes", multiple=True, required=True,
               help="TOP,LEFT,BOTTOM,RIGHT of the part in each image, in that image's pixels (once per image).")
 @click.option("--layers", default=None, help="Comma-separated layers (default: last spatial and penultimate).")
 @click.option("--random", "n_random", type=click.IntRange(0), default=5, show_default=True,
               help="Repeats of the random-mask baseline.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@batch_option
+@pre_activation_option
+@batch_size_option
 @out_option("zf-correspondence")
 def correspond_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, boxes: tuple[str, ...],
-                   layers: str | None, n_random: int, seed: int, batch_size: int, out: str) -> None:
+                   layers: str | None, n_random: int, seed: int, pre_activation: bool, batch_size: int | None,
+                   out: str) -> None:
     """Correspondence analysis (paper Table 1): sign-change consistency of masking the same part in IMAGES."""
     from ..plot.zf import correspondence_figure
     from ..zf.correspondence import correspondence
 
     m = open_any(model, weights, device)
     imgs = read_images(images)
-    parsed = [int_list(b) for b in boxes]
+    parsed = [numbers(b, int) for b in boxes]
     lays = [s.strip() for s in layers.split(",")] if layers else None
-    r = correspondence(m, imgs, parsed, lays, n_random=n_random, seed=seed, batch_size=batch_size, progress=True)
+    r = correspondence(m, imgs, parsed, layers=lays, n_random=n_random, seed=seed, pre_activation=pre_activation,
+                       batch_size=batch_size, progress=True)
     d = out_dir(out)
     write_json(d / "correspondence.json", r.to_dict())
     save(correspondence_figure(r, list(imgs.values())), d / "correspondence.png")
@@ -273,23 +275,20 @@ def correspond_cmd(model: str, images: tuple[str, ...], weights: str | None, dev
         click.echo(line)
 
 
-@cli.command("boundary")
-@click.argument("model")
-@click.argument("images", nargs=-1, required=True)
-@model_options
+@model_command("boundary", IMAGES)
 @click.option("--resolution", type=click.IntRange(2), default=41, show_default=True, help="Points per axis.")
 @click.option("--span", default=None, help="LO,HI of both coordinates (default -0.5,1.5 or -1,1).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random directions.")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Points per forward.")
+@batch_size_option
 @out_option("zf-boundary")
 def boundary_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, resolution: int,
-                 span: str | None, seed: int, batch_size: int, out: str) -> None:
+                 span: str | None, seed: int, batch_size: int | None, out: str) -> None:
     """Predicted class over the plane through three IMAGES (or one image and two random directions)."""
     from ..plot.zf import boundary_figure
     from ..zf.boundary import decision_plane
 
     m = open_any(model, weights, device)
-    lohi = float_list(span)
+    lohi = numbers(span)
     if lohi is not None and len(lohi) != 2:
         raise CnnscopeError(f"--span is LO,HI, got {span!r}")
     p = decision_plane(m, read_images(images), resolution=resolution, span=tuple(lohi) if lohi else None,

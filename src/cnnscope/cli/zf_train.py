@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
 import numpy as np
 
 from ..errors import CnnscopeError
-from .app import cli, model_options, read_image_arg, resolve_device, write_json
+from .app import (
+    batch_size_option,
+    channels_option,
+    cli,
+    pre_activation_option,
+    read_image_arg,
+    resolve_device,
+    write_json,
+)
 from .demo import DemoContext, demo_section
-from .zf import IMAGES_HELP, int_list, open_any, out_dir, read_images, save
+from .zf import IMAGE, IMAGES_HELP, model_command, numbers, open_any, out_dir, read_images, save
 
 
 @cli.command("train")
@@ -18,7 +27,8 @@ from .zf import IMAGES_HELP, int_list, open_any, out_dir, read_images, save
 @click.option("--epochs", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--checkpoints", default="1,2,5", show_default=True,
               help="Epochs after which to save a checkpoint (0 = the initial weights).")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Images per Adam step (fixed, so a seeded run trains the same model on every device).")
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="Adam learning rate.")
 @click.option("--widths", default="16,32,64", show_default=True, help="Conv layer widths.")
 @click.option("--size", type=click.IntRange(8), default=None, help="Image side (default 32 digits, 64 folders).")
@@ -32,14 +42,14 @@ def train_cmd(data: str, epochs: int, checkpoints: str, batch_size: int, lr: flo
     per class), saving checkpoints for `cnnscope evolution`; reproducible with --seed."""
     from ..zf.train import train
 
-    wanted = sorted(e for e in (int_list(checkpoints) or []) if e <= epochs)
+    wanted = sorted(e for e in (numbers(checkpoints, int) or []) if e <= epochs)
 
     def report(rec: dict) -> None:
         click.echo(f"epoch {rec['epoch']:>3}: loss {rec['loss']:.4f}  train {rec['train_accuracy']:.2%}  "
                    f"test {rec['test_accuracy']:.2%}")
 
     r = train(data, epochs=epochs, checkpoint_epochs=wanted, out=out, batch_size=batch_size, lr=lr,
-              widths=int_list(widths) or (16, 32, 64), size=size, seed=seed, device=resolve_device(device),
+              widths=numbers(widths, int) or (16, 32, 64), size=size, seed=seed, device=resolve_device(device),
               progress=True, on_epoch=report)
     d = out_dir(out)
     write_json(d / "history.json", {"history": r.history, "checkpoints": {k: str(v) for k, v in r.checkpoints.items()},
@@ -52,6 +62,8 @@ def checkpoint_files(args: tuple[str, ...]) -> list[Path]:
     files: list[Path] = []
     for a in args:
         p = Path(a)
+        if not p.exists():
+            raise CnnscopeError(f"checkpoint {p} does not exist")
         files += sorted(p.glob("epoch_*.pt")) if p.is_dir() else [p]
     if not files:
         raise CnnscopeError("no checkpoints found; run `cnnscope train --checkpoints 1,2,5 --out RUN` first")
@@ -61,29 +73,29 @@ def checkpoint_files(args: tuple[str, ...]) -> list[Path]:
 @cli.command("evolution")
 @click.argument("checkpoints", nargs=-1, required=True)
 @click.option("--layer", default="features.6", show_default=True, help="Layer of the trained net's features.")
-@click.option("--channels", default="0-5", show_default=True)
+@partial(channels_option, default="0-5")
 @click.option("--images", "images", multiple=True, default=("digits:400",), show_default=True,
               help="Image set searched for the strongest activations (repeatable). " + IMAGES_HELP)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@pre_activation_option
+@batch_size_option
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="zf-evolution", show_default=True)
-def evolution_cmd(checkpoints: tuple[str, ...], layer: str, channels: str, images: tuple[str, ...], batch_size: int,
-                  device: str, out: str) -> None:
+def evolution_cmd(checkpoints: tuple[str, ...], layer: str, channels: str, images: tuple[str, ...],
+                  pre_activation: bool, batch_size: int | None, device: str, out: str) -> None:
     """Feature evolution (paper Fig. 4): strongest projection of each channel at every checkpoint (files or a
     `cnnscope train` folder)."""
     from ..plot.zf import evolution_figure
     from ..zf.evolution import evolution
 
-    ev = evolution(checkpoint_files(checkpoints), read_images(images), layer, int_list(channels) or [0],
-                   batch_size=batch_size, device=resolve_device(device), progress=True)
+    ev = evolution(checkpoint_files(checkpoints), read_images(images), layer, channels=channels,
+                   pre_activation=pre_activation, batch_size=batch_size, device=resolve_device(device),
+                   progress=True)
     d = out_dir(out)
     write_json(d / "evolution.json", ev.to_dict())
     save(evolution_figure(ev), d / "evolution.png")
 
 
-@cli.command("filters")
-@click.argument("model")
-@model_options
+@model_command("filters")
 @click.option("--layer", default=None, help="Conv layer (default: the first one).")
 @click.option("--max-out", type=click.IntRange(1), default=16, show_default=True, help="Kernels shown (rows).")
 @click.option("--max-in", type=click.IntRange(1), default=8, show_default=True, help="Input channels shown.")
@@ -95,8 +107,8 @@ def filters_cmd(model: str, weights: str | None, device: str, layer: str | None,
     from ..zf.filters import conv_layers, conv_weights, filter_images, filter_spectrum
 
     m = open_any(model, weights, device)
-    w = conv_weights(m.module, layer)
-    name = layer or conv_layers(m.module)[0]
+    w = conv_weights(m, layer)
+    name = layer or conv_layers(m)[0]
     d = out_dir(out)
     np.save(d / "filters.npy", w.cpu().numpy())
     if w.shape[1] in (1, 3):
@@ -110,22 +122,20 @@ def filters_cmd(model: str, weights: str | None, device: str, layer: str | None,
                f"{len(spec.dead)} dead filters")
 
 
-@cli.command("featuremaps")
-@click.argument("model")
-@click.argument("image")
-@model_options
+@model_command("featuremaps", IMAGE)
 @click.option("--layer", required=True, help="Layer whose maps to show.")
+@pre_activation_option
 @click.option("--max-maps", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="zf-featuremaps", show_default=True)
-def featuremaps_cmd(model: str, image: str, weights: str | None, device: str, layer: str, max_maps: int,
-                    out: str) -> None:
+def featuremaps_cmd(model: str, image: str, weights: str | None, device: str, layer: str, pre_activation: bool,
+                    max_maps: int, out: str) -> None:
     """One IMAGE's feature maps at a layer of MODEL, as a grid."""
     from ..plot.zf import feature_maps_figure
     from ..zf.filters import feature_maps
 
     m = open_any(model, weights, device)
     _, arr = read_image_arg(image)
-    maps = feature_maps(m.module, m.preprocess(arr), layer)
+    maps = feature_maps(m, arr, layer, pre_activation=pre_activation)[0]
     d = out_dir(out)
     np.save(d / "featuremaps.npy", maps.cpu().numpy())
     save(feature_maps_figure(maps, layer, max_maps), d / "featuremaps.png")
@@ -155,9 +165,9 @@ def _demo(ctx: DemoContext) -> None:
     click.echo(f"occlusion: p({s.label}) {s.base_probability:.2f} -> min {float(s.probability.min()):.2f}")
     sweep = {"translate": [0, 15, 30]} if ctx.quick else {"translate": None, "scale": None, "rotate": None}
     few = {k: imgs[k] for k in ("chelsea", "coffee", "astronaut")}
-    studies = [invariance_study(m, few, t, a) for t, a in sweep.items()]
+    studies = [invariance_study(m, few, t, amounts=a) for t, a in sweep.items()]
     save_figure(plots.invariance_figure(studies), out / "invariance.png")
-    w = conv_weights(m.module)
+    w = conv_weights(m)
     spec = filter_spectrum(w)
     save_figure(plots.filters_figure(filter_images(w)), out / "filters.png")
     save_figure(plots.spectrum_figure(spec), out / "spectrum.png")
@@ -169,7 +179,7 @@ def _demo(ctx: DemoContext) -> None:
     test = {f"digit{i}": ds.images[i] for i in run.test_indices[:200]}
     tp = top_projections(run.model, test, "features.3", channels=[0, 1, 2, 3], k=9)
     save_figure(plots.top9_figure(tp), out / "top9.png")
-    ev = evolution(list(run.checkpoints.values()), test, "features.3", [0, 1, 2, 3])
+    ev = evolution(list(run.checkpoints.values()), test, "features.3", channels=[0, 1, 2, 3])
     save_figure(plots.evolution_figure(ev), out / "evolution.png")
     click.echo(f"figures in {out}/")
 

@@ -58,14 +58,24 @@ def list_models(include_timm: bool = True) -> list[dict]:
     return rows
 
 
-def _read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+def read_checkpoint(path: str | Path) -> object:
+    """What a weights file holds (``torch.load`` on the CPU, ``weights_only``), with one error for every reader.
+
+    Raises:
+        ModelError: the file is missing or cannot be read.
+    """
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"weights file {p} does not exist")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling problem is reported the same way
         raise ModelError(f"cannot read weights file {p}: {exc}") from None
+
+
+def _read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    obj = read_checkpoint(p)
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, dict):

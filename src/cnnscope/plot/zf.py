@@ -36,12 +36,13 @@ def _tile(img: np.ndarray, side: int) -> np.ndarray:
     return resize(sq, (side, side))
 
 
-def projection_figure(image: np.ndarray, projection, title: str | None = None) -> Figure:
-    """The image with the receptive field, the deconvnet projection, and both cropped to the field."""
-    from ..zf.deconvnet import display
+def projection_figure(image: np.ndarray, projection, *, index: int = 0, title: str | None = None) -> Figure:
+    """The image with the receptive field, the deconvnet projection, and both cropped to the field.
 
-    pic = display(projection.values[0])
-    box = projection.box
+    ``image`` is the picture the model saw (``uint8 [H, W, 3]``); ``index`` picks the projection's image.
+    """
+    pic = projection.pictures()[index]
+    box = projection.boxes[index] if projection.boxes is not None else None
     n = 4 if box is not None else 2
     fig = figure(3.0 * n, 3.2)
     axes = fig.subplots(1, n)
@@ -59,8 +60,9 @@ def projection_figure(image: np.ndarray, projection, title: str | None = None) -
         axes[3].set_title("image patch")
     for ax in axes:
         _off(ax)
-    fig.suptitle(title or f"{projection.layer} channel {projection.channel} at {projection.position} "
-                 f"(activation {projection.activation:.3g})")
+    where = projection.positions[index] if projection.positions is not None else "every position"
+    fig.suptitle(title or f"{projection.layer} channel {projection.channel} at {where} "
+                 f"(activation {float(projection.activations[index]):.3g})")
     return fig
 
 
@@ -110,8 +112,6 @@ def _map(ax, fig, study, values, title: str, cmap: str, **kw) -> object:
 
 def occlusion_figure(study) -> Figure:
     """Fig. 7 panels: (a) image, (b) feature-map activity, (c) its projection, (d) p(correct), (e) top label."""
-    from ..zf.deconvnet import display
-
     fig = figure(17.0, 3.6)
     axes = fig.subplots(1, 5)
     axes[0].imshow(study.image)
@@ -119,7 +119,7 @@ def occlusion_figure(study) -> Figure:
     axes[0].set_title(f"(a) image, {study.size}px grey square", fontsize=9)
     _map(axes[1], fig, study, study.activation, f"(b) total activation\n{study.layer} ch {study.channel}",
          "viridis")
-    axes[2].imshow(display(study.projection.values[0]))
+    axes[2].imshow(study.projection.pictures()[0])
     axes[2].set_title(f"(c) projection ({study.projection.method})", fontsize=9)
     _map(axes[3], fig, study, study.probability, f"(d) p({study.label})", "magma")
     classes = _np(study.top_class).astype(int)

@@ -3,8 +3,12 @@
     from cnnscope import load_model
     from cnnscope.zf import occlusion_study, project
     alex = load_model("alexnet", weights="alexnet.pth")
-    p = project(alex.module, alex.preprocess("cat.jpg"), "features.10", channel=5)   # true deconvnet
-    s = occlusion_study(load_model(), "cat.jpg", "blocks.5")                          # Fig. 7 maps
+    p = project(alex, "cat.jpg", "features.10", channel=5)        # true deconvnet, strongest activation
+    s = occlusion_study(load_model(), "cat.jpg", "blocks.5")       # Fig. 7 maps
+
+Every analysis takes ``model`` first (a ``LoadedModel`` or a plain ``nn.Module``), then the images and the one
+thing it is about; options are keyword-only (docs/CONVENTIONS.md). :func:`evolution` takes a list of checkpoints
+instead of one model.
 
 See docs/zf.md for every analysis, its paper reference, options and limits.
 
@@ -18,15 +22,16 @@ from .correspondence import Correspondence, DeltaStats, correspondence, sign_con
 from .deconvnet import DeconvNet, Projection, display, project, rule_projection
 from .evolution import Evolution, evolution
 from .filters import FilterSpectrum, conv_layers, conv_weights, feature_maps, filter_images, filter_spectrum
-from .invariance import TRANSFORMS, InvarianceStudy, invariance_study
+from .invariance import TRANSFORMS, InvarianceStudy, invariance_study, register_transform
 from .occlusion_study import OcclusionStudy, occlusion_study
 from .projections import TopEntry, TopProjections, top_projections
-from .steps import STEP_TYPES, unpool
+from .steps import STEP_TYPES, inverts, unpool
 from .train import SmallConvNet, TrainResult, digits_dataset, load_checkpoint, train
 
 __all__ = ["STEP_TYPES", "TRANSFORMS", "Correspondence", "DecisionPlane", "DeconvError", "DeconvNet", "DeltaStats",
            "Evolution", "FilterSpectrum", "InvarianceStudy", "OcclusionStudy", "Projection", "SmallConvNet",
            "TopEntry", "TopProjections", "TrainResult", "conv_layers", "conv_weights", "correspondence",
            "decision_plane", "digits_dataset", "display", "evolution", "feature_maps",
-           "filter_images", "filter_spectrum", "invariance_study", "load_checkpoint", "occlusion_study", "project",
-           "rule_projection", "sign_consistency", "top_projections", "train", "unpool"]
+           "filter_images", "filter_spectrum", "invariance_study", "inverts", "load_checkpoint", "occlusion_study",
+           "project", "register_transform", "rule_projection", "sign_consistency", "top_projections", "train",
+           "unpool"]

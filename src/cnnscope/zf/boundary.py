@@ -13,20 +13,21 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from ..batching import chunks, resolve_batch_size, track
 from ..capture import evaluating
 from ..errors import CnnscopeError
-from ..images import ImageLike
-from .common import chunks, image_set, model_space, pixels, progress_bar
+from ..models import ModelLike, as_model
+from .common import image_set
 
 
 @dataclass
 class DecisionPlane:
-    """Predicted class and confidence on a grid of the plane.
+    """Predicted class and confidence on a grid of the plane (a sweep: its tensors are on the CPU).
 
     Attributes:
         alphas, betas: ``[R]`` coordinates along the first and second axis.
@@ -61,39 +62,43 @@ def plane_points(origin: torch.Tensor, u: torch.Tensor, v: torch.Tensor, a: torc
     return origin + a.view(-1, 1, 1, 1) * u + b.view(-1, 1, 1, 1) * v
 
 
-def decision_plane(model, images: Sequence[ImageLike] | Mapping[str, ImageLike],
-                   directions: Sequence[torch.Tensor] | None = None, resolution: int = 41,
-                   span: tuple[float, float] | None = None, seed: int = 0, batch_size: int = 64,
-                   progress: bool = False) -> DecisionPlane:
+def decision_plane(model: ModelLike, images: object, *, directions: Sequence[torch.Tensor] | None = None,
+                   resolution: int = 41, span: tuple[float, float] | None = None, seed: int = 0,
+                   batch_size: int | None = None, progress: bool = False) -> DecisionPlane:
     """Classify every point of a plane through input space.
 
     Args:
-        model: a :class:`~cnnscope.models.LoadedModel` returning ``[B, classes]`` logits (not modified).
-        images: three images (the plane through them), or one image (with ``directions``, or two random ones).
+        model: a model returning ``[B, classes]`` logits (not modified).
+        images: three images (the plane through them), or one image (with ``directions``, or two random ones);
+            anything :meth:`~cnnscope.models.LoadedModel.batch` takes, or ``name -> image``.
         directions: two ``[C, H, W]`` tensors in the model's input space (only with one image).
         resolution: grid points per axis.
         span: range of both coordinates (default ``(-0.5, 1.5)`` for three images, ``(-1, 1)`` otherwise).
         seed: seeds the random directions.
-        batch_size: points per forward.
+        batch_size: points per forward (default by device).
         progress: show a progress bar.
 
     Raises:
         CnnscopeError: not one or three images, directions given with three images, or badly shaped.
     """
-    names, arrays = image_set(images)
+    m = as_model(model)
+    names, items = image_set(images)
     if resolution < 2:
         raise CnnscopeError(f"resolution must be at least 2, got {resolution}")
-    dev = model.device
-    x = model_space(model, pixels([model.fit_image(a) for a in arrays], dev))
-    if len(arrays) == 3 and directions is None:
+    dev = m.device
+    if len(items) not in (1, 3) or (len(items) == 3 and directions is not None):
+        raise CnnscopeError(f"a decision plane needs three images, or one image and two directions; got "
+                            f"{len(items)} image(s)" + (" and directions" if directions is not None else ""))
+    x = m.batch(items)
+    if len(items) == 3:
         origin, u, v = x[0], x[1] - x[0], x[2] - x[0]
         marks = [(names[0], 0.0, 0.0), (names[1], 1.0, 0.0), (names[2], 0.0, 1.0)]
         mode, lo_hi = "images", span or (-0.5, 1.5)
-    elif len(arrays) == 1:
+    else:
         origin = x[0]
         if directions is None:
             gen = torch.Generator(device=dev).manual_seed(int(seed))
-            dirs = [torch.randn(origin.shape, generator=gen, device=dev) for _ in range(2)]
+            dirs = [torch.randn(origin.shape, generator=gen, device=dev, dtype=origin.dtype) for _ in range(2)]
             dirs = [d * (origin.norm() / d.norm()) for d in dirs]
         else:
             if len(directions) != 2 or any(tuple(d.shape) != tuple(origin.shape) for d in directions):
@@ -102,25 +107,20 @@ def decision_plane(model, images: Sequence[ImageLike] | Mapping[str, ImageLike],
         u, v = dirs
         marks = [(names[0], 0.0, 0.0)]
         mode, lo_hi = "directions", span or (-1.0, 1.0)
-    else:
-        raise CnnscopeError(f"a decision plane needs three images, or one image and two directions; got "
-                            f"{len(arrays)} image(s)" + (" and directions" if directions is not None else ""))
-    alphas = torch.linspace(float(lo_hi[0]), float(lo_hi[1]), resolution, device=dev)
+    alphas = torch.linspace(float(lo_hi[0]), float(lo_hi[1]), resolution, device=dev, dtype=origin.dtype)
     betas = alphas.clone()
     n = resolution * resolution
     cls_out, conf_out = [], []
-    bar = progress_bar(n, progress, "decision plane")
     b_all, a_all = torch.meshgrid(betas, alphas, indexing="ij")
     a_all, b_all = a_all.reshape(-1), b_all.reshape(-1)
-    with torch.no_grad(), evaluating(model.module):
-        for sl in chunks(n, batch_size):
-            probs = model.module(plane_points(origin, u, v, a_all[sl], b_all[sl])).float().softmax(1)
+    bs = resolve_batch_size(batch_size, dev)
+    with torch.no_grad(), evaluating(m.module):
+        for sl in track(chunks(n, bs), progress, "decision plane", total=-(-n // bs)):
+            probs = m.module(plane_points(origin, u, v, a_all[sl], b_all[sl])).float().softmax(1)
             best = probs.max(1)
             cls_out.append(best.indices)
             conf_out.append(best.values)
-            bar.update(sl.stop - sl.start)
-    bar.close()
-    classes = torch.cat(cls_out).view(resolution, resolution)
-    labels = {int(c): model.label(int(c)) for c in torch.unique(classes).tolist()}
-    return DecisionPlane(alphas, betas, classes, torch.cat(conf_out).view(resolution, resolution), marks, labels,
-                         mode)
+    classes = torch.cat(cls_out).view(resolution, resolution).cpu()
+    labels = {int(c): m.label(int(c)) for c in torch.unique(classes).tolist()}
+    return DecisionPlane(alphas.float().cpu(), betas.float().cpu(), classes,
+                         torch.cat(conf_out).view(resolution, resolution).cpu(), marks, labels, mode)

@@ -21,11 +21,14 @@ from torch import nn
 
 from ..capture import Capture, evaluating, list_layers, resolve_layers
 from ..errors import CnnscopeError
-from .steps import SUPPORTED, Step, step_for
+from .steps import Step, step_for, supported
 
-HINT = ("the true deconvnet only inverts plain stacks of " + SUPPORTED + "; use the backward-rule deconvnet "
-        "instead, which works on any model (cnnscope.zf.rule_projection, `cnnscope deconv --method rule`, or the "
-        "attribution method 'deconvnet')")
+
+def hint() -> str:
+    """What the true deconvnet inverts, and the way out for other models (ends every :class:`DeconvError`)."""
+    return ("the true deconvnet only inverts plain stacks of " + supported() + "; use the backward-rule deconvnet "
+            "instead, which works on any model (cnnscope.zf.rule_projection, `cnnscope deconv --method rule`, or "
+            "the attribution method 'deconvnet')")
 
 
 class DeconvError(CnnscopeError):
@@ -90,7 +93,7 @@ def _expand(name: str, mod: nn.Module, entered: list[str], table: dict[str, nn.M
     kids = _children_in_order(name, mod, entered)
     if not kids:
         raise DeconvError(f"cannot invert layer {name!r} ({type(mod).__name__}): it is not one of the modules a "
-                          f"deconvnet knows how to reverse; {HINT}")
+                          f"deconvnet knows how to reverse; {hint()}")
     for kid in kids:
         _expand(kid, table[kid], entered, table, steps, containers)
     containers.append((name, len(steps) - 1))
@@ -149,9 +152,9 @@ def _validate(module: nn.Module, chain: Chain, input_size: tuple[int, int], in_c
             if name == chain.layer:
                 raise DeconvError(f"cannot invert the path to {name!r} ({what}): the model computes something "
                                   "on the way that is not a module the deconvnet can see (a residual add, a "
-                                  f"function call or input normalisation inside forward()); {HINT}")
+                                  f"function call or input normalisation inside forward()); {hint()}")
             raise DeconvError(f"cannot invert {name!r} ({what}): its forward() does more than run its "
-                              f"submodules one after another (e.g. a residual add or a squeeze-excite gate); {HINT}")
+                              f"submodules one after another (e.g. a residual add or a squeeze-excite gate); {hint()}")
 
 
 def table_kind(module: nn.Module, name: str) -> str:

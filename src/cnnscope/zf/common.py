@@ -1,41 +1,69 @@
-"""Small helpers shared by the Zeiler & Fergus studies: image sets, class targets, batching, default layers."""
+"""Small helpers shared by the Zeiler & Fergus studies: image sets, class targets, pictures, default layers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..capture import list_layers
 from ..errors import CnnscopeError, ImageError, LayerError
-from ..images import ImageLike, load_image
+from ..images import load_image
+
+#: one image of a set: a picture (``uint8 [H, W, 3]``, loaded) or a model-space ``[C, H, W]`` float tensor
+Item = np.ndarray | torch.Tensor
 
 
-def image_set(images: ImageLike | Sequence[ImageLike] | Mapping[str, ImageLike], what: str = "images"
-              ) -> tuple[list[str], list[np.ndarray]]:
-    """Normalise an image set to ``(names, uint8 arrays)``.
+def image_set(images: object, what: str = "images") -> tuple[list[str], list[Item]]:
+    """An image set as ``(names, items)``: the set form every study of :mod:`cnnscope.zf` accepts.
 
-    Accepts one image, a sequence (paths, PIL images, arrays), a stacked ``[N, H, W, C]`` array or a
-    ``name -> image`` mapping.
+    Accepts anything :meth:`~cnnscope.models.LoadedModel.batch` takes (a model-space float tensor ``[B, C, H, W]``
+    or ``[C, H, W]``, a list of them, pictures: paths, PIL images, ``uint8`` arrays, a stacked ``[N, H, W, 3]``
+    array), and also a ``name -> image`` mapping. Pictures are loaded once at their own size (the studies fit
+    them to the model with ``m.batch``); tensors are split into ``[C, H, W]`` items.
 
     Raises:
         ImageError: the set is empty, or an image cannot be read (the message names it).
     """
-    if isinstance(images, np.ndarray) and images.ndim == 4:
+    if isinstance(images, torch.Tensor) and images.is_floating_point() and images.ndim == 4:
+        images = list(images)
+    elif isinstance(images, np.ndarray) and images.ndim == 4:
         images = list(images)
     if isinstance(images, Mapping):
-        names, items = [str(k) for k in images], list(images.values())
+        names, raw = [str(k) for k in images], list(images.values())
     elif isinstance(images, (list, tuple)):
-        items = list(images)
-        names = [str(it) if isinstance(it, str) or hasattr(it, "__fspath__") else str(k)
-                 for k, it in enumerate(items)]
+        raw = list(images)
+        names = [str(it) if isinstance(it, str) or hasattr(it, "__fspath__") else str(k) for k, it in enumerate(raw)]
     else:
-        items, names = [images], ["0"]
-    if not items:
+        raw, names = [images], ["0"]
+    if not raw:
         raise ImageError(f"the set of {what} is empty; give at least one image")
-    return names, [load_image(it) for it in items]
+    items: list[Item] = []
+    for it in raw:
+        if isinstance(it, torch.Tensor) and it.is_floating_point():
+            items.append(it.detach()[0] if it.ndim == 4 and it.shape[0] == 1 else it.detach())
+        else:
+            items.append(load_image(it))  # type: ignore[arg-type]
+    return names, items
+
+
+def item_size(item: Item) -> tuple[int, int]:
+    """``(H, W)`` of a picture or of a model-space tensor."""
+    return tuple(item.shape[-2:]) if isinstance(item, torch.Tensor) else tuple(item.shape[:2])  # type: ignore[return-value]
+
+
+def pictures(model, x: torch.Tensor) -> np.ndarray:
+    """A model-space batch as the model saw it: ``uint8 [B, H, W, 3]`` (grey for one-channel models)."""
+    out = model.deprocess(x)
+    return out[None] if out.ndim == 3 else out
+
+
+def grey(model, fill: float) -> torch.Tensor:
+    """The grey level ``fill`` (in [0, 1] picture units) in the model's input space, ``[1, C, 1, 1]``."""
+    if not 0.0 <= float(fill) <= 1.0:
+        raise CnnscopeError(f"fill is a grey level in [0, 1], got {fill}")
+    return model.to_input(torch.full((1, 3, 1, 1), float(fill), device=model.device)).to(model.dtype)
 
 
 def crop_box(image, box: tuple[int, int, int, int]):
@@ -44,19 +72,6 @@ def crop_box(image, box: tuple[int, int, int, int]):
     if isinstance(image, np.ndarray):
         return image[top:bottom, left:right]
     return image[..., top:bottom, left:right]
-
-
-def chunks(n: int, size: int) -> Iterator[slice]:
-    """Consecutive slices of ``range(n)`` of at most ``size`` items."""
-    if size < 1:
-        raise CnnscopeError(f"batch size must be at least 1, got {size}")
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
-
-
-def progress_bar(total: int, enabled: bool, desc: str):
-    """A tqdm bar (disabled unless ``enabled``)."""
-    return tqdm(total=total, disable=not enabled, desc=desc, leave=False)
 
 
 def class_index(model, target: int | str | None, fallback: int) -> int:
@@ -76,13 +91,18 @@ def check_class(index: int, n_classes: int) -> int:
     return index
 
 
-def default_layers(module: torch.nn.Module, input_size: tuple[int, int], in_channels: int = 3) -> list[str]:
+def _leaves(model) -> list:
+    infos = list_layers(model.module, model.input_size, in_channels=len(model.mean))
+    return [i for i in infos if i.leaf and i.calls > 0]
+
+
+def default_layers(model) -> list[str]:
     """``[first conv layer's activation, deep feature layer]``: the pair the invariance figure compares.
 
     The first is the first activation module after the first convolution (its output is "layer 1"); the
     second is the leaf that feeds the last module (the penultimate features, "layer 7" in the paper).
     """
-    infos = [i for i in list_layers(module, input_size, in_channels=in_channels) if i.leaf and i.calls > 0]
+    infos = _leaves(model)
     if len(infos) < 2:
         raise LayerError("the model has fewer than two leaf modules; pass layer names explicitly")
     first = None
@@ -98,29 +118,11 @@ def default_layers(module: torch.nn.Module, input_size: tuple[int, int], in_chan
     return [first or infos[0].name, deep]
 
 
-def deep_layers(module: torch.nn.Module, input_size: tuple[int, int], in_channels: int = 3) -> list[str]:
+def deep_layers(model) -> list[str]:
     """``[last layer with a spatial map, penultimate features]``: the paper's "layer 5" and "layer 7" pair."""
-    infos = [i for i in list_layers(module, input_size, in_channels=in_channels) if i.leaf and i.calls > 0]
+    infos = _leaves(model)
     spatial = [i.name for i in infos[:-1] if i.spatial is not None and i.spatial[0] * i.spatial[1] > 1]
     if len(infos) < 2 or not spatial:
         raise LayerError("cannot pick default layers for this model; pass layer names explicitly")
     out = [spatial[-1], infos[-2].name]
     return list(dict.fromkeys(out))
-
-
-def pixels(arrays: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
-    """Stack ``uint8 [H, W, 3]`` arrays into a float ``[B, 3, H, W]`` tensor in [0, 1] on ``device``."""
-    x = torch.from_numpy(np.stack(arrays)).to(device)
-    return x.permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def model_space(model, x01: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] ``[B, 3, H, W]`` -> the model's input (luma first for one-channel models).
-
-    Shape:
-        - x01: ``[B, 3, H, W]``; Output: ``[B, C, H, W]`` with ``C = len(model.mean)``.
-    """
-    if len(model.mean) == 1:
-        luma = torch.tensor([0.299, 0.587, 0.114], device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
-        x01 = (x01 * luma).sum(1, keepdim=True)
-    return model.normalize(x01)

@@ -13,22 +13,24 @@ mean and standard deviation over the unordered image pairs (the numbers of the p
 (``total``). The baseline masks a box of the same size at a random place in each image, repeated
 ``n_random`` times with a seeded generator.
 
-Boxes are ``(top, left, bottom, right)`` in pixels of each image as given (half-open); the image is masked with
-a grey box and only then fitted to the model's input size.
+Boxes are ``(top, left, bottom, right)`` in pixels of each image as given (half-open): a picture is masked with
+a grey box and only then fitted to the model's input size; a model-space tensor is masked with the same grey in
+the model's input space.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..batching import chunks, resolve_batch_size, track
 from ..capture import Capture, evaluating
 from ..errors import CnnscopeError, ImageError
-from ..images import ImageLike
-from .common import chunks, deep_layers, image_set, model_space, pixels, progress_bar
+from ..models import ModelLike, as_model
+from .common import Item, deep_layers, grey, image_set, item_size
 
 Box = tuple[int, int, int, int]
 
@@ -56,6 +58,7 @@ class Correspondence:
         part: ``layer -> DeltaStats`` for the part masks.
         random: ``layer -> DeltaStats`` for the random masks (pooled over the repeats).
         random_boxes: ``[repeat][image]`` boxes of the baseline.
+        pre_activation: whether the inputs of the layers were compared.
     """
 
     layers: list[str]
@@ -64,20 +67,22 @@ class Correspondence:
     part: dict[str, DeltaStats]
     random: dict[str, DeltaStats]
     random_boxes: list[list[Box]]
+    pre_activation: bool = False
 
     def to_dict(self) -> dict:
         return {"layers": self.layers, "names": self.names, "boxes": [list(b) for b in self.boxes],
                 "part": {k: v.to_dict() for k, v in self.part.items()},
                 "random": {k: v.to_dict() for k, v in self.random.items()},
-                "random_boxes": [[list(b) for b in rep] for rep in self.random_boxes]}
+                "random_boxes": [[list(b) for b in rep] for rep in self.random_boxes],
+                "pre_activation": self.pre_activation}
 
 
-def check_box(box: Sequence[int], shape: tuple[int, ...], where: str) -> Box:
-    """Validate a ``(top, left, bottom, right)`` box against an image of ``shape`` ``[H, W, ...]``."""
+def check_box(box: Sequence[int], size: tuple[int, int], where: str) -> Box:
+    """Validate a ``(top, left, bottom, right)`` box against an image of ``size`` ``(H, W)``."""
     if len(box) != 4:
         raise CnnscopeError(f"{where}: a box is (top, left, bottom, right), got {tuple(box)}")
     top, left, bottom, right = (int(v) for v in box)
-    h, w = shape[:2]
+    h, w = size
     if not (0 <= top < bottom <= h and 0 <= left < right <= w):
         raise CnnscopeError(f"{where}: box (top={top}, left={left}, bottom={bottom}, right={right}) is empty or "
                             f"lies outside the {h}x{w} image")
@@ -89,6 +94,16 @@ def mask(image: np.ndarray, box: Box, fill: float = 0.5) -> np.ndarray:
     out = image.copy()
     top, left, bottom, right = box
     out[top:bottom, left:right] = int(round(float(fill) * 255))
+    return out
+
+
+def _masked(item: Item, box: Box, fill: float, fill_value: torch.Tensor) -> Item:
+    """``item`` with ``box`` grey: a picture in picture units, a model-space tensor with ``fill_value``."""
+    if isinstance(item, np.ndarray):
+        return mask(item, box, fill)
+    top, left, bottom, right = box
+    out = item.clone()
+    out[:, top:bottom, left:right] = fill_value[0].to(out.device, out.dtype)
     return out
 
 
@@ -111,67 +126,77 @@ def sign_consistency(*eps_sets: torch.Tensor) -> DeltaStats:
     return DeltaStats(float(v.mean()), float(v.std(unbiased=False)), float(2 * v.sum()) / len(eps_sets), len(v))
 
 
-def _features(model, cap: Capture, layers: list[str], arrays: list[np.ndarray], batch_size: int
+def _features(model, cap: Capture, layers: list[str], items: list[Item], batch_size: int
               ) -> dict[str, torch.Tensor]:
     feats: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    for sl in chunks(len(arrays), batch_size):
-        cap.run(model_space(model, pixels([model.fit_image(a) for a in arrays[sl]], model.device)))
+    for sl in chunks(len(items), batch_size):
+        cap.run(model.batch(items[sl]))
         for n in layers:
             feats[n].append(cap[n].flatten(1).float())
     return {n: torch.cat(v) for n, v in feats.items()}
 
 
-def correspondence(model, images: Sequence[ImageLike] | Mapping[str, ImageLike], boxes: Sequence[Sequence[int]],
+def correspondence(model: ModelLike, images: object, boxes: Sequence[Sequence[int]], *,
                    layers: Sequence[str] | None = None, n_random: int = 5, seed: int = 0, fill: float = 0.5,
-                   batch_size: int = 16, progress: bool = False) -> Correspondence:
+                   pre_activation: bool = False, batch_size: int | None = None, progress: bool = False
+                   ) -> Correspondence:
     """Measure how consistently masking the same part changes the features of several images.
 
     Args:
-        model: a :class:`~cnnscope.models.LoadedModel` (not modified).
-        images: at least two images showing the same kind of object.
+        model: any image model (not modified).
+        images: at least two images showing the same kind of object (anything
+            :meth:`~cnnscope.models.LoadedModel.batch` takes, or ``name -> image``).
         boxes: one ``(top, left, bottom, right)`` box per image, in that image's pixels, around the same part.
         layers: layers to compare (default: the last layer with a spatial map and the penultimate features,
             the paper's layers 5 and 7).
         n_random: repeats of the random-mask baseline (0 to skip it).
         seed: seed of the generator that places the random masks.
-        fill: grey level of the masks in [0, 1].
-        batch_size: images per forward.
+        fill: grey level of the masks in [0, 1] picture units.
+        pre_activation: compare the inputs of ``layers`` (activation modules; name them, the defaults are not).
+        batch_size: images per forward (default by device).
         progress: show a progress bar.
 
     Raises:
         ImageError: fewer than two images; CnnscopeError: a box count that does not match or a box outside its
             image.
     """
-    names, arrays = image_set(images)
-    if len(arrays) < 2:
+    m = as_model(model)
+    fill_value = grey(m, fill)
+    names, items = image_set(images)
+    if len(items) < 2:
         raise ImageError("the correspondence analysis compares images pairwise; give at least two images")
-    if len(boxes) != len(arrays):
-        raise CnnscopeError(f"{len(boxes)} boxes for {len(arrays)} images; give one box per image")
-    checked = [check_box(b, a.shape, f"image {names[i]!r}") for i, (b, a) in enumerate(zip(boxes, arrays))]
-    module = model.module
-    chosen = list(layers) if layers else deep_layers(module, model.input_size, len(model.mean))
+    if len(boxes) != len(items):
+        raise CnnscopeError(f"{len(boxes)} boxes for {len(items)} images; give one box per image")
+    sizes = [item_size(it) for it in items]
+    checked = [check_box(b, sz, f"image {names[i]!r}") for i, (b, sz) in enumerate(zip(boxes, sizes))]
+    module = m.module
+    chosen = list(layers) if layers else deep_layers(m)
     gen = torch.Generator().manual_seed(int(seed))  # box placement only; the model's device is not involved
     random_boxes = []
     for _ in range(max(0, int(n_random))):
         rep = []
-        for (top, left, bottom, right), a in zip(checked, arrays):
+        for (top, left, bottom, right), (h, w) in zip(checked, sizes):
             bh, bw = bottom - top, right - left
-            top = int(torch.randint(0, a.shape[0] - bh + 1, (1,), generator=gen))
-            left = int(torch.randint(0, a.shape[1] - bw + 1, (1,), generator=gen))
+            top = int(torch.randint(0, h - bh + 1, (1,), generator=gen))
+            left = int(torch.randint(0, w - bw + 1, (1,), generator=gen))
             rep.append((top, left, top + bh, left + bw))
         random_boxes.append(rep)
-    bar = progress_bar(1 + len(random_boxes), progress, "correspondence")
-    with torch.no_grad(), evaluating(module), Capture(module, chosen, stop_early=True) as cap:
-        orig = _features(model, cap, chosen, arrays, batch_size)
-        masked = _features(model, cap, chosen, [mask(a, b, fill) for a, b in zip(arrays, checked)], batch_size)
-        part = {n: sign_consistency(orig[n] - masked[n]) for n in chosen}
-        bar.update(1)
-        rand_eps: dict[str, list[torch.Tensor]] = {n: [] for n in chosen}
-        for rep in random_boxes:
-            feats = _features(model, cap, chosen, [mask(a, b, fill) for a, b in zip(arrays, rep)], batch_size)
+    bs = resolve_batch_size(batch_size, m.device)
+
+    def masked(rep: list[Box]) -> list[Item]:
+        return [_masked(it, b, fill, fill_value) for it, b in zip(items, rep)]
+
+    rand_eps: dict[str, list[torch.Tensor]] = {n: [] for n in chosen}
+    with torch.no_grad(), evaluating(module), \
+            Capture(module, chosen, stop_early=True, pre_activation=pre_activation) as cap:
+        orig = _features(m, cap, chosen, items, bs)
+        part: dict[str, DeltaStats] = {}
+        for k in track(range(1 + len(random_boxes)), progress, "correspondence"):
+            feats = _features(m, cap, chosen, masked(checked if k == 0 else random_boxes[k - 1]), bs)
             for n in chosen:
-                rand_eps[n].append(orig[n] - feats[n])
-            bar.update(1)
-    bar.close()
+                if k == 0:
+                    part[n] = sign_consistency(orig[n] - feats[n])
+                else:
+                    rand_eps[n].append(orig[n] - feats[n])
     random = {n: sign_consistency(*v) for n, v in rand_eps.items()} if random_boxes else {}
-    return Correspondence(chosen, names, checked, part, random, random_boxes)
+    return Correspondence(chosen, names, checked, part, random, random_boxes, bool(pre_activation))

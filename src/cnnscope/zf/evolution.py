@@ -5,23 +5,23 @@ projected to pixels with the true deconvnet; laid out as channels x checkpoints 
 features settle within a few epochs while upper layers keep changing.
 
 Example:
-    >>> ev = evolution(["run/epoch_001.pt", "run/epoch_005.pt"], images, "features.6", channels=[0, 1, 2])
+    >>> ev = evolution(["run/epoch_001.pt", "run/epoch_005.pt"], images, "features.6", channels="0-2")
     >>> ev.entries[1][2].values    # checkpoint 1, channel 2: the projection over its receptive field
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..batching import track
 from ..errors import CnnscopeError
-from ..images import ImageLike
-from ..models import LoadedModel
-from .common import crop_box, image_set, progress_bar
+from ..models import LoadedModel, as_model
+from .common import crop_box, image_set
 from .projections import TopEntry, top_projections
 from .train import load_checkpoint
 
@@ -36,7 +36,7 @@ class Evolution:
         epochs: the epoch of each checkpoint (``None`` when a model does not say).
         sources: where each checkpoint came from.
         entries: ``[checkpoint][channel]`` :class:`~cnnscope.zf.projections.TopEntry`.
-        images: the images as the models saw them.
+        images: the images as the models saw them, ``uint8 [N, H, W, 3]``.
     """
 
     layer: str
@@ -44,7 +44,7 @@ class Evolution:
     epochs: list[int | None]
     sources: list[str]
     entries: list[list[TopEntry]]
-    images: list[np.ndarray] = field(repr=False)
+    images: np.ndarray = field(repr=False)
 
     def crop(self, entry: TopEntry) -> np.ndarray:
         """The image patch under the entry's receptive field, ``uint8``."""
@@ -55,17 +55,26 @@ class Evolution:
                 "entries": [[e.to_dict() for e in row] for row in self.entries]}
 
 
-def evolution(checkpoints: Sequence[str | Path | LoadedModel], images: Sequence[ImageLike] | Mapping[str, ImageLike],
-              layer: str, channels: Sequence[int], batch_size: int = 32, device: str | torch.device = "cpu",
-              progress: bool = False) -> Evolution:
+def evolution(checkpoints: Sequence[str | Path | LoadedModel | torch.nn.Module], images: object, layer: str, *,
+              channels: str | int | Sequence[int] | None = None, pre_activation: bool = False,
+              batch_size: int | None = None, device: str | torch.device = "cpu", progress: bool = False
+              ) -> Evolution:
     """Project each channel's strongest activation at every checkpoint.
 
+    The first argument is a list of models, not one model: the analysis compares the same architecture at
+    several points of a training run, so it is the one function of :mod:`cnnscope.zf` that does not take
+    ``model`` first. ``device`` is where checkpoint *files* are loaded (models given as objects stay where they
+    are), as for every function that creates a model.
+
     Args:
-        checkpoints: ``cnnscope train`` checkpoint files (or loaded models), in training order.
-        images: the image set searched for the strongest activation (e.g. the run's test images).
+        checkpoints: ``cnnscope train`` checkpoint files or models (``LoadedModel`` or ``nn.Module``), in training
+            order.
+        images: the image set searched for the strongest activation (e.g. the run's test images), as for
+            :func:`~cnnscope.zf.top_projections`.
         layer: a layer of the models' feature stack.
-        channels: the channels to follow.
-        batch_size: images per forward.
+        channels: the channels to follow (``None`` = all, an int, a list or ``"0,4,8-11"``).
+        pre_activation: follow the input of ``layer`` (a ReLU/ReLU6 module).
+        batch_size: images per forward (default by device).
         device: where to load checkpoint files.
         progress: show a progress bar over the checkpoints.
 
@@ -74,19 +83,18 @@ def evolution(checkpoints: Sequence[str | Path | LoadedModel], images: Sequence[
     """
     if not checkpoints:
         raise CnnscopeError("no checkpoints given; train with `cnnscope train --checkpoints 1,2,5` first")
-    _, arrays = image_set(images)
+    _, items = image_set(images)  # loaded once for every checkpoint
     rows: list[list[TopEntry]] = []
     epochs: list[int | None] = []
     sources: list[str] = []
-    fitted: list[np.ndarray] = []
-    bar = progress_bar(len(checkpoints), progress, "evolution")
-    for ck in checkpoints:
-        model = ck if isinstance(ck, LoadedModel) else load_checkpoint(ck, device)
-        tp = top_projections(model, arrays, layer, list(channels), k=1, batch_size=batch_size)
+    seen = None
+    for ck in track(checkpoints, progress, "evolution"):
+        is_file = isinstance(ck, (str, Path))
+        m = load_checkpoint(ck, device=device) if is_file else as_model(ck)
+        tp = top_projections(m, items, layer, channels=channels, k=1, pre_activation=pre_activation,
+                             batch_size=batch_size)
         rows.append([tp.entries[c][0] for c in tp.channels])
-        epochs.append(model.extra.get("epoch"))
-        sources.append(str(ck) if not isinstance(ck, LoadedModel) else model.name)
-        fitted = tp.images
-        bar.update(1)
-    bar.close()
-    return Evolution(layer, list(dict.fromkeys(int(c) for c in channels)), epochs, sources, rows, fitted)
+        epochs.append(m.extra.get("epoch"))
+        sources.append(str(ck) if is_file else m.name)
+        seen = tp
+    return Evolution(layer, list(seen.channels), epochs, sources, rows, seen.images)  # type: ignore[union-attr]

@@ -3,10 +3,10 @@ frequency diagnosis of first-layer filters (Zeiler & Fergus 2013, Sec. 4.1, Fig.
 filters mix extremely high and low frequencies with little mid-frequency coverage, and some are dead).
 
 Example:
-    >>> w = conv_weights(model.module)              # first conv layer, [out, in, kh, kw]
+    >>> w = conv_weights(model)                      # first conv layer, [out, in, kh, kw]
     >>> tiles = filter_images(w)                     # uint8 [out, kh, kw, 3], one picture per filter
     >>> spec = filter_spectrum(w)                    # band energy fractions per filter
-    >>> maps = feature_maps(model.module, x, "features.3")   # [C, h, w]
+    >>> maps = feature_maps(model, "cat.jpg", "features.3")   # [1, C, h, w]
 """
 
 from __future__ import annotations
@@ -17,25 +17,30 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..capture import capture, evaluating, resolve_layers
+from ..batching import chunks, resolve_batch_size
+from ..capture import Capture, resolve_layers
 from ..errors import LayerError, unknown
+from ..models import ModelLike, as_model
 
 #: radial frequency bands as fractions of the Nyquist frequency (0.5 cycles/pixel): [low, mid, high)
 BANDS = {"low": (0.0, 1 / 3), "mid": (1 / 3, 2 / 3), "high": (2 / 3, float("inf"))}
 
 
-def conv_layers(module: nn.Module) -> list[str]:
+def conv_layers(model: ModelLike) -> list[str]:
     """Dotted names of every ``nn.Conv2d`` in the model, in registration order."""
-    return [n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+    m = as_model(model)
+    return [n for n, mod in m.module.named_modules() if isinstance(mod, nn.Conv2d)]
 
 
-def conv_weights(module: nn.Module, layer: str | None = None) -> torch.Tensor:
-    """The kernels of a convolution layer (default: the first one), detached.
+def conv_weights(model: ModelLike, layer: str | None = None) -> torch.Tensor:
+    """The kernels of a convolution layer (default: the first one), detached, on the model's device.
 
     Shape:
         - Output: ``[out_channels, in_channels / groups, kh, kw]``.
     """
-    names = conv_layers(module)
+    m = as_model(model)
+    module = m.module
+    names = conv_layers(m)
     if not names:
         raise LayerError(f"{type(module).__name__} has no Conv2d layer")
     name = names[0] if layer is None else layer
@@ -45,7 +50,7 @@ def conv_weights(module: nn.Module, layer: str | None = None) -> torch.Tensor:
     return mod.weight.detach()
 
 
-def filter_images(weights: torch.Tensor, per_filter: bool = True) -> np.ndarray:
+def filter_images(weights: torch.Tensor, *, per_filter: bool = True) -> np.ndarray:
     """First-layer filters as pictures: each filter's values scaled to [0, 255] (3 input channels in colour,
     one channel in grey).
 
@@ -68,19 +73,31 @@ def filter_images(weights: torch.Tensor, per_filter: bool = True) -> np.ndarray:
     return (v.permute(0, 2, 3, 1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
 
 
-def feature_maps(module: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
-    """One image's activations at ``layer`` (eval mode, restored afterwards).
+def feature_maps(model: ModelLike, images: object, layer: str, *, pre_activation: bool = False,
+                 batch_size: int | None = None) -> torch.Tensor:
+    """The activations of ``layer`` for every image (eval mode, restored afterwards), on the model's device.
+
+    Args:
+        model: any image model (not modified).
+        images: anything :meth:`~cnnscope.models.LoadedModel.batch` takes.
+        layer: dotted name of a layer with a spatial output.
+        pre_activation: the input of ``layer`` (an activation module) instead of its output.
+        batch_size: images per forward (default by device).
 
     Shape:
-        - x: ``[1, C, H, W]``; Output: ``[C', h, w]``.
+        - Output: ``[B, C', h, w]``.
     """
-    if x.ndim != 4 or x.shape[0] != 1:
-        raise LayerError(f"feature_maps() takes one image [1, C, H, W], got {tuple(x.shape)}")
-    with torch.no_grad(), evaluating(module):
-        acts = capture(module, x, layer)[layer]
-    if acts.ndim != 4:
-        raise LayerError(f"layer {layer!r} has no spatial output (shape {tuple(acts.shape[1:])})")
-    return acts[0]
+    m = as_model(model)
+    x = m.batch(images)
+    out = []
+    with torch.no_grad(), Capture(m.module, layer, pre_activation=pre_activation) as cap:
+        for sl in chunks(len(x), resolve_batch_size(batch_size, m.device)):
+            cap.run(x[sl])
+            acts = cap[layer]
+            if acts.ndim != 4:
+                raise LayerError(f"layer {layer!r} has no spatial output (shape {tuple(acts.shape[1:])})")
+            out.append(acts)
+    return torch.cat(out)
 
 
 @dataclass
@@ -108,7 +125,7 @@ class FilterSpectrum:
                 "mean_bands": self.bands.mean(0).tolist()}
 
 
-def filter_spectrum(weights: torch.Tensor, size: int = 32, nbins: int = 12) -> FilterSpectrum:
+def filter_spectrum(weights: torch.Tensor, *, size: int = 32, nbins: int = 12) -> FilterSpectrum:
     """Power spectra of filters, their radial profile and low/mid/high band shares.
 
     Each ``kh x kw`` kernel is zero-padded to ``size x size`` and Fourier transformed; the power of all input

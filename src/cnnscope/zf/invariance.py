@@ -4,8 +4,10 @@ Each image is vertically translated, scaled or rotated by a sweep of amounts; fo
 distance between the feature vectors of the original and the transformed image is measured at a few layers
 (the paper uses layer 1 and layer 7), together with the probability of the image's true class.
 
-Transforms are a registry (:data:`TRANSFORMS`); each maps images in [0, 1] ``[B, 3, H, W]`` to the same shape,
-is exactly the identity at its neutral amount, and fills uncovered pixels by repeating the border.
+Transforms are a registry (:data:`TRANSFORMS`); each maps a batch ``[B, C, H, W]`` to the same shape, is exactly
+the identity at its neutral amount, and fills uncovered pixels by repeating the border. Every output pixel is a
+convex combination of input pixels, so a transform commutes with the model's per-channel normalisation: it is
+applied to the model-space batch. A new transform is one function decorated with :func:`register_transform`.
 
 Example:
     >>> s = invariance_study(model, images, "rotate", amounts=[0, 45, 90, 180])
@@ -15,18 +17,51 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ..batching import chunks, resolve_batch_size, track
 from ..capture import Capture, evaluating
-from ..errors import CnnscopeError, MethodError, unknown
-from ..images import ImageLike
-from .common import check_class, chunks, class_index, default_layers, image_set, model_space, pixels, progress_bar
+from ..errors import CnnscopeError
+from ..models import ModelLike, as_model
+from ..registry import Registry
+from .common import check_class, class_index, default_layers, image_set
 
 
+@dataclass(frozen=True)
+class Transform:
+    """A registered transform: the function, its neutral amount, the unit and the paper-like default sweep."""
+
+    name: str
+    fn: Callable[[torch.Tensor, float], torch.Tensor]
+    identity: float
+    unit: str
+    amounts: tuple[float, ...]
+
+
+#: name -> :class:`Transform`, filled by :func:`register_transform`
+TRANSFORMS: Registry[Transform] = Registry("transform")
+
+
+def register_transform(*, identity: float, unit: str, amounts: Sequence[float]):
+    """Decorator: register ``fn(x, amount)`` under its function name as a :class:`Transform`.
+
+    Raises:
+        RegistryError: the name is taken.
+    """
+
+    def deco(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> Callable[[torch.Tensor, float], torch.Tensor]:
+        TRANSFORMS.register(fn.__name__)(Transform(fn.__name__, fn, float(identity), unit,
+                                                   tuple(float(a) for a in amounts)))
+        return fn
+
+    return deco
+
+
+@register_transform(identity=0.0, unit="pixels (vertical)", amounts=(-60, -45, -30, -20, -10, 0, 10, 20, 30, 45, 60))
 def translate(x: torch.Tensor, amount: float) -> torch.Tensor:
     """Shift images down by ``round(amount)`` pixels (up when negative); exposed rows repeat the edge row.
 
@@ -53,6 +88,7 @@ def _affine(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+@register_transform(identity=1.0, unit="scale factor", amounts=(0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.6, 1.8))
 def scale(x: torch.Tensor, amount: float) -> torch.Tensor:
     """Zoom about the centre by the factor ``amount`` (``> 1`` enlarges); bilinear, border repeated.
 
@@ -66,6 +102,7 @@ def scale(x: torch.Tensor, amount: float) -> torch.Tensor:
     return _affine(x, torch.eye(2, dtype=torch.float64) / float(amount))
 
 
+@register_transform(identity=0.0, unit="degrees", amounts=range(0, 361, 30))
 def rotate(x: torch.Tensor, amount: float) -> torch.Tensor:
     """Rotate about the centre by ``amount`` degrees (counter-clockwise on screen); bilinear, border repeated.
 
@@ -80,31 +117,6 @@ def rotate(x: torch.Tensor, amount: float) -> torch.Tensor:
     return _affine(x, torch.tensor([[c, -s], [s, c]], dtype=torch.float64))
 
 
-@dataclass(frozen=True)
-class Transform:
-    """A registered transform: the function, its neutral amount, the unit and the paper-like default sweep."""
-
-    name: str
-    fn: Callable[[torch.Tensor, float], torch.Tensor]
-    identity: float
-    unit: str
-    amounts: tuple[float, ...]
-
-
-TRANSFORMS: dict[str, Transform] = {
-    "translate": Transform("translate", translate, 0.0, "pixels (vertical)",
-                           (-60, -45, -30, -20, -10, 0, 10, 20, 30, 45, 60)),
-    "scale": Transform("scale", scale, 1.0, "scale factor", (0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.6, 1.8)),
-    "rotate": Transform("rotate", rotate, 0.0, "degrees", tuple(range(0, 361, 30))),
-}
-
-
-def get_transform(name: str) -> Transform:
-    if name not in TRANSFORMS:
-        raise MethodError(unknown("transform", name, TRANSFORMS))
-    return TRANSFORMS[name]
-
-
 @dataclass
 class InvarianceStudy:
     """Distances and probabilities per image and transform amount.
@@ -114,7 +126,8 @@ class InvarianceStudy:
         amounts: the transform amounts.
         layers: the layers whose feature vectors are compared.
         names: image names.
-        distances: ``[images, layers, amounts]`` Euclidean distance ``||f(x) - f(T_a x)||``.
+        distances: ``[images, layers, amounts]`` Euclidean distance ``||f(x) - f(T_a x)||`` (the sweep's
+            numbers are on the CPU).
         norms: ``[images, layers]`` ``||f(x)||`` (divide by it for a relative change).
         probabilities: ``[images, amounts]`` probability of each image's true class.
         targets, labels: the true class of each image and its name.
@@ -130,60 +143,63 @@ class InvarianceStudy:
     probabilities: torch.Tensor
     targets: list[int]
     labels: list[str]
+    pre_activation: bool = False
 
     def to_dict(self) -> dict:
         return {"transform": self.transform, "unit": self.unit, "amounts": self.amounts, "layers": self.layers,
                 "names": self.names, "distances": self.distances.tolist(), "norms": self.norms.tolist(),
-                "probabilities": self.probabilities.tolist(), "targets": self.targets, "labels": self.labels}
+                "probabilities": self.probabilities.tolist(), "targets": self.targets, "labels": self.labels,
+                "pre_activation": self.pre_activation}
 
 
-def invariance_study(model, images: Sequence[ImageLike] | Mapping[str, ImageLike], transform: str = "translate",
+def invariance_study(model: ModelLike, images: object, transform: str = "translate", *,
                      amounts: Sequence[float] | None = None, layers: Sequence[str] | None = None,
-                     targets: Sequence[int | str] | int | str | None = None, batch_size: int = 16,
-                     progress: bool = False) -> InvarianceStudy:
+                     targets: Sequence[int | str] | int | str | None = None, pre_activation: bool = False,
+                     batch_size: int | None = None, progress: bool = False) -> InvarianceStudy:
     """Sweep one transform over several images (the paper's Fig. 5 for one column).
 
     Args:
-        model: a :class:`~cnnscope.models.LoadedModel` returning ``[B, classes]`` logits (not modified).
-        images: the image set.
-        transform: a name from :data:`TRANSFORMS` (``translate``, ``scale``, ``rotate``).
+        model: a model returning ``[B, classes]`` logits (not modified).
+        images: the image set: anything :meth:`~cnnscope.models.LoadedModel.batch` takes, or ``name -> image``.
+        transform: a name from :data:`TRANSFORMS` (``translate``, ``scale``, ``rotate``, ...).
         amounts: the sweep (default: the transform's paper-like range).
         layers: layers to compare (default: the first conv layer's activation and the penultimate features).
         targets: the true class per image (or one for all); default each image's top-1 on the original.
-        batch_size: transformed images per forward.
+        pre_activation: compare the inputs of ``layers`` (activation modules; name them, the defaults are not).
+        batch_size: transformed images per forward (default by device).
         progress: show a progress bar.
     """
-    spec = get_transform(transform)
+    m = as_model(model)
+    spec = TRANSFORMS.get(transform)
     sweep = [float(a) for a in (amounts if amounts is not None else spec.amounts)]
     if not sweep:
         raise CnnscopeError("no transform amounts given")
-    names, arrays = image_set(images)
-    fitted = [model.fit_image(a) for a in arrays]
-    module, dev = model.module, model.device
-    chosen = list(layers) if layers else default_layers(module, model.input_size, len(model.mean))
-    tgts = targets if isinstance(targets, (list, tuple)) else [targets] * len(fitted)
-    if len(tgts) != len(fitted):
-        raise CnnscopeError(f"{len(tgts)} targets for {len(fitted)} images")
-    dist = torch.zeros(len(fitted), len(chosen), len(sweep), device=dev)
-    norms = torch.zeros(len(fitted), len(chosen), device=dev)
-    probs = torch.zeros(len(fitted), len(sweep), device=dev)
+    names, items = image_set(images)
+    module = m.module
+    chosen = list(layers) if layers else default_layers(m)
+    tgts = targets if isinstance(targets, (list, tuple)) else [targets] * len(items)
+    if len(tgts) != len(items):
+        raise CnnscopeError(f"{len(tgts)} targets for {len(items)} images")
+    dist = torch.zeros(len(items), len(chosen), len(sweep))
+    norms = torch.zeros(len(items), len(chosen))
+    probs = torch.zeros(len(items), len(sweep))
     classes: list[int] = []
-    bar = progress_bar(len(fitted) * len(sweep), progress, f"invariance {transform}")
-    with torch.no_grad(), evaluating(module), Capture(module, chosen, stop_early=False) as cap:
-        for i, arr in enumerate(fitted):
-            x01 = pixels([arr], dev)
-            logits = cap.run(model_space(model, x01)).float()
-            ref = [cap[n].flatten(1).float() for n in chosen]
-            tgt = check_class(class_index(model, tgts[i], int(logits.argmax())), logits.shape[1])
-            classes.append(tgt)
-            norms[i] = torch.stack([r.norm() for r in ref])
-            for sl in chunks(len(sweep), batch_size):
-                batch = torch.cat([spec.fn(x01, a) for a in sweep[sl]])
-                out = cap.run(model_space(model, batch)).float().softmax(1)
-                probs[i, sl] = out[:, tgt]
-                for j, n in enumerate(chosen):
-                    dist[i, j, sl] = (cap[n].flatten(1).float() - ref[j]).norm(dim=1)
-                bar.update(sl.stop - sl.start)
-    bar.close()
+    bs = resolve_batch_size(batch_size, m.device)
+    steps = [(i, sl) for i in range(len(items)) for sl in chunks(len(sweep), bs)]
+    with torch.no_grad(), evaluating(module), \
+            Capture(module, chosen, stop_early=False, pre_activation=pre_activation) as cap:
+        ref: list[torch.Tensor] = []
+        for i, sl in track(steps, progress, f"invariance {transform}"):
+            if sl.start == 0:
+                x = m.batch(items[i])
+                logits = cap.run(x).float()
+                ref = [cap[n].flatten(1).float() for n in chosen]
+                tgt = check_class(class_index(m, tgts[i], int(logits.argmax())), logits.shape[1])
+                classes.append(tgt)
+                norms[i] = torch.stack([r.norm() for r in ref]).cpu()
+            out = cap.run(torch.cat([spec.fn(x, a) for a in sweep[sl]])).float().softmax(1)
+            probs[i, sl] = out[:, classes[i]].cpu()
+            for j, n in enumerate(chosen):
+                dist[i, j, sl] = (cap[n].flatten(1).float() - ref[j]).norm(dim=1).cpu()
     return InvarianceStudy(transform, spec.unit, sweep, chosen, names, dist, norms, probs, classes,
-                           [model.label(c) for c in classes])
+                           [m.label(c) for c in classes], bool(pre_activation))

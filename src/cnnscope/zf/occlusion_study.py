@@ -10,6 +10,9 @@ four maps are recorded, as in the paper's panels:
 * (d) the probability of the correct class;
 * (e) the most probable class.
 
+The study is about one image (its maps are over that image's square positions): ``images`` must hold exactly
+one; run it once per image for several.
+
 Example:
     >>> s = occlusion_study(model, "chelsea.png", "blocks.5", size=48, stride=16)
     >>> s.probability.shape, s.label, s.channel    # [rows, cols] of square positions
@@ -22,11 +25,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..batching import chunks, resolve_batch_size, track
 from ..capture import Capture, evaluating, resolve_layers
-from ..errors import CnnscopeError, LayerError
-from ..images import ImageLike, load_image
+from ..errors import CnnscopeError, ImageError, LayerError
+from ..models import ModelLike, as_model
 from .chain import DeconvError
-from .common import check_class, chunks, class_index, model_space, pixels, progress_bar
+from .common import check_class, class_index, grey, pictures
 from .deconvnet import Projection, project, rule_projection
 
 
@@ -40,10 +44,12 @@ class OcclusionStudy:
         target, label: the correct class of panel (d).
         size, fill: side of the square in pixels and its grey level in [0, 1].
         tops, lefts: top-left corners of the square positions.
-        activation: (b) total activation of ``channel`` per position, ``[rows, cols]``.
+        activation: (b) total activation of ``channel`` per position, ``[rows, cols]`` (on the model's device, as
+            are the other maps).
         probability: (d) probability of ``target`` per position.
         top_class, top_probability: (e) most probable class and its probability per position.
         projection: (c) the channel's strongest activation projected to pixels (unoccluded image).
+        pre_activation: whether (b) and (c) read the input of ``layer``.
         base_activation, base_probability: the same numbers without the square.
         labels: class index -> name for every class in ``top_class`` and ``target``.
     """
@@ -65,6 +71,7 @@ class OcclusionStudy:
     base_activation: float
     base_probability: float
     labels: dict[int, str]
+    pre_activation: bool = False
 
     def centers(self) -> tuple[np.ndarray, np.ndarray]:
         """Pixel rows and columns of the square centres (for drawing the maps over the image)."""
@@ -77,8 +84,9 @@ class OcclusionStudy:
                 "activation": self.activation.tolist(), "probability": self.probability.tolist(),
                 "top_class": self.top_class.tolist(), "top_probability": self.top_probability.tolist(),
                 "base_activation": self.base_activation, "base_probability": self.base_probability,
-                "projection": {"method": self.projection.method, "position": list(self.projection.position),
-                               "activation": self.projection.activation},
+                "pre_activation": self.pre_activation,
+                "projection": {"method": self.projection.method, "position": list(self.projection.positions[0]),
+                               "activation": float(self.projection.activations[0])},
                 "labels": {str(k): v for k, v in self.labels.items()}}
 
 
@@ -94,73 +102,75 @@ def positions(length: int, size: int, stride: int) -> list[int]:
     return out
 
 
-def occlusion_study(model, image: ImageLike, layer: str, target: int | str | None = None,
+def occlusion_study(model: ModelLike, images: object, layer: str, *, target: int | str | None = None,
                     channel: int | None = None, size: int = 48, stride: int = 16, fill: float = 0.5,
-                    batch_size: int = 32, progress: bool = False) -> OcclusionStudy:
+                    pre_activation: bool = False, batch_size: int | None = None, progress: bool = False
+                    ) -> OcclusionStudy:
     """Run the occlusion study of the paper's Fig. 7 on one image.
 
     Args:
-        model: a :class:`~cnnscope.models.LoadedModel` returning ``[B, classes]`` logits (not modified).
-        image: the photo (path, array, PIL image).
+        model: a model returning ``[B, classes]`` logits (not modified).
+        images: exactly one image: a path, a picture, or a model-space ``[C, H, W]`` / ``[1, C, H, W]`` tensor.
         layer: dotted name of a convolutional layer for panels (b) and (c).
         target: the correct class (index or label); default the model's top-1 on the unoccluded image.
         channel: the feature map of panel (b); default the strongest one on the unoccluded image.
         size, stride: the square's side and step in input pixels.
-        fill: the square's grey level in [0, 1] pixel units (0.5 = mid grey, as in the paper).
-        batch_size: occluded images per forward (the memory bound).
+        fill: the square's grey level in [0, 1] picture units (0.5 = mid grey, as in the paper), converted to
+            the model's input space.
+        pre_activation: panels (b) and (c) read the input of ``layer`` (an activation module).
+        batch_size: occluded images per forward (default by device).
         progress: show a progress bar.
 
     Raises:
-        LayerError: unknown layer or one without a spatial map; CnnscopeError: bad size/stride/target.
+        ImageError: not exactly one image; LayerError: unknown layer or one without a spatial map;
+        CnnscopeError: bad size/stride/fill/target.
     """
-    if not 0.0 <= float(fill) <= 1.0:
-        raise CnnscopeError(f"fill is a grey level in [0, 1], got {fill}")
-    resolve_layers(model.module, layer)
-    arr = model.fit_image(load_image(image))
-    h, w = arr.shape[:2]
+    m = as_model(model)
+    module = m.module
+    fill_value = grey(m, fill)
+    resolve_layers(module, layer)
+    x = m.batch(images)
+    if len(x) != 1:
+        raise ImageError(f"the occlusion study maps one image, got {len(x)}; run it once per image")
+    h, w = x.shape[-2:]
     tops, lefts = positions(h, size, stride), positions(w, size, stride)
-    dev = model.device
-    base01 = pixels([arr], dev)
-    module = model.module
-    with torch.no_grad(), evaluating(module), Capture(module, layer, stop_early=False) as cap:
-        logits = cap.run(model_space(model, base01))
+    with torch.no_grad(), evaluating(module), \
+            Capture(module, layer, stop_early=False, pre_activation=pre_activation) as cap:
+        logits = cap.run(x)
         acts = cap[layer]
         if acts.ndim != 4:
             raise LayerError(f"layer {layer!r} has no spatial output (shape {tuple(acts.shape[1:])})")
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-            raise CnnscopeError(f"model {model.name!r} does not return [B, classes] logits")
+            raise CnnscopeError(f"model {m.name!r} does not return [B, classes] logits")
         probs = logits.float().softmax(1)[0]
-        tgt = check_class(class_index(model, target, int(probs.argmax())), probs.numel())
+        tgt = check_class(class_index(m, target, int(probs.argmax())), probs.numel())
         ch = int(acts[0].flatten(1).amax(1).argmax()) if channel is None else int(channel)
         if not 0 <= ch < acts.shape[1]:
-            raise LayerError(f"channel {ch} is out of range: layer {layer!r} has {acts.shape[1]} channels")
+            raise LayerError(f"channel {ch} is outside layer {layer!r} ({acts.shape[1]} channels)")
         base_act = float(acts[0, ch].sum())
         grid = [(top, left) for top in tops for left in lefts]
         act_out, prob_out, cls_out, top_out = [], [], [], []
-        bar = progress_bar(len(grid), progress, "occlusion")
-        for sl in chunks(len(grid), batch_size):
-            batch = base01.repeat(sl.stop - sl.start, 1, 1, 1)
+        bs = resolve_batch_size(batch_size, m.device)
+        for sl in track(chunks(len(grid), bs), progress, "occlusion", total=-(-len(grid) // bs)):
+            batch = x.repeat(sl.stop - sl.start, 1, 1, 1)
             for n, (top, left) in enumerate(grid[sl]):
-                batch[n, :, top:top + size, left:left + size] = float(fill)
-            out = cap.run(model_space(model, batch)).float().softmax(1)
+                batch[n, :, top:top + size, left:left + size] = fill_value[0]
+            out = cap.run(batch).float().softmax(1)
             act_out.append(cap[layer][:, ch].flatten(1).sum(1).float())
             prob_out.append(out[:, tgt])
             best = out.max(1)
             cls_out.append(best.indices)
             top_out.append(best.values)
-            bar.update(sl.stop - sl.start)
-        bar.close()
     shape = (len(tops), len(lefts))
     top_class = torch.cat(cls_out).view(shape)
-    x = model_space(model, base01)
     try:
-        proj = project(module, x, layer, ch)
+        proj = project(m, x, layer, channel=ch, pre_activation=pre_activation)
     except DeconvError:
-        proj = rule_projection(module, x, layer, ch)
+        proj = rule_projection(m, x, layer, channel=ch, pre_activation=pre_activation)
     classes = sorted({int(c) for c in top_class.flatten().tolist()} | {tgt})
-    return OcclusionStudy(image=arr, layer=layer, channel=ch, target=tgt, label=model.label(tgt), size=size,
-                          fill=float(fill), tops=tops, lefts=lefts, activation=torch.cat(act_out).view(shape),
-                          probability=torch.cat(prob_out).view(shape), top_class=top_class,
-                          top_probability=torch.cat(top_out).view(shape), projection=proj,
+    return OcclusionStudy(image=pictures(m, x)[0], layer=layer, channel=ch, target=tgt, label=m.label(tgt),
+                          size=size, fill=float(fill), tops=tops, lefts=lefts,
+                          activation=torch.cat(act_out).view(shape), probability=torch.cat(prob_out).view(shape),
+                          top_class=top_class, top_probability=torch.cat(top_out).view(shape), projection=proj,
                           base_activation=base_act, base_probability=float(probs[tgt]),
-                          labels={c: model.label(c) for c in classes})
+                          labels={c: m.label(c) for c in classes}, pre_activation=bool(pre_activation))

@@ -12,6 +12,8 @@ hook of the user's model runs and nothing about it changes):
 
 ``rows`` maps each signal row to the image of the forward batch whose switches it uses, so many projections of
 one forward batch run as one batch.
+
+A new invertible module kind is one :class:`Step` subclass decorated with ``@inverts(ModuleType)``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LayerError
+from ..registry import RegistryError
+
+#: module type -> Step class, filled by :func:`inverts`; a type matches exactly, or as a subclass that keeps the
+#: parent's forward.
+STEP_TYPES: dict[type[nn.Module], type[Step]] = {}
+
+
+def inverts(*types: type[nn.Module]):
+    """Class decorator: the decorated :class:`Step` inverts modules of ``types`` (one entry per type).
+
+    Raises:
+        RegistryError: a type already has a step.
+    """
+
+    def deco(cls: type[Step]) -> type[Step]:
+        for t in types:
+            if t in STEP_TYPES:
+                raise RegistryError(f"{t.__name__} is already inverted by {STEP_TYPES[t].__name__}")
+            STEP_TYPES[t] = cls
+        return cls
+
+    return deco
 
 
 @dataclass(frozen=True)
@@ -39,6 +63,7 @@ def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+@inverts(nn.Dropout, nn.Dropout2d, nn.Identity)
 class Step:
     """One invertible module of a feature stack (subclasses say how to go forward and back)."""
 
@@ -62,6 +87,7 @@ class Step:
         return f"{type(self).__name__}({self.name!r})"
 
 
+@inverts(nn.Conv2d)
 class ConvStep(Step):
     """Convolution: forward ``conv2d``; back: ``conv_transpose2d`` with the same (flipped, transposed) filters."""
 
@@ -107,6 +133,7 @@ class ConvStep(Step):
                                   m.groups, g.dilation)
 
 
+@inverts(nn.ReLU, nn.ReLU6)
 class ReLUStep(Step):
     """ReLU / ReLU6 / Hardtanh(0, t): forward clamps; back rectifies the signal (``max(signal, 0)``)."""
 
@@ -126,6 +153,7 @@ class ReLUStep(Step):
         return signal.clamp(min=0)
 
 
+@inverts(nn.MaxPool2d)
 class MaxPoolStep(Step):
     """Max-pooling: forward records the switches (argmax positions); back *unpools* onto them."""
 
@@ -147,6 +175,7 @@ class MaxPoolStep(Step):
         return unpool(signal, switches[rows], size)
 
 
+@inverts(nn.BatchNorm2d)
 class BatchNormStep(Step):
     """Batch-norm with running statistics: back multiplies by ``gamma / sqrt(running_var + eps)``."""
 
@@ -189,19 +218,6 @@ def unpool(signal: torch.Tensor, switches: torch.Tensor, size: tuple[int, int]) 
     return out.view(n, c, size[0], size[1])
 
 
-#: module type -> Step class; a type matches exactly, or as a subclass that keeps the parent's forward.
-STEP_TYPES: dict[type[nn.Module], type[Step]] = {
-    nn.Conv2d: ConvStep,
-    nn.ReLU: ReLUStep,
-    nn.ReLU6: ReLUStep,
-    nn.MaxPool2d: MaxPoolStep,
-    nn.BatchNorm2d: BatchNormStep,
-    nn.Dropout: Step,
-    nn.Dropout2d: Step,
-    nn.Identity: Step,
-}
-
-
 def step_for(name: str, module: nn.Module) -> Step | None:
     """The :class:`Step` that inverts ``module``, or ``None`` when it is not one of :data:`STEP_TYPES`."""
     for base in type(module).__mro__:
@@ -216,4 +232,6 @@ def step_for(name: str, module: nn.Module) -> Step | None:
     return None
 
 
-SUPPORTED = "Conv2d (any groups), ReLU, ReLU6, MaxPool2d, BatchNorm2d, Dropout, Dropout2d, Identity"
+def supported() -> str:
+    """The module kinds the deconvnet inverts, in words (for error messages)."""
+    return ", ".join(t.__name__ for t in STEP_TYPES)

@@ -25,10 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..batching import chunks, resolve_batch_size, track
+from ..capture import evaluating
 from ..errors import CnnscopeError, ImageError, ModelError
-from ..images import IMAGE_SUFFIXES, load_image, resize
-from ..models import LoadedModel, wrap
-from .common import chunks, model_space, pixels
+from ..images import IMAGE_SUFFIXES, load_image, resize, to_float
+from ..models import LoadedModel, ModelLike, as_model, wrap
+from ..models.registry import read_checkpoint
 
 FORMAT = "cnnscope-zf-smallconvnet-1"
 
@@ -135,24 +137,32 @@ def _loaded(net: SmallConvNet, data: ImageDataset, mean: tuple, std: tuple) -> L
     return m
 
 
-def accuracy(model: LoadedModel, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` on ``uint8`` images (eval mode, restored afterwards)."""
-    from ..capture import evaluating
+def _inputs(model: LoadedModel, images: np.ndarray) -> torch.Tensor:
+    """Pictures already at the model's size (``uint8 [B, H, W, 3]``) -> a model-space batch."""
+    return model.to_input(to_float(images, device=model.device, dtype=model.dtype))
 
+
+def accuracy(model: ModelLike, images: np.ndarray, labels: np.ndarray, *, batch_size: int | None = None) -> float:
+    """Top-1 accuracy of ``model`` on ``uint8 [N, H, W, 3]`` images at its input size (eval mode, restored)."""
+    m = as_model(model)
     correct = 0
-    with torch.no_grad(), evaluating(model.module):
-        for sl in chunks(len(labels), batch_size):
-            logits = model.module(model_space(model, pixels(list(images[sl]), model.device)))
+    with torch.no_grad(), evaluating(m.module):
+        for sl in chunks(len(labels), resolve_batch_size(batch_size, m.device)):
+            logits = m.module(_inputs(m, images[sl]))
             correct += int((logits.argmax(1).cpu().numpy() == labels[sl]).sum())
     return correct / max(1, len(labels))
 
 
-def train(data: str | Path | ImageDataset = "digits", epochs: int = 5, checkpoint_epochs: Sequence[int] = (),
+def train(data: str | Path | ImageDataset = "digits", *, epochs: int = 5, checkpoint_epochs: Sequence[int] = (),
           out: str | Path | None = None, batch_size: int = 32, lr: float = 3e-3, test_fraction: float = 0.2,
           widths: Sequence[int] = (16, 32, 64), size: int | None = None, seed: int = 0,
           device: str | torch.device = "cpu", progress: bool = False,
           on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Train a :class:`SmallConvNet` with Adam, saving checkpoints at chosen epochs.
+
+    ``train`` creates its model, so it takes ``device=`` (docs/CONVENTIONS.md). ``batch_size`` is the Adam
+    mini-batch (images per forward, as everywhere), with a fixed default rather than one chosen by device: it
+    changes the trained weights, and a seeded run must give the same model on every device.
 
     Args:
         data: ``"digits"``, an image folder (one sub-folder per class) or an :class:`ImageDataset`.
@@ -169,8 +179,6 @@ def train(data: str | Path | ImageDataset = "digits", epochs: int = 5, checkpoin
         on_epoch: called with each epoch's record ``{"epoch", "loss", "train_accuracy", "test_accuracy"}``
             (the training accuracy is the running one over the epoch's batches).
     """
-    from tqdm.auto import tqdm
-
     ds = get_dataset(data, size)
     bad = [e for e in checkpoint_epochs if not 0 <= int(e) <= epochs]
     if bad:
@@ -194,14 +202,13 @@ def train(data: str | Path | ImageDataset = "digits", epochs: int = 5, checkpoin
     if 0 in checkpoint_epochs:
         saved[0] = save_checkpoint(model, Path(out) / "epoch_000.pt", 0, history)  # type: ignore[arg-type]
     steps = (len(train_idx) + batch_size - 1) // batch_size
-    bar = tqdm(total=epochs * steps, disable=not progress, desc="train", leave=False)
     for epoch in range(1, epochs + 1):
         net.train()
         perm = torch.randperm(len(train_idx), generator=gen).numpy()
         total, correct = 0.0, 0
-        for sl in chunks(len(perm), batch_size):
+        for sl in track(chunks(len(perm), batch_size), progress, f"epoch {epoch}", total=steps):
             idx = train_idx[perm[sl]]
-            x = model_space(model, pixels(list(ds.images[idx]), model.device))
+            x = _inputs(model, ds.images[idx])
             y = torch.as_tensor(ds.labels[idx], device=model.device)
             logits = net(x)
             loss = F.cross_entropy(logits, y)
@@ -210,7 +217,6 @@ def train(data: str | Path | ImageDataset = "digits", epochs: int = 5, checkpoin
             opt.step()
             total += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == y).sum())
-            bar.update(1)
         net.eval()
         rec = {"epoch": epoch, "loss": total / len(train_idx), "train_accuracy": correct / len(train_idx),
                "test_accuracy": accuracy(model, ds.images[test_idx], ds.labels[test_idx])}
@@ -219,7 +225,6 @@ def train(data: str | Path | ImageDataset = "digits", epochs: int = 5, checkpoin
             on_epoch(rec)
         if epoch in checkpoint_epochs:
             saved[epoch] = save_checkpoint(model, Path(out) / f"epoch_{epoch:03d}.pt", epoch, history)  # type: ignore[arg-type]
-    bar.close()
     return TrainResult(model, history, saved, test_idx)
 
 
@@ -243,19 +248,14 @@ def is_checkpoint(path: str | Path) -> bool:
     return p.is_file() and p.suffix in (".pt", ".pth")
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild the model of a :func:`train` checkpoint (eval mode); ``extra["epoch"]`` tells its epoch.
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model of a :func:`train` checkpoint (eval mode) on ``device``; ``extra["epoch"]`` tells its epoch.
 
     Raises:
         ModelError: the file is missing or is not a cnnscope training checkpoint.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ModelError(f"checkpoint {p} does not exist")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem is reported the same way
-        raise ModelError(f"cannot read checkpoint {p}: {exc}") from None
+    ck = read_checkpoint(p)
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise ModelError(f"{p} is not a checkpoint written by `cnnscope train`")
     cfg = ck["config"]
