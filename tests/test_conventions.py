@@ -29,6 +29,7 @@ EXEMPT: dict[str, str] = {
     "models.wrap": "creates a LoadedModel from a module: its subject is the module",
     "models.as_model": "the adapter itself",
     "models.load_weights": "writes weights into a module",
+    "zf.train": "trains a new network: batch_size is the SGD batch, fixed so the weights do not depend on the device",
 }
 
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..errors import LayerError
 from .state import StopForward, evaluating, first_tensor, is_activation, module_of, resolve_layers
+
+if TYPE_CHECKING:
+    from ..models import ModelLike
 
 REUSE_MODES = ("error", "all", "last")
 
@@ -50,7 +53,7 @@ class Capture:
         stopped: whether the last :meth:`run` ended early.
     """
 
-    def __init__(self, model: nn.Module, layers: str | Iterable[str], *, grads: bool = False,
+    def __init__(self, model: ModelLike, layers: str | Iterable[str], *, grads: bool = False,
                  stop_early: bool = True, pre_activation: bool = False, reuse: str = "error",
                  clone: bool = True, eval_mode: bool = True) -> None:
         if reuse not in REUSE_MODES:
@@ -178,7 +181,7 @@ class Capture:
         return self.activations[name]
 
 
-def capture(model: nn.Module, images: torch.Tensor, layers: str | Iterable[str], **options: Any
+def capture(model: ModelLike, images: torch.Tensor, layers: str | Iterable[str], **options: Any
             ) -> dict[str, torch.Tensor]:
     """One-shot: run the model on ``images`` and return ``{layer: activation}``.
 

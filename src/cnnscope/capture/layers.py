@@ -61,7 +61,7 @@ def input_channels(model: ModelLike, *, default: int = 3) -> int:
     return default
 
 
-def list_layers(model: nn.Module, input_size: int | tuple[int, int] | None = None, *, in_channels: int | None = None
+def list_layers(model: ModelLike, input_size: int | tuple[int, int] | None = None, *, in_channels: int | None = None
                 ) -> list[LayerInfo]:
     """All submodules in execution order (modules that never ran come last), from one probe forward.
 

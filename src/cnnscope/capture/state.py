@@ -25,7 +25,7 @@ class StopForward(BaseException):
     """Raised by a hook to end a forward pass early (a ``BaseException`` so model code can't swallow it)."""
 
 
-def module_of(model: object) -> nn.Module:
+def module_of(model: ModelLike) -> nn.Module:
     """The ``nn.Module`` of a ``LoadedModel`` (anything with ``.module`` and ``.preprocess``) or the module itself.
 
     Raises:
