@@ -1,4 +1,4 @@
-"""Benchmark of the atlas viewer (issue 7): unit pages served per second and p95 latency under a bounded local load.
+"""Benchmark of the atlas viewer: unit pages served per second and p95 latency under a bounded local load.
 
 A small real atlas of EfficientNet-Lite0 is built first (feature visualizations of two layers, few steps), then
 ``cnnscope serve`` runs in its own process (uvicorn, one worker) and a fixed number of requests is sent from 1, 4
@@ -40,8 +40,8 @@ def free_port() -> int:
 
 def build_cmd(out: Path, layers: list[str], units: int, steps: int) -> list[str]:
     return [sys.executable, "-m", "cnnscope", "atlas", "build", "efficientnet_lite0", "--layers", ",".join(layers),
-            "--units", f"0-{units - 1}", "--kinds", "featurevis", "--steps", str(steps), "--size", "64",
-            "--batch-size", "8", "--out", str(out), "--device", "cpu"]
+            "--channels", f"0-{units - 1}", "--kinds", "featurevis", "--steps", str(steps), "--size", "64",
+            "--units-per-chunk", "8", "--out", str(out), "--device", "cpu"]
 
 
 def start_server(atlas: Path) -> tuple[subprocess.Popen, int]:

@@ -24,31 +24,37 @@ ROOT = Path(__file__).resolve().parents[2]
 KIND = "unit_mean"
 
 
-def _produce(ctx: BuildContext, units: list[int]) -> dict:
-    delay = float(os.environ.get("CNNSCOPE_TEST_KIND_SLEEP", "0"))
-    if delay:
-        time.sleep(delay)
-    m = ctx.model
-    x = m.preprocess([ctx.images.load(i) for i in range(len(ctx.images))])
-    with torch.no_grad(), evaluating(m.module), Capture(m.module, ctx.layer.name) as cap:
-        cap.run(x)
-    act = cap[ctx.layer.name].float()
-    out = {}
-    for u in units:
-        a = act[:, u]
-        means = a.flatten(1).mean(1) if a.ndim == 3 else a
-        amap = a[0] if a.ndim == 3 else a[:1].view(1, 1)
-        lo, hi = float(amap.min()), float(amap.max())
-        img = ((amap - lo) / (hi - lo + 1e-12) * 255).round().to(torch.uint8).cpu().numpy()
-        img = np.repeat(np.repeat(img, 4, 0), 4, 1)
-        out[u] = [image_artifact(KIND, "map", np.stack([img] * 3, -1), {"min": lo, "max": hi}, seed=ctx.options.seed),
-                  numbers_artifact(KIND, "means", {"per_image": means.tolist(), "mean": float(means.mean())})]
-    return out
+@register_kind
+class UnitMean(ArtifactKind):
+    name = KIND
+    title = "Mean activation (test kind)"
+    artifacts = {"map": "image/png", "means": "application/json"}
+    order = 5
+    needs_images = True
+    optional = True
+    thumbnail = "map"
 
-
-def register() -> ArtifactKind:
-    return register_kind(ArtifactKind(name=KIND, title="Mean activation (test kind)", produce=_produce, order=5,
-                                      needs_images=True, optional=True, thumbnail="map"))
+    def produce(self, ctx: BuildContext, units: list[int]) -> dict:
+        delay = float(os.environ.get("CNNSCOPE_TEST_KIND_SLEEP", "0"))
+        if delay:
+            time.sleep(delay)
+        m = ctx.model
+        x = m.batch([ctx.source.load(i) for i in range(len(ctx.source))])
+        with torch.no_grad(), evaluating(m.module), Capture(m.module, ctx.layer.name) as cap:
+            cap.run(x)
+        act = cap[ctx.layer.name].float()
+        out = {}
+        for u in units:
+            a = act[:, u]
+            means = a.flatten(1).mean(1) if a.ndim == 3 else a
+            amap = a[0] if a.ndim == 3 else a[:1].view(1, 1)
+            lo, hi = float(amap.min()), float(amap.max())
+            img = ((amap - lo) / (hi - lo + 1e-12) * 255).round().to(torch.uint8).cpu().numpy()
+            img = np.repeat(np.repeat(img, 4, 0), 4, 1)
+            out[u] = [image_artifact(KIND, "map", np.stack([img] * 3, -1), {"min": lo, "max": hi},
+                                     seed=ctx.options.seed),
+                      numbers_artifact(KIND, "means", {"per_image": means.tolist(), "mean": float(means.mean())})]
+        return out
 
 
 def tiny_model():
@@ -67,13 +73,13 @@ def tiny_images(n: int = 4) -> list[tuple[str, np.ndarray]]:
 TINY_LAYERS = ["features.2", "features.5"]
 
 
-def build_tiny(out, units="all", **kw):
+def build_tiny(out, channels=None, **kw):
     """Build an atlas of the tiny net with the test kind (used by the kill/resume subprocess too)."""
     from cnnscope.atlas import BuildOptions, build_atlas
 
-    register()
-    opts = BuildOptions(batch_size=kw.pop("batch_size", 2), seed=0)
-    return build_atlas(tiny_model(), out, TINY_LAYERS, units, images=tiny_images(), kinds=[KIND], options=opts, **kw)
+    opts = BuildOptions(units_per_chunk=kw.pop("units_per_chunk", 2), seed=0)
+    return build_atlas(tiny_model(), out, TINY_LAYERS, channels=channels, source=tiny_images(), kinds=[KIND],
+                       options=opts, **kw)
 
 
 if __name__ == "__main__":  # python tests/atlas/helpers.py OUT [inline_max]

@@ -1,4 +1,5 @@
-"""The resumable build: real numbers, resume after max_units and after SIGKILL, refusal of mixed atlases."""
+"""The resumable build: real numbers, resume after max_units and after SIGKILL, refusal of mixed atlases, the
+model adapter and the kinds registry."""
 
 from __future__ import annotations
 
@@ -12,16 +13,10 @@ import time
 import pytest
 import torch
 
-from cnnscope.atlas import AtlasError, AtlasStore, BuildOptions, build_atlas, parse_units
+from cnnscope.atlas import AtlasError, AtlasStore, BuildOptions, build_atlas, model_fingerprint
 from cnnscope.errors import CnnscopeError, LayerError, MethodError
 from tests.atlas import helpers
 from tests.conformance import assert_unchanged
-
-
-@pytest.fixture(autouse=True)
-def _test_kind():
-    helpers.register()
-    yield
 
 
 def _contents(path) -> dict:
@@ -34,27 +29,15 @@ def _contents(path) -> dict:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted build of the tiny atlas (blobs stored as files to exercise that path too)."""
-    helpers.register()
     out = tmp_path_factory.mktemp("reference")
     helpers.build_tiny(out, inline_max=0)
     return out
 
 
-def test_parse_units():
-    assert parse_units("all", 4) == [0, 1, 2, 3]
-    assert parse_units("0-2, 5", 8) == [0, 1, 2, 5]
-    assert parse_units([3, 1, 1], 4) == [1, 3]
-    for bad in ("2-1", "x", "1-", "0,,"):
-        with pytest.raises(CnnscopeError, match="bad unit range"):
-            parse_units(bad, 8)
-    with pytest.raises(CnnscopeError, match="outside 0-3"):
-        parse_units("2-5", 4)
-
-
 def test_numbers_match_a_direct_forward(reference):
     """The stored per-image means equal the layer's activations computed without cnnscope's capture."""
     m = helpers.tiny_model()
-    x = m.preprocess([a for _, a in helpers.tiny_images()])
+    x = m.batch([a for _, a in helpers.tiny_images()])
     m.module.eval()  # the build runs in eval mode (BatchNorm running statistics)
     with torch.no_grad():
         acts = {"features.2": m.module.features[:3](x), "features.5": m.module.features(x)}
@@ -67,7 +50,9 @@ def test_numbers_match_a_direct_forward(reference):
             torch.testing.assert_close(torch.tensor(means), expected, rtol=1e-5, atol=1e-6)
         meta = st.meta()
     assert meta["kinds"] == ["unit_mean"] and meta["model"]["name"] == "tiny_inplace"
-    assert meta["options"]["batch_size"] == 2 and len(meta["fingerprint"]) == 64
+    assert meta["options"]["units_per_chunk"] == 2 and meta["options"]["batch_size"] is None
+    assert len(meta["fingerprint"]) == 64
+    assert meta["kind_info"]["unit_mean"]["artifacts"] == [["map", "image/png"], ["means", "application/json"]]
 
 
 def test_resume_after_max_units_equals_uninterrupted(tmp_path, reference):
@@ -134,33 +119,55 @@ def test_refuses_another_model_or_other_settings(tmp_path):
     with torch.no_grad():
         other.module.fc.bias.add_(1.0)
     with pytest.raises(AtlasError, match="built from another model"):
-        build_atlas(other, tmp_path, helpers.TINY_LAYERS, images=helpers.tiny_images(), kinds=["unit_mean"],
-                    options=BuildOptions(batch_size=2))
+        build_atlas(other, tmp_path, helpers.TINY_LAYERS, source=helpers.tiny_images(), kinds=["unit_mean"],
+                    options=BuildOptions(units_per_chunk=2))
     with pytest.raises(AtlasError, match="other settings.*images 4 images \\(arrays\\) -> 3 images"):
-        build_atlas(helpers.tiny_model(), tmp_path, helpers.TINY_LAYERS, images=helpers.tiny_images(3),
-                    kinds=["unit_mean"], options=BuildOptions(batch_size=2))
-    with pytest.raises(AtlasError, match="other settings.*batch_size 2 -> 3"):
-        build_atlas(helpers.tiny_model(), tmp_path, helpers.TINY_LAYERS, images=helpers.tiny_images(),
-                    kinds=["unit_mean"], options=BuildOptions(batch_size=3))
+        build_atlas(helpers.tiny_model(), tmp_path, helpers.TINY_LAYERS, source=helpers.tiny_images(3),
+                    kinds=["unit_mean"], options=BuildOptions(units_per_chunk=2))
+    with pytest.raises(AtlasError, match="other settings.*units_per_chunk 2 -> 3"):
+        build_atlas(helpers.tiny_model(), tmp_path, helpers.TINY_LAYERS, source=helpers.tiny_images(),
+                    kinds=["unit_mean"], options=BuildOptions(units_per_chunk=3))
 
 
 def test_clear_errors(tmp_path):
     m = helpers.tiny_model()
     with pytest.raises(LayerError, match="did you mean: features.2"):
-        build_atlas(m, tmp_path, ["features.22"], images=helpers.tiny_images(), kinds=["unit_mean"])
+        build_atlas(m, tmp_path, ["features.22"], source=helpers.tiny_images(), kinds=["unit_mean"])
     with pytest.raises(MethodError, match="unknown artifact kind 'unit_men'; did you mean: unit_mean"):
-        build_atlas(m, tmp_path, ["features.2"], images=helpers.tiny_images(), kinds=["unit_men"])
+        build_atlas(m, tmp_path, ["features.2"], source=helpers.tiny_images(), kinds=["unit_men"])
     with pytest.raises(CnnscopeError, match="needs images"):
         build_atlas(m, tmp_path, ["features.2"], kinds=["unit_mean"])
     with pytest.raises(CnnscopeError, match="outside 0-7"):
-        build_atlas(m, tmp_path, ["features.2"], units="6-9", images=helpers.tiny_images(), kinds=["unit_mean"])
+        build_atlas(m, tmp_path, ["features.2"], channels="6-9", source=helpers.tiny_images(), kinds=["unit_mean"])
+    with pytest.raises(CnnscopeError, match="images per forward"):
+        build_atlas(m, tmp_path, ["features.2"], source=helpers.tiny_images(), kinds=["unit_mean"],
+                    options=BuildOptions(batch_size=0))
+    with pytest.raises(TypeError):  # everything after the layers is keyword-only
+        build_atlas(m, tmp_path, ["features.2"], "0-1")
 
 
 def test_build_leaves_the_model_unchanged(tmp_path):
     m = helpers.tiny_model()
     m.module.train()
-    assert assert_unchanged(m.module, lambda: build_atlas(m, tmp_path / "ok", helpers.TINY_LAYERS, "0-1",
-                                                          images=helpers.tiny_images(), kinds=["unit_mean"])) is None
+    assert assert_unchanged(m.module, lambda: build_atlas(m, tmp_path / "ok", helpers.TINY_LAYERS, channels="0-1",
+                                                          source=helpers.tiny_images(), kinds=["unit_mean"])) is None
     err = assert_unchanged(m.module, lambda: build_atlas(m, tmp_path / "bad", ["features.9"],
-                                                         images=helpers.tiny_images(), kinds=["unit_mean"]))
+                                                         source=helpers.tiny_images(), kinds=["unit_mean"]))
     assert isinstance(err, LayerError)
+
+
+@pytest.mark.filterwarnings("ignore::cnnscope.models.AssumptionWarning")
+def test_a_plain_module_builds_the_same_atlas_as_its_wrapper(tmp_path):
+    """``build_atlas`` takes the ``nn.Module`` itself (wrapped by ``as_model``): same fingerprint, same artifacts."""
+    from cnnscope import wrap
+    from tests.models import InplaceReLUNet
+
+    net = InplaceReLUNet()
+    net.input_size = 32  # read by as_model; ImageNet mean/std are its default as they are wrap()'s
+    wrapped = wrap(net, input_size=32)
+    assert model_fingerprint(net) == model_fingerprint(wrapped)
+    for model, out in ((net, tmp_path / "plain"), (wrapped, tmp_path / "wrapped")):
+        build_atlas(model, out, helpers.TINY_LAYERS, channels=[0, 3], source=helpers.tiny_images(),
+                    kinds=["unit_mean"], options=BuildOptions(units_per_chunk=2))
+    assert _contents(tmp_path / "plain") == _contents(tmp_path / "wrapped")
+    assert len(_contents(tmp_path / "plain")) == 4

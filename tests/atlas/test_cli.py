@@ -11,7 +11,7 @@ from tests.atlas import helpers
 
 def test_build_info_and_resume(tmp_path, capsys):
     out = tmp_path / "atlas"
-    args = ["atlas", "build", "efficientnet_lite0", "--layers", "blocks.1.1.bn1.act", "--units", "0-1", "--kinds",
+    args = ["atlas", "build", "efficientnet_lite0", "--layers", "blocks.1.1.bn1.act", "--channels", "0-1", "--kinds",
             "circuit", "--out", str(out), "--device", "cpu"]
     assert main(args) == 0
     text = capsys.readouterr().out

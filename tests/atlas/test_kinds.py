@@ -13,9 +13,9 @@ from cnnscope.atlas.encode import decode_png
 from cnnscope.errors import MethodError
 from tests.atlas import helpers
 
-LAYER = "features.5"  # nn.ReLU: dataset kinds rank its input (pre-activation), as Curve Detectors does
+LAYER = "features.5"  # nn.ReLU: every kind reads its input (pre_activation=True), as Curve Detectors does
 UNITS = [1, 4]
-OPTIONS = BuildOptions(steps=6, size=32, top_k=3, batch_size=2, image_batch=3, seed=3)
+OPTIONS = BuildOptions(steps=6, size=32, top_k=3, units_per_chunk=2, batch_size=3, pre_activation=True, seed=3)
 AVAILABLE = [k.name for k in list_kinds() if k.unavailable() is None and k.name != helpers.KIND]
 
 
@@ -23,7 +23,7 @@ AVAILABLE = [k.name for k in list_kinds() if k.unavailable() is None and k.name 
 def atlas(tmp_path_factory):
     """One tiny atlas with every available kind (built once; each test reads its own kind)."""
     out = tmp_path_factory.mktemp("kinds")
-    build_atlas(helpers.tiny_model(), out, [LAYER], UNITS, images=helpers.tiny_images(), kinds=AVAILABLE,
+    build_atlas(helpers.tiny_model(), out, [LAYER], channels=UNITS, source=helpers.tiny_images(), kinds=AVAILABLE,
                 options=OPTIONS)
     return out
 
@@ -37,7 +37,7 @@ def _pre_activation() -> torch.Tensor:
     m = helpers.tiny_model()
     m.module.eval()
     with torch.no_grad():
-        return m.module.features[:5](m.preprocess([a for _, a in helpers.tiny_images()]))
+        return m.module.features[:5](m.batch([a for _, a in helpers.tiny_images()]))
 
 
 def test_the_builtin_kinds_are_registered():
@@ -74,9 +74,10 @@ def test_featurevis_numbers_describe_the_stored_picture(atlas, kind):
         rec, data = _arts(atlas, kind, u)["image"]
         img = decode_png(data)
         assert img.shape == (32, 32, 3)
-        obj = {"featurevis": channel, "featurevis_negative": lambda ly, c: -channel(ly, c),
-               "featurevis_neuron": neuron}[kind](LAYER, u)
-        again = float(measure(m, obj, img)[0])
+        make = {"featurevis": channel, "featurevis_negative": lambda ly, c, **kw: -channel(ly, c, **kw),
+                "featurevis_neuron": neuron}[kind]
+        obj = make(LAYER, u, pre_activation=True)
+        again = float(measure(m, img, obj)[0])
         assert again == pytest.approx(rec.numbers["activation_stored_image"], rel=1e-5, abs=1e-6)
         assert rec.numbers["activation"] == pytest.approx(again, rel=0.05, abs=0.02)  # before uint8 rounding
         assert rec.provenance["seed"] == OPTIONS.seed and rec.provenance["spec"]["steps"] == OPTIONS.steps
@@ -113,20 +114,21 @@ def test_histogram_counts_every_position(atlas):
             assert int(inside.sum()) == count, (lo, hi)
 
 
-@pytest.mark.skipif("tuning" not in AVAILABLE, reason="cnnscope.stimuli is not installed")
+@pytest.mark.skipif(not {"tuning", "histogram"} <= set(AVAILABLE), reason="cnnscope.stimuli is not installed")
 def test_tuning_matches_a_direct_tuning_map(atlas):
     from cnnscope.stimuli.tuning import tuning_map
 
     m = helpers.tiny_model()
-    direct = tuning_map(m, LAYER, UNITS)
+    direct = tuning_map(m, LAYER, channels=UNITS, pre_activation=True)
     for i, u in enumerate(UNITS):
         rec, _ = _arts(atlas, "tuning", u)["orientation_x_radius"]
         assert rec.numbers["orientations"] == direct.orientations.tolist()
-        raw = np.asarray(rec.numbers["values"])
-        assert raw.shape == direct.raw[i].shape
-        if not rec.numbers["in_std"]:
-            np.testing.assert_allclose(raw, direct.raw[i], rtol=1e-5, atol=1e-6)
-        assert rec.numbers["preferred"]["value"] == pytest.approx(float(raw.max()), rel=1e-6)
+        values = np.asarray(rec.numbers["values"])
+        assert rec.numbers["in_std"]  # images in the build: z-scores against the histogram's dataset statistics
+        hist, _ = _arts(atlas, "histogram", u)["histogram"]
+        expected = (np.asarray(direct.raw[i]) - hist.numbers["mean"]) / hist.numbers["std"]
+        np.testing.assert_allclose(values, expected, rtol=1e-4, atol=1e-5)
+        assert rec.numbers["preferred"]["value"] == pytest.approx(float(values.max()), rel=1e-6)
 
 
 @pytest.mark.skipif("circuit" not in AVAILABLE, reason="cnnscope.dataset.circuits is not installed")
@@ -146,8 +148,8 @@ def test_circuit_holds_the_strongest_conv_kernels(atlas):
 @pytest.mark.skipif("circuit" not in AVAILABLE, reason="cnnscope.dataset.circuits is not installed")
 def test_kinds_that_do_not_apply_to_a_layer_are_recorded(tmp_path):
     """The pooled layer has no convolution of its own: circuit is left out there, with the reason, not faked."""
-    build_atlas(helpers.tiny_model(), tmp_path, ["features.3", "features.4"], "0-1", kinds=["circuit", "featurevis"],
-                options=BuildOptions(steps=1, size=16))
+    build_atlas(helpers.tiny_model(), tmp_path, ["features.3", "features.4"], channels="0-1",
+                kinds=["circuit", "featurevis"], options=BuildOptions(steps=1, size=16))
     with AtlasStore(tmp_path) as st:
         assert st.integrity_check() == []
         skipped = st.get_meta("not_applicable")
@@ -155,4 +157,4 @@ def test_kinds_that_do_not_apply_to_a_layer_are_recorded(tmp_path):
         assert {a.kind for a in st.artifacts("features.3", 0)} == {"featurevis"}
         assert {a.kind for a in st.artifacts("features.4", 0)} == {"featurevis", "circuit"}
     with pytest.raises(Exception, match="no chosen artifact kind applies"):
-        build_atlas(helpers.tiny_model(), tmp_path / "b", ["features.3"], "0", kinds=["circuit"])
+        build_atlas(helpers.tiny_model(), tmp_path / "b", ["features.3"], channels=0, kinds=["circuit"])

@@ -20,7 +20,7 @@ CATS = {"Egyptian cat", "tabby", "tiger cat"}
 @pytest.fixture(scope="module")
 def lite0_atlas(tmp_path_factory, lite0):
     out = tmp_path_factory.mktemp("lite0_small")
-    build_atlas(lite0, out, ["blocks.1.1"], "0", kinds=["featurevis"], options=BuildOptions(steps=1, size=16))
+    build_atlas(lite0, out, ["blocks.1.1"], channels=0, kinds=["featurevis"], options=BuildOptions(steps=1, size=16))
     return out
 
 

@@ -144,8 +144,8 @@ def test_circuit_links_and_not_applicable_kinds(tmp_path):
 
     if "circuit" not in {k.name for k in list_kinds() if k.unavailable() is None}:
         pytest.skip("cnnscope.dataset.circuits is not installed")
-    build_atlas(helpers.tiny_model(), tmp_path, ["features.3", "features.5"], "0-7", kinds=["circuit", "featurevis"],
-                options=BuildOptions(steps=1, size=16, circuit_k=3))
+    build_atlas(helpers.tiny_model(), tmp_path, ["features.3", "features.5"], channels="0-7",
+                kinds=["circuit", "featurevis"], options=BuildOptions(steps=1, size=16, circuit_k=3))
     with TestClient(create_app(tmp_path)) as c:
         v = c.get("/api/layers/features.5/units/2").json()
         circuit = next(s for s in v["sections"] if s["kind"] == "circuit")

@@ -1,6 +1,6 @@
 """Build an atlas: per-unit jobs, committed atomically, resumable after any interruption (SIGKILL included).
 
-The units of each layer are split into chunks of ``options.batch_size``; every artifact kind computes a whole
+The units of each layer are split into chunks of ``options.units_per_chunk``; every artifact kind computes a whole
 chunk at once (one feature-visualization render batch, one pass over the images), then each unit of the chunk
 is written in its own transaction. Running the same build again skips the units already in the atlas and
 computes the rest, so an interrupted build loses at most the chunk it was working on.
@@ -18,8 +18,11 @@ from pathlib import Path
 
 import torch
 
+from ..batching import chunks, resolve_batch_size
 from ..capture import LayerInfo, list_layers
 from ..errors import CnnscopeError, LayerError, MethodError, unknown
+from ..models import ModelLike, as_model
+from ..units import parse_channels
 from .kinds import ArtifactKind, BuildContext, BuildOptions, default_kinds, get_kind
 from .records import Artifact, AtlasError, dumps
 from .store import AtlasStore
@@ -44,41 +47,10 @@ class BuildReport:
     kinds: list[str] = field(default_factory=list)
 
 
-def parse_units(spec: str | Iterable[int] | None, channels: int) -> list[int]:
-    """``"all"``, ``"0-31"``, ``"0,4,8-11"`` or a list of ints -> sorted unit indices below ``channels``.
-
-    Raises:
-        CnnscopeError: malformed text or a unit outside ``[0, channels)``.
-    """
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
-        return list(range(channels))
-    if isinstance(spec, str):
-        out: set[int] = set()
-        for part in spec.replace(" ", "").split(","):
-            try:
-                if "-" in part:
-                    lo, hi = (int(v) for v in part.split("-", 1))
-                    if hi < lo:
-                        raise ValueError
-                    out.update(range(lo, hi + 1))
-                else:
-                    out.add(int(part))
-            except ValueError:
-                raise CnnscopeError(f"bad unit range {part!r} in {spec!r}; use 'all', '0-31' or '0,4,8-11'"
-                                    ) from None
-        units = sorted(out)
-    else:
-        units = sorted({int(u) for u in spec})
-    bad = [u for u in units if not 0 <= u < channels]
-    if bad:
-        raise CnnscopeError(f"units {bad[:5]} are outside 0-{channels - 1} ({channels} channels)")
-    if not units:
-        raise CnnscopeError("no units selected")
-    return units
-
-
-def model_fingerprint(module: torch.nn.Module) -> str:
-    """SHA-256 over the module's class, parameter/buffer names, shapes, dtypes and values."""
+def model_fingerprint(model: ModelLike) -> str:
+    """SHA-256 over the model's class, parameter/buffer names, shapes, dtypes and values (a ``LoadedModel`` and
+    its plain module have the same fingerprint)."""
+    module = as_model(model).module
     h = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
     with torch.no_grad():
         for name, t in module.state_dict().items():
@@ -111,7 +83,7 @@ def _resolve_kinds(kinds: Sequence[str] | None, with_images: bool) -> list[Artif
         if why:
             raise MethodError(f"artifact kind {k.name!r} {why}")
         if k.needs_images and not with_images:
-            raise CnnscopeError(f"artifact kind {k.name!r} needs images: pass images=... (--images SRC)")
+            raise CnnscopeError(f"artifact kind {k.name!r} needs images: pass source=... (--images SRC)")
     return chosen
 
 
@@ -144,24 +116,23 @@ def _brief(images: dict | None) -> str:
     return f"{images.get('images')} images ({images.get('kind')}{origin})"
 
 
-def build_atlas(model, out: str | Path, layers: Sequence[str], units: str | Iterable[int] | None = "all", *,
-                images: object = None, kinds: Sequence[str] | None = None,
-                options: BuildOptions | None = None, progress: bool = False, inline_max: int = 256 * 1024,
-                max_units: int | None = None) -> BuildReport:
+def build_atlas(model: ModelLike, out: str | Path, layers: Sequence[str], *,
+                channels: str | int | Iterable[int] | None = None, source: object = None,
+                kinds: Sequence[str] | None = None, options: BuildOptions | None = None, progress: bool = False,
+                inline_max: int = 256 * 1024, max_units: int | None = None) -> BuildReport:
     """Build (or finish building) the atlas of ``model`` in the folder ``out``.
 
     Args:
-        model: a ``LoadedModel`` (``cnnscope.load_model(...)`` or ``cnnscope.wrap(module, ...)``); it is not
-            changed.
+        model: a ``LoadedModel`` or an image ``nn.Module`` (``cnnscope.models.as_model``); it is not changed.
         out: the atlas folder (created when missing; an existing atlas of the same model and settings is
             completed).
         layers: dotted layer names.
-        units: ``"all"``, ``"0-31"``, ``"0,4,8-11"`` or a list, applied to every layer (clipped to each layer's
-            channel count only when ``"all"``).
-        images: the images of the dataset kinds (top-k examples, histograms): a folder, a glob, ``"samples"``,
+        channels: the units of every layer: ``None``/``"all"``, ``"0-31"``, ``"0,4,8-11"``, an int or a list
+            (``cnnscope.parse_channels``; ``None`` follows each layer's channel count).
+        source: the images of the dataset kinds (top-k examples, histograms): a folder, a glob, ``"samples"``,
             a list of paths, an ``ImageSource``, a ``torch`` ``Dataset`` or ``[(name, uint8 HxWx3), ...]``.
         kinds: artifact kind names (default: every available non-optional kind; dataset kinds need images).
-        options: :class:`BuildOptions`.
+        options: :class:`BuildOptions` (``units_per_chunk``, ``batch_size`` = images per forward, ...).
         progress: show a tqdm progress bar with ETA.
         inline_max: artifacts larger than this many bytes are stored as files beside the database.
         max_units: stop after computing this many units (the rest is left for a later run).
@@ -175,29 +146,31 @@ def build_atlas(model, out: str | Path, layers: Sequence[str], units: str | Iter
         AtlasError: the folder holds an atlas of another model or other settings.
     """
     t_start = time.perf_counter()
+    m = as_model(model)
     options = options or BuildOptions()
-    if options.batch_size < 1 or options.image_batch < 1:
-        raise CnnscopeError("batch_size and image_batch must be at least 1")
-    infos = _resolve_layers(model, list(dict.fromkeys(layers)))
-    chosen = _resolve_kinds(kinds, images is not None)
+    if isinstance(options.units_per_chunk, bool) or not isinstance(options.units_per_chunk, int) \
+            or options.units_per_chunk < 1:
+        raise CnnscopeError(f"units_per_chunk must be a positive int, got {options.units_per_chunk!r}")
+    batch_size = resolve_batch_size(options.batch_size, m.device)
+    infos = _resolve_layers(m, list(dict.fromkeys(layers)))
+    chosen = _resolve_kinds(kinds, source is not None)
     kind_names = [k.name for k in chosen]  # page order, so the same set of kinds always compares equal
-    plans = {i.name: parse_units(units, i.output_shape[0]) for i in infos}
-    desc = model.describe()
-    fingerprint = model_fingerprint(model.module)
-    source = None
-    if images is not None:
+    plans = {i.name: parse_channels(channels, i.output_shape[0]) for i in infos}
+    desc = m.describe()
+    fingerprint = model_fingerprint(m)
+    if source is not None:
         from .images import image_source
 
-        source = image_source(images)
+        source = image_source(source)
     report = BuildReport(root=Path(out), kinds=kind_names)
     store = AtlasStore(out, writable=True, inline_max=inline_max)
     try:
         images_desc = source.describe() if source is not None else None
         _check_compatible(store, fingerprint, kind_names, options.to_dict(), desc, images_desc)
         store.set_meta(model=desc, fingerprint=fingerprint, kinds=kind_names, options=options.to_dict(),
-                       images=images_desc)
-        all_infos = {i.name: k for k, i in enumerate(list_layers(model.module, model.input_size))}
-        skipped = _not_applicable(store, model, infos, chosen)
+                       images=images_desc, kind_info={k.name: k.describe() for k in chosen})
+        all_infos = {i.name: k for k, i in enumerate(list_layers(m.module, m.input_size))}
+        skipped = _not_applicable(store, m, infos, chosen)
         jobs: list[tuple[LayerInfo, list[int]]] = []
         for info in infos:
             store.put_layer(info.name, all_infos[info.name], info.kind, info.output_shape, info.output_shape[0],
@@ -205,9 +178,8 @@ def build_atlas(model, out: str | Path, layers: Sequence[str], units: str | Iter
             done = set(store.units(info.name))
             pending = [u for u in plans[info.name] if u not in done]
             report.skipped += len(plans[info.name]) - len(pending)
-            for s in range(0, len(pending), options.batch_size):
-                jobs.append((info, pending[s:s + options.batch_size]))
-        _run_jobs(store, model, jobs, chosen, skipped, options, source, report, progress, max_units)
+            jobs += [(info, pending[sl]) for sl in chunks(len(pending), options.units_per_chunk)]
+        _run_jobs(store, m, jobs, chosen, skipped, options, batch_size, source, report, progress, max_units)
     finally:
         store.close()
     report.seconds = time.perf_counter() - t_start
@@ -219,7 +191,7 @@ def _not_applicable(store: AtlasStore, model, infos: list[LayerInfo], chosen: li
     """``layer -> {kind: reason}`` for kinds that cannot describe a layer (recorded in the atlas's meta)."""
     out: dict[str, dict[str, str]] = {}
     for info in infos:
-        reasons = {k.name: why for k in chosen if k.applies is not None and (why := k.applies(model, info))}
+        reasons = {k.name: why for k in chosen if (why := k.applies(model, info))}
         if len(reasons) == len(chosen):
             raise LayerError(f"no chosen artifact kind applies to layer {info.name!r}: "
                              + "; ".join(f"{k}: {why}" for k, why in reasons.items()))
@@ -231,9 +203,19 @@ def _not_applicable(store: AtlasStore, model, infos: list[LayerInfo], chosen: li
     return out
 
 
+def _check_declared(kind: ArtifactKind, a: Artifact) -> None:
+    """An artifact is of its kind and among the artifacts the kind declares (name and MIME type)."""
+    if a.kind != kind.name:
+        raise AtlasError(f"artifact kind {kind.name!r} returned an artifact of kind {a.kind!r}")
+    if kind.artifacts.get(a.name) != a.mime:
+        declared = ", ".join(f"{n} ({t})" for n, t in kind.artifacts.items())
+        raise AtlasError(f"artifact kind {kind.name!r} returned {a.name!r} ({a.mime}), which it does not declare "
+                         f"(it declares {declared})")
+
+
 def _run_jobs(store: AtlasStore, model, jobs: list[tuple[LayerInfo, list[int]]], chosen: list[ArtifactKind],
-              skipped: dict[str, dict[str, str]], options: BuildOptions, images, report: BuildReport,
-              progress: bool, max_units: int | None) -> None:
+              skipped: dict[str, dict[str, str]], options: BuildOptions, batch_size: int, source,
+              report: BuildReport, progress: bool, max_units: int | None) -> None:
     from tqdm.auto import tqdm
 
     total = sum(len(u) for _, u in jobs)
@@ -249,7 +231,8 @@ def _run_jobs(store: AtlasStore, model, jobs: list[tuple[LayerInfo, list[int]]],
                 if not chunk:
                     break
             bar.set_postfix_str(f"{info.name} {chunk[0]}-{chunk[-1]}")
-            ctx = BuildContext(model=model, layer=info, options=options, images=images, cache=cache, layers=layers)
+            ctx = BuildContext(model=model, layer=info, options=options, batch_size=batch_size, source=source,
+                               cache=cache, layers=layers)
             per_unit: dict[int, list[Artifact]] = {u: [] for u in chunk}
             t_chunk = time.perf_counter()
             for kind in chosen:
@@ -265,8 +248,7 @@ def _run_jobs(store: AtlasStore, model, jobs: list[tuple[LayerInfo, list[int]]],
                 timing = {"seconds_per_unit": secs / len(chunk), "chunk_seconds": secs, "chunk_units": len(chunk)}
                 for u in chunk:
                     for a in made[u]:
-                        if a.kind != kind.name:
-                            raise AtlasError(f"artifact kind {kind.name!r} returned an artifact of kind {a.kind!r}")
+                        _check_declared(kind, a)
                         prov = {**env, **a.provenance, "timing": timing}
                         per_unit[u].append(Artifact(a.kind, a.name, a.mime, a.data, a.numbers, prov))
             unit_secs = (time.perf_counter() - t_chunk) / len(chunk)

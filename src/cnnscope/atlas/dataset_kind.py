@@ -1,8 +1,8 @@
 """Dataset artifact kinds: top-k examples with receptive-field crops, and the activation histogram.
 
 Both come from one :func:`cnnscope.dataset.collect_statistics` pass over the build's images per layer (kept in
-the build's per-layer cache), as in OpenAI Microscope's dataset examples and the pre-activation distributions of
-Cammarata et al., *Curve Detectors*, Distill 2020.
+the build's per-layer cache), as in OpenAI Microscope's dataset examples and (with ``pre_activation=True`` in the
+build options) the pre-activation distributions of Cammarata et al., *Curve Detectors*, Distill 2020.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import numpy as np
 
 from .encode import figure_artifact, image_artifact
 from .kinds import ArtifactKind, BuildContext, register_kind
+from .records import Artifact, AtlasError
 
 #: crops are shown at this size (pixels a side) at most, and at least at ``MIN_CROP``
 MAX_CROP, MIN_CROP = 96, 48
@@ -26,8 +27,8 @@ def layer_stats(ctx: BuildContext):
         o = ctx.options
         layers = [n for n in ctx.layers if n == ctx.layer.name or ctx.layers.index(n) > ctx.layers.index(
             ctx.layer.name)] if ctx.layer.name in ctx.layers else [ctx.layer.name]
-        stats = collect_statistics(ctx.model, ctx.images, layers, k=o.top_k, bottom_k=1, band_samples=1,
-                                   seed=o.seed, batch_size=o.image_batch)
+        stats = collect_statistics(ctx.model, ctx.source, layers, pre_activation=o.pre_activation, k=o.top_k,
+                                   bottom_k=1, band_samples=1, seed=o.seed, batch_size=ctx.batch_size)
         ctx.cache["dataset_stats"] = stats
     return stats
 
@@ -38,58 +39,69 @@ def _provenance(ctx: BuildContext, stats) -> dict:
             "seed": stats.seed}
 
 
-def _examples(ctx: BuildContext, units: list[int]) -> dict:
-    from ..dataset import crops
-    from ..images import resize
-    from ..plot.common import grid_image
+class _DatasetKind(ArtifactKind):
+    """One artifact per unit from the build's dataset statistics of the layer."""
 
-    stats = layer_stats(ctx)
-    ls = stats[ctx.layer.name]
-    prov = _provenance(ctx, stats)
-    out = {}
-    for u in units:
+    requires = "cnnscope.dataset.examples"
+    needs_images = True
+
+    def produce(self, ctx: BuildContext, units: list[int]) -> dict:
+        stats = layer_stats(ctx)
+        prov = _provenance(ctx, stats)
+        return {u: [self.artifact(ctx, stats, u, prov)] for u in units}
+
+    def artifact(self, ctx: BuildContext, stats, u: int, prov: dict) -> Artifact:
+        raise NotImplementedError
+
+
+@register_kind
+class Examples(_DatasetKind):
+    name = "examples"
+    title = "Dataset examples (receptive-field crops)"
+    artifacts = {"top": "image/png"}
+    order = 20
+    description = "top-k positions over the images, cropped to the unit's receptive field"
+
+    def artifact(self, ctx: BuildContext, stats, u: int, prov: dict) -> Artifact:
+        from ..dataset import crops
+        from ..images import resize
+        from ..plot.common import grid_image
+
+        ls = stats[ctx.layer.name]
         ex = stats.examples(ctx.layer.name, u, "top")
         if not ex:
-            raise ValueError(f"no dataset examples for unit {u} of {ctx.layer.name!r} (no readable images?)")
-        patches = crops(stats, ctx.layer.name, u, ctx.images, ctx.model, "top")
+            raise AtlasError(f"no dataset examples for unit {u} of {ctx.layer.name!r} (no readable images?)")
+        patches = crops(ctx.model, stats, ctx.layer.name, channel=u, source=ctx.source, which="top")
         side = int(np.clip(max(patches[0].shape[:2]), MIN_CROP, MAX_CROP))
-        sheet = grid_image([resize(p, (side, side)) for p in patches], cols=min(len(patches), 3 if len(patches) <= 9
-                                                                                 else 4))
+        cols = min(len(patches), 3 if len(patches) <= 9 else 4)
+        sheet = grid_image([resize(p, (side, side)) for p in patches], cols=cols)
         numbers = {"examples": [e.to_dict() for e in ex], "receptive_field": list(ls.rf.size) if ls.rf else None,
                    "pre_activation": ls.pre_activation, "crop_display_size": side}
-        out[u] = [image_artifact("examples", "top", sheet, numbers, **prov)]
-    return out
+        return image_artifact(self.name, "top", sheet, numbers, **prov)
 
 
-def _histogram(ctx: BuildContext, units: list[int]) -> dict:
-    from ..dataset.histograms import density
-    from ..plot.atlas import unit_histogram
+@register_kind
+class Histogram(_DatasetKind):
+    name = "histogram"
+    title = "Activation histogram"
+    artifacts = {"histogram": "image/png"}
+    order = 30
+    description = "distribution of the unit's values over every position of every image"
 
-    stats = layer_stats(ctx)
-    ls = stats[ctx.layer.name]
-    lower, upper = stats.bins.bin_bounds()
-    prov = _provenance(ctx, stats)
-    what = "pre-activation" if ls.pre_activation else "activation"
-    out = {}
-    for u in units:
-        counts = ls.hist_pre[u]
-        centers, widths, dens = density(counts, stats.bins)
-        total = max(int(counts.sum()), 1)
-        nz = np.flatnonzero(counts)
+    def artifact(self, ctx: BuildContext, stats, u: int, prov: dict) -> Artifact:
+        from ..dataset.histograms import density
+        from ..plot.atlas import unit_histogram
+
+        ls = stats[ctx.layer.name]
+        lower, upper = stats.bins.bin_bounds()
+        what = "pre-activation" if ls.pre_activation else "activation"
+        counts = ls.hist[u]
+        centers, widths, dens = (t.numpy() for t in density(counts, stats.bins))
+        nz = np.flatnonzero(counts.numpy())
         numbers = {"value": what, "count": int(counts.sum()), "mean": float(ls.mean[u]), "std": float(ls.std[u]),
                    "min": float(ls.minimum[u]), "max": float(ls.maximum[u]),
                    "fraction_positive": float(ls.fraction_positive[u]),
                    "bins": [[float(lower[i]), float(upper[i]), int(counts[i])] for i in nz]}
         fig = unit_histogram(centers, widths, dens * widths, title=f"{ctx.layer.name}:{u} {what}s over "
                              f"{stats.images} images", mean=float(ls.mean[u]), xlabel=what)
-        out[u] = [figure_artifact("histogram", "histogram", fig, numbers, total=total, **prov)]
-    return out
-
-
-_COMMON = {"requires": "cnnscope.dataset.examples", "needs_images": True}
-register_kind(ArtifactKind(
-    name="examples", title="Dataset examples (receptive-field crops)", produce=_examples, order=20,
-    description="top-k positions over the images, cropped to the unit's receptive field", **_COMMON))
-register_kind(ArtifactKind(
-    name="histogram", title="Activation histogram", produce=_histogram, order=30,
-    description="distribution of the unit's values over every position of every image", **_COMMON))
+        return figure_artifact(self.name, "histogram", fig, numbers, total=max(int(counts.sum()), 1), **prov)

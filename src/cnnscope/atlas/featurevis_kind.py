@@ -7,7 +7,7 @@ pictures as an uninterrupted one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 
@@ -17,26 +17,31 @@ from .kinds import ArtifactKind, BuildContext, register_kind
 TRACE_POINTS = 32
 
 
-def _objectives(kind: str) -> Callable:
-    from .. import featurevis as fv
+class _FeatureVis(ArtifactKind):
+    """A rendered image per unit that maximises :meth:`objective`, with its activation and optimisation trace."""
 
-    if kind == "featurevis":
-        return lambda layer, c: fv.channel(layer, c)
-    if kind == "featurevis_neuron":
-        return lambda layer, c: fv.neuron(layer, c)
-    return lambda layer, c: -fv.channel(layer, c)
+    artifacts = {"image": "image/png"}
+    requires = "cnnscope.featurevis.render"
+    thumbnail = "image"
 
+    #: maximise the centre position instead of the channel's mean; minimise instead of maximise
+    neuron: ClassVar[bool] = False
+    negative: ClassVar[bool] = False
 
-def _produce_for(kind: str) -> Callable[[BuildContext, list[int]], dict]:
-    def produce(ctx: BuildContext, units: list[int]) -> dict:
+    def objective(self, layer: str, c: int, pre_activation: bool):
+        from ..featurevis import channel, neuron
+
+        obj = (neuron if self.neuron else channel)(layer, c, pre_activation=pre_activation)
+        return -obj if self.negative else obj
+
+    def produce(self, ctx: BuildContext, units: list[int]) -> dict:
         from ..featurevis import measure, render
 
-        make = _objectives(kind)
-        objs = [make(ctx.layer.name, u) for u in units]
+        objs = [self.objective(ctx.layer.name, u, ctx.options.pre_activation) for u in units]
         o = ctx.options
         res = render(ctx.model, objs, recipe=o.recipe, steps=o.steps, size=o.size, seed=o.seed,
                      batch_size=len(objs))
-        stored = measure(ctx.model, objs, res.images)  # the objective on exactly the stored uint8 picture
+        stored = measure(ctx.model, res.images, objs)  # the objective on exactly the stored uint8 picture
         idx = np.unique(np.linspace(0, len(res.trace) - 1, min(TRACE_POINTS, len(res.trace))).round().astype(int))
         out = {}
         for i, u in enumerate(units):
@@ -44,21 +49,31 @@ def _produce_for(kind: str) -> Callable[[BuildContext, list[int]], dict]:
             spec["objective"] = res.spec["objectives"][i]
             numbers = {"objective": res.labels[i], "activation": float(res.activations[i]),
                        "activation_stored_image": float(stored[i]),
-                       "trace": {"step": (idx + 1).tolist(), "value": res.trace[idx, i].astype(float).tolist()}}
-            out[u] = [image_artifact(kind, "image", res.images[i], numbers, spec=spec, seed=int(res.spec["seeds"][i]),
-                                     render_timing=res.timing)]
+                       "trace": {"step": (idx + 1).tolist(), "value": res.trace[idx.tolist(), i].tolist()}}
+            out[u] = [image_artifact(self.name, "image", res.images[i], numbers, spec=spec,
+                                     seed=int(res.spec["seeds"][i]), render_timing=res.timing)]
         return out
 
-    return produce
+
+@register_kind
+class FeatureVisChannel(_FeatureVis):
+    name = "featurevis"
+    title = "Feature visualization (channel)"
+    order = 10
+    description = "image that maximises the channel's mean activation (Olah et al. 2017)"
 
 
-_COMMON = {"requires": "cnnscope.featurevis.render", "thumbnail": "image"}
-register_kind(ArtifactKind(
-    name="featurevis", title="Feature visualization (channel)", produce=_produce_for("featurevis"), order=10,
-    description="image that maximises the channel's mean activation (Olah et al. 2017)", **_COMMON))
-register_kind(ArtifactKind(
-    name="featurevis_neuron", title="Feature visualization (centre neuron)", produce=_produce_for("featurevis_neuron"),
-    order=11, optional=True, description="image that maximises the channel at the centre position", **_COMMON))
-register_kind(ArtifactKind(
-    name="featurevis_negative", title="Feature visualization (negative)", produce=_produce_for("featurevis_negative"),
-    order=12, optional=True, description="image that minimises the channel's mean activation", **_COMMON))
+@register_kind
+class FeatureVisNeuron(_FeatureVis):
+    name = "featurevis_neuron"
+    title = "Feature visualization (centre neuron)"
+    order, optional, neuron = 11, True, True
+    description = "image that maximises the channel at the centre position"
+
+
+@register_kind
+class FeatureVisNegative(_FeatureVis):
+    name = "featurevis_negative"
+    title = "Feature visualization (negative)"
+    order, optional, negative = 12, True, True
+    description = "image that minimises the channel's mean activation"

@@ -8,11 +8,11 @@ from pathlib import Path
 import click
 
 from ..errors import CnnscopeError
-from .app import cli, model_options, open_model, print_table
+from .app import batch_size_option, cli, model_options, open_model, pre_activation_option, print_table
 from .demo import DemoContext, demo_section
 
 #: Demo atlas: the expansion activations of a shallow, a middle and a deep block of EfficientNet-Lite0 (units of a
-#: convolution + batch norm + ReLU6, so every kind applies: dataset examples rank their pre-activations).
+#: convolution + batch norm + ReLU6, so every kind applies), read before the ReLU6 as in *Curve Detectors*.
 DEMO_LAYERS = ("blocks.1.1.bn1.act", "blocks.3.2.bn1.act", "blocks.5.3.bn1.act")
 
 
@@ -25,7 +25,7 @@ def atlas_group() -> None:
 @click.argument("model")
 @model_options
 @click.option("--layers", required=True, help="Comma-separated layer names (see `cnnscope layers MODEL`).")
-@click.option("--units", default="all", show_default=True, help="all, 0-31 or 0,4,8-11 (for every layer).")
+@click.option("--channels", default="all", show_default=True, help="Units of every layer: all, 0-31 or 0,4,8-11.")
 @click.option("--images", "images_src", default=None,
               help="Images for dataset examples/histograms: samples, sample:chelsea,coffee, a folder or a glob.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Atlas folder (resumed if it exists).")
@@ -39,15 +39,15 @@ def atlas_group() -> None:
 @click.option("--recipe", default=None, help="Feature-vis recipe (default: featurevis's default).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--top-k", type=click.IntRange(1), default=9, show_default=True, help="Dataset examples per unit.")
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
-              help="Units per chunk (one render batch, one dataset pass).")
-@click.option("--image-batch", type=click.IntRange(1), default=16, show_default=True,
-              help="Images per forward pass over the dataset.")
+@pre_activation_option
+@click.option("--units-per-chunk", type=click.IntRange(1), default=8, show_default=True,
+              help="Units computed together (one render batch, one dataset pass) and committed one by one.")
+@batch_size_option
 @click.option("--max-units", type=click.IntRange(1), default=None, help="Stop after this many units (resume later).")
-def build_cmd(model: str, weights: str | None, device: str, layers: str, units: str, images_src: str | None,
+def build_cmd(model: str, weights: str | None, device: str, layers: str, channels: str, images_src: str | None,
               out: str, kinds: str | None, neuron: bool, negative: bool, tuning: bool, steps: int, size: int,
-              recipe: str | None, seed: int, top_k: int, batch_size: int, image_batch: int,
-              max_units: int | None) -> None:
+              recipe: str | None, seed: int, top_k: int, pre_activation: bool, units_per_chunk: int,
+              batch_size: int | None, max_units: int | None) -> None:
     """Build (or finish) the atlas of MODEL in --out; interrupted builds resume where they stopped."""
     from ..atlas import BuildOptions, build_atlas, get_kind
     from ..atlas.kinds import default_kinds
@@ -58,12 +58,12 @@ def build_cmd(model: str, weights: str | None, device: str, layers: str, units: 
                                 (tuning, "tuning")) if flag and k not in names]
     for name in names:
         get_kind(name)  # unknown names fail before the model loads
-    images = open_source(images_src) if images_src else None
+    source = open_source(images_src) if images_src else None
     m = open_model(model, weights, device)
-    opts = BuildOptions(steps=steps, size=size, recipe=recipe, seed=seed, top_k=top_k, batch_size=batch_size,
-                        image_batch=image_batch)
-    report = build_atlas(m, out, [s.strip() for s in layers.split(",") if s.strip()], units, images=images,
-                         kinds=names, options=opts, progress=True, max_units=max_units)
+    opts = BuildOptions(steps=steps, size=size, recipe=recipe, seed=seed, top_k=top_k, pre_activation=pre_activation,
+                        units_per_chunk=units_per_chunk, batch_size=batch_size)
+    report = build_atlas(m, out, [s.strip() for s in layers.split(",") if s.strip()], channels=channels,
+                         source=source, kinds=names, options=opts, progress=True, max_units=max_units)
     click.echo(f"built {len(report.built)} units ({report.skipped} already there) with {', '.join(report.kinds)} "
                f"in {report.seconds:.1f}s -> {report.root}")
     click.echo(f"view it: cnnscope serve {report.root}")
@@ -103,8 +103,8 @@ def kinds_cmd() -> None:
     from ..atlas import list_kinds
 
     print_table([(k.name, "optional" if k.optional else "default", "images" if k.needs_images else "",
-                  k.unavailable() or "available", k.description) for k in list_kinds()],
-                ("kind", "built", "needs", "status", "what"))
+                  ", ".join(k.artifacts), k.unavailable() or "available", k.description) for k in list_kinds()],
+                ("kind", "built", "needs", "stores", "status", "what"))
 
 
 @cli.command("serve")
@@ -130,13 +130,12 @@ def _demo_atlas(ctx: DemoContext) -> None:
     from ..atlas.kinds import default_kinds
 
     out = ctx.out / "atlas"
-    units = "0-1" if ctx.quick else "0-3"
+    channels = "0-1" if ctx.quick else "0-3"
     opts = BuildOptions(steps=8 if ctx.quick else 32, size=64 if ctx.quick else 96, top_k=4 if ctx.quick else 6,
-                        batch_size=4, image_batch=8, seed=0)
-    images = list(ctx.images.items())
+                        units_per_chunk=4, pre_activation=True, seed=0)
     kinds = default_kinds(with_images=True)
-    report = build_atlas(ctx.model, out, DEMO_LAYERS, units, images=images, kinds=kinds, options=opts,
-                         progress=False)
+    report = build_atlas(ctx.model, out, DEMO_LAYERS, channels=channels, source=list(ctx.images.items()), kinds=kinds,
+                         options=opts)
     ctx.extra["atlas"] = out
     click.echo(f"{len(report.built)} units built ({report.skipped} already there) for layers "
                f"{', '.join(DEMO_LAYERS)} with {', '.join(report.kinds)} in {report.seconds:.1f}s")

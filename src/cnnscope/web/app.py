@@ -67,8 +67,8 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
 
     Args:
         atlas: an atlas folder or an open :class:`~cnnscope.atlas.AtlasStore`.
-        model: the ``LoadedModel`` for the explain page (default: reloaded from the atlas's model name and
-            weights on first use, and only if its fingerprint matches the atlas).
+        model: the model of the explain page, a ``LoadedModel`` or ``nn.Module`` (default: reloaded from the
+            atlas's model name and weights on first use, and only if its fingerprint matches the atlas).
         explain: offer the "explain an image" page.
         max_upload_bytes: larger uploads get HTTP 413.
         max_pixels: images with more pixels get HTTP 413.

@@ -17,6 +17,7 @@ from starlette.requests import Request
 
 from ..atlas.store import AtlasStore
 from ..errors import CnnscopeError, close_matches
+from ..models import as_model
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 DEFAULT_METHODS = ("saliency", "gradcam", "integrated_gradients")
@@ -83,7 +84,7 @@ class Explainer:
 
     Args:
         store: the atlas (its model name, weights and fingerprint select the model).
-        model: a ``LoadedModel`` to use instead of reloading the atlas's model.
+        model: a ``LoadedModel`` or ``nn.Module`` to use instead of reloading the atlas's model.
         enabled: whether the page is offered at all.
         max_bytes, max_pixels: upload limits.
     """
@@ -91,7 +92,7 @@ class Explainer:
     def __init__(self, store: AtlasStore, model=None, enabled: bool = True, max_bytes: int = 8 * 1024 * 1024,
                  max_pixels: int = 40_000_000) -> None:
         self.store = store
-        self.model = model
+        self.model = None if model is None else as_model(model)
         self.enabled = enabled
         self.max_bytes = int(max_bytes)
         self.max_pixels = int(max_pixels)
@@ -100,18 +101,15 @@ class Explainer:
 
     # -- what is offered ----------------------------------------------------------------------------
     def methods(self) -> list[str]:
-        try:
-            from ..attribution import list_methods
-        except ImportError:
-            return []
+        """The menu: every registered attribution method (``cnnscope.attribution.list_methods``)."""
+        from ..attribution import list_methods
+
         return list(list_methods())
 
     def unavailable(self) -> str | None:
         """Why the page cannot explain images here, or ``None``."""
         if not self.enabled:
             return "the explain page is switched off for this server"
-        if not self.methods():
-            return "this installation of cnnscope has no attribution methods (cnnscope.attribution is missing)"
         if self.model is None:
             desc = self.store.get_meta("model", {}) or {}
             if desc.get("source") == "user":
@@ -139,7 +137,7 @@ class Explainer:
         except CnnscopeError as exc:
             self._model_error = f"cannot reload the atlas's model: {exc}"
             raise UploadError(503, self._model_error) from None
-        if model_fingerprint(m.module) != self.store.get_meta("fingerprint"):
+        if model_fingerprint(m) != self.store.get_meta("fingerprint"):
             self._model_error = "the reloaded model's weights differ from the atlas's (fingerprint mismatch)"
             raise UploadError(503, self._model_error)
         self.model = m
@@ -206,4 +204,4 @@ class Explainer:
             cls = self._target(model, target)
             from .explain_panel import explain_panel
 
-            return explain_panel(model, image, methods, cls) | {"filename": filename[:80]}
+            return explain_panel(model, image, methods, target=cls) | {"filename": filename[:80]}

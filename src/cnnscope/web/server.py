@@ -6,8 +6,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import CnnscopeError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -26,8 +30,8 @@ def _app(atlas, **app_options):
     return atlas if callable(atlas) and not isinstance(atlas, (str, Path)) else create_app(atlas, **app_options)
 
 
-def serve(atlas: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: str = "warning",
-          **app_options) -> None:
+def serve(atlas: str | Path | FastAPI, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          log_level: str = "warning", **app_options) -> None:
     """Serve the atlas at ``atlas`` until interrupted (Ctrl-C). Binds ``127.0.0.1`` unless told otherwise.
 
     Args:
@@ -68,9 +72,10 @@ class RunningServer:
         self.stop()
 
 
-def start_server(atlas, host: str = DEFAULT_HOST, port: int = 0, timeout: float = 30.0, **app_options
-                 ) -> RunningServer:
-    """Start the viewer in a daemon thread and wait until it listens (``port=0`` picks a free port).
+def start_server(atlas: str | Path | FastAPI, *, host: str = DEFAULT_HOST, port: int = 0, timeout: float = 30.0,
+                 **app_options) -> RunningServer:
+    """Start the viewer of ``atlas`` (a folder, or an app made by :func:`~cnnscope.web.create_app`) in a daemon
+    thread and wait until it listens (``port=0`` picks a free port).
 
     Returns:
         :class:`RunningServer` with the actual ``port`` and ``url``.

@@ -26,19 +26,30 @@ def artifact_url(artifact_id: int) -> str:
     return f"/artifact/{int(artifact_id)}"
 
 
-def _kind_table() -> dict[str, tuple[int, str, str | None]]:
-    return {k.name: (k.order, k.title, k.thumbnail) for k in list_kinds()}
+def kind_table(store: AtlasStore) -> dict[str, dict]:
+    """``kind -> {"title", "order", "thumbnail", "artifacts": [[name, MIME type], ...]}``.
+
+    What the atlas recorded of its kinds when it was built (so kinds this process does not know are shown too),
+    else what the registry says.
+    """
+    table = {k.name: k.describe() for k in list_kinds()}
+    table.update(store.get_meta("kind_info", {}) or {})
+    return table
+
+
+def _kind(table: dict[str, dict], name: str) -> dict:
+    return table.get(name) or {"title": name, "order": 1000, "thumbnail": None, "artifacts": []}
 
 
 def model_view(store: AtlasStore) -> dict:
     """The model page: description, build settings and the layers with their unit counts."""
     meta = store.meta()
-    kinds = _kind_table()
+    kinds = kind_table(store)
     return {
         "model": meta.get("model") or {},
         "fingerprint": meta.get("fingerprint"),
         "options": meta.get("options") or {},
-        "kinds": [{"name": k, "title": kinds.get(k, (0, k, None))[1]} for k in meta.get("kinds") or []],
+        "kinds": [{"name": k, "title": _kind(kinds, k)["title"]} for k in meta.get("kinds") or []],
         "images": meta.get("images"),
         "cnnscope_version": meta.get("cnnscope_version"),
         "schema_version": meta.get("schema_version"),
@@ -50,11 +61,12 @@ def model_view(store: AtlasStore) -> dict:
 def thumbnail_source(store: AtlasStore, layer: str) -> tuple[str, str] | None:
     """``(kind, name)`` of the artifact shown as a unit's thumbnail on the layer page."""
     present = set(store.kinds_present())
-    for kind in list_kinds():
-        if kind.thumbnail and kind.name in present:
-            units = store.units(layer)[:1]
-            if units and store.thumbnails(layer, kind.name, kind.thumbnail, units):
-                return kind.name, kind.thumbnail
+    table = kind_table(store)
+    units = store.units(layer)[:1]
+    for name in sorted(present, key=lambda k: (_kind(table, k)["order"], k)):
+        thumb = _kind(table, name)["thumbnail"]
+        if thumb and units and store.thumbnails(layer, name, thumb, units):
+            return name, thumb
     return None
 
 
@@ -81,23 +93,32 @@ def layer_view(store: AtlasStore, layer: str, page: int = 1, page_size: int = PA
 
 
 def _artifact(rec: ArtifactRecord) -> dict:
-    return rec.to_dict() | {"url": artifact_url(rec.id) if rec.size else None}
+    """The record plus its URL and how the unit page shows it: ``"image"`` (a picture the page embeds),
+    ``"file"`` (other bytes, linked) or ``"numbers"`` (numbers only)."""
+    url = artifact_url(rec.id) if rec.size else None
+    show = "numbers" if url is None else "image" if rec.mime.startswith("image/") else "file"
+    return rec.to_dict() | {"url": url, "show": show}
 
 
 def unit_view(store: AtlasStore, layer: str, unit: int) -> dict:
     """The unit page: every artifact grouped by kind (page order), previous/next units (raises NotInAtlas)."""
     rec = store.require_unit(layer, unit)
     prev, nxt = store.neighbors(layer, unit)
-    kinds = _kind_table()
+    kinds = kind_table(store)
+
+    def section(kind: str) -> dict:
+        info = _kind(kinds, kind)
+        return {"kind": kind, "title": info["title"], "order": info["order"], "artifacts": []}
+
     sections: dict[str, dict] = {}
     for a in store.artifacts(layer, unit):
-        order, title, _ = kinds.get(a.kind, (1000, a.kind, None))
-        sec = sections.setdefault(a.kind, {"kind": a.kind, "title": title, "order": order, "artifacts": []})
-        sec["artifacts"].append(_artifact(a))
+        sections.setdefault(a.kind, section(a.kind))["artifacts"].append(_artifact(a))
+    for sec in sections.values():  # in the order the kind declares its artifacts
+        declared = [name for name, _ in _kind(kinds, sec["kind"])["artifacts"]]
+        sec["artifacts"].sort(key=lambda a: declared.index(a["name"]) if a["name"] in declared else len(declared))
     links = _circuit_links(store, sections)
     for kind, why in (store.get_meta("not_applicable", {}) or {}).get(layer, {}).items():
-        order, title, _ = kinds.get(kind, (1000, kind, None))
-        sections[kind] = {"kind": kind, "title": title, "order": order, "artifacts": [], "not_applicable": why}
+        sections[kind] = section(kind) | {"not_applicable": why}
 
     def nav(item: tuple[str, int] | None) -> dict | None:
         return None if item is None else {"layer": item[0], "unit": item[1], "url": unit_url(*item)}
