@@ -1,4 +1,4 @@
-"""Benchmark of cnnscope.evaluate (issue 8), measured side by side in one run on EfficientNet-Lite0.
+"""Benchmark of cnnscope.evaluate, measured side by side in one run on EfficientNet-Lite0.
 
 1. RISE deletion curve (225 points at 224x224): ours (perturbed images generated on the fly, evaluated in
    batches) vs the bare batched forward of the same number of images (the floor) vs a one-image-at-a-time loop
@@ -32,7 +32,7 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def bench_deletion(m, x, maps, step: int, repeats: int, max_batch: int) -> str:
+def bench_deletion(m, x, maps, step: int, repeats: int, batch_size: int) -> str:
     from cnnscope.capture import evaluating
     from cnnscope.evaluate import deletion, pixel_ranks
 
@@ -43,12 +43,12 @@ def bench_deletion(m, x, maps, step: int, repeats: int, max_batch: int) -> str:
     ranks = pixel_ranks(torch.as_tensor(maps).float())
 
     def ours() -> None:
-        deletion(module, x, maps, step=step, max_batch=max_batch)
+        deletion(m, x, maps, step=step, batch_size=batch_size)
 
     def bare() -> None:
         with torch.no_grad(), evaluating(module):
-            for s in range(0, total, max_batch):
-                module(x[:1].expand(min(max_batch, total - s), -1, -1, -1).contiguous())
+            for s in range(0, total, batch_size):
+                module(x[:1].expand(min(batch_size, total - s), -1, -1, -1).contiguous())
 
     def one_at_a_time() -> None:
         with torch.no_grad(), evaluating(module):
@@ -59,7 +59,7 @@ def bench_deletion(m, x, maps, step: int, repeats: int, max_batch: int) -> str:
 
     times = side_by_side({"bare forward": bare, "cnnscope deletion": ours, "one image at a time": one_at_a_time},
                          repeats=repeats, warmup=0)
-    return (f"{b} image(s) x {n_points} points = {total} forwards, max_batch {max_batch}, per curve point:\n\n"
+    return (f"{b} image(s) x {n_points} points = {total} forwards, batch_size {batch_size}, per curve point:\n\n"
             + timing_table(times, "bare forward", unit=total / 1000, unit_name="ms"))
 
 
@@ -97,7 +97,7 @@ def bench_road(m, x, maps, repeats: int) -> str:
     out: dict[str, float] = {}
 
     def ours() -> None:
-        out["ours"] = float(road(module, x, maps, target=targets).combined.mean())
+        out["ours"] = float(road(m, x, maps, target=targets).combined.mean())
 
     def peer() -> None:
         with torch.no_grad():
@@ -115,14 +115,14 @@ def bench_sanity(m, x, repeats: int) -> str:
 
     sal = explainer("saliency")
     targets = torch.zeros(x.shape[0], dtype=torch.long)
-    n_steps = len(randomization_units(m.module, x)) + 1
+    n_steps = len(randomization_units(m, x)) + 1
 
     def bare() -> None:
         for _ in range(n_steps):
-            sal(m.module, x, targets)
+            sal(m, x, targets)
 
     def ours() -> None:
-        sanity_check(m.module, x, {"saliency": sal}, target=targets)
+        sanity_check(m, x, {"saliency": sal}, target=targets)
 
     times = side_by_side({f"{n_steps} bare saliency calls": bare, "cnnscope sanity_check": ours}, repeats=repeats,
                          warmup=0)
@@ -141,7 +141,7 @@ def method_table(m, images: dict, sanity_images: int, quick: bool, methods: list
     from cnnscope.evaluate import MetricTable, available_methods, evaluate
 
     names = list(images)
-    x = m.preprocess(list(images.values()))
+    x = m.batch(list(images.values()))
     methods = methods or list(available_methods())
     opts = dict(step=224 * 8 if quick else 224, road_percentages=(20, 50, 80) if quick else tuple(range(10, 100, 10)))
     partial = Path(tempfile.gettempdir()) / "cnnscope_bench_evaluate_rows.json"
@@ -153,11 +153,11 @@ def method_table(m, images: dict, sanity_images: int, quick: bool, methods: list
     for method in methods:
         if method in table.methods:
             continue
-        ev = evaluate(m.module, x, [method], metrics=["deletion", "insertion", "road"], image_names=names,
-                      max_batch=64, **opts)
+        ev = evaluate(m, x, [method], metrics=["deletion", "insertion", "road"], image_names=names,
+                      batch_size=64, **opts)
         table.rows += ev.table.rows
         if k and method in CHEAP_FOR_SANITY:
-            sv = evaluate(m.module, x[:k], [method], metrics=["sanity"], image_names=names[:k], max_batch=16)
+            sv = evaluate(m, x[:k], [method], metrics=["sanity"], image_names=names[:k], batch_size=16)
             table.rows += [r for r in sv.table.rows if r[1] != "seconds"]
         partial.write_text(json.dumps(table.rows))
         log(f"   {method}: {(time.perf_counter() - t0) / 60:.1f} min so far (rows in {partial})")
@@ -204,12 +204,12 @@ def main() -> None:
 
     m = load_model()
     photos = sample_images()
-    x = m.preprocess([photos["chelsea"]] if args.quick else [photos["chelsea"], photos["coffee"]])
+    x = m.batch([photos["chelsea"]] if args.quick else [photos["chelsea"], photos["coffee"]])
     sections: list[tuple[str, str]] = []
     if not args.skip_timing:
         with torch.no_grad():
             targets = m.module(x).argmax(1)
-        cam = explainer("gradcam")(m.module, x, targets)[:, 0]
+        cam = explainer("gradcam")(m, x, targets)[:, 0]
         maps = torch.nn.functional.interpolate(cam[:, None], size=(224, 224), mode="bilinear")[:, 0]
         sections = timing_sections(m, x, maps, args)
     body = "\n".join(f"### {t}\n\n{b}" for t, b in sections)

@@ -10,6 +10,7 @@ from cnnscope.errors import CnnscopeError, MethodError
 from cnnscope.evaluate import SUBSTRATES, auc, deletion, insertion, pixel_ranks
 from cnnscope.evaluate.deletion_insertion import curve_points
 from cnnscope.filters import gaussian_blur
+from cnnscope.models import wrap
 
 from .helpers import ConstantNet, RegionSumNet, checker, square_region
 
@@ -101,9 +102,9 @@ def test_batching_does_not_change_curves():
     model = RegionSumNet(region, scale=6 / 144, offset=3.0)
     x = _images(3)
     m = torch.rand(3, 4, 4)  # low resolution: upsampled bilinearly
-    a = deletion(model, x, m, target=0, step=8, max_batch=1)
-    b = deletion(model, x, m, target=0, step=8, max_batch=1000)
-    one = deletion(model, x[1:2], m[1:2], target=0, step=8, max_batch=7)
+    a = deletion(model, x, m, target=0, step=8, batch_size=1)
+    b = deletion(model, x, m, target=0, step=8, batch_size=1000)
+    one = deletion(model, x[1:2], m[1:2], target=0, step=8, batch_size=7)
     torch.testing.assert_close(a.scores, b.scores, atol=0, rtol=0)
     torch.testing.assert_close(a.scores[1:2], one.scores, atol=1e-7, rtol=0)
 
@@ -115,20 +116,38 @@ def test_callable_maps_equal_given_maps():
     m = torch.rand(3, 16, 16)
     seen = []
 
-    def explain(module, xb, targets):
-        seen.append(int(xb.shape[0]))
-        return m[: xb.shape[0]] if len(seen) == 1 else m[2:]
+    def explain(loaded, images, targets):
+        assert loaded.module is model  # explainers get the LoadedModel around the module
+        seen.append(int(images.shape[0]))
+        return m[: images.shape[0]] if len(seen) == 1 else m[2:]
 
-    a = insertion(model, x, explain, step=16, max_batch=2)
+    a = insertion(model, x, explain, step=16, batch_size=2)
     b = insertion(model, x, m, step=16)
     assert seen == [2, 1]
     torch.testing.assert_close(a.scores, b.scores)
 
 
-def test_top1_target_default():
+def test_top1_target_default_and_labels():
     model = ConstantNet((0.0, 2.0, 1.0))
     res = deletion(model, _images(2, size=8), torch.rand(2, 8, 8), step=64)
     assert res.targets.tolist() == [1, 1]
+    labelled = wrap(model, input_size=8, labels=["cat", "dog", "cow"])
+    by_label = deletion(labelled, _images(2, size=8), torch.rand(2, 8, 8), target=["cow", 0], step=64)
+    assert by_label.targets.tolist() == [2, 0]
+    p = torch.softmax(torch.tensor([0.0, 2.0, 1.0]), 0)
+    torch.testing.assert_close(by_label.auc, p[[2, 0]])
+
+
+def test_pictures_equal_their_model_space_tensor():
+    region = square_region()
+    m = wrap(RegionSumNet(region, scale=6 / 144, offset=3.0), input_size=16)
+    g = np.random.default_rng(0)
+    pictures = g.integers(0, 256, size=(2, 16, 16, 3), dtype=np.uint8)
+    maps = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(0))
+    a = deletion(m, pictures, maps, target=0, step=16)
+    b = deletion(m, m.batch(pictures), maps, target=0, step=16)
+    torch.testing.assert_close(a.scores, b.scores, atol=0, rtol=0)
+    assert a.fractions.device.type == "cpu" and a.scores.device == m.device
 
 
 def test_pixel_ranks_order_and_ties():

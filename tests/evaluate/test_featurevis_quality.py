@@ -40,7 +40,7 @@ def _flat(value: float, n: int = 1, size: int = 32) -> torch.Tensor:
 
 def test_ratio_z_and_kept_closed_form(red):
     dataset = torch.cat([_flat(v) for v in (0.1, 0.2, 0.3, 0.4, 0.5)])
-    res = featurevis_quality(red, _flat(0.5), dataset, objective=channel("features", 0))
+    res = featurevis_quality(red, _flat(0.5), dataset=dataset, objective=channel("features", 0))
     std = np.std([0.1, 0.2, 0.3, 0.4, 0.5], ddof=1)
     np.testing.assert_allclose(res.activation, [0.5], atol=1e-6)
     np.testing.assert_allclose(res.ratio, [1.0], atol=1e-6)
@@ -56,19 +56,19 @@ def test_high_frequency_and_fragile_render(red):
     x = torch.full((1, 3, 32, 32), 0.5)
     x[0, 0] = board
     ds = np.linspace(0.0, 1.0, 10)
-    res = featurevis_quality(red, x, objective=neuron("features", 0, 16, 16), dataset_activations=ds,
+    res = featurevis_quality(red, x, objective=neuron("features", 0, (16, 16)), dataset_activations=ds,
                              n_transforms=16)
-    assert res.activation[0] == pytest.approx(1.0)
-    assert res.high_freq[0] > 0.9
-    assert res.kept[0] < 0.8  # shifts by one pixel turn the neuron's pixel black
-    assert res.ratio[0] == pytest.approx(1.0) and res.dataset_max[0] == pytest.approx(1.0)
+    assert float(res.activation[0]) == pytest.approx(1.0)
+    assert float(res.high_freq[0]) > 0.9
+    assert float(res.kept[0]) < 0.8  # shifts by one pixel turn the neuron's pixel black
+    assert float(res.ratio[0]) == pytest.approx(1.0) and float(res.dataset_max[0]) == pytest.approx(1.0)
 
 
 def test_render_result_objectives_are_read_from_its_spec(red):
     objs = [channel("features", 0), channel("features", 1)]
     rr = render(red, objs, recipe="plain", steps=3, size=32, seed=0)
     dataset = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    res = featurevis_quality(red, rr, dataset)
+    res = featurevis_quality(red, rr, dataset=dataset)
     # render() measures the float image, we measure the saved uint8 image: half a grey level apart at most
     np.testing.assert_allclose(res.activation, rr.activations, atol=0.5 / 255)
     means = dataset.mean(dim=(2, 3))
@@ -78,8 +78,8 @@ def test_render_result_objectives_are_read_from_its_spec(red):
 
 def test_featurevis_quality_errors(red):
     with pytest.raises(CnnscopeError, match="objective"):
-        featurevis_quality(red, _flat(0.5), _flat(0.2, 3))
+        featurevis_quality(red, _flat(0.5), dataset=_flat(0.2, 3))
     with pytest.raises(CnnscopeError, match="dataset"):
         featurevis_quality(red, _flat(0.5), objective=channel("features", 0))
     with pytest.raises(CnnscopeError, match="2 images"):
-        featurevis_quality(red, _flat(0.5), _flat(0.2, 1), objective=channel("features", 0))
+        featurevis_quality(red, _flat(0.5), dataset=_flat(0.2, 1), objective=channel("features", 0))

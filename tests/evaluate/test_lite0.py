@@ -27,55 +27,55 @@ STEP = 6272  # 9 points per curve for speed (the RISE step is 224: see the slow 
 
 @pytest.fixture(scope="module")
 def setup(lite0, samples):
-    x = lite0.preprocess([samples[n] for n in PHOTOS])
+    x = lite0.batch([samples[n] for n in PHOTOS])
     with torch.no_grad():
         targets = lite0.module(x).argmax(1)
     assert [lite0.label(int(t)) for t in targets] == ["Egyptian cat", "espresso"]
-    cam = explainer("gradcam")(lite0.module, x, targets)
-    return lite0.module, x, targets, cam
+    cam = explainer("gradcam")(lite0, x, targets)
+    return lite0, x, targets, cam
 
 
-def _mean_auc(fn, module, x, maps, targets, step=STEP):
-    return float(fn(module, x, maps, target=targets, step=step).auc.mean())
+def _mean_auc(fn, model, x, maps, targets, step=STEP):
+    return float(fn(model, x, maps, target=targets, step=step).auc.mean())
 
 
 def test_gradcam_deletion_beats_a_random_map_of_its_resolution(setup):
-    module, x, targets, cam = setup
-    ours = _mean_auc(deletion, module, x, cam, targets)
-    rand = [_mean_auc(deletion, module, x, explainer("random", seed=s)(module, x, targets), targets) for s in (0, 1)]
+    model, x, targets, cam = setup
+    ours = _mean_auc(deletion, model, x, cam, targets)
+    rand = [_mean_auc(deletion, model, x, explainer("random", seed=s)(model, x, targets), targets) for s in (0, 1)]
     assert ours < min(rand), (ours, rand)
 
 
 def test_gradcam_insertion_beats_a_random_pixel_order(setup):
-    module, x, targets, cam = setup
-    ours = _mean_auc(insertion, module, x, cam, targets)
-    rand = _mean_auc(insertion, module, x, explainer("random_pixel")(module, x, targets), targets)
+    model, x, targets, cam = setup
+    ours = _mean_auc(insertion, model, x, cam, targets)
+    rand = _mean_auc(insertion, model, x, explainer("random_pixel")(model, x, targets), targets)
     assert ours > rand + 0.05, (ours, rand)
 
 
 @pytest.mark.slow
 def test_road_credits_gradcam_and_not_scattered_pixels(setup):
-    module, x, targets, cam = setup
+    model, x, targets, cam = setup
     pct = (20, 50, 80)
-    grad = road(module, x, cam, target=targets, percentages=pct)
-    smooth = road(module, x, explainer("random")(module, x, targets), target=targets, percentages=pct)
-    pixel_maps = explainer("random_pixel")(module, x, targets)
-    pixel = road(module, x, pixel_maps, target=targets, percentages=pct)
+    grad = road(model, x, cam, target=targets, percentages=pct)
+    smooth = road(model, x, explainer("random")(model, x, targets), target=targets, percentages=pct)
+    pixel_maps = explainer("random_pixel")(model, x, targets)
+    pixel = road(model, x, pixel_maps, target=targets, percentages=pct)
     assert float(grad.combined.mean()) > float(smooth.combined.mean()) + 0.02
     assert float(grad.combined.mean()) > float(pixel.combined.mean()) + 0.05
     # the bias ROAD removes: zeroing scattered pixels collapses the score, imputing them does not
-    assert _mean_auc(deletion, module, x, pixel_maps, targets) < _mean_auc(deletion, module, x, cam, targets)
+    assert _mean_auc(deletion, model, x, pixel_maps, targets) < _mean_auc(deletion, model, x, cam, targets)
     assert float(pixel.morf_mean.mean()) > float(grad.morf_mean.mean()) + 0.2
 
 
 @pytest.mark.slow
 def test_rise_protocol_on_lite0(setup):
     """The frozen protocol (224 px per step, 225 points): the same two orderings hold."""
-    module, x, targets, cam = setup
-    d = deletion(module, x, cam, target=targets)
+    model, x, targets, cam = setup
+    d = deletion(model, x, cam, target=targets)
     assert d.protocol == "RISE" and d.scores.shape == (2, 225)
-    rand = _mean_auc(deletion, module, x, explainer("random")(module, x, targets), targets, step=224)
+    rand = _mean_auc(deletion, model, x, explainer("random")(model, x, targets), targets, step=224)
     assert float(d.auc.mean()) < rand, (d.auc, rand)
-    ins = insertion(module, x, cam, target=targets)
-    pixel = _mean_auc(insertion, module, x, explainer("random_pixel")(module, x, targets), targets, step=224)
+    ins = insertion(model, x, cam, target=targets)
+    pixel = _mean_auc(insertion, model, x, explainer("random_pixel")(model, x, targets), targets, step=224)
     assert ins.protocol == "RISE" and float(ins.auc.mean()) > pixel + 0.05, (ins.auc, pixel)

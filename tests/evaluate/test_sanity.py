@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from cnnscope.errors import CnnscopeError, LayerError
-from cnnscope.evaluate import explainer, randomization_units, reinitialize_, sanity_check
+from cnnscope.evaluate import explainer, randomization_units, sanity_check
+from cnnscope.evaluate.sanity import reinitialize_
 from tests.conformance import assert_unchanged
 
 from .trained import square_data, train_small_cnn
@@ -53,9 +54,9 @@ class _ParamProbe:
     def __init__(self) -> None:
         self.seen: list[dict[str, torch.Tensor]] = []
 
-    def __call__(self, module, x, targets):
-        self.seen.append({k: v.detach().clone() for k, v in module.state_dict().items()})
-        return torch.ones(x.shape[0], x.shape[-2], x.shape[-1]) + torch.arange(x.shape[-1]).float()
+    def __call__(self, model, images, targets):
+        self.seen.append({k: v.detach().clone() for k, v in model.module.state_dict().items()})
+        return torch.ones(images.shape[0], images.shape[-2], images.shape[-1]) + torch.arange(images.shape[-1]).float()
 
 
 @pytest.mark.parametrize("mode", ["cascading", "independent"])

@@ -4,6 +4,7 @@ the tables, and the model-unchanged rule for every public operation."""
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import math
 
@@ -22,11 +23,13 @@ from cnnscope.evaluate import (
     featurevis_quality,
     insertion,
     pointing_game,
+    randomization_units,
     road,
     sanity_check,
     save_table,
 )
 from cnnscope.featurevis import channel
+from cnnscope.models import wrap
 from tests.conformance import assert_unchanged
 from tests.models import GapLinearNet, InplaceReLUNet
 
@@ -123,8 +126,8 @@ def _operations(model, x):
         "sanity": lambda: sanity_check(model, x, {"saliency": sal}, measures=["spearman_abs"]),
         "evaluate": lambda: evaluate(model, x, ["saliency", "gradcam"], metrics=list(METRICS), step=64,
                                      road_percentages=(50,), regions=BOXES[: x.shape[0]]),
-        "featurevis_quality": lambda: featurevis_quality(model, (x[:1].sigmoid()), x.sigmoid(),
-                                                         objective=channel("features.0", 1), n_transforms=2),
+        "featurevis_quality": lambda: featurevis_quality(model, x[:1], dataset=x, objective=channel("features.0", 1),
+                                                         n_transforms=2),
         "raises": lambda: deletion(model, x, torch.rand(x.shape[0] + 1, 4, 4)),
     }
 
@@ -137,3 +140,51 @@ def test_public_operations_leave_the_model_unchanged(name):
     err = assert_unchanged(model, _operations(model, x)[name])
     assert (err is not None) == (name == "raises"), err
     assert model.training
+
+
+def test_plain_module_and_its_wrapper_give_equal_values():
+    module = GapLinearNet()
+    x = _x()
+    loaded = wrap(module, input_size=16)
+    maps = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(1))
+    sal = explainer("saliency")
+    for fn in (deletion, insertion):
+        a, b = fn(module, x, sal, step=32), fn(loaded, x, sal, step=32)
+        torch.testing.assert_close(a.scores, b.scores, atol=0, rtol=0)
+    a, b = road(module, x, maps, percentages=(30, 70)), road(loaded, x, maps, percentages=(30, 70))
+    torch.testing.assert_close(a.morf, b.morf, atol=0, rtol=0)
+    torch.testing.assert_close(a.lerf, b.lerf, atol=0, rtol=0)
+    a, b = (sanity_check(m, x, ["saliency"], measures=["spearman_abs"]) for m in (module, loaded))
+    torch.testing.assert_close(a.similarity["saliency"]["spearman_abs"], b.similarity["saliency"]["spearman_abs"])
+    a, b = (evaluate(m, x, ["saliency", "random"], metrics=["deletion", "road", "pointing"], step=32,
+                     road_percentages=(50,), regions=BOXES) for m in (module, loaded))
+    assert [r for r in a.table.rows if r[1] != "seconds"] == [r for r in b.table.rows if r[1] != "seconds"]
+
+
+PUBLIC = {"deletion": deletion, "insertion": insertion, "road": road, "evaluate": evaluate,
+          "sanity_check": sanity_check, "featurevis_quality": featurevis_quality,
+          "randomization_units": randomization_units}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC))
+def test_model_first_and_options_keyword_only(name):
+    params = list(inspect.signature(PUBLIC[name]).parameters.values())
+    assert params[0].name == "model"
+    positional = [p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert len(positional) <= 3 and all(p.default is p.empty for p in positional), positional
+    assert all(p.kind is p.KEYWORD_ONLY for p in params[len(positional):])
+    if "batch_size" in inspect.signature(PUBLIC[name]).parameters:
+        assert inspect.signature(PUBLIC[name]).parameters["batch_size"].default is None
+
+
+def test_options_cannot_be_given_by_position():
+    model, x = GapLinearNet(), _x(1)
+    maps = torch.rand(1, 16, 16)
+    with pytest.raises(TypeError):
+        deletion(model, x, maps, 0)
+    with pytest.raises(TypeError):
+        road(model, x, maps, 0)
+    with pytest.raises(TypeError):
+        evaluate(model, x, ["random"], ["deletion"])
+    with pytest.raises(TypeError):
+        explainer("saliency", "features.0")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from ..errors import CnnscopeError
-from .app import cli, model_options, open_model, read_image_arg, write_json
+from .app import batch_size_option, cli, model_options, open_model, read_image_arg, write_json
 from .demo import DemoContext, demo_section
 
 DEFAULT_METHODS = "gradcam,saliency,random"
@@ -38,62 +37,6 @@ def _read_images(args: tuple[str, ...]) -> dict:
     return out
 
 
-def _regions(path: str | None, images: dict, size: tuple[int, int]) -> tuple[list | None, list | None]:
-    """Boxes from a JSON file ``{image: [x0, y0, x1, y1]}`` or ``{image: {"box": [...], "label": ...}}`` in the
-    original image's pixels, scaled to the model's input size."""
-    if path is None:
-        return None, None
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise CnnscopeError(f"cannot read regions file {path}: {exc}") from None
-    boxes, labels = [], []
-    for name, arr in images.items():
-        if name not in data:
-            raise CnnscopeError(f"regions file {path} has no box for image {name!r}")
-        entry = data[name]
-        box = entry["box"] if isinstance(entry, dict) else entry
-        sy, sx = size[0] / arr.shape[0], size[1] / arr.shape[1]
-        x0, y0, x1, y1 = (float(v) for v in box)
-        boxes.append((x0 * sx, y0 * sy, x1 * sx, y1 * sy))
-        labels.append(entry.get("label", "all") if isinstance(entry, dict) else "all")
-    return boxes, labels
-
-
-def save_figures(ev, out: Path) -> list[Path]:
-    """Write the curve plots of an :class:`~cnnscope.evaluate.Evaluation` into ``out``."""
-    from ..plot.common import save_figure
-    from ..plot.evaluate import curves_figure, road_figure, sanity_figure
-
-    paths = []
-    for kind in ("deletion", "insertion"):
-        got = {m: c[kind] for m, c in ev.curves.items() if kind in c}
-        if got:
-            paths.append(save_figure(curves_figure(got, kind), out / f"curves_{kind}.png"))
-    if ev.road:
-        paths.append(save_figure(road_figure(ev.road), out / "road.png"))
-    if ev.sanity is not None:
-        paths.append(save_figure(sanity_figure(ev.sanity, "spearman_abs"), out / "sanity_spearman_abs.png"))
-        paths.append(save_figure(sanity_figure(ev.sanity, "ssim"), out / "sanity_ssim.png"))
-    return paths
-
-
-def _notes(ev, model) -> str:
-    s = ev.settings
-    lines = [f"model: {model.name} ({model.weights_note}); images: {len(ev.images)}; "
-             f"classes scored: each image's top-1 unless --target was given."]
-    if any(k in s["metrics"] for k in ("deletion", "insertion")):
-        proto = "RISE protocol" if s["step"] == 224 and s["deletion_substrate"] == "zero" and \
-            s["insertion_substrate"] == "blur" else "CUSTOM settings (not the RISE protocol)"
-        lines.append(f"deletion/insertion: {proto}: step {s['step']} px, deletion substrate "
-                     f"{s['deletion_substrate']}, insertion substrate {s['insertion_substrate']}.")
-    if "road" in s["metrics"]:
-        lines.append(f"ROAD: percentages {s['road_percentages']}, noise {s['noise']}.")
-    if "sanity" in s["metrics"]:
-        lines.append(f"sanity: {s['sanity_mode']} randomization; values after the last step.")
-    return "\n".join(f"- {t}" for t in lines) + "\n"
-
-
 @cli.command("evaluate")
 @click.argument("model")
 @click.argument("images", nargs=-1, required=True)
@@ -116,20 +59,20 @@ def _notes(ev, model) -> str:
               show_default=True)
 @click.option("--regions", type=click.Path(dir_okay=False, exists=True), default=None,
               help="JSON {image: [x0, y0, x1, y1]} boxes (original pixels) for the pointing game.")
-@click.option("--max-batch", type=click.IntRange(1), default=32, show_default=True,
-              help="Most images per forward pass.")
+@batch_size_option
 @click.option("--seed", type=int, default=0, show_default=True)
 def evaluate_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, methods: str,
                  metrics: str, out: str, layer: str | None, target: str | None, step: int,
                  deletion_substrate: str, insertion_substrate: str, road_percentages: str, noise: float,
-                 sanity_mode: str, regions: str | None, max_batch: int, seed: int) -> None:
+                 sanity_mode: str, regions: str | None, batch_size: int | None, seed: int) -> None:
     """Score METHODS by METRICS on IMAGES (paths, folders, sample:NAME or 'samples') for MODEL.
 
     Writes evaluation.md and evaluation.csv (method x metric, mean +- std over images), per_image.csv,
     evaluation.json and the curve plots into --out.
     """
     from ..errors import MethodError, unknown
-    from ..evaluate import METRICS, available_methods, evaluate, save_table
+    from ..evaluate import METRICS, available_methods, evaluate, load_regions, save_table
+    from ..plot.evaluate import save_figures
 
     known = available_methods()
     for name in _split(methods):  # check names before loading anything
@@ -140,21 +83,21 @@ def evaluate_cmd(model: str, images: tuple[str, ...], weights: str | None, devic
             raise MethodError(unknown("metric", name, METRICS))
     m = open_model(model, weights, device)
     imgs = _read_images(images)
-    x = m.preprocess(list(imgs.values()))
     try:
         pcts = [float(p) for p in _split(road_percentages)]
     except ValueError:
         raise CnnscopeError(f"--road-percentages takes numbers like 10,20,30, got {road_percentages!r}") from None
-    tgt = None
-    if target is not None:
-        tgt = int(target) if target.lstrip("-").isdigit() else m.class_index(target)
-    boxes, labels = _regions(regions, imgs, m.input_size)
-    ev = evaluate(m.module, x, _split(methods), metrics=_split(metrics), image_names=list(imgs), layer=layer,
-                  target=tgt, step=step, deletion_substrate=deletion_substrate,
+    tgt = int(target) if target is not None and target.lstrip("-").isdigit() else target
+    boxes, labels = None, None
+    if regions is not None:
+        boxes, labels = load_regions(regions, {n: a.shape[:2] for n, a in imgs.items()}, m.input_size)
+    ev = evaluate(m, list(imgs.values()), _split(methods), metrics=_split(metrics), image_names=list(imgs),
+                  layer=layer, target=tgt, step=step, deletion_substrate=deletion_substrate,
                   insertion_substrate=insertion_substrate, road_percentages=pcts, noise=noise, regions=boxes,
-                  labels=labels, sanity_mode=sanity_mode, seed=seed, max_batch=max_batch, progress=True)
+                  labels=labels, sanity_mode=sanity_mode, seed=seed, batch_size=batch_size, progress=True)
     folder = Path(out)
-    paths = save_table(ev.table, folder, title=f"Evaluation of {m.name}", notes=_notes(ev, m))
+    notes = f"- model: {m.name} ({m.weights_note}); images: {len(ev.images)}\n" + ev.notes()
+    paths = save_table(ev.table, folder, title=f"Evaluation of {m.name}", notes=notes)
     paths.append(write_json(folder / "evaluation.json", {
         "model": m.describe(), "images": ev.images, "settings": ev.settings,
         "targets": [{"image": n, "index": int(t), "label": m.label(int(t))} for n, t in zip(ev.images, ev.targets)],
@@ -167,16 +110,16 @@ def evaluate_cmd(model: str, images: tuple[str, ...], weights: str | None, devic
 @demo_section(70, "Can these explanations be trusted? (deletion/insertion, ROAD, sanity checks)")
 def _demo(ctx: DemoContext) -> None:
     from ..evaluate import evaluate, save_table
+    from ..plot.evaluate import save_figures
 
     quick = ctx.quick
     names = ["coffee"] if quick else ["chelsea", "coffee"]
-    x = ctx.model.preprocess([ctx.images[n] for n in names])
     step = 224 * (32 if quick else 4)
     methods = ["gradcam", "random"] if quick else ["gradcam", "saliency", "guided_backprop", "random"]
-    ev = evaluate(ctx.model.module, x, methods,
+    ev = evaluate(ctx.model, [ctx.images[n] for n in names], methods,
                   metrics=["deletion", "insertion", "road", "sanity"], image_names=names, step=step,
                   road_percentages=(20, 50, 80) if quick else (10, 30, 50, 70, 90),
-                  sanity_units=6 if quick else 8, max_batch=32)
+                  sanity_units=6 if quick else 8)
     folder = ctx.out / "evaluate"
     save_table(ev.table, folder, title="Evaluation on " + " and ".join(names),
                notes=f"- deletion/insertion step {step} px: coarser than the RISE protocol's 224 px to keep the "

@@ -1,12 +1,13 @@
 """Shared pieces of the evaluation metrics: maps, targets, batched class scores, pixel ranking, AUC.
 
-Every metric of :mod:`cnnscope.evaluate` takes plain inputs: a module, a batch of model-space images and either
-saliency maps (tensors/arrays) or an *explainer*, a callable ``explainer(module, x, targets) -> maps``.
+Every metric of :mod:`cnnscope.evaluate` takes ``model`` first (a ``LoadedModel`` or an ``nn.Module``), then
+``images`` (anything :meth:`LoadedModel.batch` takes) and either saliency maps (tensors/arrays) or an
+*explainer*, a callable ``explainer(model, images, targets) -> maps``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -14,31 +15,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..batching import chunks, resolve_batch_size
 from ..capture import evaluating
 from ..errors import CnnscopeError
+from ..models import LoadedModel
 
-#: ``explainer(module, x, targets) -> maps``: maps of ``x`` for the classes ``targets`` (``LongTensor[B]``).
-Explainer = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor | np.ndarray]
+#: ``explainer(model, images, targets) -> maps``: maps of the model-space batch ``images`` ``[B, C, H, W]`` for
+#: the classes ``targets`` (``LongTensor[B]``); ``model`` is the :class:`LoadedModel` being evaluated.
+Explainer = Callable[[LoadedModel, torch.Tensor, torch.Tensor], torch.Tensor | np.ndarray]
 #: saliency maps given directly, or an explainer that computes them.
 MapsLike = torch.Tensor | np.ndarray | Explainer
-#: ``None`` (the model's top-1 class per image), one class index for all images, or one per image.
-TargetLike = int | Sequence[int] | torch.Tensor | None
+#: ``None`` (the model's top-1 class per image), one class index or label for all images, or one per image.
+TargetLike = int | str | Sequence[int | str] | torch.Tensor | None
+
+#: images per forward of the perturbed copies when ``batch_size=None``, on a CPU and on an accelerator. These are
+#: forward passes without an autograd graph, so memory is small and one large batch amortises the per-call cost,
+#: on a CPU as well.
+PERTURBED_BATCH = {"cpu": 64, "gpu": 128}
 
 
-def check_images(x: torch.Tensor) -> torch.Tensor:
-    """Validate a batch of model-space images.
-
-    Shape:
-        - x: ``[B, C, H, W]`` (a single ``[C, H, W]`` image gets a batch dimension).
-    """
-    if not isinstance(x, torch.Tensor):
-        raise CnnscopeError(f"images must be a [B, C, H, W] tensor in the model's input space, got "
-                            f"{type(x).__name__} (use LoadedModel.preprocess to make one)")
-    if x.ndim == 3:
-        x = x.unsqueeze(0)
-    if x.ndim != 4 or not x.is_floating_point():
-        raise CnnscopeError(f"images must be a float [B, C, H, W] tensor, got {x.dtype} {tuple(x.shape)}")
-    return x.detach()
+def perturbed_batch_size(batch_size: int | None, device: torch.device) -> int:
+    """``batch_size`` (checked), else :data:`PERTURBED_BATCH` for ``device``."""
+    return resolve_batch_size(batch_size, device, cpu=PERTURBED_BATCH["cpu"], gpu=PERTURBED_BATCH["gpu"])
 
 
 def as_maps(maps: torch.Tensor | np.ndarray, batch: int, size: tuple[int, int], device: torch.device
@@ -72,23 +70,6 @@ def as_maps(maps: torch.Tensor | np.ndarray, batch: int, size: tuple[int, int], 
     return m
 
 
-def chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
-    """``(start, stop)`` pairs covering ``range(total)`` in pieces of at most ``size``."""
-    if size < 1:
-        raise CnnscopeError(f"max_batch must be at least 1, got {size}")
-    for start in range(0, total, size):
-        yield start, min(total, start + size)
-
-
-def progress_bar(items: Iterable, total: int | None, progress: bool, desc: str) -> Iterable:
-    """Wrap ``items`` in a tqdm bar when ``progress`` is true."""
-    if not progress:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, total=total, desc=desc, leave=False)
-
-
 @contextmanager
 def inference(module: nn.Module) -> Iterator[None]:
     """Temporary eval mode and no autograd graph (restored in ``finally``)."""
@@ -105,17 +86,21 @@ def logits_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def resolve_targets(module: nn.Module, x: torch.Tensor, target: TargetLike, max_batch: int) -> torch.Tensor:
-    """Class index per image: the model's top-1 class when ``target`` is ``None``.
+def resolve_targets(m: LoadedModel, x: torch.Tensor, target: TargetLike, batch_size: int) -> torch.Tensor:
+    """Class index per image: the model's top-1 class when ``target`` is ``None``; labels through the model's.
 
     Shape:
         - Output: ``LongTensor[B]`` on ``x``'s device.
     """
     b = x.shape[0]
     if target is None:
-        with inference(module):
-            parts = [logits_of(module, x[s:e]).argmax(dim=1) for s, e in chunks(b, max_batch)]
+        with inference(m.module):
+            parts = [logits_of(m.module, x[s]).argmax(dim=1) for s in chunks(b, batch_size)]
         return torch.cat(parts)
+    if isinstance(target, str):
+        target = m.class_index(target)
+    elif isinstance(target, (list, tuple)):
+        target = [m.class_index(t) if isinstance(t, str) else t for t in target]
     if isinstance(target, (int, np.integer)):
         return torch.full((b,), int(target), dtype=torch.long, device=x.device)
     t = torch.as_tensor(target, dtype=torch.long).to(x.device).reshape(-1)
@@ -129,37 +114,36 @@ def resolve_targets(module: nn.Module, x: torch.Tensor, target: TargetLike, max_
 class ClassScorer:
     """Batched class scores of a module: softmax probability (default) or logit of one class per image.
 
-    ``scorer(x, targets)`` evaluates ``x`` in chunks of ``max_batch``; call it inside :func:`inference`.
+    ``scorer(x, targets)`` evaluates ``x`` in chunks of ``batch_size`` images; call it inside :func:`inference`.
     """
 
-    def __init__(self, module: nn.Module, softmax: bool = True, max_batch: int = 64) -> None:
+    def __init__(self, module: nn.Module, softmax: bool, batch_size: int) -> None:
         self.module = module
         self.softmax = softmax
-        self.max_batch = max_batch
-        self.forwards = 0
+        self.batch_size = batch_size
 
     def __call__(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Shape: ``x [N, C, H, W]``, ``targets [N]`` -> ``[N]`` float32."""
         out = []
-        for s, e in chunks(x.shape[0], self.max_batch):
-            logits = logits_of(self.module, x[s:e]).float()
+        for s in chunks(x.shape[0], self.batch_size):
+            logits = logits_of(self.module, x[s]).float()
             scores = logits.softmax(dim=1) if self.softmax else logits
-            out.append(scores.gather(1, targets[s:e].view(-1, 1)).squeeze(1))
-            self.forwards += e - s
+            out.append(scores.gather(1, targets[s].view(-1, 1)).squeeze(1))
         return torch.cat(out)
 
 
-def compute_maps(maps: MapsLike, module: nn.Module, x: torch.Tensor, targets: torch.Tensor,
-                 max_batch: int) -> torch.Tensor:
-    """Saliency maps at input size: the given maps, or an explainer's output computed in chunks.
+def compute_maps(maps: MapsLike, m: LoadedModel, x: torch.Tensor, targets: torch.Tensor, batch_size: int
+                 ) -> torch.Tensor:
+    """Saliency maps at input size: the given maps, or an explainer's output computed ``batch_size`` images at a
+    time.
 
     Shape:
         - Output: ``[B, H, W]`` float32 on ``x``'s device.
     """
     size = tuple(x.shape[-2:])
     if callable(maps):
-        parts = [as_maps(maps(module, x[s:e], targets[s:e]), e - s, size, x.device)
-                 for s, e in chunks(x.shape[0], max_batch)]
+        parts = [as_maps(maps(m, x[s], targets[s]), x[s].shape[0], size, x.device)
+                 for s in chunks(x.shape[0], batch_size)]
         return torch.cat(parts)
     return as_maps(maps, x.shape[0], size, x.device)
 
@@ -189,17 +173,14 @@ def auc(scores: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
     if fractions.ndim != 1 or fractions.numel() != scores.shape[-1] or fractions.numel() < 2:
         raise CnnscopeError("auc() needs at least two points and one x value per point")
     span = (fractions[-1] - fractions[0]).clamp_min(torch.finfo(fractions.dtype).tiny)
-    fx = fractions.to(scores.dtype)
-    return torch.trapezoid(scores, fx, dim=-1) / span.to(scores.dtype)
+    fx = fractions.to(device=scores.device, dtype=scores.dtype)
+    return torch.trapezoid(scores, fx, dim=-1) / span.to(device=scores.device, dtype=scores.dtype)
 
 
-def make_generator(device: torch.device, seed: int | None, generator: torch.Generator | None
-                   ) -> torch.Generator:
-    """The explicit generator to draw from: ``generator`` as given, else a new one seeded with ``seed``."""
-    if generator is not None:
-        return generator
+def make_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A new generator on ``device`` seeded with ``seed`` (every random draw of a metric comes from one)."""
     g = torch.Generator(device=device)
-    g.manual_seed(0 if seed is None else int(seed))
+    g.manual_seed(int(seed))
     return g
 
 

@@ -20,20 +20,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-from torch import nn
 
-from ..capture import module_device
 from ..errors import CnnscopeError
 from ..featurevis import Jitter, Objective, Pipeline, RandomRotate, RenderResult, high_frequency_share, measure
 from ..featurevis.render import as_objectives
-from ..models import LoadedModel
+from ..images import to_float
+from ..models import LoadedModel, ModelLike, as_model
 
 
 @dataclass
 class FeatureVisQuality:
-    """Quality figures of ``N`` rendered images (numpy ``float64 [N]`` each).
+    """Quality figures of ``N`` rendered images (``float64 [N]`` tensors on the CPU: each value is compared with
+    statistics over a dataset).
 
     Attributes:
         activation, ratio, z, kept, high_freq: see the module docstring.
@@ -42,14 +41,14 @@ class FeatureVisQuality:
         settings: jitter, angles, transforms and cutoff used.
     """
 
-    activation: np.ndarray
-    ratio: np.ndarray
-    z: np.ndarray
-    kept: np.ndarray
-    high_freq: np.ndarray
-    dataset_max: np.ndarray
-    dataset_mean: np.ndarray
-    dataset_std: np.ndarray
+    activation: torch.Tensor
+    ratio: torch.Tensor
+    z: torch.Tensor
+    kept: torch.Tensor
+    high_freq: torch.Tensor
+    dataset_max: torch.Tensor
+    dataset_mean: torch.Tensor
+    dataset_std: torch.Tensor
     labels: list[str]
     settings: dict = field(default_factory=dict)
 
@@ -60,21 +59,19 @@ class FeatureVisQuality:
                 for i, lab in enumerate(self.labels)]
 
 
-def _as_unit_images(images: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
-    """``uint8 [N, H, W, 3]`` or float ``[N, 3, H, W]`` in [0, 1] -> float tensor ``[N, 3, H, W]`` in [0, 1]."""
-    if isinstance(images, np.ndarray):
-        arr = images[None] if images.ndim == 3 else images
-        if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-            raise CnnscopeError(f"{what} must be uint8 [N, H, W, 3] or a float [N, 3, H, W] tensor in [0, 1], "
-                                f"got {arr.dtype} {arr.shape}")
-        return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float() / 255.0
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-        raise CnnscopeError(f"{what} must be uint8 [N, H, W, 3] or a float [N, 3, H, W] tensor in [0, 1]")
-    return images.detach().float()
+def _pictures01(m: LoadedModel, images: object) -> torch.Tensor:
+    """Pictures as float ``[N, C, H, W]`` in [0, 1] on the model's device, at their own size.
+
+    ``uint8`` pictures (``[H, W, 3]``, ``[N, H, W, 3]`` or a list) are converted as they are; float tensors are in
+    the model's input space (:meth:`LoadedModel.batch` checks them) and are mapped back to [0, 1].
+    """
+    if isinstance(images, torch.Tensor) or (isinstance(images, (list, tuple)) and images
+                                            and isinstance(images[0], torch.Tensor)):
+        return m.denormalize(m.batch(images))
+    return to_float(images, device=m.device)
 
 
-def _objectives_for(renders: RenderResult | np.ndarray | torch.Tensor, objective: object, n: int
-                    ) -> list[Objective]:
+def _objectives_for(renders: object, objective: object, n: int) -> list[Objective]:
     if objective is None:
         if not isinstance(renders, RenderResult):
             raise CnnscopeError("give objective=... (one, or one per image) when renders are plain images")
@@ -90,20 +87,21 @@ def _objectives_for(renders: RenderResult | np.ndarray | torch.Tensor, objective
     return objs
 
 
-def featurevis_quality(model: nn.Module | LoadedModel, renders: RenderResult | np.ndarray | torch.Tensor,
-                       dataset: np.ndarray | torch.Tensor | None = None, *, objective: object = None,
-                       dataset_activations: np.ndarray | None = None, jitter: int = 8,
-                       angles: Sequence[float] = tuple(range(-5, 6)), n_transforms: int = 8, cutoff: float = 0.5,
-                       seed: int = 0, batch_size: int = 32) -> FeatureVisQuality:
+def featurevis_quality(model: ModelLike, renders: RenderResult | object, *, dataset: object = None,
+                       objective: object = None, dataset_activations: object = None,
+                       jitter: int = 8, angles: Sequence[float] = tuple(range(-5, 6)), n_transforms: int = 8,
+                       cutoff: float = 0.5, seed: int = 0, batch_size: int | None = None) -> FeatureVisQuality:
     """Activation ratio and z-score against a dataset, robustness to jitter/rotation, high-frequency share.
 
     Args:
-        model: the model the renders were made for (``LoadedModel`` for its normalisation, or a module with
-            ImageNet normalisation).
+        model: the model the renders were made for (``LoadedModel`` or ``nn.Module``; its normalisation turns
+            pictures into inputs).
         renders: a :class:`~cnnscope.featurevis.RenderResult` (its objectives are read from its spec), or
-            images: ``uint8 [N, H, W, 3]`` / float ``[N, 3, H, W]`` in [0, 1].
-        dataset: real images to compare with (same formats; any size the model accepts).
-        objective: an objective or one per image (required for plain images).
+            pictures (``uint8 [N, H, W, 3]``, a list of ``[H, W, 3]``) or a model-space float tensor, at any size
+            the model accepts (not resized).
+        dataset: real images to compare with: anything :meth:`LoadedModel.batch` takes (pictures are resized to
+            the model's input size).
+        objective: an objective or one per image (required unless ``renders`` is a ``RenderResult``).
         dataset_activations: precomputed objective values on the dataset instead of ``dataset``: ``[M]`` for
             one objective shared by all images, or ``[N, M]``.
         jitter: the jitter transform's range ``d`` (shifts in ``[-d//2, d//2]`` pixels).
@@ -111,46 +109,48 @@ def featurevis_quality(model: nn.Module | LoadedModel, renders: RenderResult | n
         n_transforms: random transforms per image.
         cutoff: high-frequency cutoff as a fraction of the Nyquist frequency.
         seed: seeds the transform generators (image ``i`` uses ``seed + i``).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass; ``None`` picks :func:`~cnnscope.featurevis.measure`'s default for the
+            model's device.
 
     Shape:
-        - Output: :class:`FeatureVisQuality` with ``[N]`` arrays.
+        - Output: :class:`FeatureVisQuality` with ``[N]`` tensors.
     """
-    device = module_device(getattr(model, "module", model))
-    x = _as_unit_images(renders.images if isinstance(renders, RenderResult) else renders, "renders").to(device)
+    m = as_model(model)
+    x = _pictures01(m, renders.images if isinstance(renders, RenderResult) else renders)
     n = x.shape[0]
     objs = _objectives_for(renders, objective, n)
-    act = measure(model, objs, x, batch_size=batch_size)
+    act = _cpu64(measure(m, m.to_input(x), objs, batch_size=batch_size))
     if dataset_activations is not None:
-        ds = np.asarray(dataset_activations, dtype=np.float64)
-        ds = np.broadcast_to(ds, (n, ds.shape[-1])) if ds.ndim == 1 else ds
+        ds = _cpu64(dataset_activations)
+        ds = ds.expand(n, ds.shape[-1]) if ds.ndim == 1 else ds
         if ds.ndim != 2 or ds.shape[0] != n or ds.shape[1] < 2:
-            raise CnnscopeError(f"dataset_activations must be [M] or [{n}, M] with M >= 2, got {ds.shape}")
+            raise CnnscopeError(f"dataset_activations must be [M] or [{n}, M] with M >= 2, got "
+                                f"{list(ds.shape)}")
     elif dataset is not None:
-        d = _as_unit_images(dataset, "dataset")
-        if d.shape[0] < 2:
-            raise CnnscopeError("the dataset needs at least 2 images for a mean and a std")
         unique = {repr(o.spec()): o for o in objs}
-        table = measure(model, list(unique.values()), d, pairwise=True, batch_size=batch_size)
+        table = _cpu64(measure(m, dataset, list(unique.values()), pairwise=True, batch_size=batch_size))
+        if table.shape[1] < 2:
+            raise CnnscopeError("the dataset needs at least 2 images for a mean and a std")
         row = {key: k for k, key in enumerate(unique)}
-        ds = np.stack([table[row[repr(o.spec())]] for o in objs])
+        ds = table[[row[repr(o.spec())] for o in objs]]
     else:
         raise CnnscopeError("featurevis_quality() needs dataset images or dataset_activations")
-    d_max, d_mean, d_std = ds.max(axis=1), ds.mean(axis=1), ds.std(axis=1, ddof=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = act / d_max
-        z = (act - d_mean) / d_std
+    d_max, d_mean, d_std = ds.max(dim=1).values, ds.mean(dim=1), ds.std(dim=1)
     pipeline = Pipeline([Jitter(jitter), RandomRotate(list(angles))])
-    gens = [torch.Generator(device=device).manual_seed(int(seed) + i) for i in range(n)]
-    moved = np.zeros(n)
+    gens = [torch.Generator(device=m.device).manual_seed(int(seed) + i) for i in range(n)]
+    moved = torch.zeros(n, dtype=torch.float64)
     for _ in range(int(n_transforms)):
         with torch.no_grad():
-            moved += measure(model, objs, pipeline(x, gens), batch_size=batch_size)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kept = moved / max(int(n_transforms), 1) / act
+            moved += _cpu64(measure(m, m.to_input(pipeline(x, gens)), objs, batch_size=batch_size))
     settings = {"jitter": int(jitter), "angles": [float(a) for a in angles], "n_transforms": int(n_transforms),
                 "cutoff": float(cutoff), "seed": int(seed), "dataset_size": int(ds.shape[1])}
-    return FeatureVisQuality(activation=act, ratio=ratio, z=z, kept=kept,
-                             high_freq=high_frequency_share(x, cutoff=cutoff), dataset_max=d_max,
+    return FeatureVisQuality(activation=act, ratio=act / d_max, z=(act - d_mean) / d_std,
+                             kept=moved / max(int(n_transforms), 1) / act,
+                             high_freq=_cpu64(high_frequency_share(x, cutoff=cutoff)), dataset_max=d_max,
                              dataset_mean=d_mean, dataset_std=d_std, labels=[repr(o) for o in objs],
                              settings=settings)
+
+
+def _cpu64(values: object) -> torch.Tensor:
+    """float64 on the CPU."""
+    return torch.as_tensor(values).detach().to("cpu", torch.float64)

@@ -1,5 +1,6 @@
-"""Explainers: the attribution methods of :mod:`cnnscope.attribution` (and two reference baselines) as
-callables ``explainer(module, x, targets) -> maps [B, H, W]`` for the metrics.
+"""Explainers: the attribution methods of :mod:`cnnscope.attribution` (and reference baselines) as callables
+``explainer(model, images, targets) -> maps`` for the metrics (``model`` a ``LoadedModel``, ``images`` a
+model-space batch ``[B, C, H, W]``, ``targets`` a ``LongTensor[B]``).
 
 An attribution method's map is its display convention (``Attribution.spec["display"]``: e.g. ``max_c |grad|``
 for saliency, the positive part for Grad-CAM) *without* the display's outlier clipping, so pixel rankings are
@@ -18,41 +19,47 @@ Baselines (not attribution methods; their maps do not depend on the model):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..errors import MethodError, unknown
-from .common import draw, make_generator
+from ..models import ModelLike
+from .common import Explainer, draw, make_generator
 
 
 class MethodExplainer:
     """An attribution method by registry name, with fixed layer and options.
 
     Args:
-        method: a name of :func:`cnnscope.attribution.list_methods`.
+        method: a name of :data:`cnnscope.attribution.METHODS`.
         layer: the CAM layer (automatic when ``None``).
         sign, reduce: override the method's display ``sign``/``reduce`` for the maps.
-        **options: method options (``max_batch``, ``n_steps``, ...).
+        **options: method options (``batch_size``, ``n_steps``, ...).
+
+    Raises:
+        MethodError: an option the method does not take (checked here, not deep inside a metric).
     """
 
-    def __init__(self, method: str, layer: str | None = None, sign: str | None = None, reduce: str | None = None,
-                 **options: Any) -> None:
-        from ..attribution import get_method
+    def __init__(self, method: str, *, layer: str | None = None, sign: str | None = None,
+                 reduce: str | None = None, **options: Any) -> None:
+        from ..attribution import METHODS
 
-        self.cls = get_method(method)
+        cls = METHODS.get(method)
+        defaults = cls.defaults()
+        for key in options:
+            if key not in defaults:
+                raise MethodError(unknown(f"option of method {method!r}", key, defaults))
         self.method, self.layer, self.sign, self.reduce, self.options = method, layer, sign, reduce, options
-        self.cls(nn.Identity(), **options)  # unknown options fail now, not deep inside a metric
 
     def __repr__(self) -> str:
         return f"MethodExplainer({self.method!r}, layer={self.layer!r})"
 
-    def attribution(self, module: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> Any:
+    def attribution(self, model: ModelLike, images: torch.Tensor, targets: torch.Tensor) -> Any:
         from ..attribution import attribute
 
-        return attribute(module, x, self.method, target=[int(t) for t in targets], layer=self.layer,
+        return attribute(model, images, self.method, target=[int(t) for t in targets], layer=self.layer,
                          **self.options)
 
     def _map(self, values: torch.Tensor, display: dict, sign: str | None) -> torch.Tensor:
@@ -62,14 +69,15 @@ class MethodExplainer:
                          reduce=self.reduce or display.get("reduce", "sum"), size=None, outlier_perc=0.0)
         return raw.unsqueeze(1) if raw.ndim == 3 else raw
 
-    def __call__(self, module: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def __call__(self, model: ModelLike, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Display-convention maps ``[B, 1, h, w]`` (the metrics upsample them)."""
-        a = self.attribution(module, x, targets)
+        a = self.attribution(model, images, targets)
         return self._map(a.values, a.spec.get("display", {}), None)
 
-    def both(self, module: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def both(self, model: ModelLike, images: torch.Tensor, targets: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(display maps, signed maps)`` from one attribution call."""
-        a = self.attribution(module, x, targets)
+        a = self.attribution(model, images, targets)
         display = a.spec.get("display", {})
         return self._map(a.values, display, None), self._map(a.values, display, "all")
 
@@ -88,25 +96,25 @@ class RandomMap:
         self.cells = cells
         self.generator: torch.Generator | None = None
 
-    def __call__(self, module: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        self.generator = self.generator or make_generator(x.device, self.seed, None)
-        h, w = (x.shape[-2], x.shape[-1]) if self.cells is None else (self.cells, self.cells)
-        return draw((x.shape[0], h, w), self.generator, x.device, kind="uniform")
+    def __call__(self, model: ModelLike | None, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self.generator = self.generator or make_generator(images.device, self.seed)
+        h, w = (images.shape[-2], images.shape[-1]) if self.cells is None else (self.cells, self.cells)
+        return draw((images.shape[0], h, w), self.generator, images.device, kind="uniform")
 
 
 class CenterMap:
     """A centred Gaussian, sigma a quarter of each side (the same map for every image)."""
 
-    def __call__(self, module: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        ys = (torch.arange(h, device=x.device, dtype=torch.float32) - (h - 1) / 2) / (h / 4)
-        xs = (torch.arange(w, device=x.device, dtype=torch.float32) - (w - 1) / 2) / (w / 4)
+    def __call__(self, model: ModelLike | None, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        ys = (torch.arange(h, device=images.device, dtype=torch.float32) - (h - 1) / 2) / (h / 4)
+        xs = (torch.arange(w, device=images.device, dtype=torch.float32) - (w - 1) / 2) / (w / 4)
         g = torch.exp(-0.5 * (ys.view(-1, 1) ** 2 + xs.view(1, -1) ** 2))
-        return g.expand(x.shape[0], h, w).clone()
+        return g.expand(images.shape[0], h, w).clone()
 
 
 #: name -> factory ``(seed) -> explainer`` of the baselines
-BASELINES: dict[str, Callable[[int], Callable]] = {
+BASELINES: dict[str, Callable[[int], Explainer]] = {
     "random": lambda seed: RandomMap(seed),
     "random_pixel": lambda seed: RandomMap(seed, cells=None),
     "center": lambda seed: CenterMap(),
@@ -115,12 +123,12 @@ BASELINES: dict[str, Callable[[int], Callable]] = {
 
 def available_methods() -> list[str]:
     """Every name :func:`explainer` accepts: the attribution methods, then the baselines."""
-    from ..attribution import list_methods
+    from ..attribution import METHODS
 
-    return list(list_methods()) + list(BASELINES)
+    return list(METHODS) + list(BASELINES)
 
 
-def explainer(name: str, layer: str | None = None, seed: int = 0, **options: Any) -> Callable:
+def explainer(name: str, *, layer: str | None = None, seed: int = 0, **options: Any) -> Explainer:
     """An explainer by name: an attribution method (with ``layer``/options) or a baseline.
 
     Raises:
@@ -136,8 +144,11 @@ def explainer(name: str, layer: str | None = None, seed: int = 0, **options: Any
     return MethodExplainer(name, layer=layer, **options)
 
 
-def explainers(names: Sequence[str], layer: str | None = None, seed: int = 0,
-               options: dict[str, dict[str, Any]] | None = None) -> dict[str, Callable]:
-    """``name -> explainer`` for several names; ``options[name]`` holds per-method options."""
+def explainers(methods: Sequence[str] | Mapping[str, Explainer], *, layer: str | None = None, seed: int = 0,
+               options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Explainer]:
+    """``name -> explainer`` for method names (``options[name]`` holds per-method options), or a mapping of
+    explainers as given."""
+    if isinstance(methods, Mapping):
+        return dict(methods)
     options = options or {}
-    return {n: explainer(n, layer=layer, seed=seed, **options.get(n, {})) for n in names}
+    return {n: explainer(n, layer=layer, seed=seed, **options.get(n, {})) for n in dict.fromkeys(methods)}

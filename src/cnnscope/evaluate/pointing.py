@@ -9,8 +9,10 @@ Ties of the maximum are broken by raster order (the first maximal pixel).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -122,3 +124,36 @@ def pointing_game(maps: torch.Tensor | np.ndarray, regions: Sequence[RegionLike]
         per_class[lab] = float(hits[sel].float().mean())
     return PointingResult(hits=hits, points=points, distances=dists, labels=labels, per_class=per_class,
                           tolerance=float(tolerance))
+
+
+def load_regions(path: str | Path, image_sizes: Mapping[str, tuple[int, int]], size: tuple[int, int]
+                 ) -> tuple[list[Box], list]:
+    """Boxes and labels of named images from a JSON file, scaled from each image's pixels to ``size``.
+
+    The file maps image names to ``[x0, y0, x1, y1]`` or to ``{"box": [x0, y0, x1, y1], "label": ...}`` in the
+    original image's pixels (images without a label get ``"all"``).
+
+    Args:
+        path: the JSON file.
+        image_sizes: ``name -> (H, W)`` of each original image, in the order of the batch.
+        size: ``(H, W)`` of the model input the images were resized to.
+
+    Raises:
+        CnnscopeError: unreadable file, or an image without a box.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise CnnscopeError(f"cannot read regions file {path}: {exc}") from None
+    boxes: list[Box] = []
+    labels: list = []
+    for name, (h, w) in image_sizes.items():
+        if name not in data:
+            raise CnnscopeError(f"regions file {path} has no box for image {name!r}")
+        entry = data[name]
+        box = entry["box"] if isinstance(entry, dict) else entry
+        sy, sx = size[0] / h, size[1] / w
+        x0, y0, x1, y1 = (float(v) for v in box)
+        boxes.append((x0 * sx, y0 * sy, x1 * sx, y1 * sy))
+        labels.append(entry.get("label", "all") if isinstance(entry, dict) else "all")
+    return boxes, labels

@@ -22,20 +22,20 @@ import numpy as np
 import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import splu
-from torch import nn
 
+from ..batching import track
 from ..errors import CnnscopeError
+from ..models import ModelLike, as_model
 from .common import (
     ClassScorer,
     MapsLike,
     TargetLike,
-    check_images,
     compute_maps,
     draw,
     inference,
     make_generator,
+    perturbed_batch_size,
     pixel_ranks,
-    progress_bar,
     resolve_targets,
 )
 
@@ -136,11 +136,13 @@ class RoadResult:
     """ROAD scores of a batch of images.
 
     Attributes:
-        percentages: ``[P]`` percent of pixels removed.
+        percentages: ``[P]`` percent of pixels removed (the x axis, float64 on the CPU).
         morf: ``[B, P]`` class score after removing the most relevant pixels (lower is better).
         lerf: ``[B, P]`` class score after removing the least relevant pixels (higher is better).
         original: ``[B]`` class score of the unperturbed image.
         targets: ``[B]`` class scored per image.
+
+    The per-image tensors are on the model's device.
         noise: imputation noise std.
     """
 
@@ -178,38 +180,40 @@ def road_masks(ranks: torch.Tensor, shape: tuple[int, int], percentages: Sequenc
             yield order, k, removed.view(shape)
 
 
-def road(module: nn.Module, x: torch.Tensor, maps: MapsLike, *, target: TargetLike = None,
-         percentages: Sequence[float] = PERCENTAGES, noise: float = 0.01, seed: int = 0,
-         generator: torch.Generator | None = None, softmax: bool = True, max_batch: int = 32,
-         progress: bool = False) -> RoadResult:
+def road(model: ModelLike, images: object, maps: MapsLike, *, target: TargetLike = None,
+         percentages: Sequence[float] = PERCENTAGES, noise: float = 0.01, seed: int = 0, softmax: bool = True,
+         batch_size: int | None = None, progress: bool = False) -> RoadResult:
     """ROAD MoRF/LeRF curves with noisy linear imputation.
 
     Args:
-        module: a classifier returning ``[B, classes]`` logits (temporary eval mode, not modified).
-        x: model-space images.
-        maps: saliency maps or an explainer ``explainer(module, x, targets) -> maps``.
-        target: ``None`` for each image's top-1 class, or class indices.
+        model: a classifier returning ``[B, classes]`` logits (``LoadedModel`` or ``nn.Module``; temporary eval
+            mode, not modified).
+        images: anything :meth:`LoadedModel.batch` takes (a model-space tensor, or pictures).
+        maps: saliency maps or an explainer ``explainer(model, images, targets) -> maps``.
+        target: ``None`` for each image's top-1 class, or class indices/labels (one, or one per image).
         percentages: percent of pixels removed at each point (ROAD: 10..90).
         noise: imputation noise std in the input space (ROAD: 0.01).
-        seed: seed of the noise generator when ``generator`` is not given.
-        generator: explicit noise source (on any device).
+        seed: seeds the noise generator.
         softmax: score softmax probabilities (default) or raw logits.
-        max_batch: most imputed images per forward pass.
+        batch_size: images per forward pass (imputed images, and images per explainer call); ``None`` picks a
+            default by the model's device (:data:`.common.PERTURBED_BATCH`).
         progress: show a progress bar.
 
     Shape:
-        - x: ``[B, C, H, W]``; Output: :class:`RoadResult` with ``morf``/``lerf`` ``[B, P]``.
+        - images: ``[B, C, H, W]``; Output: :class:`RoadResult` with ``morf``/``lerf`` ``[B, P]``.
     """
-    x = check_images(x)
+    m = as_model(model)
+    x = m.batch(images)
+    bs = perturbed_batch_size(batch_size, m.device)
     pcts = [float(p) for p in percentages]
     if not pcts or any(not 0 < p < 100 for p in pcts):
         raise CnnscopeError(f"ROAD percentages must lie strictly between 0 and 100, got {list(percentages)}")
-    targets = resolve_targets(module, x, target, max_batch)
-    ranks = pixel_ranks(compute_maps(maps, module, x, targets, max_batch))
-    gen = make_generator(x.device, seed, generator)
+    targets = resolve_targets(m, x, target, bs)
+    ranks = pixel_ranks(compute_maps(maps, m, x, targets, bs))
+    gen = make_generator(x.device, seed)
     b, _, h, w = x.shape
     scores = {"morf": torch.zeros(b, len(pcts), device=x.device), "lerf": torch.zeros(b, len(pcts), device=x.device)}
-    scorer = ClassScorer(module, softmax=softmax, max_batch=max_batch)
+    scorer = ClassScorer(m.module, softmax, bs)
     jobs = [(i, order, k, removed) for i in range(b) for order, k, removed in road_masks(ranks[i], (h, w), pcts)]
     pending: list[tuple[int, str, int, torch.Tensor]] = []
 
@@ -221,13 +225,13 @@ def road(module: nn.Module, x: torch.Tensor, maps: MapsLike, *, target: TargetLi
             scores[order][i, k] = v
         pending.clear()
 
-    with inference(module):
+    with inference(m.module):
         original = scorer(x, targets)
-        for i, order, k, removed in progress_bar(jobs, len(jobs), progress, "ROAD"):
+        for i, order, k, removed in track(jobs, progress, "ROAD", total=len(jobs)):
             pending.append((i, order, k, noisy_linear_impute(x[i], removed, noise, gen)))
-            if len(pending) >= max_batch:
+            if len(pending) >= bs:
                 flush()
         if pending:
             flush()
-    return RoadResult(percentages=torch.tensor(pcts), morf=scores["morf"], lerf=scores["lerf"],
-                      original=original, targets=targets, noise=float(noise))
+    return RoadResult(percentages=torch.tensor(pcts, dtype=torch.float64), morf=scores["morf"],
+                      lerf=scores["lerf"], original=original, targets=targets, noise=float(noise))

@@ -20,6 +20,7 @@ dimensions ~ He-normal ``N(0, 2 / fan_in)``, other parameters (biases) 0, normal
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,18 +28,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..batching import chunks, resolve_batch_size, track
 from ..capture import list_layers
 from ..errors import CnnscopeError, LayerError, unknown
-from .common import (
-    Explainer,
-    TargetLike,
-    as_maps,
-    check_images,
-    chunks,
-    make_generator,
-    progress_bar,
-    resolve_targets,
-)
+from ..models import LoadedModel, ModelLike, as_model
+from .common import Explainer, TargetLike, as_maps, make_generator, resolve_targets
+from .methods import explainers as resolve_explainers
 from .similarity import get_similarities
 
 MODES = ("cascading", "independent")
@@ -51,14 +46,20 @@ def _direct_owners(module: nn.Module) -> list[str]:
             if n and any(True for _ in m.parameters(recurse=False))]
 
 
-def randomization_units(module: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None,
+def randomization_units(model: ModelLike, images: object, *, layers: Sequence[str] | None = None,
                         max_units: int = 16) -> list[str]:
     """The units randomized by the sanity check, in forward order (input side first).
 
     With ``layers=None`` the units are the parameter-holding modules at the deepest naming depth that still
     gives at most ``max_units`` units (for timm's EfficientNet-Lite0: the stem, each of the 7 stages, the head
-    convolution and norm, and the classifier). Modules that never run in a forward pass are left out.
+    convolution and norm, and the classifier). Modules that never run in a forward pass on images of the size of
+    ``images`` are left out.
+
+    Raises:
+        LayerError: a name of ``layers`` is not a module of the model or has no parameters.
     """
+    m = as_model(model)
+    module = m.module
     if layers is not None:
         names = list(dict.fromkeys(layers))
         table = dict(module.named_modules())
@@ -68,6 +69,7 @@ def randomization_units(module: nn.Module, x: torch.Tensor, layers: Sequence[str
             if not any(True for _ in table[n].parameters()):
                 raise LayerError(f"layer {n!r} has no parameters to randomize")
         return names
+    x = m.batch(images)
     owners = _direct_owners(module)
     if not owners:
         raise CnnscopeError(f"{type(module).__name__} has no parameters to randomize")
@@ -111,12 +113,15 @@ def reinitialize_(module: nn.Module, generator: torch.Generator) -> None:
 class SanityResult:
     """Similarity of each method's maps to its maps on the trained model, after each randomization step.
 
+    A sweep over randomization steps: ``similarity`` and ``maps`` are on the CPU, ``targets`` on the model's
+    device.
+
     Attributes:
         mode: ``"cascading"`` or ``"independent"``.
         steps: ``["original", unit, ...]``: what was randomized at each step (cascading: this unit and all
             above it; independent: this unit alone).
-        similarity: ``method -> measure -> Tensor[S, B]`` (``S = len(steps)``; step 0 compares the trained
-            maps with themselves).
+        similarity: ``method -> measure -> Tensor[S, B]`` float64 (``S = len(steps)``; step 0 compares the
+            trained maps with themselves).
         targets: ``[B]`` classes explained (the trained model's top-1 unless given).
         maps: ``method -> Tensor[S, B, H, W]`` when ``keep_maps=True``.
     """
@@ -136,79 +141,86 @@ class SanityResult:
         return {m: float(self.mean(m, measure)[-1]) for m in self.similarity}
 
 
-def _explain_pair(explainer: Explainer, module: nn.Module, x: torch.Tensor, targets: torch.Tensor,
-                  max_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(maps, signed maps)`` at input size; explainers without a ``signed`` variant give the same twice."""
+def _explain_pair(explainer: Explainer, model: LoadedModel, x: torch.Tensor, targets: torch.Tensor,
+                  batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(maps, signed maps)`` at input size; explainers without a ``both`` variant give the same twice."""
     size = tuple(x.shape[-2:])
     both = getattr(explainer, "both", None)
     shown, signed = [], []
-    for s, e in chunks(x.shape[0], max_batch):
+    for s in chunks(x.shape[0], batch_size):
+        n = x[s].shape[0]
         if callable(both):
-            a, b = both(module, x[s:e], targets[s:e])
+            a, b = both(model, x[s], targets[s])
         else:
-            a = b = explainer(module, x[s:e], targets[s:e])
-        shown.append(as_maps(a, e - s, size, x.device))
-        signed.append(as_maps(b, e - s, size, x.device))
+            a = b = explainer(model, x[s], targets[s])
+        shown.append(as_maps(a, n, size, x.device))
+        signed.append(as_maps(b, n, size, x.device))
     return torch.cat(shown), torch.cat(signed)
 
 
-def sanity_check(module: nn.Module, x: torch.Tensor, explainers: Mapping[str, Explainer], *,
+def sanity_check(model: ModelLike, images: object, explainers: Sequence[str] | Mapping[str, Explainer], *,
                  mode: str = "cascading", layers: Sequence[str] | None = None, target: TargetLike = None,
-                 measures: Sequence[str] | None = None, seed: int = 0, generator: torch.Generator | None = None,
-                 max_units: int = 16, max_batch: int = 16, keep_maps: bool = False,
-                 progress: bool = False) -> SanityResult:
+                 measures: Sequence[str] | None = None, seed: int = 0, max_units: int = 16,
+                 batch_size: int | None = None, keep_maps: bool = False, progress: bool = False) -> SanityResult:
     """Model-parameter randomization test of saliency methods.
 
     Args:
-        module: the trained model; it is deep-copied and never modified.
-        x: model-space images.
-        explainers: ``name -> explainer(module, x, targets) -> maps`` (see :func:`.methods.explainer`).
+        model: the trained model (``LoadedModel`` or ``nn.Module``); its module is deep-copied and never
+            modified. Explainers are called with a ``LoadedModel`` around the copy.
+        images: anything :meth:`LoadedModel.batch` takes (a model-space tensor, or pictures).
+        explainers: method names (see :func:`.methods.explainer`, default options) or
+            ``name -> explainer(model, images, targets) -> maps``.
         mode: ``"cascading"`` (top-down, cumulative) or ``"independent"`` (one unit at a time).
         layers: units to randomize (dotted names, any order is sorted by the forward pass); automatic when
             ``None`` (see :func:`randomization_units`).
         target: classes to explain; default the trained model's top-1 per image.
         measures: similarity names (default all: ``spearman_abs``, ``spearman``, ``ssim``, ``hog``).
-        seed: seeds the weight generator when ``generator`` is not given.
-        generator: explicit source of the random weights (on the model's device or the CPU).
+        seed: seeds the generator of the random weights.
         max_units: the most units chosen automatically.
-        max_batch: most images per explainer call.
+        batch_size: images per explainer call (and per forward pass); ``None`` picks a default by the model's
+            device.
         keep_maps: keep every step's maps in the result (for figures).
         progress: show a progress bar over the steps.
 
     Shape:
-        - x: ``[B, C, H, W]``; Output: :class:`SanityResult` with ``similarity[m][s]`` of shape ``[S, B]``.
+        - images: ``[B, C, H, W]``; Output: :class:`SanityResult` with ``similarity[m][s]`` of shape ``[S, B]``.
     """
+    m = as_model(model)
     if mode not in MODES:
         raise CnnscopeError(unknown("sanity-check mode", mode, MODES))
     if not explainers:
         raise CnnscopeError("sanity_check() needs at least one explainer")
-    x = check_images(x)
+    table_of = resolve_explainers(explainers, seed=seed)
+    x = m.batch(images)
+    bs = resolve_batch_size(batch_size, m.device)
     sims = get_similarities(measures)
-    targets = resolve_targets(module, x, target, max_batch)
-    units = randomization_units(module, x, layers, max_units)
-    generator = make_generator(x.device, seed, generator)
-    work = copy.deepcopy(module)
+    targets = resolve_targets(m, x, target, bs)
+    units = randomization_units(m, x, layers=layers, max_units=max_units)
+    generator = make_generator(x.device, seed)
+    work = copy.deepcopy(m.module)
     work.eval()
+    wm = dataclasses.replace(m, module=work)
     table = dict(work.named_modules())
-    reference = {n: _explain_pair(e, work, x, targets, max_batch) for n, e in explainers.items()}
+    reference = {n: _explain_pair(e, wm, x, targets, bs) for n, e in table_of.items()}
     steps = ["original"] + list(reversed(units))
     result = {n: {s: [fn(*_pair_for(s, reference[n], reference[n]))] for s, fn in sims.items()}
-              for n in explainers}
-    kept = {n: [reference[n][0]] for n in explainers} if keep_maps else {}
-    for unit in progress_bar(steps[1:], len(steps) - 1, progress, f"sanity ({mode})"):
+              for n in table_of}
+    kept = {n: [reference[n][0].cpu()] for n in table_of} if keep_maps else {}
+    for unit in track(steps[1:], progress, f"sanity ({mode})", total=len(steps) - 1):
         saved = None
         if mode == "independent":
             saved = {k: v.detach().clone() for k, v in table[unit].state_dict().items()}
         reinitialize_(table[unit], generator)
-        for n, e in explainers.items():
-            pair = _explain_pair(e, work, x, targets, max_batch)
+        for n, e in table_of.items():
+            pair = _explain_pair(e, wm, x, targets, bs)
             for s, fn in sims.items():
                 result[n][s].append(fn(*_pair_for(s, reference[n], pair)))
             if keep_maps:
-                kept[n].append(pair[0])
+                kept[n].append(pair[0].cpu())
         if saved is not None:
             table[unit].load_state_dict(saved)
-    similarity = {n: {s: torch.stack(v).to(torch.float64) for s, v in per.items()} for n, per in result.items()}
+    similarity = {n: {s: torch.stack([v.cpu() for v in vals]).to(torch.float64) for s, vals in per.items()}
+                  for n, per in result.items()}
     maps = {n: torch.stack(v) for n, v in kept.items()}
     return SanityResult(mode=mode, steps=steps, similarity=similarity, targets=targets, maps=maps)
 

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
+from ..batching import resolve_batch_size
 from ..errors import CnnscopeError, MethodError, unknown
-from .common import TargetLike, check_images, compute_maps, resolve_targets
+from ..models import LoadedModel, ModelLike, as_model
+from .common import Explainer, TargetLike, compute_maps, resolve_targets
 from .deletion_insertion import RISE_STEP, CurveResult, deletion, insertion
-from .methods import explainer
+from .methods import explainers
 from .pointing import PointingResult, pointing_game
 from .report import MetricTable
 from .road import PERCENTAGES, RoadResult, road
@@ -34,8 +35,8 @@ class Evaluation:
         road: ``method -> RoadResult``.
         sanity: the :class:`SanityResult` (all methods), when requested.
         pointing: ``method -> PointingResult``, when regions were given.
-        maps: ``method -> [B, H, W]`` maps that were scored.
-        images: image names; targets: ``[B]`` classes scored.
+        maps: ``method -> [B, H, W]`` maps that were scored (model's device).
+        images: image names; targets: ``[B]`` classes scored (model's device).
         settings: the protocol options used.
     """
 
@@ -50,9 +51,25 @@ class Evaluation:
     settings: dict = field(default_factory=dict)
 
 
+    def notes(self) -> str:
+        """Markdown bullets that state the protocol settings used (for a report next to the table)."""
+        s = self.settings
+        lines = ["classes scored: each image's top-1 unless a target was given."]
+        if any(k in s["metrics"] for k in ("deletion", "insertion")):
+            rise = s["step"] == RISE_STEP and s["deletion_substrate"] == "zero" and s["insertion_substrate"] == "blur"
+            proto = "RISE protocol" if rise else "CUSTOM settings (not the RISE protocol)"
+            lines.append(f"deletion/insertion: {proto}: step {s['step']} px, deletion substrate "
+                         f"{s['deletion_substrate']}, insertion substrate {s['insertion_substrate']}.")
+        if "road" in s["metrics"]:
+            lines.append(f"ROAD: percentages {s['road_percentages']}, noise {s['noise']}.")
+        if "sanity" in s["metrics"]:
+            lines.append(f"sanity: {s['sanity_mode']} randomization; values after the last step.")
+        return "\n".join(f"- {t}" for t in lines) + "\n"
+
+
 @dataclass
 class _Run:
-    module: nn.Module
+    model: LoadedModel
     x: torch.Tensor
     targets: torch.Tensor
     names: list[str]
@@ -62,24 +79,24 @@ class _Run:
 
 def _deletion(run: _Run, method: str, maps: torch.Tensor) -> None:
     o = run.opts
-    res = deletion(run.module, run.x, maps, target=run.targets, step=o["step"], substrate=o["deletion_substrate"],
-                   max_batch=o["max_batch"], progress=o["progress"])
+    res = deletion(run.model, run.x, maps, target=run.targets, step=o["step"], substrate=o["deletion_substrate"],
+                   batch_size=o["batch_size"], progress=o["progress"])
     run.result.curves.setdefault(method, {})["deletion"] = res
     run.result.table.extend(method, "deletion_auc", run.names, res.auc)
 
 
 def _insertion(run: _Run, method: str, maps: torch.Tensor) -> None:
     o = run.opts
-    res = insertion(run.module, run.x, maps, target=run.targets, step=o["step"],
-                    substrate=o["insertion_substrate"], max_batch=o["max_batch"], progress=o["progress"])
+    res = insertion(run.model, run.x, maps, target=run.targets, step=o["step"],
+                    substrate=o["insertion_substrate"], batch_size=o["batch_size"], progress=o["progress"])
     run.result.curves.setdefault(method, {})["insertion"] = res
     run.result.table.extend(method, "insertion_auc", run.names, res.auc)
 
 
 def _road(run: _Run, method: str, maps: torch.Tensor) -> None:
     o = run.opts
-    res = road(run.module, run.x, maps, target=run.targets, percentages=o["road_percentages"], noise=o["noise"],
-               seed=o["seed"], max_batch=o["max_batch"], progress=o["progress"])
+    res = road(run.model, run.x, maps, target=run.targets, percentages=o["road_percentages"], noise=o["noise"],
+               seed=o["seed"], batch_size=o["batch_size"], progress=o["progress"])
     run.result.road[method] = res
     run.result.table.extend(method, "road_morf", run.names, res.morf_mean)
     run.result.table.extend(method, "road_lerf", run.names, res.lerf_mean)
@@ -96,13 +113,13 @@ def _pointing(run: _Run, method: str, maps: torch.Tensor) -> None:
     run.result.table.extend(method, "pointing", run.names, res.hits.float())
 
 
-def _sanity(run: _Run, explainers: Mapping[str, Callable]) -> None:
+def _sanity(run: _Run, table: Mapping[str, Explainer]) -> None:
     o = run.opts
-    res = sanity_check(run.module, run.x, explainers, mode=o["sanity_mode"], target=run.targets,
+    res = sanity_check(run.model, run.x, table, mode=o["sanity_mode"], target=run.targets,
                        measures=("spearman_abs", "spearman", "ssim", "hog"), seed=o["seed"],
-                       max_units=o["sanity_units"], max_batch=o["max_batch"], progress=o["progress"])
+                       max_units=o["sanity_units"], batch_size=o["batch_size"], progress=o["progress"])
     run.result.sanity = res
-    for m in explainers:
+    for m in table:
         run.result.table.extend(m, "sanity_spearman_abs", run.names, res.similarity[m]["spearman_abs"][-1])
         run.result.table.extend(m, "sanity_ssim", run.names, res.similarity[m]["ssim"][-1])
 
@@ -115,26 +132,27 @@ PER_METHOD: dict[str, Callable[[_Run, str, torch.Tensor], None]] = {
     "pointing": _pointing,
 }
 #: metrics over all methods at once: name -> ``fn(run, explainers)``
-ACROSS_METHODS: dict[str, Callable[[_Run, Mapping[str, Callable]], None]] = {"sanity": _sanity}
+ACROSS_METHODS: dict[str, Callable[[_Run, Mapping[str, Explainer]], None]] = {"sanity": _sanity}
 METRICS = tuple(PER_METHOD) + tuple(ACROSS_METHODS)
 DEFAULT_METRICS = ("deletion", "insertion", "road")
 
 
-def evaluate(module: nn.Module, x: torch.Tensor, methods: Sequence[str] | Mapping[str, Callable], *,
+def evaluate(model: ModelLike, images: object, methods: Sequence[str] | Mapping[str, Explainer], *,
              metrics: Sequence[str] = DEFAULT_METRICS, image_names: Sequence[str] | None = None,
              layer: str | None = None, target: TargetLike = None, method_options: dict[str, dict] | None = None,
              step: int = RISE_STEP, deletion_substrate: str = "zero", insertion_substrate: str = "blur",
              road_percentages: Sequence[float] = PERCENTAGES, noise: float = 0.01,
              regions: Sequence | None = None, labels: Sequence | None = None, tolerance: float = 15.0,
-             sanity_mode: str = "cascading", sanity_units: int = 16, seed: int = 0, max_batch: int = 32,
+             sanity_mode: str = "cascading", sanity_units: int = 16, seed: int = 0, batch_size: int | None = None,
              progress: bool = False) -> Evaluation:
     """Score methods by metrics on a batch of images.
 
     Args:
-        module: a classifier (temporary eval mode; never modified, the sanity check works on a copy).
-        x: model-space images ``[B, C, H, W]``.
-        methods: names (attribution methods of :mod:`cnnscope.attribution`, or the baselines ``random`` and
-            ``center``) or ``name -> explainer(module, x, targets)``.
+        model: a classifier (``LoadedModel`` or ``nn.Module``; temporary eval mode; never modified, the sanity
+            check works on a copy).
+        images: anything :meth:`LoadedModel.batch` takes (a model-space tensor, or pictures).
+        methods: names (attribution methods of :mod:`cnnscope.attribution`, or the baselines ``random``,
+            ``random_pixel`` and ``center``) or ``name -> explainer(model, images, targets)``.
         metrics: any of :data:`METRICS` (``deletion``, ``insertion``, ``road``, ``pointing``, ``sanity``).
         image_names: names for the table (default ``image0, image1, ...``).
         layer: the CAM layer for CAM methods (automatic when ``None``).
@@ -146,37 +164,35 @@ def evaluate(module: nn.Module, x: torch.Tensor, methods: Sequence[str] | Mappin
         regions, labels, tolerance: the pointing game's masks/boxes, classes and tolerance.
         sanity_mode: ``"cascading"`` or ``"independent"``.
         sanity_units: the most units the sanity check randomizes (see :func:`.sanity.randomization_units`).
-        seed: seeds the random baseline, ROAD's noise and the sanity check's weights.
-        max_batch: most images per forward pass (and per explainer call).
+        seed: seeds the random baselines, ROAD's noise and the sanity check's weights.
+        batch_size: images per forward pass (and per explainer call); ``None`` lets each step pick its default
+            for the model's device.
         progress: progress bars.
     """
-    bad = [m for m in metrics if m not in METRICS]
+    m = as_model(model)
+    bad = [k for k in metrics if k not in METRICS]
     if bad:
         raise MethodError(unknown("metric", bad[0], METRICS))
     if not methods:
         raise MethodError("evaluate() needs at least one method")
-    x = check_images(x)
+    x = m.batch(images)
+    bs = resolve_batch_size(batch_size, m.device)
     names = list(image_names) if image_names is not None else [f"image{i}" for i in range(x.shape[0])]
     if len(names) != x.shape[0]:
         raise CnnscopeError(f"{len(names)} image names for {x.shape[0]} images")
-    if isinstance(methods, Mapping):
-        table = dict(methods)
-    else:
-        opts = method_options or {}
-        table = {n: explainer(n, layer=layer, seed=seed, **opts.get(n, {})) for n in dict.fromkeys(methods)}
-    targets = resolve_targets(module, x, target, max_batch)
+    table = explainers(methods, layer=layer, seed=seed, options=method_options)
+    targets = resolve_targets(m, x, target, bs)
     settings = {"step": step, "deletion_substrate": deletion_substrate, "insertion_substrate": insertion_substrate,
                 "road_percentages": [float(p) for p in road_percentages], "noise": float(noise),
                 "tolerance": float(tolerance), "sanity_mode": sanity_mode, "sanity_units": int(sanity_units),
-                "seed": int(seed),
-                "max_batch": int(max_batch), "layer": layer, "metrics": list(metrics)}
+                "seed": int(seed), "batch_size": batch_size, "layer": layer, "metrics": list(metrics)}
     result = Evaluation(table=MetricTable(), images=names, targets=targets, settings=settings)
-    run = _Run(module, x, targets, names, {**settings, "regions": regions, "labels": labels,
-                                             "progress": progress}, result)
-    per_method = [m for m in metrics if m in PER_METHOD]
+    run = _Run(m, x, targets, names, {**settings, "regions": regions, "labels": labels, "progress": progress},
+               result)
+    per_method = [k for k in metrics if k in PER_METHOD]
     for name, fn in table.items():
         t0 = time.perf_counter()
-        maps = compute_maps(fn, module, x, targets, max_batch)
+        maps = compute_maps(fn, m, x, targets, bs)
         result.table.extend(name, "seconds", names, [(time.perf_counter() - t0) / x.shape[0]] * x.shape[0])
         result.maps[name] = maps
         for metric in per_method:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from .common import figure
+from .common import figure, save_figure
 
 
 def _mean_std(values: object) -> tuple[np.ndarray, np.ndarray]:
@@ -114,3 +115,21 @@ def sanity_maps_figure(result: object, image: int = 0, every: int = 1) -> Figure
                 ax.set_ylabel(m, fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def save_figures(evaluation: object, out: str | Path) -> list[Path]:
+    """Write the curve plots of an :class:`~cnnscope.evaluate.Evaluation` into the folder ``out``:
+    ``curves_deletion.png``, ``curves_insertion.png``, ``road.png``, ``sanity_spearman_abs.png``,
+    ``sanity_ssim.png`` (those whose metric was run)."""
+    folder = Path(out)
+    paths = []
+    for kind in ("deletion", "insertion"):
+        got = {m: c[kind] for m, c in evaluation.curves.items() if kind in c}
+        if got:
+            paths.append(save_figure(curves_figure(got, kind), folder / f"curves_{kind}.png"))
+    if evaluation.road:
+        paths.append(save_figure(road_figure(evaluation.road), folder / "road.png"))
+    if evaluation.sanity is not None:
+        for measure in ("spearman_abs", "ssim"):
+            paths.append(save_figure(sanity_figure(evaluation.sanity, measure), folder / f"sanity_{measure}.png"))
+    return paths
