@@ -98,10 +98,10 @@ def activations(model, images: np.ndarray) -> tuple[float, float]:
     from cnnscope.featurevis import channel, measure
 
     objs = [channel(LAYER, c) for c in CHANNELS]
-    at128 = measure(model, objs, images)
+    at128 = measure(model, images, objs)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     up = torch.nn.functional.interpolate(x, size=224, mode="bilinear", align_corners=True)
-    at224 = measure(model, objs, up)
+    at224 = measure(model, model.to_input(up), objs)
     return float(at128.mean()), float(at224.mean())
 
 

@@ -41,8 +41,8 @@ def lucid(lite0, objectives):
 def test_rendered_channels_beat_the_best_photo_crop(lite0, samples, objectives, lucid):
     crops = photo_crops(samples)
     assert len(crops) > 100
-    best = measure(lite0, objectives, crops, pairwise=True).max(axis=1)  # [channel]
-    stored = measure(lite0, objectives, lucid.images)  # on the saved uint8 pictures
+    best = measure(lite0, crops, objectives, pairwise=True).max(dim=1).values  # [channel]
+    stored = measure(lite0, lucid.images, objectives)  # on the saved uint8 pictures, at their size
     assert (lucid.activations > best).all(), (lucid.activations, best)
     assert (stored > best).all(), (stored, best)
     assert lucid.images.shape == (8, SIZE, SIZE, 3)

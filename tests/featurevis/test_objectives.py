@@ -1,4 +1,5 @@
-"""Objectives: closed-form values, the algebra, specs, reprs, gradients to the image."""
+"""Objectives: closed-form values, the algebra, specs, reprs, gradients to the image, the registry and the
+command-line syntax."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import pytest
 import torch
 
+from cnnscope import unit
 from cnnscope.errors import LayerError, MethodError
 from cnnscope.featurevis import (
     INPUT,
@@ -16,16 +18,22 @@ from cnnscope.featurevis import (
     blur,
     channel,
     class_logit,
+    describe_objectives,
     direction,
     direction_neuron,
     diversity,
     from_spec,
+    from_unit,
     l1,
     l2,
     layer,
     neuron,
+    parse_objective,
+    register_objective,
     total_variation,
 )
+from cnnscope.featurevis.algebra import PRE
+from cnnscope.featurevis.objectives import LayerObjective
 
 L = "feat"
 
@@ -38,11 +46,11 @@ def acts(b: int = 2, c: int = 4, h: int = 5, w: int = 7, seed: int = 0) -> dict[
 
 #: one example of every registered objective type (the registry test below fails when one is missing)
 EXAMPLES: dict[str, Objective] = {
-    "neuron": neuron(L, 1, x=2, y=3),
+    "neuron": neuron(L, 1, position=(3, 2)),
     "channel": channel(L, 2),
     "layer": layer(L),
     "direction": direction(L, [1.0, -2.0, 0.5, 0.0]),
-    "direction_neuron": direction_neuron(L, [0.0, 1.0, 1.0, 0.0], cossim_pow=1.0),
+    "direction_neuron": direction_neuron(L, [0.0, 1.0, 1.0, 0.0], "max", cossim_pow=1.0),
     "class_logit": class_logit(3),
     "diversity": diversity(L),
     "l1": l1(),
@@ -60,15 +68,43 @@ def test_closed_form_values():
     a = acts()
     f = a[L]
     torch.testing.assert_close(channel(L, 2)(a), f[:, 2].mean(dim=(1, 2)))
-    # default neuron position is the centre of each axis of a non-square (5 x 7) map
+    # default neuron position is the centre (H // 2, W // 2) of a non-square (5 x 7) map
     torch.testing.assert_close(neuron(L, 1)(a), f[:, 1, 2, 3])
-    torch.testing.assert_close(neuron(L, 1, x=6, y=0)(a), f[:, 1, 0, 6])
+    torch.testing.assert_close(neuron(L, 1, position=(0, 6))(a), f[:, 1, 0, 6])  # (row, col)
+    torch.testing.assert_close(neuron(L, 1, "max")(a), f[:, 1].flatten(1).max(1).values)
     torch.testing.assert_close(layer(L)(a), (f ** 2).mean(dim=(1, 2, 3)))
     v = torch.tensor([1.0, -2.0, 0.5, 0.0])
-    expected = torch.einsum("bchw,c->bhw", f, v / v.norm()).mean(dim=(1, 2))
-    torch.testing.assert_close(direction(L, v)(a), expected)
+    per_position = torch.einsum("bchw,c->bhw", f, v / v.norm())
+    torch.testing.assert_close(direction(L, v)(a), per_position.mean(dim=(1, 2)))
     torch.testing.assert_close(direction_neuron(L, v)(a), torch.einsum("bc,c->b", f[:, :, 2, 3], v / v.norm()))
+    torch.testing.assert_close(direction_neuron(L, v, (4, 1))(a), per_position[:, 4, 1])
+    torch.testing.assert_close(direction_neuron(L, v, "max")(a), per_position.flatten(1).max(1).values)
     torch.testing.assert_close(class_logit(3)(a), a[OUTPUT][:, 3])
+
+
+def test_pre_activation_reads_its_own_key():
+    a = acts()
+    pre = {PRE + L: a[L] - 1.0}
+    obj = channel(L, 2, pre_activation=True)
+    assert obj.layers == (PRE + L,) and channel(L, 2).layers == (L,)
+    torch.testing.assert_close(obj(pre), a[L][:, 2].mean(dim=(1, 2)) - 1.0)
+    with pytest.raises(LayerError, match="needs <pre>feat"):
+        obj(a)
+    assert repr(obj) == "channel('feat', 2, pre_activation=True)"
+    assert from_spec(obj.spec()) == obj and obj != channel(L, 2)
+    with pytest.raises(MethodError, match="pre_activation is True or False"):
+        channel(L, 2, pre_activation="yes")
+
+
+def test_units_become_channel_or_neuron_objectives():
+    assert from_unit(unit(L, 3)) == channel(L, 3)
+    assert from_unit(unit(L, 3, "center")) == neuron(L, 3)
+    assert from_unit(unit(L, 3, (1, 4)), pre_activation=True) == neuron(L, 3, (1, 4), pre_activation=True)
+    assert from_unit(unit(L, 3, "max")) == neuron(L, 3, "max")
+    with pytest.raises(MethodError, match="takes a cnnscope.Unit"):
+        from_unit((L, 3))
+    with pytest.raises(LayerError, match="a neuron needs a position"):
+        neuron(L, 3, None)
 
 
 def test_direction_along_one_axis_is_the_channel():
@@ -151,6 +187,8 @@ def test_composite_specs_and_repr():
     obj = channel(L, 1) - 0.1 * total_variation() + 2 * neuron(L, 2) * class_logit(5)
     assert repr(obj) == ("channel('feat', 1) - 0.1 * total_variation() + "
                          "2 * neuron('feat', 2) * class_logit(5)")
+    assert repr(neuron(L, 2, (1, 3))) == "neuron('feat', 2, position=[1, 3])"
+    assert repr(l2(0.3)) == "l2(constant=0.3)"
     assert from_spec(json.loads(json.dumps(obj.spec()))) == obj
     assert repr(-channel(L, 3)) == "-channel('feat', 3)"
     ratio = (channel(L, 1) + channel(L, 2)) / layer(L)
@@ -163,8 +201,12 @@ def test_composite_specs_and_repr():
 def test_check_reports_the_valid_range():
     with pytest.raises(LayerError, match=r"channel 9 is out of range.*4 channels \(valid: 0..3\)"):
         channel(L, 9).check({L: (4, 5, 7)})
-    with pytest.raises(LayerError, match=r"x 0..6, y 0..4"):
-        neuron(L, 0, x=7).check({L: (4, 5, 7)})
+    with pytest.raises(LayerError, match=r"valid: row 0..4, col 0..6"):
+        neuron(L, 0, (0, 7)).check({L: (4, 5, 7)})
+    with pytest.raises(LayerError, match=r"valid: row 0..4, col 0..6"):
+        direction_neuron(L, [1, 2, 3, 4], (5, 0)).check({L: (4, 5, 7)})
+    with pytest.raises(LayerError, match="no spatial grid"):
+        neuron(L, 0, (0, 0)).check({L: (4,)})
     with pytest.raises(LayerError, match="5 entries but layer 'feat' has 4 channels"):
         direction(L, [1, 2, 3, 4, 5]).check({L: (4, 5, 7)})
     with pytest.raises(LayerError, match=r"class index 12 is out of range.*valid: 0..9"):
@@ -179,7 +221,75 @@ def test_bad_arguments():
         channel("", 1)
     with pytest.raises(MethodError, match="non-zero"):
         direction(L, [0.0, 0.0])
-    with pytest.raises(MethodError, match="unknown objective type 'chanel'.*channel"):
+    with pytest.raises(MethodError, match="unknown objective 'chanel'; did you mean: channel"):
         from_spec({"type": "chanel", "layer": L, "channel": 1})
+    with pytest.raises(LayerError, match="a position is"):
+        neuron(L, 1, "corner")
     with pytest.raises(TypeError):
         channel(L, 1) + 1.0  # noqa: B018
+
+
+# -- registry and command-line syntax ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_every_registered_objective_has_a_usage_and_a_summary(name):
+    row = {d["name"]: d for d in describe_objectives()}[name]
+    assert row["usage"].startswith(name) and row["summary"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("channel:blocks.4.0:3", channel("blocks.4.0", 3)),
+    ("neuron:blocks.4.0:3", neuron("blocks.4.0", 3)),
+    ("neuron:blocks.4.0:3:2,5", neuron("blocks.4.0", 3, (2, 5))),
+    ("neuron:blocks.4.0:3:max:pre_activation=true", neuron("blocks.4.0", 3, "max", pre_activation=True)),
+    ("neuron:blocks.4.0:3:pre_activation=true", neuron("blocks.4.0", 3, pre_activation=True)),
+    ("layer:0", layer("0")),  # layer names stay text, even when they look like numbers
+    ("direction:feat:1,0,-2.5:cossim_pow=2", direction("feat", [1.0, 0.0, -2.5], cossim_pow=2.0)),
+    ("direction_neuron:feat:1,1:0,1", direction_neuron("feat", [1, 1], (0, 1))),
+    ("class_logit:281", class_logit(281)),
+    ("l2:0.25", l2(0.25)),
+    ("total_variation", total_variation()),
+])
+def test_parse_objective(text, expected):
+    assert parse_objective(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("chanel:feat:1", "unknown objective 'chanel'; did you mean: channel"),
+    ("channel:feat:1:2", r"objective 'channel' does not take '2'; usage: channel:LAYER:CHANNEL\[:pre_activation="),
+    ("channel:feat", r"bad arguments for objective 'channel' .*usage: channel:LAYER:CHANNEL"),
+    ("class_logit:index=x", "class index must be a non-negative integer, got 'x'"),
+])
+def test_parse_objective_errors(text, message):
+    with pytest.raises((MethodError, LayerError), match=message):
+        parse_objective(text)
+
+
+def test_one_decorated_class_is_a_new_objective():
+    class Peak(LayerObjective):
+        """Largest activation of the layer anywhere (any channel, any position)."""
+
+        kind = "peak"
+
+        def __init__(self, layer: str, scale: float = 1.0, *, pre_activation: bool = False) -> None:
+            super().__init__(layer, pre_activation=pre_activation)
+            self.scale = float(scale)
+
+        def value(self, acts):
+            return self.scale * self.act(acts).flatten(1).amax(1)
+
+        def args(self):
+            return {"layer": self.layer, "scale": self.scale, "pre_activation": self.pre_activation}
+
+    assert "peak" not in OBJECTIVES
+    with OBJECTIVES.scoped():
+        register_objective(Peak)
+        a = acts()
+        obj = parse_objective("peak:feat:2")
+        torch.testing.assert_close(obj(a), 2 * a[L].flatten(1).amax(1))
+        assert from_spec(json.loads(json.dumps(obj.spec()))) == obj and repr(obj) == "peak('feat', scale=2.0)"
+        assert {"name": "peak", "usage": "peak:LAYER[:SCALE][:pre_activation=VALUE]",
+                "summary": "Largest activation of the layer anywhere (any channel, any position)."
+                } in describe_objectives()
+        with pytest.raises(Exception, match="already registered"):
+            register_objective(type("Other", (Peak,), {"kind": "peak"}))
+    assert "peak" not in OBJECTIVES

@@ -23,14 +23,13 @@ from cnnscope.featurevis import (
     RandomRotate,
     RandomScale,
     Resize,
-    bilateral_blur,
-    gaussian_blur,
     high_frequency_share,
     make_param,
 )
 from cnnscope.featurevis.param import generators, logit
 from cnnscope.featurevis.spectra import from_rgb, natural_magnitude, power_law, to_rgb
 from cnnscope.featurevis.transforms import make_transforms
+from cnnscope.filters import bilateral_blur, gaussian_blur
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))

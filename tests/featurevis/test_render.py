@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cnnscope.errors import CnnscopeError, LayerError, MethodError
+from cnnscope import unit
+from cnnscope.errors import CnnscopeError, ImageError, LayerError, MethodError
 from cnnscope.featurevis import (
     RECIPES,
     channel,
@@ -19,13 +20,15 @@ from cnnscope.featurevis import (
     render,
     total_variation,
 )
-from cnnscope.models import wrap
+from cnnscope.models import as_model, wrap
 from tests.conformance import assert_unchanged
 from tests.models import InplaceReLUNet, ResidualNet
 
 from .helpers import ANGLES, FixedHeadNet, KnownFilterNet, LinearConvNet, NoPadNet, gabor
 
 FEAT = "features.4"  # InplaceReLUNet: conv(8 -> 16) after a max-pool
+# the tiny test nets are plain modules on purpose: cnnscope says once per net that it assumes ImageNet normalisation
+pytestmark = pytest.mark.filterwarnings("ignore::cnnscope.AssumptionWarning")
 
 
 def small(model, objs, **kw):
@@ -44,10 +47,11 @@ def test_batched_equals_single_renders(recipe):
     imgs = np.concatenate([r.images for r in singles]).astype(int)
     assert np.abs(batched.images.astype(int) - imgs).max() <= 3
     assert np.abs(batched.images.astype(int) - imgs).mean() < 0.05
-    np.testing.assert_allclose(batched.activations, np.concatenate([r.activations for r in singles]),
+    torch.testing.assert_close(batched.activations, torch.cat([r.activations for r in singles]),
                                rtol=1e-3, atol=1e-4)
     assert batched.images.shape == (3, 20, 28, 3) and batched.images.dtype == np.uint8
     assert batched.trace.shape == (12, 3) and batched.activations.shape == (3,)
+    assert batched.trace.device.type == "cpu" and batched.activations.dtype == torch.float32
     json.dumps(batched.spec)
     json.dumps(batched.to_dict())
 
@@ -62,19 +66,19 @@ def test_seeded_runs_reproduce_and_leave_the_model_unchanged(recipe):
     again = small(m, objs, recipe=recipe, seed=3)
     other = small(m, objs, recipe=recipe, seed=4)
     assert np.array_equal(results[0].images, again.images)
-    assert np.array_equal(results[0].trace, again.trace)
+    assert torch.equal(results[0].trace, again.trace)
     assert not np.array_equal(results[0].images, other.images)
     assert m.training
 
 
 def test_stop_early_does_not_change_results():
     m = ResidualNet()
-    objs = [channel("layer1", 2), neuron("layer1.conv2", 0, x=3)]
+    objs = [channel("layer1", 2), neuron("layer1.conv2", 0, (5, 3)), neuron("act", 1, "max", pre_activation=True)]
     truncated = small(m, objs, truncate=True)
     full = small(m, objs, truncate=False)
     assert np.array_equal(truncated.images, full.images)
-    np.testing.assert_array_equal(truncated.trace, full.trace)
-    np.testing.assert_array_equal(truncated.activations, full.activations)
+    torch.testing.assert_close(truncated.trace, full.trace, rtol=0, atol=0)
+    torch.testing.assert_close(truncated.activations, full.activations, rtol=0, atol=0)
 
 
 def test_objective_rises_and_activations_are_measured_on_the_final_image():
@@ -83,11 +87,11 @@ def test_objective_rises_and_activations_are_measured_on_the_final_image():
     res = small(m, objs, steps=40, recipe="plain")
     assert (res.trace[-1] > res.trace[0]).all()
     # render measures on the float image; measure() on the stored uint8 picture: equal up to rounding
-    np.testing.assert_allclose(measure(m, objs, res.images), res.activations, rtol=0.02, atol=0.02)
+    torch.testing.assert_close(measure(m, res.images, objs), res.activations, rtol=0.02, atol=0.02)
     # every channel's image drives its own channel harder than the images made for the other channels
-    table = measure(m, objs, res.images, pairwise=True)
+    table = measure(m, res.images, objs, pairwise=True)
     assert table.shape == (4, 4)
-    assert (table.argmax(axis=1) == np.arange(4)).all()
+    assert (table.argmax(dim=1) == torch.arange(4)).all()
 
 
 def test_negative_objective_lowers_the_channel():
@@ -95,9 +99,9 @@ def test_negative_objective_lowers_the_channel():
     pos = small(m, neuron(FEAT, 6), steps=30, recipe="plain")
     neg = small(m, -neuron(FEAT, 6), steps=30, recipe="plain")
     start = small(m, neuron(FEAT, 6), steps=1, recipe="plain", lr=1e-9)
-    vals = measure(m, neuron(FEAT, 6), np.concatenate([neg.images, start.images, pos.images]))
+    vals = measure(m, np.concatenate([neg.images, start.images, pos.images]), neuron(FEAT, 6))
     assert vals[0] < vals[1] < vals[2]
-    assert neg.activations[0] == pytest.approx(-vals[0], abs=0.05)  # the maximised value is the negation
+    assert float(neg.activations[0]) == pytest.approx(-float(vals[0]), abs=0.05)  # the maximised value is the negation
 
 
 def test_class_logit_runs_the_whole_model():
@@ -105,8 +109,8 @@ def test_class_logit_runs_the_whole_model():
     objs = [class_logit(c) for c in range(4)]
     res = small(m, objs, steps=20, recipe="plain")
     assert (res.trace[-1] > res.trace[0]).all()
-    table = measure(m, objs, res.images, pairwise=True)  # [class, image]
-    assert (table.argmax(axis=1) == np.arange(4)).all()  # each logit is highest on its own image
+    table = measure(m, res.images, objs, pairwise=True)  # [class, image]
+    assert (table.argmax(dim=1) == torch.arange(4)).all()  # each logit is highest on its own image
 
 
 def test_neuron_of_a_linear_filter_is_its_sign_pattern():
@@ -157,8 +161,8 @@ def test_diversity_pushes_images_apart():
     together = render(m, obj, diversity_weight=0.0, **kw)
     apart = render(m, obj, diversity_weight=10.0, **kw)
     assert together.images.shape == (3, 24, 24, 3) and together.labels == [repr(obj)] * 3
-    sim_together = measure(m, diversity(FEAT), together.images).mean()
-    sim_apart = measure(m, diversity(FEAT), apart.images).mean()
+    sim_together = measure(m, together.images, diversity(FEAT)).mean()
+    sim_apart = measure(m, apart.images, diversity(FEAT)).mean()
     assert sim_apart < sim_together - 0.02
 
 
@@ -215,15 +219,24 @@ def test_bad_input_is_reported_and_leaves_the_model_unchanged():
     check_error(fixed, lambda: small(fixed, channel("conv", 0), size=24), CnnscopeError,
                 "cannot run on 24x24 inputs.*runs the whole model")
     assert small(fixed, channel("conv", 0), size=16, steps=2).images.shape == (1, 16, 16, 3)
-    check_error(m, lambda: measure(m, channel(FEAT, 99), np.zeros((1, 24, 24, 3), np.uint8)), LayerError,
+    check_error(m, lambda: measure(m, np.zeros((1, 24, 24, 3), np.uint8), channel(FEAT, 99)), LayerError,
                 "valid: 0..15")
+    check_error(m, lambda: small(m, channel("features.4", 1, pre_activation=True)), LayerError,
+                "pre_activation=True needs activation modules.*features.4 \\(Conv2d\\)")
+    check_error(m, lambda: measure(m, torch.full((1, 3, 24, 24), float("nan")), channel(FEAT, 1)), ImageError,
+                "NaN")
+    check_error(m, lambda: small(m, "chanel:features.4:1"), MethodError, "did you mean: channel")
+    with pytest.raises(TypeError):
+        render(m, channel(FEAT, 1), "plain")  # everything after the objectives is keyword-only
+    with pytest.raises(TypeError):
+        measure(m, np.zeros((1, 24, 24, 3), np.uint8), channel(FEAT, 1), True)
 
 
 def test_measure_leaves_the_model_unchanged():
     m = ResidualNet()
     imgs = (np.random.default_rng(0).random((5, 24, 24, 3)) * 255).astype(np.uint8)
     out = []
-    assert_unchanged(m, lambda: out.append(measure(m, [channel("layer2", 0), class_logit(1)], imgs,
+    assert_unchanged(m, lambda: out.append(measure(m, imgs, [channel("layer2", 0), class_logit(1)],
                                                    pairwise=True, batch_size=2)))
     assert out[0].shape == (2, 5)
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
@@ -231,4 +244,43 @@ def test_measure_leaves_the_model_unchanged():
         1, 3, 1, 1)
     with torch.no_grad():
         logits = m.eval()(x)
-    np.testing.assert_allclose(out[0][1], logits[:, 1].numpy(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[0][1], logits[:, 1], rtol=1e-5, atol=1e-5)
+    # a model-space tensor is measured as given (no second normalisation)
+    torch.testing.assert_close(measure(m, x, class_logit(1)), logits[:, 1], rtol=1e-5, atol=1e-5)
+
+
+def test_pre_activation_reads_the_input_of_the_activation_module():
+    """``features.5`` is an in-place ReLU after the conv ``features.4``: its input is the conv's output."""
+    m = InplaceReLUNet().eval()
+    x = torch.randn(3, 3, 16, 20)
+    with torch.no_grad():
+        conv = m.features[:5](x)
+    objs = [channel("features.5", 2, pre_activation=True), channel("features.5", 2), neuron(FEAT, 7, (3, 4)),
+            neuron("features.5", 7, (3, 4), pre_activation=True), channel(FEAT, 2)]
+    table = measure(m, x, objs, pairwise=True)  # both capture kinds in one pass
+    torch.testing.assert_close(table[0], conv[:, 2].mean(dim=(1, 2)))
+    torch.testing.assert_close(table[1], conv[:, 2].relu().mean(dim=(1, 2)))
+    torch.testing.assert_close(table[2], conv[:, 7, 3, 4])
+    torch.testing.assert_close(table[3], table[2])
+    torch.testing.assert_close(table[4], table[0])
+    assert (table[1] > table[0]).all()  # the ReLU only raises values
+
+
+def test_plain_module_and_its_wrap_render_the_same():
+    net = InplaceReLUNet()
+    objs = [channel(FEAT, 3), neuron(FEAT, 1, "max")]
+    plain = small(net, objs, seed=7, steps=5)
+    wrapped = small(wrap(net), objs, seed=7, steps=5)
+    assert np.array_equal(plain.images, wrapped.images)
+    assert torch.equal(plain.trace, wrapped.trace) and torch.equal(plain.activations, wrapped.activations)
+    torch.testing.assert_close(measure(net, plain.images, objs), measure(wrap(net), plain.images, objs))
+    assert as_model(net).mean == wrap(net).mean
+
+
+def test_units_and_text_are_objectives():
+    m = InplaceReLUNet()
+    by_unit = small(m, [unit(FEAT, 3), unit(FEAT, 1, position=(2, 3))], steps=3)
+    by_objective = small(m, [channel(FEAT, 3), neuron(FEAT, 1, (2, 3))], steps=3)
+    by_text = small(m, ["channel:features.4:3", "neuron:features.4:1:2,3"], steps=3)
+    assert np.array_equal(by_unit.images, by_objective.images) and np.array_equal(by_text.images, by_unit.images)
+    assert by_unit.spec["objectives"] == by_objective.spec["objectives"]

@@ -2,18 +2,21 @@
 
 ::
 
-    from cnnscope import load_model
+    from cnnscope import load_model, unit
     from cnnscope.featurevis import channel, render, total_variation
     m = load_model()
     res = render(m, [channel("blocks.4.0", c) for c in range(8)], recipe="lucid", steps=256)
-    res.images.shape, res.activations           # (8, 128, 128, 3) uint8, one value per image
+    res.images.shape, res.activations           # (8, 128, 128, 3) uint8, a float32 tensor [8]
     render(m, channel("blocks.4.0", 3) - 0.1 * total_variation(), recipe="plain")
+    render(m, unit("blocks.4.0", 3, position="center"))   # a cnnscope.Unit: its neuron
 
-Objectives are data with an algebra (:mod:`.objectives`, :mod:`.penalties`); parameterizations
-(:mod:`.param`) and transforms (:mod:`.transforms`) are ``nn.Module``\\ s; recipes (:mod:`.recipes`) bundle them.
+Objectives are data with an algebra (:mod:`.objectives`, :mod:`.penalties`), registered by
+:func:`register_objective` in :data:`OBJECTIVES` (:mod:`.registry`: specs, command-line text, listing);
+parameterizations (:mod:`.param`) and transforms (:mod:`.transforms`) are ``nn.Module``\\ s; recipes
+(:mod:`.recipes`) bundle them.
 """
 
-from ..filters import bilateral_blur, gaussian_blur
+from .algebra import OBJECTIVES, register_objective
 from .filters import BilateralBlur, GaussianBlur
 from .objectives import (
     INPUT,
@@ -24,13 +27,15 @@ from .objectives import (
     direction,
     direction_neuron,
     diversity,
+    from_unit,
     layer,
     neuron,
+    unit_objectives,
 )
-from .param import PARAMS, FourierImage, ImageParam, MacoImage, PixelImage, make_param
+from .param import PARAMS, FourierImage, ImageParam, MacoImage, PixelImage, make_param, register_param
 from .penalties import blur, l1, l2, total_variation
-from .recipes import DEFAULT_RECIPE, OPTIMIZERS, RECIPES, Recipe, get_recipe
-from .registry import OBJECTIVES, from_spec
+from .recipes import DEFAULT_RECIPE, OPTIMIZERS, RECIPES, Recipe, get_recipe, register_recipe
+from .registry import describe_objectives, from_spec, parse_objective
 from .render import RenderResult, measure, render
 from .spectra import high_frequency_share, natural_magnitude
 from .transforms import (
@@ -45,6 +50,7 @@ from .transforms import (
     RandomScale,
     Resize,
     Transform,
+    register_preset,
     standard,
 )
 
@@ -52,8 +58,9 @@ __all__ = [
     "DEFAULT_RECIPE", "INPUT", "OBJECTIVES", "OPTIMIZERS", "OUTPUT", "PARAMS", "PRESETS", "RECIPES",
     "BilateralBlur", "CropBack", "FourierImage", "GaussianBlur", "ImageParam", "Jitter", "MacoImage", "Noise",
     "Objective", "Pad", "Pipeline", "PixelImage", "RandomCrop", "RandomRotate", "RandomScale", "Recipe", "Resize",
-    "RenderResult", "Transform", "bilateral_blur", "blur", "channel", "class_logit", "direction",
-    "direction_neuron", "diversity", "from_spec", "gaussian_blur", "get_recipe", "high_frequency_share", "l1",
-    "l2", "layer", "make_param", "measure", "natural_magnitude", "neuron", "render", "standard",
-    "total_variation",
+    "RenderResult", "Transform", "blur", "channel", "class_logit", "describe_objectives", "direction",
+    "direction_neuron", "diversity", "from_spec", "from_unit", "get_recipe", "high_frequency_share", "l1", "l2",
+    "layer", "make_param", "measure", "natural_magnitude", "neuron", "parse_objective", "register_objective",
+    "register_param", "register_preset", "register_recipe", "render", "standard", "total_variation",
+    "unit_objectives",
 ]

@@ -6,8 +6,14 @@ An objective is a small object: called on a mapping of captured activations it r
 the renderer captures exactly those layers and stops the forward pass at the deepest one. ``.spec()`` returns
 JSON; :func:`from_spec` rebuilds the objective.
 
-The activations mapping holds one entry per captured layer (``[B, C, H, W]`` or ``[B, C]``), the rendered image
-in [0, 1] under :data:`INPUT` (untransformed, ``[B, 3, H, W]``) and the model's output under :data:`OUTPUT`.
+The activations mapping holds one entry per captured layer (``[B, C, H, W]`` or ``[B, C]``) under the layer's dotted
+name (its output) or :func:`layer_key` ``(name, pre_activation=True)`` (the input of an activation module), the
+rendered image in [0, 1] under :data:`INPUT` (untransformed, ``[B, 3, H, W]``) and the model's output under
+:data:`OUTPUT`.
+
+Every objective kind is registered in :data:`OBJECTIVES` by the :func:`register_objective` decorator on its class;
+the registry imports every module of :mod:`cnnscope.featurevis` when first read, so a new objective is one decorated
+class in one file (the CLI, :func:`~cnnscope.featurevis.from_spec` and the tests read the registry).
 
 Reference: Olah, Mordvintsev, Schubert, *Feature Visualization*, Distill 2017 (objectives, diversity, linear
 combinations of neurons).
@@ -15,6 +21,7 @@ combinations of neurons).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -22,13 +29,31 @@ from typing import Any
 import torch
 
 from ..errors import LayerError, MethodError, unknown
+from ..registry import Registry
 
 #: key of the rendered image (in [0, 1], before transforms) in the activations mapping
 INPUT = "<input>"
 #: key of the model's output (logits) in the activations mapping
 OUTPUT = "<output>"
+#: prefix of the key of an activation module's *input* (pre-activation values) in the activations mapping
+PRE = "<pre>"
 
 Acts = Mapping[str, torch.Tensor]
+
+#: every objective kind by name (the ``type`` of its spec); entries are added by :func:`register_objective`
+OBJECTIVES: Registry[type[Objective]] = Registry("objective", package="cnnscope.featurevis", name_attr="kind")
+#: class decorator that registers an objective under its :attr:`Objective.kind`
+register_objective = OBJECTIVES.register
+
+
+def layer_key(layer: str, pre_activation: bool = False) -> str:
+    """Activation key of a layer's output, or with ``pre_activation`` of its input (an activation module's)."""
+    return PRE + layer if pre_activation else layer
+
+
+def split_key(key: str) -> tuple[str, bool]:
+    """Inverse of :func:`layer_key`: ``(layer, pre_activation)``."""
+    return (key[len(PRE):], True) if key.startswith(PRE) else (key, False)
 
 
 class Objective:
@@ -54,6 +79,36 @@ class Objective:
 
     def value(self, acts: Acts) -> torch.Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def parse(cls, tokens: Sequence[str]) -> Objective:
+        """Build from the text of ``KIND:ARG:ARG...`` (the command line's objective syntax), split at ``:``.
+
+        The default maps the tokens in order onto the constructor's parameters and ``name=value`` tokens onto the
+        parameter ``name``. A token is read as an int, a float, ``true``/``false``, ``none``, or a comma-separated
+        list of those (``2,3`` for a position, ``1,0,-1`` for a vector); anything else, and every value of a
+        parameter annotated ``str``, stays text. Override it for another syntax.
+
+        Raises:
+            MethodError: a token the constructor does not take.
+        """
+        params = constructor_parameters(cls)
+        names = [n for n, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        for tok in tokens:
+            key, eq, text = tok.partition("=")
+            if eq and key.strip() in params:
+                name = key.strip()
+                kwargs[name] = _text_value(text, params[name].annotation)
+            else:
+                if kwargs or len(args) >= len(names):
+                    raise MethodError(f"objective {cls.kind!r} does not take {tok!r}; usage: {usage(cls)}")
+                args.append(_text_value(tok, params[names[len(args)]].annotation))
+        try:
+            return cls(*args, **kwargs)
+        except TypeError as exc:
+            raise MethodError(f"bad arguments for objective {cls.kind!r} ({exc}); usage: {usage(cls)}") from None
 
     def check(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
         """Raise :class:`LayerError` when an index does not fit the captured shapes (without batch dim)."""
@@ -87,7 +142,15 @@ class Objective:
         return {"type": self.kind, **self.args()}
 
     def __repr__(self) -> str:
-        parts = [repr(v) for v in self.args().values()]
+        """``kind(required, ..., option=value)``; options left at their defaults are not shown."""
+        params = constructor_parameters(type(self))
+        parts = []
+        for k, v in self.args().items():
+            p = params.get(k)
+            if p is None or p.default is inspect.Parameter.empty:
+                parts.append(repr(v))
+            elif not _equal(v, p.default):
+                parts.append(f"{k}={v!r}")
         return f"{self.kind}({', '.join(parts)})"
 
     # -- algebra -----------------------------------------------------------------------------------
@@ -142,6 +205,51 @@ class Objective:
 
     def __hash__(self) -> int:
         return hash(repr(self))
+
+
+def constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The named parameters of ``cls(...)`` (without ``self`` and ``*args``/``**kwargs``)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {n: p for n, p in inspect.signature(cls).parameters.items() if p.kind in kinds}
+
+
+def usage(cls: type[Objective]) -> str:
+    """The command-line form of an objective kind: ``neuron:LAYER:CHANNEL[:POSITION][:pre_activation=VALUE]``."""
+    text = cls.kind
+    for name, p in constructor_parameters(cls).items():
+        if p.kind is inspect.Parameter.KEYWORD_ONLY:
+            text += f"[:{name}=VALUE]"
+        elif p.default is inspect.Parameter.empty:
+            text += f":{name.upper()}"
+        else:
+            text += f"[:{name.upper()}]"
+    return text
+
+
+def _text_value(text: str, annotation: object) -> Any:
+    """A command-line token as a value (see :meth:`Objective.parse`)."""
+    if annotation in ("str", str):
+        return text
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    if "," in text:
+        return [_text_value(t, None) for t in text.split(",") if t.strip()]
+    for kind in (int, float):
+        try:
+            return kind(low)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def _equal(a: object, b: object) -> bool:
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError, RuntimeError):
+        return False
 
 
 def _is_number(x: object) -> bool:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import CnnscopeError, MethodError, unknown
+from ..registry import Registry
 from .spectra import from_rgb, natural_magnitude, power_law, to_rgb
 
 #: Lucid's constant dividing the inverse FFT (keeps the initial sigmoid away from saturation)
@@ -49,6 +50,12 @@ def per_image(seeds: Sequence[int], shape: Sequence[int], device: torch.device |
 def logit(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     x = x.clamp(eps, 1 - eps)
     return torch.log(x) - torch.log1p(-x)
+
+
+#: parameterizations by name (their class attribute ``name``); entries are added by :func:`register_param`
+PARAMS: Registry[type[ImageParam]] = Registry("parameterization", package="cnnscope.featurevis")
+#: class decorator that registers a parameterization under its ``name``
+register_param = PARAMS.register
 
 
 class ImageParam(nn.Module):
@@ -90,6 +97,7 @@ class ImageParam(nn.Module):
         return {"type": self.name, **self.options()}
 
 
+@register_param
 class PixelImage(ImageParam):
     """The pixels as parameters.
 
@@ -137,6 +145,7 @@ class PixelImage(ImageParam):
         return {"activation": self.activation, "sd": self.sd, "decorrelate": self.decorrelate}
 
 
+@register_param
 class FourierImage(ImageParam):
     """Image = ``sigmoid(colour(irfft2(spectrum * 1/f**decay_power)))``; the spectrum is optimised.
 
@@ -173,6 +182,7 @@ class FourierImage(ImageParam):
         return {"sd": self.sd, "decay_power": self.decay_power, "decorrelate": self.decorrelate}
 
 
+@register_param
 class MacoImage(ImageParam):
     """MACO: image = ``sigmoid(colour(standardise(irfft2(magnitude * exp(i * phase)))))``; only the phase is
     optimised, the magnitude stays that of natural images.
@@ -212,15 +222,11 @@ class MacoImage(ImageParam):
 
 
 #: name -> class of every parameterization
-PARAMS: dict[str, type[ImageParam]] = {cls.name: cls for cls in (PixelImage, FourierImage, MacoImage)}
-
-
-def make_param(name: str, seeds: Sequence[int], size: int | Sequence[int], device: torch.device | str = "cpu",
+def make_param(name: str, seeds: Sequence[int], size: int | Sequence[int], *, device: torch.device | str = "cpu",
                **options: object) -> ImageParam:
     """Build the parameterization called ``name`` (see :data:`PARAMS`)."""
-    if name not in PARAMS:
-        raise MethodError(unknown("parameterization", name, PARAMS))
+    cls = PARAMS.get(name)
     try:
-        return PARAMS[name](seeds, size, device, **options)  # type: ignore[arg-type]
+        return cls(seeds, size, device, **options)  # type: ignore[arg-type]
     except TypeError as exc:
         raise MethodError(f"bad options for the {name!r} parameterization: {exc}") from None

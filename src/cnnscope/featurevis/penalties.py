@@ -14,7 +14,7 @@ import torch
 
 from ..errors import MethodError
 from ..filters import gaussian_blur
-from .algebra import INPUT, Acts, Objective
+from .algebra import INPUT, Acts, Objective, register_objective
 
 
 class ImagePenalty(Objective):
@@ -26,6 +26,7 @@ class ImagePenalty(Objective):
         return acts[INPUT]
 
 
+@register_objective
 class L1(ImagePenalty):
     """Mean absolute deviation of the pixels from ``constant``."""
 
@@ -41,6 +42,7 @@ class L1(ImagePenalty):
         return {"constant": self.constant}
 
 
+@register_objective
 class L2(ImagePenalty):
     """Root mean squared deviation of the pixels from ``constant``."""
 
@@ -56,6 +58,7 @@ class L2(ImagePenalty):
         return {"constant": self.constant, "epsilon": self.epsilon}
 
 
+@register_objective
 class TotalVariation(ImagePenalty):
     """Anisotropic total variation: mean ``|dx|`` plus mean ``|dy|`` of neighbouring pixels."""
 
@@ -68,6 +71,7 @@ class TotalVariation(ImagePenalty):
         return dx + dy
 
 
+@register_objective
 class Blur(ImagePenalty):
     """``0.5 * mean (x - blur(x))^2`` with the blurred image held fixed: its gradient pulls each pixel towards
     its Gaussian-blurred neighbourhood (Lucid's ``blur_input_each_step``, as a penalty)."""

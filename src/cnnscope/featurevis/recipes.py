@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from ..errors import MethodError, unknown
+from ..errors import MethodError
+from ..registry import Registry
 from .filters import BilateralBlur, GaussianBlur, StepFilter
 from .param import PARAMS, ImageParam, make_param
 from .transforms import PRESETS, Pipeline, Transform, make_transforms
@@ -49,18 +50,18 @@ class NormalizedAscent(torch.optim.Optimizer):
                 p.sub_(group["lr"] * g / (rms + group["eps"]))
 
 
-#: name -> optimiser class (all take ``(params, lr=...)``)
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam, "nadam": torch.optim.NAdam, "sgd": torch.optim.SGD, "ascent": NormalizedAscent,
-}
+#: optimiser classes by name (all take ``(params, lr=...)``); ``OPTIMIZERS.register("name")(cls)`` adds one
+OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer", package="cnnscope.featurevis")
+for _name, _cls in (("adam", torch.optim.Adam), ("nadam", torch.optim.NAdam), ("sgd", torch.optim.SGD),
+                    ("ascent", NormalizedAscent)):
+    OPTIMIZERS.register(_name)(_cls)
 
 
 def make_optimizer(name: str, params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    if name not in OPTIMIZERS:
-        raise MethodError(unknown("optimizer", name, OPTIMIZERS))
+    cls = OPTIMIZERS.get(name)
     if not lr > 0:
         raise MethodError(f"the learning rate must be positive, got {lr}")
-    return OPTIMIZERS[name](params, lr=lr)
+    return cls(params, lr=lr)
 
 
 ParamSpec = str | Callable[..., ImageParam]
@@ -106,7 +107,7 @@ class Recipe:
 
     def make_param(self, seeds: Sequence[int], size: int | Sequence[int], device: torch.device | str) -> ImageParam:
         if isinstance(self.param, str):
-            return make_param(self.param, seeds, size, device, **dict(self.param_options))
+            return make_param(self.param, seeds, size, device=device, **dict(self.param_options))
         made = self.param(seeds, size, device, **dict(self.param_options))
         if not isinstance(made, ImageParam):
             raise MethodError(f"a param factory must return an ImageParam, got {type(made).__name__}")
@@ -139,24 +140,31 @@ def _revelio(name: str, filters: Callable[[], list[StepFilter]], description: st
                   filters=filters, optimizer="ascent", lr=0.01, description=description, reference=reference)
 
 
-#: name -> recipe
-RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    _revelio("plain", list, "pixels, no regularisation (high-frequency 'adversarial' patterns)",
-             "Erhan et al. 2009; PytorchRevelio activation_maximization"),
-    _revelio("gaussian_blur", lambda: [GaussianBlur((1.0, 0.3), every=4)],
-             "pixels + Gaussian blur of the image every 4 steps (sigma 1.0 -> 0.3)",
-             "PytorchRevelio; Øygard 2015"),
-    _revelio("bilateral_blur", lambda: [BilateralBlur((1.5, 0.7), (0.25, 0.1), every=4)],
-             "pixels + bilateral blur of the image every 4 steps (edges survive)",
-             "PytorchRevelio; Tyka 2016"),
-    Recipe("lucid", param="fourier", param_options={"decay_power": 1.0, "decorrelate": True},
-           transforms="standard", optimizer="adam", lr=0.05,
-           description="Fourier 1/f + decorrelated colour + sigmoid, standard transforms, Adam 0.05",
-           reference="Olah, Mordvintsev, Schubert 2017 (Distill); Lucid"),
-    Recipe("maco", param="maco", param_options={"magnitude": "photos"}, transforms="maco", optimizer="adam",
-           lr=0.1, description="phase-only spectrum, natural-image magnitude, random crops + noise",
-           reference="Fel et al. 2023 (MACO)"),
-)}
+#: recipes by name (their ``name``); :func:`register_recipe` adds one
+RECIPES: Registry[Recipe] = Registry("recipe", package="cnnscope.featurevis")
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    """Register ``recipe`` under ``recipe.name`` (a name registered twice raises ``RegistryError``)."""
+    return RECIPES.register(recipe.name)(recipe)
+
+
+register_recipe(_revelio("plain", list, "pixels, no regularisation (high-frequency 'adversarial' patterns)",
+                         "Erhan et al. 2009; PytorchRevelio activation_maximization"))
+register_recipe(_revelio("gaussian_blur", lambda: [GaussianBlur((1.0, 0.3), every=4)],
+                         "pixels + Gaussian blur of the image every 4 steps (sigma 1.0 -> 0.3)",
+                         "PytorchRevelio; Øygard 2015"))
+register_recipe(_revelio("bilateral_blur", lambda: [BilateralBlur((1.5, 0.7), (0.25, 0.1), every=4)],
+                         "pixels + bilateral blur of the image every 4 steps (edges survive)",
+                         "PytorchRevelio; Tyka 2016"))
+register_recipe(Recipe("lucid", param="fourier", param_options={"decay_power": 1.0, "decorrelate": True},
+                       transforms="standard", optimizer="adam", lr=0.05,
+                       description="Fourier 1/f + decorrelated colour + sigmoid, standard transforms, Adam 0.05",
+                       reference="Olah, Mordvintsev, Schubert 2017 (Distill); Lucid"))
+register_recipe(Recipe("maco", param="maco", param_options={"magnitude": "photos"}, transforms="maco",
+                       optimizer="adam", lr=0.1,
+                       description="phase-only spectrum, natural-image magnitude, random crops + noise",
+                       reference="Fel et al. 2023 (MACO)"))
 
 DEFAULT_RECIPE = "lucid"
 
@@ -164,13 +172,11 @@ DEFAULT_RECIPE = "lucid"
 def get_recipe(recipe: str | Recipe | None) -> Recipe:
     """The recipe called ``recipe`` (``None``: :data:`DEFAULT_RECIPE`), or ``recipe`` itself."""
     if recipe is None:
-        return RECIPES[DEFAULT_RECIPE]
+        return RECIPES.get(DEFAULT_RECIPE)
     if isinstance(recipe, Recipe):
         return recipe
-    if recipe not in RECIPES:
-        raise MethodError(unknown("recipe", str(recipe), RECIPES))
-    return RECIPES[recipe]
+    return RECIPES.get(recipe)
 
 
 __all__ = ["DEFAULT_RECIPE", "OPTIMIZERS", "PARAMS", "PRESETS", "RECIPES", "NormalizedAscent", "Recipe",
-           "get_recipe", "make_optimizer"]
+           "get_recipe", "make_optimizer", "register_recipe"]

@@ -1,23 +1,19 @@
-"""The objective registry: every objective by name, and :func:`from_spec` to rebuild one from its JSON."""
+"""Objectives by name: :func:`from_spec` (JSON), :func:`parse_objective` (command-line text) and
+:func:`describe_objectives` (the listing), all read from :data:`~cnnscope.featurevis.algebra.OBJECTIVES`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import inspect
+from collections.abc import Mapping
 from typing import Any
 
-from ..errors import MethodError, unknown
-from . import objectives as ob
-from . import penalties as pe
+from ..errors import MethodError
+from .algebra import OBJECTIVES, Binary, Objective, Scaled, Sum, usage
 
-#: name (the ``type`` of its spec) -> class of every unit objective and penalty; the constructor arguments are
-#: the spec's other keys
-OBJECTIVES: dict[str, Callable[..., ob.Objective]] = {
-    cls.kind: cls for cls in (ob.Neuron, ob.Channel, ob.Layer, ob.Direction, ob.DirectionNeuron, ob.ClassLogit,
-                              ob.Diversity, pe.L1, pe.L2, pe.TotalVariation, pe.Blur)
-}
+__all__ = ["OBJECTIVES", "describe_objectives", "from_spec", "parse_objective"]
 
 
-def from_spec(spec: Mapping[str, Any]) -> ob.Objective:
+def from_spec(spec: Mapping[str, Any]) -> Objective:
     """Rebuild an objective from ``objective.spec()``.
 
     Raises:
@@ -28,15 +24,42 @@ def from_spec(spec: Mapping[str, Any]) -> ob.Objective:
     kind = spec["type"]
     args = {k: v for k, v in spec.items() if k != "type"}
     if kind == "sum":
-        return ob.Sum([from_spec(t) for t in args.get("terms", [])])
+        return Sum([from_spec(t) for t in args.get("terms", [])])
     if kind == "scale":
-        return ob.Scaled(from_spec(args["term"]), float(args["factor"]))
-    if kind in ob.Binary.OPS:
+        return Scaled(from_spec(args["term"]), float(args["factor"]))
+    if kind in Binary.OPS:
         a, b = args.get("terms", [None, None])
-        return ob.Binary(kind, from_spec(a), from_spec(b))
-    if kind not in OBJECTIVES:
-        raise MethodError(unknown("objective type", str(kind), list(OBJECTIVES) + ["sum", "scale", "mul", "div"]))
+        return Binary(kind, from_spec(a), from_spec(b))
+    cls = OBJECTIVES.get(kind)
     try:
-        return OBJECTIVES[kind](**args)
+        return cls(**args)
     except TypeError as exc:
         raise MethodError(f"bad arguments for objective {kind!r}: {exc}") from None
+
+
+def parse_objective(text: str) -> Objective:
+    """``KIND:ARG[:ARG...]`` -> the registered objective ``KIND`` built by its :meth:`~Objective.parse`.
+
+    Examples: ``channel:blocks.4.0:3``, ``neuron:blocks.4.0:3:2,5`` (row 2, col 5), ``neuron:blocks.4.0:3:max``,
+    ``channel:blocks.4.0.act:3:pre_activation=true``, ``layer:blocks.3``, ``class_logit:281``,
+    ``direction:blocks.4.0:1,0,-1``.
+
+    Raises:
+        MethodError: an unknown kind (with close matches) or arguments its constructor does not take.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise MethodError(f"an objective is written KIND:ARG:..., got {text!r}")
+    kind, *tokens = text.strip().split(":")
+    tokens = [t for t in tokens if t.strip()]
+    return OBJECTIVES.get(kind.strip()).parse(tokens)
+
+
+def describe_objectives() -> list[dict[str, str]]:
+    """One row per registered objective: ``name``, command-line ``usage`` and ``summary`` (its docstring's first
+    paragraph), in registration order."""
+    rows = []
+    for name, cls in OBJECTIVES.items():
+        doc = inspect.getdoc(cls) or ""
+        summary = " ".join(doc.split("\n\n")[0].split()).replace("``", "")
+        rows.append({"name": name, "usage": usage(cls), "summary": summary})
+    return rows

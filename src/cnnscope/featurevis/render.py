@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,24 +19,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..capture import Capture, evaluating, first_tensor, module_device, module_dtype
-from ..errors import CnnscopeError, MethodError
+from ..batching import chunks, resolve_batch_size
+from ..capture import Capture, evaluating, first_tensor
+from ..errors import CnnscopeError, LayerError, MethodError
 from ..images import to_uint8
-from ..models.loaded import IMAGENET_MEAN, IMAGENET_STD, LoadedModel
-from .objectives import INPUT, OUTPUT, Diversity, Objective
+from ..models import LoadedModel, ModelLike, as_model
+from ..units import Unit
+from .algebra import INPUT, OUTPUT, Objective, split_key
+from .objectives import Diversity, from_unit
 from .param import as_size, generators
 from .recipes import Recipe, get_recipe
-from .registry import from_spec
+from .registry import from_spec, parse_objective
 
 #: smallest image side the renderer accepts
 MIN_SIZE = 16
-#: images per chunk when ``batch_size`` is not given: on a CPU larger batches leave the caches and cost more per
-#: image (EfficientNet-Lite0 to blocks.4.0 at 128 px: 17 ms per image at 8, 29 ms at 32); GPUs like them large
-DEFAULT_BATCH = {"cpu": 8, "cuda": 32}
+#: images per forward when ``batch_size`` is not given: small on a CPU, where larger batches leave the caches and
+#: cost more per image; large on a GPU, which needs them to be busy
+BATCH_CPU, BATCH_GPU = 8, 32
 #: default weight of the diversity term (``render(..., diversity=k)``)
 DIVERSITY_WEIGHT = 30.0
 #: offset between the seed of an image's initialisation and the seed of its transforms
 TRANSFORM_SEED_OFFSET = 0x5EED
+
+ObjectivesLike = Any  # an Objective, a Unit, a spec dict, "KIND:ARG:..." text, or a list of them
 
 
 @dataclass
@@ -45,9 +50,10 @@ class RenderResult:
 
     Attributes:
         images: ``uint8 [N, H, W, 3]``, one image per objective (``k`` consecutive ones with ``diversity=k``).
-        activations: ``float64 [N]``: each image's objective measured on the final *untransformed* image.
-        trace: ``float32 [steps, N]``: the maximised value (objective, plus the diversity term if any) of every
-            step, on the transformed images.
+        activations: ``float32 [N]`` tensor (CPU): each image's objective measured on the final *untransformed*
+            image.
+        trace: ``float32 [steps, N]`` tensor (CPU): the maximised value (objective, plus the diversity term if any)
+            of every step, on the transformed images.
         spec: JSON: objectives, recipe, steps, size, seeds, diversity.
         labels: ``repr`` of each image's objective.
         snapshots: ``step -> uint8 [N, H, W, 3]`` at the requested ``thresholds``.
@@ -55,8 +61,8 @@ class RenderResult:
     """
 
     images: np.ndarray
-    activations: np.ndarray
-    trace: np.ndarray
+    activations: torch.Tensor
+    trace: torch.Tensor
     spec: dict
     labels: list[str] = field(default_factory=list)
     snapshots: dict[int, np.ndarray] = field(default_factory=dict)
@@ -68,50 +74,28 @@ class RenderResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (everything but the pixels)."""
         return {"spec": self.spec, "labels": list(self.labels),
-                "activations": [float(a) for a in self.activations],
-                "final_trace": [float(v) for v in self.trace[-1]] if len(self.trace) else [],
+                "activations": self.activations.tolist(),
+                "final_trace": self.trace[-1].tolist() if len(self.trace) else [],
                 "timing": dict(self.timing), "snapshots": sorted(int(s) for s in self.snapshots)}
 
 
-@dataclass
-class _Model:
-    module: nn.Module
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    name: str
-
-    @property
-    def device(self) -> torch.device:
-        return module_device(self.module)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if len(self.mean) == 1:  # single-channel model: ITU-R 601 luma
-            x = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)).sum(
-                1, keepdim=True)
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return ((x - mean) / std).to(module_dtype(self.module))
-
-
-def _as_model(model: nn.Module | LoadedModel, mean: Sequence[float] | None, std: Sequence[float] | None) -> _Model:
-    if isinstance(model, LoadedModel):
-        return _Model(model.module, tuple(mean or model.mean), tuple(std or model.std), model.name)
-    if not isinstance(model, nn.Module):
-        raise CnnscopeError(f"render() needs an nn.Module or a LoadedModel, got {type(model).__name__}")
-    return _Model(model, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD), type(model).__name__)
-
-
-def as_objectives(objectives: Objective | Mapping | Sequence[Objective | Mapping]) -> list[Objective]:
-    """An objective, a spec dict, or a list of them -> list of :class:`Objective`."""
-    items = [objectives] if isinstance(objectives, (Objective, Mapping)) else list(objectives)
+def as_objectives(objectives: ObjectivesLike) -> list[Objective]:
+    """An objective, a :class:`~cnnscope.Unit`, a spec dict, ``"KIND:ARG:..."`` text, or a list of them -> list of
+    :class:`Objective` (a unit with ``position=None`` is its channel's mean, else its neuron)."""
+    single = isinstance(objectives, (Objective, Mapping, Unit, str))
+    items = [objectives] if single else list(objectives)
     if not items:
         raise MethodError("no objectives given")
     out = []
     for o in items:
         if isinstance(o, Mapping):
             o = from_spec(o)
+        elif isinstance(o, Unit):
+            o = from_unit(o)
+        elif isinstance(o, str):
+            o = parse_objective(o)
         if not isinstance(o, Objective):
-            raise MethodError(f"objectives are cnnscope.featurevis objectives or their specs, got "
+            raise MethodError(f"objectives are cnnscope.featurevis objectives, units or their specs, got "
                               f"{type(o).__name__} (e.g. channel('blocks.4.0', 3))")
         out.append(o)
     return out
@@ -126,33 +110,58 @@ def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
     return seeds
 
 
-class _PlainForward:
-    """Stands in for a Capture when only the model's output is read."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module, self.activations = module, {}
-
-    def run(self, x: torch.Tensor) -> Any:
-        return self.module(x)
+def _keys(objs: Sequence[Objective]) -> list[str]:
+    return list(dict.fromkeys(k for o in objs for k in o.keys()))
 
 
-@contextlib.contextmanager
-def _forward(module: nn.Module, layers: Sequence[str], stop_early: bool) -> Iterator[Any]:
-    """A Capture on ``layers`` (or a plain forward when the objectives read only the output)."""
-    if not layers:
-        yield _PlainForward(module)
-        return
-    with Capture(module, list(layers), stop_early=stop_early) as cap:
-        yield cap
+class _Reader:
+    """Runs the model and collects what the objectives read: layer outputs (one Capture), activation modules'
+    inputs (a Capture with ``pre_activation=True``) and the model's output.
 
+    With ``truncate`` every pass after the first stops at the deepest layer read, unless the output is read or
+    both kinds of layers are (one Capture cannot stop for the other)."""
 
-def _acts(cap: Any, out: Any, image: torch.Tensor, needs_output: bool) -> dict[str, torch.Tensor]:
-    acts = {k: v.float() for k, v in cap.activations.items()}
-    acts[INPUT] = image
-    if needs_output:
-        t = first_tensor(out)
-        acts[OUTPUT] = t.float() if t is not None else None  # type: ignore[assignment]
-    return acts
+    def __init__(self, module: nn.Module, keys: Sequence[str], truncate: bool) -> None:
+        self.module = module
+        self.needs_output = OUTPUT in keys
+        post = [k for k in keys if k not in (INPUT, OUTPUT) and not split_key(k)[1]]
+        pre = [k for k in keys if split_key(k)[1]]
+        stop = truncate and not self.needs_output and not (post and pre)
+        self.layers = [split_key(k)[0] for k in post + pre]
+        self.captures: list[tuple[Capture, list[str]]] = []
+        if post:
+            self.captures.append((Capture(module, post, stop_early=stop), post))
+        if pre:
+            self.captures.append((Capture(module, [split_key(k)[0] for k in pre], stop_early=stop,
+                                          pre_activation=True), pre))
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> _Reader:
+        with contextlib.ExitStack() as stack:
+            for cap, _ in self.captures:
+                stack.enter_context(cap)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def run(self, x: torch.Tensor, image: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Activations (float) by key after a forward of ``x``; ``image`` (in [0, 1]) is the :data:`INPUT`."""
+        for cap, _ in self.captures[1:]:
+            cap.reset()
+        out = self.captures[0][0].run(x) if self.captures else self.module(x)
+        acts: dict[str, torch.Tensor] = {INPUT: image}  # type: ignore[dict-item]
+        for cap, keys in self.captures:
+            for key in keys:
+                name = split_key(key)[0]
+                if name not in cap.activations:
+                    raise LayerError(f"layer {name!r} did not run in the forward pass")
+                acts[key] = cap.activations[name].float()
+        if self.needs_output:
+            t = first_tensor(out)
+            acts[OUTPUT] = t.float() if t is not None else None  # type: ignore[assignment]
+        return acts
 
 
 def _evaluate(objs: Sequence[Objective], group: int, acts: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -164,16 +173,17 @@ def _evaluate(objs: Sequence[Objective], group: int, acts: Mapping[str, torch.Te
     return torch.cat(vals)
 
 
-def _first_forward(cap: Any, x: torch.Tensor, size: tuple[int, int], layers: Sequence[str]) -> Any:
+def _first_forward(reader: _Reader, x: torch.Tensor, image: torch.Tensor, size: tuple[int, int]
+                   ) -> dict[str, torch.Tensor]:
     """The first pass of a render (a full forward: the capture layer checks for reused modules then)."""
     try:
-        return cap.run(x)
+        return reader.run(x, image)
     except RuntimeError as exc:
         text = str(exc).strip()
         first = text.splitlines()[0] if text else type(exc).__name__
         if "too small" in text.lower() or "greater than actual input size" in text:
             raise CnnscopeError(f"size {size[0]}x{size[1]} is too small for this model up to layer(s) "
-                                f"{', '.join(layers) or 'output'} ({first}); use a larger --size") from None
+                                f"{', '.join(reader.layers) or 'output'} ({first}); use a larger --size") from None
         raise CnnscopeError(f"the model cannot run on {size[0]}x{size[1]} inputs ({first}); the first pass of a "
                             "render runs the whole model, so use a size it accepts (e.g. its input size)") from None
 
@@ -183,15 +193,16 @@ def _check_shapes(objs: Sequence[Objective], acts: Mapping[str, torch.Tensor | N
     shapes = {k: tuple(v.shape[1:]) for k, v in acts.items() if v is not None}
     for name, shape in shapes.items():
         if len(shape) == 3 and min(shape[1:]) < 1:
-            raise CnnscopeError(f"size {size[0]}x{size[1]} is too small: layer {name!r} has an empty map")
+            raise CnnscopeError(f"size {size[0]}x{size[1]} is too small: layer {split_key(name)[0]!r} has an "
+                                "empty map")
     for o in objs:
         o.check(shapes)
 
 
-def _render_chunk(model: _Model, objs: Sequence[Objective], measured: Sequence[Objective], seeds: Sequence[int],
+def _render_chunk(m: LoadedModel, objs: Sequence[Objective], measured: Sequence[Objective], seeds: Sequence[int],
                   group: int, recipe: Recipe, steps: int, size: tuple[int, int], thresholds: Sequence[int],
                   truncate: bool, amp: bool, channels_last: bool, bar: Any) -> dict[str, Any]:
-    device = model.device
+    device = m.device
     image_seeds = [s + j for s in seeds for j in range(group)]
     param = recipe.make_param(image_seeds, size, device)
     pipeline = recipe.make_transforms().to(device)
@@ -199,20 +210,17 @@ def _render_chunk(model: _Model, objs: Sequence[Objective], measured: Sequence[O
     gens = generators([s + TRANSFORM_SEED_OFFSET for s in image_seeds], device)
     params = [p for p in param.parameters() if p.requires_grad]
     opt = recipe.make_optimizer(params)
-    layers = list(dict.fromkeys(k for o in objs for k in o.layers))
-    needs_output = any(o.needs_output for o in objs)
     trace = torch.empty(steps, len(image_seeds), device=device)
     snaps: dict[int, np.ndarray] = {}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-    with _forward(model.module, layers, stop_early=truncate and not needs_output) as cap:
+    with _Reader(m.module, _keys(list(objs) + list(measured)), truncate) as reader:
         for step in range(steps):
             image = param()
-            x = model.normalize(pipeline(image, gens))
+            x = m.to_input(pipeline(image, gens)).to(m.dtype)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
-                out = _first_forward(cap, x, size, layers) if step == 0 else cap.run(x)
-            acts = _acts(cap, out, image, needs_output)
+                acts = _first_forward(reader, x, image, size) if step == 0 else reader.run(x, image)
             if step == 0:
                 _check_shapes(objs, acts, size)
             vals = _evaluate(objs, group, acts)
@@ -233,51 +241,55 @@ def _render_chunk(model: _Model, objs: Sequence[Objective], measured: Sequence[O
             bar.update(1)
         with torch.no_grad():
             image = param().detach()
-            out = cap.run(model.normalize(image))
-            final = _evaluate(measured, group, _acts(cap, out, image, needs_output))
-    return {"images": to_uint8(image), "activations": final.double().cpu().numpy(),
-            "trace": trace.float().cpu().numpy(), "snapshots": snaps}
+            final = _evaluate(measured, group, reader.run(m.to_input(image).to(m.dtype), image))
+    return {"images": to_uint8(image), "activations": final.float().cpu(), "trace": trace.float().cpu(),
+            "snapshots": snaps}
 
 
-def render(module: nn.Module | LoadedModel, objectives: Objective | Mapping | Sequence[Objective | Mapping],
-           recipe: str | Recipe | None = "lucid", steps: int = 512, size: int | Sequence[int] = 128,
-           seed: int | Sequence[int] = 0, batch_size: int | None = None, thresholds: Sequence[int] | None = None,
-           progress: bool = False, *, diversity: int = 1, diversity_layer: str | None = None,
-           diversity_weight: float = DIVERSITY_WEIGHT, param: Any = None, param_options: Mapping | None = None,
-           transforms: Any = None, filters: Any = None, optimizer: str | None = None, lr: float | None = None,
-           mean: Sequence[float] | None = None, std: Sequence[float] | None = None, truncate: bool = True,
-           amp: bool = False, channels_last: bool | None = None) -> RenderResult:
+def render(model: ModelLike, objectives: ObjectivesLike, *, recipe: str | Recipe | None = "lucid",
+           steps: int = 512, size: int | Sequence[int] = 128, seed: int | Sequence[int] = 0,
+           batch_size: int | None = None, thresholds: Sequence[int] | None = None, progress: bool = False,
+           diversity: int = 1, diversity_layer: str | None = None, diversity_weight: float = DIVERSITY_WEIGHT,
+           param: Any = None, param_options: Mapping | None = None, transforms: Any = None, filters: Any = None,
+           optimizer: str | None = None, lr: float | None = None, truncate: bool = True, amp: bool = False,
+           channels_last: bool | None = None) -> RenderResult:
     """Render one image per objective by gradient ascent.
 
     Args:
-        module: the model (``nn.Module`` or ``LoadedModel``); it is not modified (eval mode is temporary).
-        objectives: an objective, a list of them (one image each) or their ``.spec()`` dicts.
+        model: a ``LoadedModel`` or an image ``nn.Module`` (see :func:`~cnnscope.models.as_model`; a module with
+            another normalisation goes through :func:`~cnnscope.wrap`). It is not modified (eval mode is
+            temporary, no hook survives, no ``.grad`` is written).
+        objectives: an objective, a :class:`~cnnscope.Unit` (``position=None``: its channel, else its neuron),
+            a ``.spec()`` dict, ``"KIND:ARG:..."`` text, or a list of them (one image each).
         recipe: ``"lucid"`` (default), ``"plain"``, ``"gaussian_blur"``, ``"bilateral_blur"``, ``"maco"`` or a
             :class:`~cnnscope.featurevis.recipes.Recipe`.
         steps: optimisation steps.
         size: image size ``H`` or ``(H, W)``, at least :data:`MIN_SIZE`.
         seed: one seed for all objectives, or one per objective. Image ``j`` of an objective with seed ``s``
             starts from seed ``s + j``; a batched render equals single renders with the same seeds.
-        batch_size: images per chunk (memory bound); default :data:`DEFAULT_BATCH` (8 on a CPU, 32 on a GPU).
+        batch_size: images per forward pass (memory bound); default :data:`BATCH_CPU` on a CPU, :data:`BATCH_GPU`
+            on a GPU. With ``diversity=k`` a batch holds ``batch_size // k`` objectives (at least one).
         thresholds: steps at which to keep snapshots of the images.
         progress: show a tqdm progress bar.
         diversity: images per objective; with ``k > 1`` each objective's images are pushed apart by
-            ``- diversity_weight * diversity(diversity_layer)`` (default layer: the objective's deepest layer).
+            ``- diversity_weight * diversity(layer)`` (default layer: the objective's deepest one, output or
+            pre-activation as the objective reads it; ``diversity_layer`` names another layer's output).
         param, param_options, transforms, filters, optimizer, lr: override the recipe's parts.
-        mean, std: input normalisation (default: the ``LoadedModel``'s, else ImageNet's).
         truncate: stop each forward at the deepest layer needed (``False`` runs the whole model; same result).
         amp: run the model under bfloat16 autocast (faster on recent GPUs; values differ slightly).
-        channels_last: feed channels-last inputs (default ``None``: on; 1.15x-1.35x faster per step on a CPU with
-            oneDNN, faster on CUDA; float summation order differs from contiguous inputs, ~1e-6 relative).
+        channels_last: feed channels-last inputs (default ``None``: on; oneDNN and cuDNN run convolutions faster
+            in that layout; float summation order differs from contiguous inputs, about 1e-6 relative).
 
     Returns:
         :class:`RenderResult`.
 
     Raises:
-        LayerError: unknown layer (with close matches), channel or position out of range.
+        LayerError: unknown layer (with close matches), channel or position out of range, ``pre_activation`` on
+            a layer that is not an activation module.
         CnnscopeError: bad steps/size/seeds, or a size too small for the model.
-        MethodError: unknown recipe, parameterization, transform preset or optimiser.
+        MethodError: unknown recipe, parameterization, transform preset, optimiser or objective.
     """
+    m = as_model(model)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise CnnscopeError(f"steps must be a positive integer, got {steps!r}")
     hw = as_size(size)
@@ -288,7 +300,6 @@ def render(module: nn.Module | LoadedModel, objectives: Objective | Mapping | Se
     thresholds = sorted({int(t) for t in thresholds or ()})
     if thresholds and not (1 <= thresholds[0] and thresholds[-1] <= steps):
         raise CnnscopeError(f"thresholds must lie in 1..{steps}, got {thresholds}")
-    model = _as_model(module, mean, std)
     base = as_objectives(objectives)
     for o in base:
         if not o.layers and not o.needs_output:
@@ -300,94 +311,98 @@ def render(module: nn.Module | LoadedModel, objectives: Objective | Mapping | Se
                                          filters=filters, optimizer=optimizer, lr=lr)
     maximised = base
     if diversity > 1:
-        def div_layer(o: Objective) -> str:
+        def div_term(o: Objective) -> Objective:
             if diversity_layer is not None:
-                return diversity_layer
+                return Diversity(diversity_layer)
             if not o.layers:
                 raise MethodError(f"{o!r} reads no layer; pass diversity_layer=")
-            return o.layers[-1]
-        maximised = [o - diversity_weight * Diversity(div_layer(o)) for o in base]
-    device = model.device
+            name, pre = split_key(o.layers[-1])
+            return Diversity(name, pre_activation=pre)
+        maximised = [o - diversity_weight * div_term(o) for o in base]
+    device = m.device
     cl = True if channels_last is None else bool(channels_last)
-    per_chunk = max(1, (batch_size or DEFAULT_BATCH.get(device.type, 8)) // diversity)
-    chunks = [range(i, min(i + per_chunk, len(base))) for i in range(0, len(base), per_chunk)]
+    images_per_batch = resolve_batch_size(batch_size, device, cpu=BATCH_CPU, gpu=BATCH_GPU)
+    parts_of = list(chunks(len(base), max(1, images_per_batch // diversity)))
     from tqdm.auto import tqdm
 
     parts = []
     t0 = time.perf_counter()
-    with evaluating(model.module), torch.enable_grad(), \
-            tqdm(total=steps * len(chunks), disable=not progress, desc="render", unit="step", leave=False) as bar:
-        for ch in chunks:
-            parts.append(_render_chunk(model, [maximised[i] for i in ch], [base[i] for i in ch],
-                                       [seeds[i] for i in ch], diversity, chosen, steps, hw, thresholds,
-                                       truncate, amp, cl, bar))
+    with evaluating(m.module), torch.enable_grad(), \
+            tqdm(total=steps * len(parts_of), disable=not progress, desc="render", unit="step", leave=False) as bar:
+        for ch in parts_of:
+            parts.append(_render_chunk(m, maximised[ch], base[ch], seeds[ch], diversity, chosen, steps, hw,
+                                       thresholds, truncate, amp, cl, bar))
     seconds = time.perf_counter() - t0
     n = len(base) * diversity
     spec = {"objectives": [o.spec() for o in base], "recipe": chosen.spec(), "steps": int(steps),
             "size": list(hw), "seeds": seeds, "diversity": diversity,
-            "diversity_weight": float(diversity_weight) if diversity > 1 else None, "model": model.name,
-            "mean": list(model.mean), "std": list(model.std)}
+            "diversity_weight": float(diversity_weight) if diversity > 1 else None, "model": m.name,
+            "mean": list(m.mean), "std": list(m.std)}
     return RenderResult(
         images=np.concatenate([p["images"] for p in parts]),
-        activations=np.concatenate([p["activations"] for p in parts]),
-        trace=np.concatenate([p["trace"] for p in parts], axis=1),
+        activations=torch.cat([p["activations"] for p in parts]),
+        trace=torch.cat([p["trace"] for p in parts], dim=1),
         spec=spec,
         labels=[repr(o) for o in base for _ in range(diversity)],
         snapshots={t: np.concatenate([p["snapshots"][t] for p in parts]) for t in thresholds},
         timing={"seconds": seconds, "ms_per_step": 1000 * seconds / steps,
-                "ms_per_image_step": 1000 * seconds / (steps * n), "chunks": len(chunks), "device": str(device)},
+                "ms_per_image_step": 1000 * seconds / (steps * n), "chunks": len(parts_of), "device": str(device)},
     )
 
 
-def measure(module: nn.Module | LoadedModel, objectives: Objective | Sequence[Objective],
-            images: np.ndarray | torch.Tensor, pairwise: bool = False, batch_size: int | None = None,
-            mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
+def _picture_size(images: object) -> tuple[int, int] | None:
+    """Pictures given as ``uint8`` arrays are measured at their own size (a render as it was rendered)."""
+    first = images[0] if isinstance(images, (list, tuple)) and images else images
+    if isinstance(first, np.ndarray) and first.ndim in (3, 4):
+        return int(first.shape[-3]), int(first.shape[-2])
+    return None
+
+
+def measure(model: ModelLike, images: object, objectives: ObjectivesLike, *, pairwise: bool = False,
+            batch_size: int | None = None) -> torch.Tensor:
     """Objective values on given images (no optimisation).
 
     Args:
-        objectives: one objective or a list.
-        images: ``uint8 [N, H, W, 3]`` or a float tensor ``[N, 3, H, W]`` in [0, 1].
+        model: a ``LoadedModel`` or an image ``nn.Module``.
+        images: anything :meth:`~cnnscope.models.LoadedModel.batch` takes: a model-space float tensor
+            ``[N, C, H, W]``, or pictures (``uint8 [N, H, W, 3]`` arrays keep their size, e.g. renders; paths and
+            PIL images are brought to the model's input size). Penalties read the pictures in [0, 1] (the input
+            mapped back through the model's normalisation).
+        objectives: one objective (or unit, spec, text) for every image, one per image, or, with ``pairwise``,
+            any number.
         pairwise: ``False``: objective ``i`` on image ``i`` (one objective is used for every image);
             ``True``: every objective on every image.
-        batch_size: images per forward pass (default :data:`DEFAULT_BATCH` for the model's device).
+        batch_size: images per forward pass (default: by the model's device, as :func:`render`).
 
     Returns:
-        ``float64 [N]`` or, with ``pairwise``, ``[len(objectives), N]``.
+        ``float32 [N]`` or, with ``pairwise``, ``[len(objectives), N]``, on the model's device.
+
+    Raises:
+        ImageError: images :meth:`~cnnscope.models.LoadedModel.batch` rejects.
+        LayerError: unknown layer, channel or position out of range.
     """
-    model = _as_model(module, mean, std)
+    m = as_model(model)
+    x = m.batch(images, size=_picture_size(images))
     objs = as_objectives(objectives)
-    x = _image_tensor(images, model.device)
     n = x.shape[0]
-    batch_size = batch_size or DEFAULT_BATCH.get(model.device.type, 8)
     if not pairwise and len(objs) not in (1, n):
         raise CnnscopeError(f"{len(objs)} objectives for {n} images; pass pairwise=True for every combination")
-    layers = list(dict.fromkeys(k for o in objs for k in o.layers))
-    needs_output = any(o.needs_output for o in objs)
     rows = []
-    with evaluating(model.module), torch.no_grad(), _forward(model.module, layers, not needs_output) as cap:
-        for s in range(0, n, batch_size):
-            xb = x[s:s + batch_size]
-            acts = _acts(cap, cap.run(model.normalize(xb)), xb, needs_output)
+    keys = _keys(objs)
+    bs = resolve_batch_size(batch_size, m.device, cpu=BATCH_CPU, gpu=BATCH_GPU)
+    with evaluating(m.module), torch.no_grad(), _Reader(m.module, keys, truncate=True) as reader:
+        for part in chunks(n, bs):
+            xb = x[part]
+            acts = reader.run(xb, m.denormalize(xb.float()) if INPUT in keys else None)
             _check_shapes(objs, acts, (xb.shape[-2], xb.shape[-1]))
             if pairwise:
                 rows.append(torch.stack([o(acts) for o in objs]))
             elif len(objs) == 1:
                 rows.append(objs[0](acts).unsqueeze(0))
             else:
-                rows.append(_evaluate(objs[s:s + xb.shape[0]], 1, acts).unsqueeze(0))
-    out = torch.cat(rows, dim=1).double().cpu().numpy()
+                rows.append(_evaluate(objs[part], 1, acts).unsqueeze(0))
+    out = torch.cat(rows, dim=1).float()
     return out if pairwise else out[0]
 
 
-def _image_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    if isinstance(images, np.ndarray):
-        arr = images[None] if images.ndim == 3 else images
-        if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-            raise CnnscopeError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
-        return torch.from_numpy(np.ascontiguousarray(arr)).to(device).permute(0, 3, 1, 2).float() / 255.0
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-        raise CnnscopeError("images must be uint8 [N, H, W, 3] arrays or float tensors [N, 3, H, W] in [0, 1]")
-    return images.detach().to(device=device, dtype=torch.float32)
-
-
-__all__ = ["DEFAULT_BATCH", "MIN_SIZE", "RenderResult", "as_objectives", "measure", "render"]
+__all__ = ["BATCH_CPU", "BATCH_GPU", "MIN_SIZE", "RenderResult", "as_objectives", "measure", "render"]

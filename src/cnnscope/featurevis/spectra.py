@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ImageError
+from ..images import to_float
 
 #: square root of ImageNet's RGB colour covariance (Lucid's ``color_correlation_svd_sqrt``)
 COLOR_CORRELATION = ((0.26, 0.09, 0.02),
@@ -64,7 +65,7 @@ def _photo_magnitude(h: int, w: int) -> torch.Tensor:
         ch, cw = int(round(side)), int(round(side * w / h))
         top, left = (ph - ch) // 2, (pw - cw) // 2
         crop = resize(np.ascontiguousarray(arr[top:top + ch, left:left + cw]), (h, w))
-        x = torch.from_numpy(np.array(crop)).permute(2, 0, 1).unsqueeze(0).double() / 255.0
+        x = to_float(np.array(crop), dtype=torch.float64)  # a writable copy: torch warns on read-only arrays
         mags.append(torch.fft.rfft2(from_rgb(x), norm="ortho").abs()[0])
     return torch.stack(mags).mean(0).float()
 
@@ -78,24 +79,22 @@ def natural_magnitude(h: int, w: int, device: torch.device | str | None = None) 
     return _photo_magnitude(int(h), int(w)).to(device)
 
 
-def high_frequency_share(images: np.ndarray | torch.Tensor, cutoff: float = 0.5) -> np.ndarray:
+def high_frequency_share(images: np.ndarray | torch.Tensor, cutoff: float = 0.5) -> torch.Tensor:
     """Share of each image's spectral energy (DC excluded) above ``cutoff`` times the Nyquist frequency.
 
     ``cutoff=0.5`` measures the outer half of the spectrum: radial frequency above 0.25 cycles per pixel.
 
     Shape:
-        - Input: ``uint8 [N, H, W, 3]`` / ``[H, W, 3]`` arrays, or float tensors ``[N, 3, H, W]`` in [0, 1].
-        - Output: ``float64 [N]``.
+        - Input: pictures, ``uint8 [N, H, W, 3]`` / ``[H, W, 3]`` arrays, or float tensors ``[N, 3, H, W]`` in
+          [0, 1].
+        - Output: ``float64 [N]`` tensor on the images' device (the CPU for arrays).
     """
-    if isinstance(images, np.ndarray):
-        arr = images[None] if images.ndim == 3 else images
-        if arr.ndim != 4 or arr.shape[-1] != 3:
-            raise ImageError(f"high_frequency_share expects [N, H, W, 3] images, got {images.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).double() / 255.0
-    else:
+    if isinstance(images, torch.Tensor):
         x = images.detach().double()
         if x.ndim != 4:
             raise ImageError(f"high_frequency_share expects [N, 3, H, W] tensors, got {tuple(x.shape)}")
+    else:
+        x = to_float(images, dtype=torch.float64)
     h, w = x.shape[-2:]
     x = x - x.mean(dim=(-2, -1), keepdim=True)
     power = torch.fft.rfft2(x).abs().pow(2)
@@ -103,4 +102,4 @@ def high_frequency_share(images: np.ndarray | torch.Tensor, cutoff: float = 0.5)
     f = rfft_frequencies(h, w, x.device)
     high = power[..., f > 0.5 * cutoff].sum(-1).sum(-1)
     total = power.flatten(1).sum(1).clamp_min(1e-30)
-    return (high / total).cpu().numpy()
+    return high / total

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import MethodError, unknown
+from ..errors import MethodError
+from ..registry import Registry
 
 Size = tuple[int, int]
 
@@ -273,25 +274,30 @@ class Pipeline(Transform):
         return [t.spec() for t in self.steps]
 
 
+#: named transform presets: functions returning a :class:`Pipeline`, added by :func:`register_preset`
+PRESETS: Registry[Callable[[], Pipeline]] = Registry("transform preset", package="cnnscope.featurevis")
+#: decorator that registers a preset function under its name (or the name given)
+register_preset = PRESETS.register
+register_preset("none")(Pipeline)
+
+
+@register_preset("standard")
 def standard() -> Pipeline:
     """The article's / Lucid's standard set, followed by a crop back to the rendered size."""
     return Pipeline([Pad(12, 0.5), Jitter(8), RandomScale(), RandomRotate(), Jitter(4), CropBack()])
 
 
+@register_preset("maco")
 def maco() -> Pipeline:
     """MACO's robustness: a random crop (half to all of the image) and Gaussian noise."""
     return Pipeline([RandomCrop((0.5, 1.0)), Noise(0.05)])
 
 
+@register_preset("jitter")
 def jitter_only(d: int = 4) -> Pipeline:
     """Small jitter only (what the blur variants use to avoid pixel-grid artifacts)."""
     return Pipeline([Jitter(d)])
 
-
-#: named transform presets
-PRESETS: dict[str, Callable[[], Pipeline]] = {
-    "none": Pipeline, "standard": standard, "maco": maco, "jitter": jitter_only,
-}
 
 
 def make_transforms(spec: str | Pipeline | Sequence[Transform] | None) -> Pipeline:
@@ -301,7 +307,5 @@ def make_transforms(spec: str | Pipeline | Sequence[Transform] | None) -> Pipeli
     if isinstance(spec, Pipeline):
         return spec
     if isinstance(spec, str):
-        if spec not in PRESETS:
-            raise MethodError(unknown("transform preset", spec, PRESETS))
-        return PRESETS[spec]()
+        return PRESETS.get(spec)()
     return Pipeline(list(spec))

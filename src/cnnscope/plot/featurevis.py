@@ -1,4 +1,4 @@
-"""Feature-visualization figures: a labelled contact sheet, rows of layers, objective traces."""
+"""Feature-visualization figures: a labelled contact sheet and rows of layers."""
 
 from __future__ import annotations
 
@@ -63,22 +63,5 @@ def layer_rows(rows: Mapping[str, tuple[np.ndarray, Sequence[str]]], title: str 
                 ax.set_ylabel(name, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def trace_plot(trace: np.ndarray, labels: Sequence[str] | None = None, title: str | None = None) -> Figure:
-    """Objective value per step (``trace [steps, N]``), one line per image."""
-    fig = figure(5.0, 3.2)
-    ax = fig.add_subplot(1, 1, 1)
-    steps = np.arange(1, trace.shape[0] + 1)
-    for i in range(trace.shape[1]):
-        ax.plot(steps, trace[:, i], lw=1, label=labels[i] if labels is not None else None)
-    ax.set_xlabel("step")
-    ax.set_ylabel("objective (transformed image)")
-    if labels is not None and trace.shape[1] <= 10:
-        ax.legend(fontsize=6)
-    if title:
-        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
