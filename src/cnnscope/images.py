@@ -200,7 +200,7 @@ def to_float(images: np.ndarray | list[np.ndarray] | tuple[np.ndarray, ...], dev
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ImageError(f"to_float() takes uint8 [H, W, 3] pictures (or [B, H, W, 3]), got {arr.dtype} "
                          f"{tuple(arr.shape)}; load_image() converts other images")
-    t = torch.from_numpy(np.ascontiguousarray(arr))
+    t = torch.from_numpy(arr if arr.flags.c_contiguous and arr.flags.writeable else np.array(arr))
     if device is not None:
         t = t.to(device)
     return t.permute(0, 3, 1, 2).to(dtype).div_(255.0)
