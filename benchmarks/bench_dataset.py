@@ -1,4 +1,4 @@
-"""Benchmark of the dataset statistics pass (issue 6): overhead over a bare forward, and memory vs dataset size.
+"""Benchmark of the dataset statistics pass: overhead over a bare forward, and memory vs dataset size.
 
 1. Images/s of ``collect_statistics`` for 3 layers of EfficientNet-Lite0 versus a bare forward over the same
    batches (both read and resize the images through the same loader; receptive fields are measured once before and
@@ -38,7 +38,7 @@ def bare_pass(model, source, batch_size: int, channels_last: bool = True) -> tup
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad(), evaluating(model.module):
-        for batch in iterate_batches(source, model, batch_size=batch_size):
+        for batch in iterate_batches(model, source, batch_size=batch_size):
             model.module(batch.tensor(model).contiguous(memory_format=fmt))
     return time.perf_counter() - t0, time.process_time() - c0
 

@@ -1,4 +1,4 @@
-"""Benchmark of the stimuli area (issue 6 part 6): rendering, tuning maps and joint tuning on EfficientNet-Lite0.
+"""Benchmark of the stimuli area: rendering, tuning maps and joint tuning on EfficientNet-Lite0.
 
 1. Rendering an orientation x radius grid of anti-aliased curves: ours (only each shape's bounding box is
    evaluated) versus evaluating the same coverage over the whole canvas, at 3x3 and 1 sample per pixel.
@@ -34,7 +34,7 @@ def bare_forward(model, images: torch.Tensor, batch: int = 64) -> None:
 
 
 def bench_render(size: int, n_orient: int, n_levels: int, repeats: int) -> tuple[str, dict]:
-    from cnnscope.stimuli import grid, render
+    from cnnscope.stimuli import draw, grid
     from cnnscope.stimuli.curves import _coverage_map
 
     stims = grid("curve", np.arange(n_orient) * (360.0 / n_orient), np.geomspace(4, 64, n_levels))
@@ -43,8 +43,8 @@ def bench_render(size: int, n_orient: int, n_levels: int, repeats: int) -> tuple
         for s in stims:
             _coverage_map(s, (size, size), ss, (0.0, 0.0), (0, size, 0, size))
 
-    times = side_by_side({"ours ss=3": lambda: render(stims, size, supersample=3),
-                          "ours ss=1": lambda: render(stims, size, supersample=1),
+    times = side_by_side({"ours ss=3": lambda: draw(stims, size, supersample=3),
+                          "ours ss=1": lambda: draw(stims, size, supersample=1),
                           "full canvas ss=3": lambda: full_canvas(3),
                           "full canvas ss=1": lambda: full_canvas(1)}, repeats=repeats)
     n = len(stims)
@@ -55,11 +55,11 @@ def bench_render(size: int, n_orient: int, n_levels: int, repeats: int) -> tuple
 
 
 def bench_tuning(model, size: int, n_orient: int, n_levels: int, repeats: int) -> tuple[str, dict]:
-    from cnnscope.stimuli import grid, render, tuning_map
+    from cnnscope.stimuli import draw, grid, tuning_map
 
     orient = np.arange(n_orient) * (360.0 / n_orient)
     levels = np.geomspace(4, 64, n_levels)
-    images = torch.from_numpy(render(grid("curve", orient, levels), size)).permute(0, 3, 1, 2)
+    images = torch.from_numpy(draw(grid("curve", orient, levels), size)).permute(0, 3, 1, 2)
 
     times = side_by_side({
         "tuning_map (render + forward to layer, 480 units)": lambda: tuning_map(
@@ -85,7 +85,7 @@ def bench_joint(model, n_units: int, n_examples: int, step: float, repeats: int)
 
     times = side_by_side({
         "joint_tuning (rotate on the fly + forward to layer)": lambda: joint_tuning(
-            model, LAYER, crops, step=step, out_size=83, pre_activation=True, batch_size=64),
+            model, crops, LAYER, step=step, out_size=83, pre_activation=True, batch_size=64),
         "bare full forward (pre-rotated)": lambda: bare_forward(model, rotated),
     }, repeats=repeats)
     body = (f"Joint tuning: {n_units} units x {n_examples} crops x {len(angles)} rotations = {n} images of 83 px.\n\n"

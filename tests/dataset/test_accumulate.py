@@ -68,17 +68,18 @@ def test_streaming_equals_brute_force_with_shifts_and_ties(channels_last, clippe
         acc.add(ids, {"pw": v.contiguous(memory_format=fmt)})
     ls = acc.result()["pw"]
     top, bottom, bands, hist, flat = _brute(batches, k, bottom_k, m, acc.bins, seed)
-    np.testing.assert_array_equal(ls.top.keys((H, W)), top)
-    np.testing.assert_array_equal(ls.bottom.keys((H, W)), bottom)
-    np.testing.assert_array_equal(ls.hist_pre, hist)
-    got = ls.bands.keys((H, W))
+    np.testing.assert_array_equal(ls.top.keys((H, W)).numpy(), top)
+    np.testing.assert_array_equal(ls.bottom.keys((H, W)).numpy(), bottom)
+    np.testing.assert_array_equal(ls.hist.numpy(), hist)
+    assert ls.hist_output is ls.hist and not ls.pre_activation  # the values are the layer's outputs
+    got = ls.bands.keys((H, W)).numpy()
     for ch in range(C):
         for b in range(acc.bins.n_bands):
             want = bands.get((ch, b), np.zeros(0, np.int64))
             np.testing.assert_array_equal(got[ch, b][:len(want)], want, err_msg=f"channel {ch} band {b}")
             assert (got[ch, b][len(want):] == -1).all()
-    np.testing.assert_allclose(ls.mean, flat.astype(np.float64).mean(axis=1), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ls.std, flat.astype(np.float64).std(axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ls.mean.numpy(), flat.astype(np.float64).mean(axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ls.std.numpy(), flat.astype(np.float64).std(axis=1), rtol=1e-5, atol=1e-6)
 
 
 def test_memory_matrix_reads_channels_last_values_without_a_copy():
@@ -106,5 +107,5 @@ def test_remap_moves_counts_like_a_transfer_matrix():
     for target in (bins.post_map(0.0, 6.0), bins.post_map(0.0, None), g.integers(0, bins.n_bins, bins.n_bins)):
         move = np.zeros((bins.n_bins, bins.n_bins), dtype=counts.dtype)
         move[np.arange(bins.n_bins), target] = 1
-        np.testing.assert_array_equal(remap(counts, target), counts @ move)
-        np.testing.assert_array_equal(remap(counts[0], target), counts[0] @ move)
+        np.testing.assert_array_equal(remap(torch.from_numpy(counts), target).numpy(), counts @ move)
+        np.testing.assert_array_equal(remap(torch.from_numpy(counts[0]), target).numpy(), counts[0] @ move)

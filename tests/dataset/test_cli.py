@@ -17,7 +17,7 @@ IMAGES = "sample:chelsea,coffee,astronaut"
 def examples_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("examples")
     rc = main(["examples", "efficientnet_lite0", LAYER, "--images", IMAGES, "-k", "3", "--channels", "0,5",
-               "--batch-size", "3", "--out", str(out)])
+               "--batch-size", "3", "--pre-activation", "--out", str(out)])
     assert rc == 0
     return out
 
@@ -25,6 +25,7 @@ def examples_dir(tmp_path_factory):
 def test_examples_writes_crops_and_numbers(examples_dir):
     data = json.loads((examples_dir / "examples.json").read_text())
     assert data["images"] == 3 and data["layer"] == LAYER and set(data["channels"]) == {"0", "5"}
+    assert data["pre_activation"] is True
     rf = data["receptive_field"]
     for ch in ("0", "5"):
         top = data["channels"][ch]["top"]
@@ -39,7 +40,7 @@ def test_examples_writes_crops_and_numbers(examples_dir):
 
 def test_spectrum_from_a_saved_statistics_file(examples_dir, tmp_path):
     rc = main(["spectrum", "efficientnet_lite0", LAYER, "--stats", str(examples_dir / "stats.npz"), "-c", "5",
-               "--out", str(tmp_path)])
+               "--pre-activation", "--out", str(tmp_path)])
     assert rc == 0
     spec = json.loads((tmp_path / f"spectrum_{LAYER}_c0005.json").read_text())
     stats = DatasetStats.load(examples_dir / "stats.npz")
@@ -47,7 +48,14 @@ def test_spectrum_from_a_saved_statistics_file(examples_dir, tmp_path):
     covered = sum(b["fraction"] for b in spec["bands"]) + spec["zero_fraction"]
     assert covered == pytest.approx(1.0, abs=0.02)
     assert sum(b["contribution"] for b in spec["bands"]) == pytest.approx(1.0, abs=1e-6)
-    assert (tmp_path / f"spectrum_{LAYER}_c0005.png").exists()
+    assert spec["pre_activation"] and (tmp_path / f"spectrum_{LAYER}_c0005.png").exists()
+
+
+def test_a_statistics_file_is_read_as_it_was_collected(examples_dir, tmp_path, capsys):
+    rc = main(["spectrum", "efficientnet_lite0", LAYER, "--stats", str(examples_dir / "stats.npz"), "-c", "5",
+               "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "--pre-activation" in err[0]
 
 
 def test_circuit_attribution_sums_to_the_value(tmp_path):
@@ -58,7 +66,8 @@ def test_circuit_attribution_sums_to_the_value(tmp_path):
     attr = data["attribution"]
     assert attr["sum"] + attr["bias"] == pytest.approx(attr["value"], rel=1e-3, abs=1e-3)
     assert data["connection"]["conv"] == "blocks.2.1.conv_pw" and len(data["connection"]["strongest"]) == 8
-    assert data["expanded"]["source"] == "blocks.2.0.bn2" and data["expanded"]["box"][2] > data["expanded"]["box"][0]
+    expanded = data["expanded"]
+    assert expanded["from_layer"] == "blocks.2.0.bn2" and expanded["box"][2] > expanded["box"][0]
     for suffix in ("weights", "attribution", "expanded_from_blocks.2.0.bn2"):
         assert (tmp_path / f"{LAYER}_c0017_{suffix}.png").exists()
 

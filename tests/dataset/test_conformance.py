@@ -27,25 +27,28 @@ def _setup():
 
 OPERATIONS = {
     "collect_statistics": lambda net, m, d, img: collect_statistics(m, d, ["features.2", "features.4"], k=2),
+    "collect_statistics_pre": lambda net, m, d, img: collect_statistics(m, d, ["features.2", "features.5"], k=2,
+                                                                        pre_activation=True),
     "receptive_fields": lambda net, m, d, img: receptive_fields(net, ["features.5"], SIZE, cache=False),
-    "iterate_batches": lambda net, m, d, img: list(iterate_batches(open_source(d), m, batch_size=3)),
+    "iterate_batches": lambda net, m, d, img: list(iterate_batches(m, open_source(d), batch_size=3)),
     "connection": lambda net, m, d, img: connection(net, "features.2", 1),
-    "attribution": lambda net, m, d, img: attribution(m, "features.5", 3, img),
-    "expanded_weights": lambda net, m, d, img: expanded_weights(net, "features.2", "features.5", 0, SIZE),
-    "feeding_layer": lambda net, m, d, img: feeding_layer(net, "features.4", 24),
+    "attribution": lambda net, m, d, img: attribution(m, img, "features.5", channel=3),
+    "expanded_weights": lambda net, m, d, img: expanded_weights(m, "features.5", channel=0, from_layer="features.2"),
+    "feeding_layer": lambda net, m, d, img: feeding_layer(net, "features.4", input_size=24),
     "render_attribution": lambda net, m, d, img: render_attribution(
-        m, attribution(m, "features.5", 3, img), steps=2, size=24, recipe="plain"),
-    "factorize_image": lambda net, m, d, img: factorize_image(m, img, "features.5", 2),
-    "factorize_dataset": lambda net, m, d, img: factorize_dataset(m, d, "features.5", 2, max_positions=100),
+        m, attribution(m, img, "features.5", channel=3), steps=2, size=24, recipe="plain"),
+    "factorize_image": lambda net, m, d, img: factorize_image(m, img, "features.5", k=2),
+    "factorize_dataset": lambda net, m, d, img: factorize_dataset(m, d, "features.5", k=2, max_positions=100),
 }
 
 FAILING = {
     "collect_statistics": lambda net, m, d, img: collect_statistics(m, d, ["fc"]),
+    "collect_statistics_pre": lambda net, m, d, img: collect_statistics(m, d, ["features.4"], pre_activation=True),
     "receptive_fields": lambda net, m, d, img: receptive_fields(net, ["fc"], SIZE, cache=False),
     "connection": lambda net, m, d, img: connection(net, "features.3", 0),
-    "attribution": lambda net, m, d, img: attribution(m, "features.5", 3, img, position=(99, 0)),
-    "expanded_weights": lambda net, m, d, img: expanded_weights(net, "features.5", "features.2", 0, SIZE),
-    "factorize_image": lambda net, m, d, img: factorize_image(m, img, "fc", 2),
+    "attribution": lambda net, m, d, img: attribution(m, img, "features.5", channel=3, position=(99, 0)),
+    "expanded_weights": lambda net, m, d, img: expanded_weights(m, "features.2", channel=0, from_layer="features.5"),
+    "factorize_image": lambda net, m, d, img: factorize_image(m, img, "fc", k=2),
 }
 
 

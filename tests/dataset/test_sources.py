@@ -90,9 +90,11 @@ def test_batches_fit_images_and_skip_unreadable(tree, workers):
     (root / "bad.png").write_bytes(b"garbage")
     model = tiny()
     seen, skipped = [], []
-    for batch in iterate_batches(open_source(root), model, batch_size=2, num_workers=workers):
-        assert batch.images.dtype == torch.uint8 and tuple(batch.images.shape[1:3]) == model.input_size
-        assert batch.tensor(model).shape == (len(batch.ids), 3) + model.input_size
+    for batch in iterate_batches(model, root, batch_size=2, num_workers=workers):
+        assert batch.images.dtype == np.uint8 and tuple(batch.images.shape[1:3]) == model.input_size
+        x = batch.tensor(model)
+        assert x.shape == (len(batch.ids), 3) + model.input_size and x.dtype == torch.float32
+        torch.testing.assert_close(x, model.batch(batch.images))  # the one conversion of pictures
         seen += batch.ids.tolist()
         skipped += batch.skipped
     assert len(seen) == 4 and len(skipped) == 1 and "bad.png" in skipped[0][0]

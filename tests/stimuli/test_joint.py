@@ -8,8 +8,8 @@ import torch
 from skimage.transform import rotate as sk_rotate
 
 from cnnscope.errors import CnnscopeError
-from cnnscope.images import to_uint8
-from cnnscope.stimuli import Curve, joint_tuning, render, rotate_images
+from cnnscope.models import wrap
+from cnnscope.stimuli import Curve, draw, joint_tuning, render, rotate_images
 
 from .curvenet import CurveNet
 
@@ -46,16 +46,16 @@ def test_default_window_and_zero_rotation():
 def test_rotating_a_rendered_curve_equals_rendering_it_rotated():
     """The renderer and the rotation share one convention (counter-clockwise, as displayed)."""
     s = Curve(orientation=30.0, radius=10.0, span=120.0, width=3.0)
-    img = torch.from_numpy(render(s, 45, supersample=4)).permute(2, 0, 1)[None]
+    img = torch.from_numpy(draw(s, 45, supersample=4)).permute(2, 0, 1)[None]
     turned = rotate_images(img, 40.0, out_size=45)[0].permute(1, 2, 0).numpy()
-    want = render(s.with_(orientation=70.0), 45, supersample=4)
+    want = draw(s.with_(orientation=70.0), 45, supersample=4)
     assert np.abs(turned - want).mean() < 0.01
-    assert np.abs(turned - render(s.with_(orientation=-10.0), 45)).mean() > 0.03  # the other way is wrong
+    assert np.abs(turned - draw(s.with_(orientation=-10.0), 45)).mean() > 0.03  # the other way is wrong
 
 
 @pytest.fixture(scope="module")
 def net():
-    return CurveNet()
+    return wrap(CurveNet(), input_size=31, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # pictures in [0, 1]
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +65,13 @@ def examples():
     for u, o in enumerate(DESIGNED):
         stims = [Curve(orientation=float(o), radius=r, width=w, color=(1, 1, 1), background=(0, 0, 0))
                  for r, w in ((6.0, 1.5), (8.0, 2.0), (10.0, 2.5))]
-        out[u] = list(to_uint8(render(stims, 31)))
+        out[u] = list(render(stims, 31))
     return out
 
 
 @pytest.fixture(scope="module")
 def joint(net, examples):
-    return joint_tuning(net, "conv", examples, step=10.0)
+    return joint_tuning(net, examples, "conv", step=10.0)
 
 
 def wrapped(d: np.ndarray) -> np.ndarray:
@@ -81,13 +81,14 @@ def wrapped(d: np.ndarray) -> np.ndarray:
 def test_joint_curves_peak_at_differences_of_preferred_orientation(joint):
     assert joint.curves.shape == (12, 36, 12)
     expected = wrapped(DESIGNED[None, :] - DESIGNED[:, None])  # rotate source examples by this to reach unit u
-    err = wrapped(joint.peak_offsets() - expected)
+    err = wrapped(joint.peak_offsets().numpy() - expected)
     assert np.abs(err).max() <= 5.0
-    np.testing.assert_array_equal(joint.own().argmax(axis=1), 0)  # aligned: each source peaks at 0
+    assert (joint.own().argmax(dim=1) == 0).all()  # aligned: each source peaks at 0
+    assert joint.curves.device.type == "cpu" and joint.channels.tolist() == list(range(12))
 
 
 def test_joint_curves_tile_the_orientations(joint):
-    norm = joint.curves / joint.curves.max(axis=1, keepdims=True)
+    norm = (joint.curves / joint.curves.amax(dim=1, keepdim=True)).numpy()
     assert norm.max(axis=2).min() > 0.4  # at every rotation some unit responds with > 40% of its peak
     three = norm[:, :, :3].max(axis=2).min()
     assert three < 0.1  # three neighbouring units alone leave most rotations uncovered
@@ -95,25 +96,26 @@ def test_joint_curves_tile_the_orientations(joint):
 
 def test_unaligned_curves_and_zscores(net, examples):
     sub = {0: examples[0], 3: examples[3]}
-    raw = joint_tuning(net, "conv", sub, units=[6], step=10.0, align=False)
-    assert raw.units.tolist() == [6, 0, 3] and raw.sources.tolist() == [0, 3]
+    raw = joint_tuning(net, sub, "conv", channels=[6], step=10.0, align=False)
+    assert raw.channels.tolist() == [0, 3, 6] and raw.sources.tolist() == [0, 3]
     assert not raw.aligned
     # the examples sit exactly at the designed orientations, so unaligned peaks are the same differences
-    expected = wrapped(DESIGNED[[6, 0, 3]][None] - DESIGNED[[0, 3]][:, None])
-    np.testing.assert_allclose(wrapped(raw.peak_offsets()), expected, atol=10.0)
+    expected = wrapped(DESIGNED[[0, 3, 6]][None] - DESIGNED[[0, 3]][:, None])
+    np.testing.assert_allclose(wrapped(raw.peak_offsets().numpy()), expected, atol=10.0)
     mean, std = np.arange(12.0), np.full(12, 2.0)
-    z = joint_tuning(net, "conv", sub, units=[6], step=10.0, align=False, mean=mean, std=std, batch_size=5)
+    z = joint_tuning(net, sub, "conv", channels=[6], step=10.0, align=False, mean=mean, std=std, batch_size=5)
     assert z.in_std
-    np.testing.assert_allclose(z.curves, (raw.curves - mean[[6, 0, 3]]) / 2.0, rtol=1e-4, atol=1e-4)
-    assert set(z.to_dict()) >= {"curves", "peak_offsets", "sources", "units", "angles"}
+    np.testing.assert_allclose(z.curves.numpy(), (raw.curves.numpy() - mean[[0, 3, 6]]) / 2.0, rtol=1e-4,
+                               atol=1e-4)
+    assert set(z.to_dict()) >= {"curves", "peak_offsets", "sources", "channels", "angles"}
 
 
 def test_crops_of_other_sizes_are_resized(net, examples):
     big = [np.kron(c, np.ones((2, 2, 1), np.uint8)) for c in examples[0][:2]]  # 62 x 62
-    jt = joint_tuning(net, "conv", {0: big}, step=90.0, crop_size=31, align=False)
-    ref = joint_tuning(net, "conv", {0: examples[0][:2]}, step=90.0, align=False)
+    jt = joint_tuning(net, {0: big}, "conv", step=90.0, crop_size=31, align=False)
+    ref = joint_tuning(net, {0: examples[0][:2]}, "conv", step=90.0, align=False)
     assert jt.n_examples.tolist() == [2]
-    np.testing.assert_allclose(jt.curves, ref.curves, rtol=0.2, atol=0.3)
+    np.testing.assert_allclose(jt.curves.numpy(), ref.curves.numpy(), rtol=0.2, atol=0.3)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -126,4 +128,4 @@ def test_joint_errors(net, examples, kwargs, match):
     args = dict(examples={0: examples[0][:1]}, step=90.0)
     args.update(kwargs)
     with pytest.raises(CnnscopeError, match=match):
-        joint_tuning(net, "conv", **args)
+        joint_tuning(net, args.pop("examples"), "conv", **args)

@@ -32,7 +32,7 @@ def family_and_map(lite0, dataset_stats):
 
 def test_lite0_has_an_orientation_family_that_tiles_orientations(family_and_map):
     family, tmap = family_and_map
-    assert tmap.raw.shape == (480, 3, 24)
+    assert tmap.raw.shape == (480, 3, 24) and tmap.pre_activation
     assert len(family) == 12
     # strongly selective units (vector strength > 0.6; an untuned unit scores ~0) ...
     assert (family.stats.selectivity > 0.6).sum() >= 10
@@ -47,16 +47,16 @@ def test_preferred_curve_beats_the_opposite_and_survives_colour_and_fill(lite0, 
     """Curve detectors prefer one orientation and are invariant to colour and fill (the article's Fig. 15)."""
     family, tmap = family_and_map
     mean, std = dataset_stats
-    units = family.units[:4]
-    for u, pref, level in zip(units, family.stats.preferred[:4], family.stats.level[:4]):
-        base = Curve(orientation=float(pref), radius=float(level))
+    channels = family.channels[:4]
+    for u, pref, level in zip(channels, family.stats.preferred[:4].tolist(), family.stats.level[:4].tolist()):
+        base = Curve(orientation=pref, radius=level)
         stims = [base, base.with_(orientation=float(pref) + 180.0),
                  base.with_(color=(1.0, 1.0, 1.0), background=(0.0, 0.0, 0.0)),
                  base.with_(color=(0.8, 0.1, 0.1), background=(0.2, 0.5, 0.9)),
                  base.with_(filled=True, span=180.0)]
-        z = (stimulus_responses(lite0, LAYER, stims, units=[u], size=96, pre_activation=True)[:, 0]
+        z = (stimulus_responses(lite0, stims, LAYER, channels=u, size=96, pre_activation=True)[:, 0]
              .double().numpy() - mean[u]) / std[u]
-        assert z[0] == pytest.approx(tmap.unit_map(u).max(), rel=1e-4)  # same stimulus, same answer
+        assert z[0] == pytest.approx(float(tmap.channel_map(u).max()), rel=1e-4)  # same stimulus, same answer
         assert z[1] < z[0] - 2.0  # the opposite curve is far weaker
         assert max(z[2], z[3], z[4]) > 1.0  # inverted, coloured or filled it is still above the dataset mean
 
@@ -65,25 +65,28 @@ def test_tuning_is_unchanged_by_unmeasured_units(lite0, family_and_map, dataset_
     """Asking for a few units (in other batches) gives exactly their rows of the all-channel map."""
     family, tmap = family_and_map
     mean, std = dataset_stats
-    sub = tuning_map(lite0, LAYER, family.units[:3], orientations=ORIENTATIONS[:8], levels=[16.0], mean=mean,
-                     std=std, size=96, pre_activation=True, batch_size=3)
-    rows = [tmap.index(u) for u in family.units[:3]]
-    np.testing.assert_allclose(sub.values, tmap.values[rows][:, 1:2, :8], rtol=1e-4, atol=1e-4)
+    sub = tuning_map(lite0, LAYER, channels=family.channels[:3], orientations=ORIENTATIONS[:8], levels=[16.0],
+                     mean=mean, std=std, size=96, pre_activation=True, batch_size=3)
+    rows = [tmap.index(c) for c in sub.channels.tolist()]
+    torch.testing.assert_close(sub.values, tmap.values[rows][:, 1:2, :8], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
-def test_joint_tuning_of_dataset_examples_agrees_with_synthetic_curves(lite0, tmp_path):
+def test_joint_tuning_of_dataset_examples_agrees_with_synthetic_curves(lite0):
     """The article's two views of a family agree: rotating a unit's top dataset examples (sample photos) makes
     each other family member peak near the difference of their preferred orientations on synthetic curves."""
-    from cnnscope.cli.stimuli import TuningOptions, tuning_report
+    from cnnscope.stimuli import tuning_report
 
-    opts = TuningOptions(family=8, step=15.0, levels=[8.0, 16.0, 32.0], examples=4, joint_step=15.0,
-                         images="samples", size=112)
-    summary = tuning_report(lite0, LAYER, opts, tmp_path, progress=False)
-    pref = np.asarray(summary["family"]["preferred"])
-    offsets = np.asarray(summary["joint"]["peak_offsets"])
-    expected = pref[None, :] - pref[:, None]
+    report = tuning_report(lite0, LAYER, family=8, step=15.0, levels=[8.0, 16.0, 32.0], examples=4,
+                           joint_step=15.0, source="samples", size=112, pre_activation=True)
+    assert report.joint.sources.tolist() == report.family.channels and report.joint.in_std
+    recorded = report.joint.channels.tolist()
+    pref = report.family.stats.preferred.numpy()
+    pref_recorded = np.array([pref[report.family.channels.index(c)] for c in recorded])
+    offsets = report.joint.peak_offsets().numpy()
+    expected = pref_recorded[None, :] - pref[:, None]
     err = np.abs((offsets - expected + 180.0) % 360.0 - 180.0)
-    off_diagonal = err[~np.eye(len(pref), dtype=bool)]
+    own = np.array([[src == c for c in recorded] for src in report.family.channels])
+    off_diagonal = err[~own]
     assert np.median(off_diagonal) <= 25.0
     assert (off_diagonal <= 45.0).mean() >= 0.85

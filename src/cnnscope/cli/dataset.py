@@ -1,5 +1,5 @@
-"""``cnnscope examples``, ``spectrum``, ``circuit`` and ``nmf`` (dataset and circuit analysis, issue 6) and the
-demo section (order 60): dataset examples, the activation spectrum, a unit's circuit and NMF of one photo."""
+"""``cnnscope examples``, ``spectrum``, ``circuit`` and ``nmf`` (dataset and circuit analysis) and the demo section
+(order 60): dataset examples, the activation spectrum, a unit's circuit and NMF of one photo."""
 
 from __future__ import annotations
 
@@ -7,10 +7,20 @@ import re
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ..errors import CnnscopeError
-from .app import cli, model_options, open_model, print_table, read_image_arg, write_json
+from ..units import parse_channels
+from .app import (
+    POSITION,
+    batch_size_option,
+    cli,
+    model_options,
+    open_model,
+    pre_activation_option,
+    print_table,
+    read_image_arg,
+    write_json,
+)
 from .demo import DemoContext, demo_section
 
 DEMO_LAYER = "blocks.4.0.bn1.act"
@@ -22,42 +32,32 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
-def parse_channels(spec: str | None, n: int, ranking: np.ndarray | None = None) -> list[int]:
-    """``"0-7,12"``, ``"all"`` or ``"top:8"`` (the 8 channels with the largest value, given ``ranking``)."""
-    if spec is None or not spec.strip():
-        spec = "top:8" if ranking is not None else "0-7"
-    spec = spec.strip().lower()
-    if spec == "all":
-        return list(range(n))
-    if spec.startswith("top:"):
-        if ranking is None:
-            raise CnnscopeError("'top:N' needs statistics to rank the channels")
-        count = int(spec[4:]) if spec[4:].isdigit() else 8
-        return [int(c) for c in np.argsort(-ranking, kind="stable")[:count]]
-    out: list[int] = []
-    for part in spec.split(","):
-        m = re.fullmatch(r"\s*(\d+)(?:-(\d+))?\s*", part)
-        if not m:
-            raise CnnscopeError(f"bad channel list {spec!r}: use numbers, ranges like 0-7, 'top:8' or 'all'")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        out += range(lo, hi + 1)
-    bad = [c for c in out if not 0 <= c < n]
-    if bad:
-        raise CnnscopeError(f"channels {bad[:5]} are out of range (the layer has {n} channels)")
-    return list(dict.fromkeys(out))
+def _channels(spec: str | None, ls) -> list[int]:
+    """``--channels``: ``top:N`` (the N channels with the largest maximum) or a :func:`cnnscope.parse_channels`
+    selection (``all``, ``0-7``, ``0,4,8-11``)."""
+    text = (spec or "top:8").strip().lower()
+    if text.startswith("top:"):
+        if not text[4:].isdigit():
+            raise CnnscopeError(f"--channels top:N needs a number, got {spec!r}")
+        return ls.strongest(int(text[4:]))
+    return parse_channels(text, ls.channels)
 
 
-def _statistics(model, layer: str, images: str, stats_file: str | None, k: int, batch_size: int, workers: int,
-                rf: str):
+def _statistics(model, layer: str, images: str, stats_file: str | None, k: int, batch_size: int | None,
+                workers: int, rf: str, pre_activation: bool):
     from ..dataset import DatasetStats, collect_statistics
 
     if stats_file:
         stats = DatasetStats.load(stats_file)
         if layer not in stats.layers:
             raise CnnscopeError(f"{stats_file} has no statistics of {layer!r} (it has: {', '.join(stats.layers)})")
+        if stats[layer].pre_activation != pre_activation:
+            raise CnnscopeError(f"{stats_file} holds {'pre-activation' if stats[layer].pre_activation else 'output'} "
+                                f"values of {layer!r}; " + ("add" if stats[layer].pre_activation else "drop")
+                                + " --pre-activation")
         return stats
-    stats = collect_statistics(model, images, [layer], k=k, batch_size=batch_size, num_workers=workers,
-                               progress=True, receptive_field=rf)
+    stats = collect_statistics(model, images, [layer], pre_activation=pre_activation, k=k, batch_size=batch_size,
+                               num_workers=workers, progress=True, receptive_field=rf)
     for name, reason in stats.skipped[:5]:
         click.echo(f"skipped {name}: {reason}", err=True)
     if stats.n_skipped > 5:
@@ -69,7 +69,8 @@ def _pass_options(f):
     f = click.option("--rf", "rf", type=click.Choice(["auto", "fast", "exact"]), default="auto", show_default=True,
                      help="How to measure receptive-field boxes.")(f)
     f = click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")(f)
-    f = click.option("--batch-size", type=int, default=16, show_default=True, help="Images per forward pass.")(f)
+    f = batch_size_option(f)
+    f = pre_activation_option(f)
     f = click.option("--stats", "stats_file", type=click.Path(dir_okay=False, exists=True), default=None,
                      help="Reuse a statistics file written by `cnnscope examples` instead of a new pass.")(f)
     f = click.option("--images", default="samples:4", show_default=True,
@@ -83,10 +84,12 @@ def _pass_options(f):
 @model_options
 @_pass_options
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=9, show_default=True, help="Examples per channel.")
-@click.option("--channels", default=None, help="Channels to draw: '0-7,12', 'top:8' (largest maxima) or 'all'.")
+@click.option("--channels", default="top:8", show_default=True,
+              help="Channels to draw: top:N (largest maxima), all, 0-7 or 0,4,8-11.")
 @click.option("--out", type=click.Path(file_okay=False), default="examples-out", show_default=True)
 def examples_cmd(model: str, layer: str, weights: str | None, device: str, images: str, stats_file: str | None,
-                 batch_size: int, workers: int, rf: str, k: int, channels: str | None, out: str) -> None:
+                 pre_activation: bool, batch_size: int | None, workers: int, rf: str, k: int, channels: str,
+                 out: str) -> None:
     """Top-k and bottom-k dataset examples of LAYER's channels (receptive-field crops), with statistics.
 
     Writes OUT/stats.npz (every channel: examples, histograms, mean/std, band samples; reusable with --stats),
@@ -97,28 +100,28 @@ def examples_cmd(model: str, layer: str, weights: str | None, device: str, image
     from ..plot.dataset import examples_figure
 
     m = open_model(model, weights, device)
-    stats = _statistics(m, layer, images, stats_file, k, batch_size, workers, rf)
+    stats = _statistics(m, layer, images, stats_file, k, batch_size, workers, rf, pre_activation)
     ls = stats[layer]
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     if not stats_file:
         stats.save(outdir / "stats.npz")
-    chosen = parse_channels(channels, ls.channels, ls.maximum)
-    source = stats_file and None or images
+    chosen = _channels(channels, ls)
+    source = None if stats_file else images
     numbers, rows = {}, []
     for c in chosen:
         top, bottom = stats.examples(layer, c, "top"), stats.examples(layer, c, "bottom")
         if source is not None:
-            fig = examples_figure(crops(stats, layer, c, source, m, "top"), [e.value for e in top],
-                                  crops(stats, layer, c, source, m, "bottom"), [e.value for e in bottom],
-                                  title=f"{layer}:{c}  ({stats.images} images)")
+            fig = examples_figure(crops(m, stats, layer, channel=c, source=source), [e.value for e in top],
+                                  crops(m, stats, layer, channel=c, source=source, which="bottom"),
+                                  [e.value for e in bottom], title=f"{layer}:{c}  ({stats.images} images)")
             save_figure(fig, outdir / f"{_safe(layer)}_c{c:04d}.png")
         numbers[c] = {"mean": float(ls.mean[c]), "std": float(ls.std[c]),
                       "fraction_positive": float(ls.fraction_positive[c]), "max": float(ls.maximum[c]),
                       "min": float(ls.minimum[c]), "top": [e.to_dict() for e in top],
                       "bottom": [e.to_dict() for e in bottom]}
-        rows.append((c, f"{ls.maximum[c]:.3g}", f"{ls.mean[c]:.3g}", f"{ls.std[c]:.3g}",
-                     f"{ls.fraction_positive[c]:.1%}", top[0].name if top else "-"))
+        rows.append((c, f"{numbers[c]['max']:.3g}", f"{numbers[c]['mean']:.3g}", f"{numbers[c]['std']:.3g}",
+                     f"{numbers[c]['fraction_positive']:.1%}", top[0].name if top else "-"))
     write_json(outdir / "examples.json", {"model": m.describe(), "layer": layer, "images": stats.images,
                                           "skipped": stats.n_skipped, "pre_activation": ls.pre_activation,
                                           "receptive_field": list(ls.rf.size) if ls.rf else None,
@@ -134,12 +137,13 @@ def examples_cmd(model: str, layer: str, weights: str | None, device: str, image
 @click.argument("layer")
 @model_options
 @_pass_options
-@click.option("-c", "--channel", "channel_list", required=True, help="Channel(s): '17' or '3,17' or 'top:2'.")
+@click.option("-c", "--channels", required=True, help="Channels: 17, 3,17, 0-3 or top:N.")
 @click.option("--examples", "n_examples", type=click.IntRange(0, 64), default=6, show_default=True,
               help="Random example crops per band.")
 @click.option("--out", type=click.Path(file_okay=False), default="spectrum-out", show_default=True)
 def spectrum_cmd(model: str, layer: str, weights: str | None, device: str, images: str, stats_file: str | None,
-                 batch_size: int, workers: int, rf: str, channel_list: str, n_examples: int, out: str) -> None:
+                 pre_activation: bool, batch_size: int | None, workers: int, rf: str, channels: str, n_examples: int,
+                 out: str) -> None:
     """Activation spectrum of units: log density of the pre-activations, contribution x*p(x) to the expected value
     per band, and random examples of each band (the Curve Detectors article's Figs. 6, 7 and 12)."""
     from ..dataset.examples import example_crops
@@ -148,14 +152,14 @@ def spectrum_cmd(model: str, layer: str, weights: str | None, device: str, image
     from ..plot.dataset import spectrum_figure
 
     m = open_model(model, weights, device)
-    stats = _statistics(m, layer, images, stats_file, 9, batch_size, workers, rf)
+    stats = _statistics(m, layer, images, stats_file, 9, batch_size, workers, rf, pre_activation)
     ls = stats[layer]
     outdir = Path(out)
-    for c in parse_channels(channel_list, ls.channels, ls.maximum):
+    for c in _channels(channels, ls):
         spec = spectrum(stats, layer, c, examples=n_examples)
         band_crops = None
         if not stats_file and n_examples:
-            band_crops = [example_crops(b.examples, images, m, rf=ls.rf) for b in spec.bands]
+            band_crops = [example_crops(m, b.examples, source=images, rf=ls.rf) for b in spec.bands]
         stem = f"spectrum_{_safe(layer)}_c{c:04d}"
         save_figure(spectrum_figure(spec, band_crops), outdir / f"{stem}.png")
         write_json(outdir / f"{stem}.json", spec.to_dict())
@@ -165,22 +169,14 @@ def spectrum_cmd(model: str, layer: str, weights: str | None, device: str, image
     click.echo(f"wrote {outdir}/")
 
 
-def _position(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*", text)
-    if not m:
-        raise CnnscopeError(f"--position takes Y,X (e.g. 7,3), got {text!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
 @cli.command("circuit")
 @click.argument("model")
 @click.argument("layer")
 @model_options
 @click.option("-c", "--channel", type=int, required=True, help="The unit.")
 @click.option("--image", default=None, help="Attribute the unit on this image (path or sample:NAME).")
-@click.option("--position", default=None, help="Y,X in LAYER's grid (default: the unit's maximum on --image).")
+@click.option("--position", type=POSITION, default="max", show_default=True,
+              help="max, center or ROW,COL in LAYER's grid (the neuron attributed on --image).")
 @click.option("--expand-from", "expand_from", default=None,
               help="Also show expanded weights from this earlier layer (activations in between linearised).")
 @click.option("--visualize", is_flag=True, help="Render the attribution vector with feature visualization.")
@@ -188,7 +184,8 @@ def _position(text: str | None) -> tuple[int, int] | None:
 @click.option("-n", "n", type=click.IntRange(1, 256), default=16, show_default=True, help="Inputs shown.")
 @click.option("--out", type=click.Path(file_okay=False), default="circuit-out", show_default=True)
 def circuit_cmd(model: str, layer: str, weights: str | None, device: str, channel: int, image: str | None,
-                position: str | None, expand_from: str | None, visualize: bool, steps: int, n: int, out: str) -> None:
+                position: tuple[int, int] | str | None, expand_from: str | None, visualize: bool, steps: int, n: int,
+                out: str) -> None:
     """How a unit is built from the layer below: its incoming weights ranked by norm; with --image the
     activation x weight attribution (sums to the pre-activation minus the bias) and its top channels."""
     from ..dataset.circuits import attribution, connection, expanded_weights, render_attribution
@@ -199,19 +196,21 @@ def circuit_cmd(model: str, layer: str, weights: str | None, device: str, channe
     m = open_model(model, weights, device)
     outdir = Path(out)
     stem = f"{_safe(layer)}_c{channel:04d}"
-    conn = connection(m.module, layer, channel)
+    conn = connection(m, layer, channel)
     save_figure(weights_figure(conn, n), outdir / f"{stem}_weights.png")
     numbers: dict = {"connection": conn.to_dict(n)}
+    norms = conn.norms.tolist()
     click.echo(f"{layer}:{channel} <- {conn.conv}" + (f" + {conn.norm}" if conn.norm else "")
                + f": {len(conn.inputs)} inputs, strongest " + ", ".join(
-                   f"{int(conn.inputs[i])} (|w| {conn.norms[i]:.3g})" for i in conn.ranked(5)))
+                   f"{int(conn.inputs[i])} (|w| {norms[i]:.3g})" for i in conn.ranked(5)))
     if image is not None:
         name, arr = read_image_arg(image)
-        attr = attribution(m, layer, channel, arr, position=_position(position))
+        attr = attribution(m, arr, layer, channel=channel, position=position)
         save_figure(attribution_figure(m.fit_image(arr), attr, None, n), outdir / f"{stem}_attribution.png")
         numbers["attribution"] = {"image": name, **attr.to_dict(n)}
         click.echo(f"on {name} at {attr.position}: value {attr.value:.4g} = bias {conn.bias:.4g} + "
-                   f"{attr.contributions.sum():.4g}; top: " + ", ".join(f"{c} ({v:+.3g})" for c, v in attr.top(5)))
+                   f"{float(attr.contributions.sum()):.4g}; top: "
+                   + ", ".join(f"{c} ({v:+.3g})" for c, v in attr.top(5)))
         if visualize:
             res = render_attribution(m, attr, steps=steps, size=128)
             save_image(res.images[0], outdir / f"{stem}_attribution_vis.png")
@@ -219,7 +218,7 @@ def circuit_cmd(model: str, layer: str, weights: str | None, device: str, channe
     elif visualize:
         raise CnnscopeError("--visualize needs --image (the attribution vector comes from an image)")
     if expand_from is not None:
-        ew = expanded_weights(m.module, expand_from, layer, channel, m.input_size)
+        ew = expanded_weights(m, layer, channel=channel, from_layer=expand_from)
         save_figure(expanded_figure(ew, n), outdir / f"{stem}_expanded_from_{_safe(expand_from)}.png")
         numbers["expanded"] = ew.to_dict(n)
     write_json(outdir / f"{stem}.json", numbers)
@@ -236,9 +235,12 @@ def circuit_cmd(model: str, layer: str, weights: str | None, device: str, channe
 @click.option("--max-positions", type=int, default=20000, show_default=True, help="Positions sampled (--images).")
 @click.option("--negative", type=click.Choice(["clip", "abs", "error"]), default="clip", show_default=True,
               help="What NMF does with negative activations.")
+@pre_activation_option
+@batch_size_option
 @click.option("--out", type=click.Path(file_okay=False), default="nmf-out", show_default=True)
 def nmf_cmd(model: str, layer: str, image_args: tuple[str, ...], weights: str | None, device: str, k: int,
-            images: str | None, max_positions: int, negative: str, out: str) -> None:
+            images: str | None, max_positions: int, negative: str, pre_activation: bool, batch_size: int | None,
+            out: str) -> None:
     """Non-negative matrix factorisation of LAYER's activations into k groups: per IMAGE (where each group is
     active + its channel loadings), or with --images over many images (neuron groups, then applied to IMAGEs)."""
     from ..dataset.factorize import factorize_dataset, factorize_image
@@ -253,8 +255,8 @@ def nmf_cmd(model: str, layer: str, image_args: tuple[str, ...], weights: str | 
     numbers: dict = {"layer": layer, "k": k}
     groups = None
     if images is not None:
-        groups = factorize_dataset(m, images, layer, k, max_positions=max_positions, negative=negative,
-                                   progress=True)
+        groups = factorize_dataset(m, images, layer, k=k, pre_activation=pre_activation, max_positions=max_positions,
+                                   negative=negative, batch_size=batch_size, progress=True)
         save_figure(groups_figure(groups), outdir / f"groups_{_safe(layer)}_k{k}.png")
         numbers["groups"] = groups.to_dict()
         click.echo(f"{k} groups over {groups.images} images ({groups.positions} positions): relative error "
@@ -262,7 +264,8 @@ def nmf_cmd(model: str, layer: str, image_args: tuple[str, ...], weights: str | 
     numbers["images"] = {}
     for arg in image_args:
         name, arr = read_image_arg(arg)
-        f = groups.transform(m, arr) if groups is not None else factorize_image(m, arr, layer, k, negative=negative)
+        f = groups.transform(m, arr) if groups is not None else factorize_image(
+            m, arr, layer, k=k, pre_activation=pre_activation, negative=negative)
         stem = f"nmf_{_safe(Path(name).stem)}_{_safe(layer)}_k{k}"
         save_figure(nmf_figure(f), outdir / f"{stem}.png")
         save_image(f.overlay(), outdir / f"{stem}_overlay.png")
@@ -275,40 +278,37 @@ def nmf_cmd(model: str, layer: str, image_args: tuple[str, ...], weights: str | 
 
 @demo_section(60, "Dataset examples, activation spectrum, circuits and NMF (Curve Detectors)")
 def _dataset_demo(ctx: DemoContext) -> None:
-    from ..dataset import collect_statistics, crops
-    from ..dataset.circuits import attribution, connection
-    from ..dataset.examples import example_crops
-    from ..dataset.factorize import factorize_image
-    from ..dataset.spectrum import spectrum
+    from ..dataset import attribution, collect_statistics, connection, crops, example_crops, factorize_image, spectrum
     from ..plot.common import save_figure
     from ..plot.dataset import attribution_figure, examples_figure, nmf_figure, spectrum_figure, weights_figure
 
     model, layer = ctx.model, QUICK_LAYER if ctx.quick else DEMO_LAYER
     source = "samples" if ctx.quick else "samples:6"
-    stats = collect_statistics(model, source, [layer], k=6 if ctx.quick else 9, batch_size=16)
+    # pre-activation values, as the article plots them
+    stats = collect_statistics(model, source, [layer], pre_activation=True, k=6 if ctx.quick else 9)
     ls = stats[layer]
-    unit = int(np.argmax(ls.maximum))
+    unit = ls.strongest(1)[0]
     click.echo(f"  {stats.images} images through {layer} ({ls.channels} channels, receptive field "
-               f"{ls.rf.size[0]}x{ls.rf.size[1]} px); strongest unit {unit}: max {ls.maximum[unit]:.3g}, "
-               f"{ls.fraction_positive[unit]:.0%} of positions > 0")
+               f"{ls.rf.size[0]}x{ls.rf.size[1]} px); strongest unit {unit}: max {float(ls.maximum[unit]):.3g}, "
+               f"{float(ls.fraction_positive[unit]):.0%} of positions > 0 (pre-activation)")
     top, bottom = stats.examples(layer, unit), stats.examples(layer, unit, "bottom")
-    save_figure(examples_figure(crops(stats, layer, unit, source, model), [e.value for e in top],
-                                crops(stats, layer, unit, source, model, "bottom"), [e.value for e in bottom],
-                                title=f"{layer}:{unit}"), ctx.out / "dataset_examples.png")
+    save_figure(examples_figure(crops(model, stats, layer, channel=unit, source=source), [e.value for e in top],
+                                crops(model, stats, layer, channel=unit, source=source, which="bottom"),
+                                [e.value for e in bottom], title=f"{layer}:{unit}"), ctx.out / "dataset_examples.png")
     spec = spectrum(stats, layer, unit, examples=3 if ctx.quick else 6)
-    save_figure(spectrum_figure(spec, [example_crops(b.examples, source, model, rf=ls.rf) for b in spec.bands]),
-                ctx.out / "dataset_spectrum.png")
+    band_crops = [example_crops(model, b.examples, source=source, rf=ls.rf) for b in spec.bands]
+    save_figure(spectrum_figure(spec, band_crops), ctx.out / "dataset_spectrum.png")
     click.echo("  bands: " + "; ".join(f"{b.label} {b.fraction:.1%} of positions -> {b.contribution:.0%} of "
                                        "E[max(x,0)]" for b in spec.bands))
-    conn = connection(model.module, layer, unit)
+    conn = connection(model, layer, unit)
     save_figure(weights_figure(conn, 12), ctx.out / "circuit_weights.png")
     name = next(iter(ctx.images))
-    attr = attribution(model, layer, unit, ctx.images[name])
+    attr = attribution(model, ctx.images[name], layer, channel=unit)
     save_figure(attribution_figure(model.fit_image(ctx.images[name]), attr, ls.rf.box(*attr.position), 12),
                 ctx.out / "circuit_attribution.png")
     click.echo(f"  {layer}:{unit} on {name} at {attr.position}: {attr.value:.3g} = bias {conn.bias:.3g} + sum of "
-               f"W*h_prev {attr.contributions.sum():.3g}; top inputs "
+               f"W*h_prev {float(attr.contributions.sum()):.3g}; top inputs "
                + ", ".join(f"{c} ({v:+.2f})" for c, v in attr.top(3)))
-    f = factorize_image(model, ctx.images[name], layer, 4)
+    f = factorize_image(model, ctx.images[name], layer, k=4)
     save_figure(nmf_figure(f), ctx.out / "nmf_groups.png")
     click.echo(f"  NMF of {name} at {layer} into 4 groups: relative error {f.relative_error:.2f}")

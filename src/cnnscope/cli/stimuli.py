@@ -1,27 +1,46 @@
 """``cnnscope stimuli`` (draw synthetic curves/angles/lines), ``cnnscope tuning`` (heatmaps, radial and joint
-tuning curves, orientation families) and the Curve Detectors demo section (order 65).
-
-``tuning`` wires the stimuli area to the dataset area: the per-channel mean/std that turn activations into
-"standard deviations above the dataset mean" and the top dataset examples whose rotations give the joint tuning
-curves come from one :func:`cnnscope.dataset.collect_statistics` pass.
-"""
+tuning curves, orientation families; :func:`cnnscope.stimuli.tuning_report`) and the Curve Detectors demo section
+(order 65)."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import numpy as np
 
 from ..errors import CnnscopeError
-from .app import cli, model_options, open_model, print_table, write_json
+from .app import (
+    batch_size_option,
+    channels_option,
+    cli,
+    model_options,
+    open_model,
+    pre_activation_option,
+    print_table,
+    write_json,
+)
 from .demo import DemoContext, demo_section
 
 #: the demo's layer: expansion activations of EfficientNet-Lite0's 4th stage hold a clear curve family
 DEMO_LAYER = "blocks.3.1.bn1.act"
-VALUES = ("auto", "pre", "post")
+
+
+class KindType(click.ParamType):
+    """``--kind``: a name in the stimulus registry, read when the command runs (new kinds appear by themselves)."""
+
+    name = "kind"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        from ..stimuli import STIMULI
+
+        return "[" + "|".join(STIMULI.names()) + "]"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 - click's signature
+        from ..stimuli import stimulus_class
+
+        stimulus_class(value)  # unknown kinds: one line with close matches
+        return value
 
 
 def _number_list(text: str | None, what: str) -> list[float] | None:
@@ -61,7 +80,8 @@ def _stimulus_params(width: float | None, color: str | None, background: str | N
 def stimulus_options(f):
     """Options shared by ``stimuli`` and ``tuning``: kind, sweep and stimulus parameters."""
     for opt in reversed([
-        click.option("--kind", default="curve", show_default=True, help="Stimulus kind: curve, angle or line."),
+        click.option("--kind", type=KindType(), default="curve", show_default=True,
+                     help="Stimulus kind (every registered kind)."),
         click.option("--levels", default=None,
                      help="Comma-separated values of the swept parameter (default: 8 values suited to the size)."),
         click.option("--param", default=None,
@@ -89,7 +109,6 @@ def stimuli_cmd(kind: str, levels: str | None, param: str | None, width: float |
                 background: str | None, sets: tuple[str, ...], n_orient: int, size: int, supersample: int,
                 out: str) -> None:
     """Draw a grid of synthetic stimuli (orientation x radius/arm/length) as a sheet plus the numbers."""
-    from ..images import to_uint8
     from ..plot import save_figure
     from ..plot.stimuli import stimulus_sheet
     from ..stimuli import grid, render, stimulus_class
@@ -98,10 +117,10 @@ def stimuli_cmd(kind: str, levels: str | None, param: str | None, width: float |
     cls = stimulus_class(kind)
     params = _stimulus_params(width, color, background, sets)
     orientations = np.arange(n_orient) * (cls.period / n_orient)
-    lev = _number_list(levels, "--levels") or default_levels(kind, (size, size)).round(2).tolist()
+    lev = _number_list(levels, "--levels") or default_levels(kind, (size, size)).round(decimals=2).tolist()
     param = param or cls.sweep_param
     stims = grid(kind, orientations, lev, param=param, **params)
-    images = to_uint8(render(stims, size, supersample=supersample))
+    images = render(stims, size, supersample=supersample)
     root = Path(out)
     sheet = save_figure(stimulus_sheet(images, orientations, lev, param=param), root / "stimuli.png")
     np.savez_compressed(root / "stimuli.npz", images=images, orientations=orientations, levels=np.asarray(lev))
@@ -111,116 +130,21 @@ def stimuli_cmd(kind: str, levels: str | None, param: str | None, width: float |
     click.echo(f"{len(stims)} {kind} stimuli ({len(lev)} {param} x {n_orient} orientations, {size}px) -> {sheet}")
 
 
-@dataclass
-class TuningOptions:
-    """Settings of one tuning report (``cnnscope tuning`` and the demo)."""
-
-    units: list[int] | None = None
-    family: int = 8
-    min_selectivity: float = 0.3
-    kind: str = "curve"
-    step: float = 10.0
-    levels: list[float] | None = None
-    param: str | None = None
-    size: int | None = None
-    images: str | None = "samples"
-    values: str = "auto"
-    examples: int = 6
-    joint_step: float = 5.0
-    batch_size: int = 64
-    stimulus: dict | None = None
-
-
-def tuning_report(m, layer: str, opts: TuningOptions, out: Path, progress: bool = True) -> dict:
-    """Measure and write the tuning figures and numbers of ``layer`` into ``out``; returns the JSON summary."""
-    from ..capture import is_activation, resolve_layers
-    from ..capture.receptive_field import receptive_fields
+def _write(report, out: Path) -> list[Path]:
+    """Save the report's figures and numbers into ``out``."""
     from ..plot import save_figure
-    from ..plot import stimuli as figs
-    from ..stimuli import discover_family, find_family, joint_tuning, rf_offset, stimulus_class, tuning_map
-    from ..stimuli.joint import centered_crop
-    from ..stimuli.responses import rf_centers
-    from ..stimuli.tuning import default_orientations
+    from ..plot.stimuli import tuning_report_figures
 
-    if opts.values not in VALUES:
-        raise CnnscopeError(f"--values must be one of {VALUES}, got {opts.values!r}")
-    module = resolve_layers(m.module, layer)[layer]
-    pre = opts.values == "pre" or (opts.values == "auto" and is_activation(module))
-    mean = std = stats = rf_full = None
-    if opts.images:
-        from ..dataset import collect_statistics, open_source
-
-        source = open_source(opts.images)
-        stats = collect_statistics(m, source, [layer], k=max(1, opts.examples), progress=progress)
-        ls = stats[layer]
-        moments = ls.moments_post if (ls.pre_activation and not pre) else ls.moments_pre
-        mean, std, rf_full = moments.mean, moments.std, ls.rf
-    if rf_full is None and (opts.size is None or stats is not None):
-        rf_full = receptive_fields(m.module, layer, m.input_size)[layer]
-    rf_side = max(rf_full.size) if rf_full is not None else None
-    size = opts.size or min(min(m.input_size), max(32, math.ceil(1.5 * rf_side / 16) * 16))
-    common = dict(kind=opts.kind, orientations=default_orientations(opts.step, stimulus_class(opts.kind).period),
-                  levels=opts.levels, param=opts.param, mean=mean, std=std, size=size,
-                  offset=rf_offset(m, layer, size, rf=rf_full), pre_activation=pre, batch_size=opts.batch_size,
-                  progress=progress, **(opts.stimulus or {}))
-    if opts.units:
-        tmap = tuning_map(m, layer, opts.units, **common)
-        family = find_family(tmap, None, min_selectivity=0.0, min_peak=-np.inf)  # every named unit
-    else:
-        family, tmap = discover_family(m, layer, opts.family, min_selectivity=opts.min_selectivity, **common)
-        if not len(family):
-            raise CnnscopeError(f"no unit of {layer!r} has orientation selectivity >= {opts.min_selectivity}; "
-                                "lower --min-selectivity or name --units")
-    units = family.units
-    rows = [tmap.index(u) for u in units]
-    shown = tmap.values[rows]
-    out.mkdir(parents=True, exist_ok=True)
-    files = [save_figure(figs.tuning_heatmaps(shown, tmap.orientations, tmap.levels, units, param=tmap.param,
-                                              in_std=tmap.in_std, layer=layer), out / "heatmaps.png"),
-             save_figure(figs.radial_tuning_figure(family.radial, family.orientations, units,
-                                                   preferred=family.stats.preferred, period=family.period),
-                         out / "radial.png"),
-             save_figure(figs.family_figure(units, family.stats.preferred, family.stats.strength,
-                                            family.stats.selectivity, family.radial, family.orientations,
-                                            layer=layer, period=family.period), out / "family.png")]
-    joint = None
-    if stats is not None and rf_full is not None and opts.joint_step > 0 and opts.examples > 0:
-        cy, cx = rf_centers(rf_full)
-        side = math.ceil(rf_side * math.sqrt(2))
-        cache: dict[int, np.ndarray] = {}
-        crops: dict[int, list[np.ndarray]] = {}
-        for u in units:
-            for ex in stats.examples(layer, u, "top"):
-                if ex.image_id < 0 or not np.isfinite(ex.value):
-                    continue
-                if ex.image_id not in cache:
-                    cache[ex.image_id] = m.fit_image(source.load(ex.image_id))
-                crops.setdefault(u, []).append(centered_crop(cache[ex.image_id], (cy[ex.y], cx[ex.x]), side))
-        if crops:
-            joint = joint_tuning(m, layer, crops, units=units, step=opts.joint_step, out_size=rf_side, mean=mean,
-                                 std=std, pre_activation=pre, batch_size=opts.batch_size, progress=progress)
-            files.append(save_figure(figs.joint_tuning_figure(joint.angles, joint.curves, joint.sources.tolist(),
-                                                              joint.units.tolist(),
-                                                              unit_orientations=family.stats.preferred,
-                                                              in_std=joint.in_std), out / "joint.png"))
-    summary = {"model": m.name, "layer": layer, "values": "pre-activation" if pre else "output", "size": size,
-               "offset": list(common["offset"]), "receptive_field": rf_side,
-               "dataset": None if stats is None else {"images": stats.images, "source": stats.source},
-               "family": family.to_dict(), "tuning": tmap.to_dict() if opts.units else None,
-               "joint": None if joint is None else joint.to_dict(), "figures": [str(f) for f in files]}
-    np.savez_compressed(out / "tuning.npz", units=tmap.units, orientations=tmap.orientations, levels=tmap.levels,
-                        raw=tmap.raw, values=tmap.values, family=np.asarray(units),
-                        joint_curves=np.zeros(0) if joint is None else joint.curves)
-    write_json(out / "tuning.json", summary)
-    return summary
+    files = [save_figure(fig, out / f"{name}.png") for name, fig in tuning_report_figures(report).items()]
+    return files + report.save(out)
 
 
-def _print_family(summary: dict) -> None:
-    fam = summary["family"]
-    print_table([(u, f"{p:g}", f"{lv:.3g}", f"{pk:.2f}", f"{s:.2f}")
-                 for u, p, lv, pk, s in zip(fam["units"], fam["preferred"], fam["level"], fam["peak"],
-                                            fam["selectivity"])],
-                ("unit", "orientation", "best level", "peak", "selectivity"))
+def _print_family(report) -> None:
+    st = report.family.stats
+    print_table([(c, f"{p:g}", f"{lv:.3g}", f"{pk:.2f}", f"{s:.2f}")
+                 for c, p, lv, pk, s in zip(st.channels.tolist(), st.preferred.tolist(), st.level.tolist(),
+                                            st.peak.tolist(), st.selectivity.tolist())],
+                ("channel", "orientation", "best level", "peak", "selectivity"))
 
 
 @cli.command("tuning")
@@ -228,9 +152,11 @@ def _print_family(summary: dict) -> None:
 @click.argument("layer")
 @model_options
 @stimulus_options
-@click.option("--units", default=None, help="Comma-separated channels (default: discover the --family).")
+@channels_option
+@pre_activation_option
+@batch_size_option
 @click.option("--family", "family_k", type=click.IntRange(1), default=8, show_default=True,
-              help="Size of the orientation family to discover when no --units are given.")
+              help="Size of the orientation family to discover when no --channels are given.")
 @click.option("--min-selectivity", type=click.FloatRange(0, 1), default=0.3, show_default=True,
               help="Family members need at least this orientation selectivity (vector strength).")
 @click.option("--step", type=click.FloatRange(0.5, 90), default=10.0, show_default=True,
@@ -240,44 +166,41 @@ def _print_family(summary: dict) -> None:
 @click.option("--images", default="samples", show_default=True,
               help="Images for the dataset mean/std and top examples (folder, glob, samples, samples:N); "
                    "'none' for raw activations and no joint tuning.")
-@click.option("--values", type=click.Choice(VALUES), default="auto", show_default=True,
-              help="pre-activation or output values (auto: pre-activation for activation layers, as the article).")
 @click.option("--examples", type=click.IntRange(0), default=6, show_default=True,
-              help="Top dataset examples per unit rotated for the joint tuning curves (0 = none).")
+              help="Top dataset examples per channel rotated for the joint tuning curves (0 = none).")
 @click.option("--joint-step", type=click.FloatRange(0), default=5.0, show_default=True,
               help="Rotation step of the joint tuning curves in degrees (the article uses 1; 0 = skip).")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
-              help="Images per forward pass (memory bound).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for figures and numbers.")
 def tuning_cmd(model: str, layer: str, weights: str | None, device: str, kind: str, levels: str | None,
                param: str | None, width: float | None, color: str | None, background: str | None,
-               sets: tuple[str, ...], units: str | None, family_k: int, min_selectivity: float, step: float,
-               size: int | None, images: str, values: str, examples: int, joint_step: float, batch_size: int,
-               out: str) -> None:
-    """Tuning of LAYER's units to synthetic stimuli: heatmaps in std above the dataset mean, radial tuning,
+               sets: tuple[str, ...], channels: str | None, pre_activation: bool, batch_size: int | None,
+               family_k: int, min_selectivity: float, step: float, size: int | None, images: str, examples: int,
+               joint_step: float, out: str) -> None:
+    """Tuning of LAYER's channels to synthetic stimuli: heatmaps in std above the dataset mean, radial tuning,
     the orientation family and joint tuning curves from rotated dataset examples."""
+    from ..stimuli import tuning_report
+
     m = open_model(model, weights, device)
-    unit_list = [int(u) for u in _number_list(units, "--units") or []] or None
-    opts = TuningOptions(units=unit_list, family=family_k, min_selectivity=min_selectivity, kind=kind, step=step,
-                         levels=_number_list(levels, "--levels"), param=param, size=size,
-                         images=None if images.lower() == "none" else images, values=values, examples=examples,
-                         joint_step=joint_step, batch_size=batch_size,
-                         stimulus=_stimulus_params(width, color, background, sets))
-    summary = tuning_report(m, layer, opts, Path(out))
-    _print_family(summary)
-    click.echo(f"figures and numbers in {out}/ ({', '.join(Path(f).name for f in summary['figures'])}, "
-               "tuning.json, tuning.npz)")
+    report = tuning_report(m, layer, channels=channels, family=family_k, min_selectivity=min_selectivity, kind=kind,
+                           step=step, levels=_number_list(levels, "--levels"), param=param, size=size,
+                           source=None if images.lower() == "none" else images, pre_activation=pre_activation,
+                           examples=examples, joint_step=joint_step, batch_size=batch_size, progress=True,
+                           **_stimulus_params(width, color, background, sets))
+    files = _write(report, Path(out))
+    _print_family(report)
+    click.echo(f"figures and numbers in {out}/ ({', '.join(f.name for f in files)})")
 
 
 @demo_section(65, "Curve detectors: synthetic stimuli and tuning")
 def _demo(ctx: DemoContext) -> None:
-    out = ctx.out / "stimuli"
-    opts = TuningOptions(family=10, step=30.0 if ctx.quick else 10.0,
-                         levels=[8.0, 16.0, 32.0] if ctx.quick else None, examples=3 if ctx.quick else 6,
-                         joint_step=30.0 if ctx.quick else 5.0, images="samples", size=96 if ctx.quick else None)
-    summary = tuning_report(ctx.model, DEMO_LAYER, opts, out, progress=False)
-    fam = summary["family"]
-    click.echo(f"  {DEMO_LAYER}: {len(fam['units'])} orientation-tuned units; at {fam['coverage']:.0%} of the "
-               "orientations one of them gives at least half its peak response")
-    _print_family(summary)
-    click.echo(f"  figures: {', '.join(str(Path(f)) for f in summary['figures'])}")
+    from ..stimuli import tuning_report
+
+    report = tuning_report(ctx.model, DEMO_LAYER, family=10, step=30.0 if ctx.quick else 10.0,
+                           levels=[8.0, 16.0, 32.0] if ctx.quick else None, examples=3 if ctx.quick else 6,
+                           joint_step=30.0 if ctx.quick else 5.0, source="samples",
+                           size=96 if ctx.quick else None, pre_activation=True)
+    files = _write(report, ctx.out / "stimuli")
+    click.echo(f"  {DEMO_LAYER} (pre-activation): {len(report.family)} orientation-tuned channels; at "
+               f"{report.family.coverage():.0%} of the orientations one of them gives at least half its peak response")
+    _print_family(report)
+    click.echo(f"  figures: {', '.join(str(f) for f in files if f.suffix == '.png')}")

@@ -6,13 +6,20 @@
 - :mod:`.spectrum`: activation spectrum (density, contribution to the expected value, examples per band).
 - :mod:`.circuits`: weights from the previous layer, activation x weight attribution, expanded weights.
 - :mod:`.factorize`: NMF of one image's or many images' activations.
+
+Every function that takes a model takes it first (a ``LoadedModel`` or an ``nn.Module``); statistics are CPU
+tensors, crops are ``uint8 [N, h, w, 3]`` pictures.
 """
 
+from .circuits import attribution, connection, expanded_weights, feeding_layer, render_attribution
 from .examples import StatisticsAccumulator, collect_statistics, crop, crops, example_crops
+from .factorize import factorize_dataset, factorize_image
 from .histograms import LogBins
 from .results import DatasetStats, Example, Examples, LayerStats
 from .sources import ImageSource, SampleSource, iterate_batches, open_source
+from .spectrum import spectrum
 
 __all__ = ["DatasetStats", "Example", "Examples", "ImageSource", "LayerStats", "LogBins", "SampleSource",
-           "StatisticsAccumulator", "collect_statistics", "crop", "crops", "example_crops", "iterate_batches",
-           "open_source"]
+           "StatisticsAccumulator", "attribution", "collect_statistics", "connection", "crop", "crops",
+           "example_crops", "expanded_weights", "factorize_dataset", "factorize_image", "feeding_layer",
+           "iterate_batches", "open_source", "render_attribution", "spectrum"]

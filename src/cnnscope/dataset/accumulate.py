@@ -13,7 +13,8 @@ first batch (empty lists) yields few candidates.
 
 from __future__ import annotations
 
-import numpy as np
+import math
+
 import torch
 
 from ..capture.receptive_field import ReceptiveField
@@ -62,8 +63,8 @@ class LayerAccumulator:
     """Running statistics of one layer.
 
     Args:
-        post: how the post-activation values are known: ``"same"`` (not an activation layer: post = values),
-            ``("clamp", lo, hi)`` (ReLU-family: post = values clamped, its histogram remapped exactly) or
+        post: how the layer's outputs are known: ``"same"`` (the values are the outputs), ``("clamp", lo, hi)``
+            (pre-activation values of a ReLU-family module: outputs = values clamped, the histogram remapped exactly) or
             ``"captured"`` (given to :meth:`update`).
     """
 
@@ -85,33 +86,32 @@ class LayerAccumulator:
         #: flat histogram index ``channel * n_bins + bin`` -> band cell ``channel * n_bands + band``
         self._cell_of_flat = (torch.arange(channels, device=device)[:, None] * self.n_bands
                               + self._band_of_bin[None, :]).reshape(-1)
-        self.hist_pre = HistogramAccumulator(bins, channels, device)
-        self.hist_post = HistogramAccumulator(bins, channels, device) if post == "captured" else None
-        self.moments = {"pre": Moments(0, np.zeros(channels), np.zeros(channels)),
-                        "post": Moments(0, np.zeros(channels), np.zeros(channels))}
+        self.hist = HistogramAccumulator(bins, channels, device)
+        self.hist_output = HistogramAccumulator(bins, channels, device) if post == "captured" else None
+        self.moments = {"values": Moments.empty(channels), "output": Moments.empty(channels)}
 
     # -- per batch -------------------------------------------------------------------------------------------
-    def update(self, keys: torch.Tensor, pre: torch.Tensor, post: torch.Tensor | None = None) -> None:
-        """Add one batch.
+    def update(self, keys: torch.Tensor, values: torch.Tensor, outputs: torch.Tensor | None = None) -> None:
+        """Add one batch: the ranked values and, for ``post="captured"``, the layer's outputs.
 
         Shape:
             - keys: ``[N]`` global position keys, ``N = B * h * w`` in ``(b, y, x)`` order.
-            - pre, post: ``[B, C, h, w]``.
+            - values, outputs: ``[B, C, h, w]``.
         """
         c = self.channels
-        x = pre.detach().transpose(0, 1).reshape(c, -1).float()  # a view for channels-last values
+        x = values.detach().transpose(0, 1).reshape(c, -1).float()  # a view for channels-last values
         mat, channel_major = memory_matrix(x)
-        flat, counts = self.hist_pre.add(mat, channel_major)
+        flat, counts = self.hist.add(mat, channel_major)
         self._rank(keys, mat, channel_major, flat, counts)
-        self._moments("pre", x)
+        self._moments("values", x)
         if isinstance(self.post, tuple):
-            self._moments("post", x.clamp(self.post[1], self.post[2]), scratch=True)
-        elif self.hist_post is not None:
-            if post is None:
-                raise CnnscopeError(f"layer {self.name!r} needs its outputs for post-activation statistics")
-            y = post.detach().transpose(0, 1).reshape(c, -1).float()
-            self.hist_post.add(*memory_matrix(y))
-            self._moments("post", y)
+            self._moments("output", x.clamp(self.post[1], self.post[2]), scratch=True)
+        elif self.hist_output is not None:
+            if outputs is None:
+                raise CnnscopeError(f"layer {self.name!r} needs its outputs for the output statistics")
+            y = outputs.detach().transpose(0, 1).reshape(c, -1).float()
+            self.hist_output.add(*memory_matrix(y))
+            self._moments("output", y)
 
     def _moments(self, kind: str, values: torch.Tensor, scratch: bool = False) -> None:
         """Add a batch to the running mean/variance: ``float32`` sums per batch, Chan's merge in ``float64``.
@@ -128,8 +128,8 @@ class LayerAccumulator:
         s1 = values.sum(dim=1) - shift * n
         centered = values.sub_(shift[:, None]) if scratch else values - shift[:, None]
         s2 = torch.linalg.vector_norm(centered, dim=1) ** 2
-        s1, s2, base = (t.double().cpu().numpy() for t in (s1, s2, shift))
-        batch = Moments(n, base + s1 / n, np.maximum(s2 - s1 * s1 / n, 0.0))
+        s1, s2, base = (t.double().cpu() for t in (s1, s2, shift))
+        batch = Moments(n, base + s1 / n, (s2 - s1 * s1 / n).clamp(min=0.0))
         self.moments[kind] = current.merge(batch)
 
     def _rank(self, keys: torch.Tensor, mat: torch.Tensor, channel_major: bool, flat: torch.Tensor,
@@ -187,7 +187,7 @@ class LayerAccumulator:
         if bool(expected <= 2 * needed + self.channels):
             return state
         n = prio.numel()
-        octaves = max(1, int(np.ceil(np.log2(max(n, 1) / self.m))) + 1)
+        octaves = max(1, math.ceil(math.log2(max(n, 1) / self.m)) + 1)
         octaves = min(octaves, 28)
         edges = sorted([NO_PRIORITY >> i for i in range(1, octaves + 1)] + [3 << (29 - i) for i in range(octaves)])
         edges = torch.tensor(edges, device=prio.device)  # range j holds priorities in [edges[j-1], edges[j])
@@ -240,20 +240,20 @@ class LayerAccumulator:
     # -- result ----------------------------------------------------------------------------------------------
     def result(self, rf: ReceptiveField | None) -> LayerStats:
         c = self.channels
-        pre_counts = self.hist_pre.counts.cpu().numpy()
+        counts = self.hist.counts.cpu()
         if isinstance(self.post, tuple):
-            post_counts = remap(pre_counts, self.bins.post_map(self.post[1], self.post[2]))
-        elif self.hist_post is not None:
-            post_counts = self.hist_post.counts.cpu().numpy()
+            output_counts = remap(counts, self.bins.post_map(self.post[1], self.post[2]))
+        elif self.hist_output is not None:
+            output_counts = self.hist_output.counts.cpu()
         else:
-            post_counts = pre_counts
-        positive = pre_counts[:, self.bins.zero_bin + 1:].sum(axis=1)
+            output_counts = counts
         return LayerStats(
             layer=self.name, pre_activation=self.pre_activation, grid=self.grid,
             top=examples_from_kept(self.top, self.grid, rf, (c, self.k)),
             bottom=examples_from_kept(self.bottom, self.grid, rf, (c, self.bottom_k)),
-            hist_pre=pre_counts, hist_post=post_counts, moments_pre=self.moments["pre"],
-            moments_post=self.moments["post"] if self.post != "same" else self.moments["pre"],
-            positive=positive, minimum=self.bottom.payload[:, 0].cpu().numpy(),  # the bottom-k / top-k hold the
-            maximum=self.top.payload[:, 0].cpu().numpy(),  # extremes exactly
+            hist=counts, hist_output=output_counts, moments=self.moments["values"],
+            moments_output=self.moments["output"] if self.post != "same" else self.moments["values"],
+            positive=counts[:, self.bins.zero_bin + 1:].sum(dim=1),
+            # the bottom-k / top-k hold the extremes exactly
+            minimum=self.bottom.payload[:, 0].cpu(), maximum=self.top.payload[:, 0].cpu(),
             bands=examples_from_kept(self.bands, self.grid, rf, (c, self.n_bands, self.m), negate=True), rf=rf)

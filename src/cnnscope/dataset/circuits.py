@@ -18,25 +18,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..capture import Capture, evaluating, is_activation, module_device, module_dtype, patch_outputs, resolve_layers
+from ..capture import (
+    Capture,
+    evaluating,
+    input_channels,
+    is_activation,
+    module_device,
+    module_dtype,
+    patch_outputs,
+    resolve_layers,
+)
 from ..capture.inputs import InputCapture
 from ..capture.linearize import linearized
-from ..errors import CnnscopeError, LayerError
+from ..errors import CnnscopeError, ImageError, LayerError
+from ..models import ModelLike, as_model
+from ..units import POSITION_NAMES, check_position, grid_position
 
 
 @dataclass
 class Connection:
-    """The direct convolution of a unit, batch norm folded in.
+    """The direct convolution of a unit, batch norm folded in (CPU tensors).
 
     Attributes:
         layer: the layer asked for; conv / norm: the convolution and the batch norm between it and the unit.
         channel: the unit's channel.
-        inputs: indices of the previous-layer channels connected to it (all of them, or its group's).
-        weights: ``float32 [len(inputs), kh, kw]`` effective weights (``scale * W``).
+        inputs: ``int64 [I]`` indices of the previous-layer channels connected to it (all of them, or its group's).
+        weights: ``float32 [I, kh, kw]`` effective weights (``scale * W``).
         bias: effective bias (``scale * conv_bias + shift``).
         stride, padding, dilation: of the convolution.
     """
@@ -45,29 +55,29 @@ class Connection:
     conv: str
     norm: str | None
     channel: int
-    inputs: np.ndarray
-    weights: np.ndarray
+    inputs: torch.Tensor
+    weights: torch.Tensor
     bias: float
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int]
 
     @property
-    def norms(self) -> np.ndarray:
-        """L2 norm of each input channel's kernel."""
-        return np.sqrt((self.weights.astype(np.float64) ** 2).reshape(len(self.inputs), -1).sum(axis=1))
+    def norms(self) -> torch.Tensor:
+        """L2 norm of each input channel's kernel, ``float64 [I]``."""
+        return torch.linalg.vector_norm(self.weights.double().reshape(len(self.inputs), -1), dim=1)
 
     def ranked(self, n: int | None = None) -> list[int]:
         """Positions in :attr:`inputs` ordered by kernel norm, strongest first."""
-        order = np.argsort(-self.norms, kind="stable")
-        return order[:n].tolist() if n is not None else order.tolist()
+        return torch.argsort(-self.norms, stable=True)[:n].tolist()
 
     def to_dict(self, n: int | None = 16) -> dict:
         """JSON-ready summary with the ``n`` strongest kernels."""
+        norms = self.norms
         return {"layer": self.layer, "conv": self.conv, "norm": self.norm, "channel": self.channel,
                 "bias": self.bias, "stride": list(self.stride), "padding": list(self.padding),
                 "dilation": list(self.dilation),
-                "strongest": [{"input_channel": int(self.inputs[i]), "norm": float(self.norms[i]),
+                "strongest": [{"input_channel": int(self.inputs[i]), "norm": float(norms[i]),
                                "weights": self.weights[i].tolist()} for i in self.ranked(n)]}
 
 
@@ -137,18 +147,19 @@ def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d | None) -> tuple[torch.Tensor, t
 
 
 def _probe(module: nn.Module, size: int = 64) -> torch.Tensor:
-    from ..capture.layers import input_channels
-
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, input_channels(module), size, size, generator=gen)
     return x.to(device=module_device(module), dtype=module_dtype(module))
 
 
-def connection(module: nn.Module, layer: str, channel: int, *, verify: bool = True) -> Connection:
+def connection(model: ModelLike, layer: str, channel: int, *, verify: bool = True) -> Connection:
     """The direct convolution weights of unit ``channel`` of ``layer`` (batch norm folded in).
 
+    Circuits are about the unit's pre-activation, the linear function of the layer below, whichever of the conv,
+    its batch norm or the activation after them is named, so there is no ``pre_activation`` choice.
+
     Args:
-        module: the model (``nn.Module``); not modified.
+        model: a ``LoadedModel`` or an ``nn.Module``; not modified.
         layer: a ``Conv2d``, a ``BatchNorm2d`` right after one, or the activation after those
             (``"blocks.4.0.bn1.act"``).
         channel: the unit.
@@ -157,6 +168,7 @@ def connection(module: nn.Module, layer: str, channel: int, *, verify: bool = Tr
     Raises:
         LayerError: the layer is not fed by a convolution this way, or the channel is out of range.
     """
+    module = as_model(model).module
     conv_name, norm_name, value_layer, is_input = _locate(module, layer)
     mods = dict(module.named_modules())
     conv = mods[conv_name]
@@ -177,43 +189,44 @@ def connection(module: nn.Module, layer: str, channel: int, *, verify: bool = Tr
                              + (f" and {norm_name!r}" if norm_name else "") + "; pass the Conv2d's name instead")
     per_group = w.shape[1]
     group = channel // (w.shape[0] // conv.groups)
-    inputs = np.arange(group * per_group, (group + 1) * per_group)
+    inputs = torch.arange(group * per_group, (group + 1) * per_group)
     return Connection(layer=layer, conv=conv_name, norm=norm_name, channel=int(channel), inputs=inputs,
-                      weights=w[channel].cpu().numpy(), bias=float(b[channel]), stride=tuple(conv.stride),
+                      weights=w[channel].cpu(), bias=float(b[channel]), stride=tuple(conv.stride),
                       padding=tuple(conv.padding), dilation=tuple(conv.dilation))
 
 
 @dataclass
 class Attribution:
-    """The attribution tensor ``W ⊙ h_prev`` of one unit at one position of one image.
+    """The attribution tensor ``W ⊙ h_prev`` of one unit at one position of one image (on the model's device).
 
     Attributes:
         connection: the unit's :class:`Connection`.
-        position: ``(y, x)`` in the unit's layer.
+        position: ``(row, col)`` in the unit's layer.
         value: the unit's pre-activation there; ``value - connection.bias == tensor.sum()``.
-        tensor: ``float32 [len(inputs), kh, kw]``: weight times previous-layer activation in the kernel window
-            (zero where the window covers padding).
-        contributions: ``[len(inputs)]`` per previous-layer channel sums of :attr:`tensor`.
+        tensor: ``float32 [I, kh, kw]``: weight times previous-layer activation in the kernel window (zero where
+            the window covers padding).
+        contributions: ``[I]`` per previous-layer channel sums of :attr:`tensor`.
         grid: ``(h, w)`` of the unit's layer.
     """
 
     connection: Connection
     position: tuple[int, int]
     value: float
-    tensor: np.ndarray
-    contributions: np.ndarray
+    tensor: torch.Tensor
+    contributions: torch.Tensor
     grid: tuple[int, int] = (0, 0)
 
     def top(self, n: int = 8, absolute: bool = True) -> list[tuple[int, float]]:
         """The ``n`` strongest ``(previous-layer channel, contribution)``, by absolute value (or signed, largest)."""
-        key = -np.abs(self.contributions) if absolute else -self.contributions
-        order = np.argsort(key, kind="stable")[:n]
-        return [(int(self.connection.inputs[i]), float(self.contributions[i])) for i in order]
+        c = self.contributions.cpu()
+        order = torch.argsort(-(c.abs() if absolute else c), stable=True)[:n].tolist()
+        return [(int(self.connection.inputs[i]), float(c[i])) for i in order]
 
-    def vector(self, channels: int, absolute: bool = False) -> np.ndarray:
+    def vector(self, channels: int, absolute: bool = False) -> torch.Tensor:
         """The attribution vector over all ``channels`` of the previous layer (zeros outside the unit's group)."""
-        v = np.zeros(channels, dtype=np.float32)
-        v[self.connection.inputs] = np.abs(self.contributions) if absolute else self.contributions
+        c = self.contributions
+        v = torch.zeros(channels, dtype=c.dtype, device=c.device)
+        v[self.connection.inputs.to(c.device)] = c.abs() if absolute else c
         return v
 
     def to_dict(self, n: int = 16) -> dict:
@@ -222,127 +235,147 @@ class Attribution:
                 "top": [{"input_channel": c, "contribution": v} for c, v in self.top(n)]}
 
 
-def attribution(model, layer: str, channel: int, image: object, position: tuple[int, int] | None = None
-                ) -> Attribution:
+def attribution(model: ModelLike, image: object, layer: str, *, channel: int,
+                position: tuple[int, int] | str = "max") -> Attribution:
     """The activation x weight attribution of a unit to the previous layer, for one image.
 
+    Like :func:`connection`, it reads the unit's pre-activation by definition (no ``pre_activation`` choice).
+
     Args:
-        model: a ``LoadedModel`` (the image is fitted and normalised by it).
+        model: a ``LoadedModel`` or an ``nn.Module``.
+        image: one image: anything :meth:`~cnnscope.models.LoadedModel.batch` takes (a path, a ``uint8`` array, a
+            PIL image or a model-space ``[C, H, W]`` / ``[1, C, H, W]`` tensor).
         layer, channel: the unit (see :func:`connection`).
-        image: a path, array or PIL image.
-        position: ``(y, x)`` in the unit's layer; default: where the unit's pre-activation is largest.
+        position: ``"max"`` (where the unit's pre-activation is largest), ``"center"`` or ``(row, col)`` in the
+            unit's layer.
+
+    Raises:
+        ImageError: more than one image. LayerError: a position outside the layer's grid.
     """
-    module = model.module
-    conn = connection(module, layer, channel)
+    m = as_model(model)
+    module = m.module
+    pos = check_position(position, allow=POSITION_NAMES)
+    if pos is None:
+        raise LayerError("attribution() explains one neuron: give position='max', 'center' or (row, col)")
+    conn = connection(m, layer, channel)
     _, _, value_layer, is_input = _locate(module, layer)
-    x = model.preprocess(image)
+    x = m.batch(image)
+    if x.shape[0] != 1:
+        raise ImageError(f"attribution() explains one image, got a batch of {x.shape[0]}")
     with torch.no_grad(), evaluating(module), InputCapture(module, conn.conv) as cin, \
             Capture(module, value_layer, pre_activation=is_input, stop_early=False) as cval:
         cval.reset()
         cin.run(x)
         h = cin[conn.conv][0].float()
         pre = cval[value_layer][0, channel].float()
-    if position is None:
+    if pos == "max":
         flat = int(pre.argmax())
-        position = (flat // pre.shape[1], flat % pre.shape[1])
-    y, xx = position
-    if not (0 <= y < pre.shape[0] and 0 <= xx < pre.shape[1]):
-        raise LayerError(f"position {position} is outside the {tuple(pre.shape)} grid of {layer!r}")
+        y, xx = flat // pre.shape[1], flat % pre.shape[1]
+    else:
+        y, xx = grid_position(pos, pre, layer)
     kh, kw = conn.weights.shape[1:]
     (sy, sx), (py, px), (dy, dx) = conn.stride, conn.padding, conn.dilation
-    h = h[torch.as_tensor(conn.inputs, device=h.device)]
+    h = h[conn.inputs.to(h.device)]
     window = torch.zeros(len(conn.inputs), kh, kw, device=h.device)
     for i in range(kh):
         for j in range(kw):
             r, c = y * sy - py + i * dy, xx * sx - px + j * dx
             if 0 <= r < h.shape[1] and 0 <= c < h.shape[2]:
                 window[:, i, j] = h[:, r, c]
-    tensor = (torch.as_tensor(conn.weights, device=h.device) * window).cpu().numpy()
+    tensor = conn.weights.to(h.device) * window
     return Attribution(connection=conn, position=(int(y), int(xx)), value=float(pre[y, xx]), tensor=tensor,
-                       contributions=tensor.reshape(len(conn.inputs), -1).sum(axis=1),
+                       contributions=tensor.reshape(len(conn.inputs), -1).sum(dim=1),
                        grid=(int(pre.shape[0]), int(pre.shape[1])))
 
 
 @dataclass
 class ExpandedWeights:
-    """Weights between a unit and an earlier layer through the linearised network in between.
+    """Weights between a unit and an earlier layer through the linearised network in between (CPU tensors).
 
     Attributes:
-        source, target: layer names; channel / position: the target unit.
-        weights: ``float32 [C_source, h, w]`` over the whole source grid.
-        box: ``(top, left, bottom, right)`` of the non-zero region in the source grid.
+        from_layer: the earlier layer; layer, channel, position: the unit.
+        weights: ``float32 [C_from, h, w]`` over the whole grid of ``from_layer``.
+        box: ``(top, left, bottom, right)`` of the non-zero region in that grid.
     """
 
-    source: str
-    target: str
+    from_layer: str
+    layer: str
     channel: int
     position: tuple[int, int]
-    weights: np.ndarray
+    weights: torch.Tensor
     box: tuple[int, int, int, int]
 
     @property
-    def window(self) -> np.ndarray:
-        """The weights cut to :attr:`box`: ``[C_source, bottom - top, right - left]``."""
+    def window(self) -> torch.Tensor:
+        """The weights cut to :attr:`box`: ``[C_from, bottom - top, right - left]``."""
         t, left, b, r = self.box
         return self.weights[:, t:b, left:r]
 
     @property
-    def norms(self) -> np.ndarray:
-        return np.sqrt((self.window.astype(np.float64) ** 2).reshape(self.weights.shape[0], -1).sum(axis=1))
+    def norms(self) -> torch.Tensor:
+        """L2 norm of each earlier channel's window, ``float64 [C_from]``."""
+        return torch.linalg.vector_norm(self.window.double().reshape(self.weights.shape[0], -1), dim=1)
 
     def to_dict(self, n: int = 16) -> dict:
-        order = np.argsort(-self.norms, kind="stable")[:n]
-        return {"source": self.source, "target": self.target, "channel": self.channel,
+        norms = self.norms
+        order = torch.argsort(-norms, stable=True)[:n].tolist()
+        return {"from_layer": self.from_layer, "layer": self.layer, "channel": self.channel,
                 "position": list(self.position), "box": list(self.box),
-                "strongest": [{"source_channel": int(i), "norm": float(self.norms[i])} for i in order]}
+                "strongest": [{"from_channel": i, "norm": float(norms[i])} for i in order]}
 
 
-def expanded_weights(module: nn.Module, source: str, target: str, channel: int, input_size: int | tuple[int, int],
-                     position: tuple[int, int] | None = None) -> ExpandedWeights:
-    """Gradient of a target unit's pre-activation w.r.t. an earlier layer's output, every activation in between
-    made the identity (:func:`~cnnscope.capture.linearize.linearized`).
+def expanded_weights(model: ModelLike, layer: str, *, channel: int, from_layer: str,
+                     position: tuple[int, int] | str = "center", input_size: int | tuple[int, int] | None = None
+                     ) -> ExpandedWeights:
+    """Gradient of a unit's pre-activation w.r.t. an earlier layer's output, every activation in between made the
+    identity (:func:`~cnnscope.capture.linearize.linearized`).
 
     Between adjacent layers this is the direct (folded) convolution kernel placed around the unit; further apart
     it is the product of the weights along every path. Max-pooling is linearised at the probe image (a random
-    one from a fixed seed).
+    one from a fixed seed). The unit is read before its activation (circuits are linear; no ``pre_activation``
+    choice).
 
     Args:
-        module: the model; not modified (no parameter ``.grad`` is written).
-        source: the earlier layer (its output is differentiated against).
-        target: the unit's layer (activation modules: their input); channel: the unit.
-        input_size: the input size the grids refer to.
-        position: ``(y, x)`` in the target grid (default: the centre).
+        model: a ``LoadedModel`` or an ``nn.Module``; not modified (no parameter ``.grad`` is written).
+        layer: the unit's layer (activation modules: their input); channel: the unit.
+        from_layer: the earlier layer (its output is differentiated against).
+        position: ``"center"`` or ``(row, col)`` in the unit's grid.
+        input_size: the input size the grids refer to (default: the model's).
     """
-    resolve_layers(module, [source, target])
-    tmod = dict(module.named_modules())[target]
-    is_input = is_activation(tmod)
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    m = as_model(model)
+    module = m.module
+    pos = check_position(position, allow=("center",))
+    if pos is None:
+        raise LayerError("expanded_weights() needs one neuron: position='center' or (row, col)")
+    resolve_layers(module, [from_layer, layer])
+    is_input = is_activation(dict(module.named_modules())[layer])
+    size = m.input_size if input_size is None else (input_size, input_size) if isinstance(input_size, int) \
+        else tuple(input_size)
     gen = torch.Generator().manual_seed(0)
-    from ..capture.layers import input_channels
-
-    x = torch.randn((1, input_channels(module)) + size, generator=gen).to(module_device(module), module_dtype(module))
+    x = torch.randn((1, input_channels(module)) + tuple(size), generator=gen).to(module_device(module),
+                                                                                 module_dtype(module))
     with torch.no_grad(), evaluating(module):
-        src_value = _one_output(module, source, x)
+        src_value = _one_output(module, from_layer, x)
     z = src_value.detach().clone().requires_grad_(True)
-    with evaluating(module), torch.enable_grad(), linearized(module), patch_outputs(module, {source: lambda o: z}), \
-            Capture(module, target, pre_activation=is_input) as cap:
+    with evaluating(module), torch.enable_grad(), linearized(module), \
+            patch_outputs(module, {from_layer: lambda o: z}), Capture(module, layer, pre_activation=is_input) as cap:
         cap.run(x)
-        value = cap[target]
+        value = cap[layer]
         if value.ndim != 4:
-            raise LayerError(f"{target!r} has no spatial grid")
+            raise LayerError(f"{layer!r} has no spatial grid")
         if not 0 <= channel < value.shape[1]:
-            raise LayerError(f"channel {channel} is out of range for {target!r} ({value.shape[1]} channels)")
-        y, xx = position if position is not None else (value.shape[2] // 2, value.shape[3] // 2)
+            raise LayerError(f"channel {channel} is out of range for {layer!r} ({value.shape[1]} channels)")
+        y, xx = grid_position(pos, value, layer)
         if not value.requires_grad:
-            raise CnnscopeError(f"{target!r} does not depend on {source!r} (is the source after the target?)")
+            raise CnnscopeError(f"{layer!r} does not depend on {from_layer!r} (is {from_layer!r} after it?)")
         (grad,) = torch.autograd.grad(value[0, channel, y, xx], z, allow_unused=True)
     if grad is None:
-        raise CnnscopeError(f"{target!r} does not depend on {source!r}")
-    g = grad[0].float().cpu().numpy()
-    nz = np.argwhere(np.abs(g).sum(axis=0) > 0)
+        raise CnnscopeError(f"{layer!r} does not depend on {from_layer!r}")
+    g = grad[0].float().cpu()
+    nz = torch.nonzero(g.abs().sum(dim=0) > 0)
     box = (0, 0, 0, 0) if len(nz) == 0 else (int(nz[:, 0].min()), int(nz[:, 1].min()), int(nz[:, 0].max()) + 1,
                                               int(nz[:, 1].max()) + 1)
-    return ExpandedWeights(source=source, target=target, channel=int(channel), position=(int(y), int(xx)),
+    return ExpandedWeights(from_layer=from_layer, layer=layer, channel=int(channel), position=(int(y), int(xx)),
                            weights=g, box=box)
 
 
@@ -352,7 +385,7 @@ def _one_output(module: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     return cap[layer]
 
 
-def feeding_layer(module: nn.Module, conv: str, input_size: int = 64) -> str:
+def feeding_layer(model: ModelLike, conv: str, *, input_size: int = 64) -> str:
     """The named layer whose output is ``conv``'s input (``h_prev``), found on a probe forward.
 
     Among several names for the same tensor (a ``Sequential`` and its last child) the first in ``named_modules``
@@ -363,6 +396,7 @@ def feeding_layer(module: nn.Module, conv: str, input_size: int = 64) -> str:
     """
     from ..capture import list_layers
 
+    module = as_model(model).module
     x = _probe(module, input_size)
     with torch.no_grad(), evaluating(module), InputCapture(module, conv) as cin:
         cin.run(x)
@@ -381,16 +415,16 @@ def feeding_layer(module: nn.Module, conv: str, input_size: int = 64) -> str:
                      "the attribution cannot be visualised through a layer objective")
 
 
-def render_attribution(model, attr: Attribution, source: str | None = None, *, absolute: bool = True,
-                       **render_options):
+def render_attribution(model: ModelLike, attr: Attribution, *, from_layer: str | None = None, absolute: bool = True,
+                       **render_options: object):
     """Feature visualization of an attribution vector: the image that most excites the previous layer's channels
-    along the unit's attribution (``direction(source, vector)``), as the article's "visualizing attribution".
+    along the unit's attribution (``direction(from_layer, vector)``), as the article's "visualizing attribution".
 
     Args:
-        model: the ``LoadedModel``.
+        model: a ``LoadedModel`` or an ``nn.Module``.
         attr: an :class:`Attribution`.
-        source: the layer whose output is the attributed convolution's input (``h_prev``), e.g. ``"blocks.3"``
-            for ``blocks.4.0.conv_pw``; default: found by :func:`feeding_layer`.
+        from_layer: the layer whose output is the attributed convolution's input (``h_prev``), e.g.
+            ``"blocks.3"`` for ``blocks.4.0.conv_pw``; default: found by :func:`feeding_layer`.
         absolute: use ``|W ⊙ h_prev|`` (features that excite *or* inhibit the unit, as the article does).
         render_options: passed to :func:`cnnscope.featurevis.render` (``steps``, ``size``, ``recipe``, ``seed``).
 
@@ -398,28 +432,26 @@ def render_attribution(model, attr: Attribution, source: str | None = None, *, a
         The :class:`cnnscope.featurevis.RenderResult`.
 
     Raises:
-        LayerError: ``source`` does not output the convolution's input.
+        LayerError: ``from_layer`` does not output the convolution's input.
     """
     from ..featurevis import direction, render
 
+    m = as_model(model)
+    module = m.module
     conv = attr.connection.conv
-    if source is None:
-        source = feeding_layer(model.module, conv)
+    if from_layer is None:
+        from_layer = feeding_layer(m, conv)
     else:
-        x = _probe(model.module)
-        with torch.no_grad(), evaluating(model.module), InputCapture(model.module, conv) as cin, \
-                Capture(model.module, source, stop_early=False, reuse="last") as cs:
+        x = _probe(module)
+        with torch.no_grad(), evaluating(module), InputCapture(module, conv) as cin, \
+                Capture(module, from_layer, stop_early=False, reuse="last") as cs:
             cs.reset()
             cin.run(x)
-            same = cs[source].shape == cin[conv].shape and torch.equal(cs[source], cin[conv])
+            same = cs[from_layer].shape == cin[conv].shape and torch.equal(cs[from_layer], cin[conv])
         if not same:
-            raise LayerError(f"{source!r} does not output the input of {conv!r}; the attribution's channels are "
-                             f"{conv!r}'s input channels (try {feeding_layer(model.module, conv)!r})")
-    vector = attr.vector(int(_probe_channels(model.module, conv)), absolute=absolute)
-    if not np.any(vector):
+            raise LayerError(f"{from_layer!r} does not output the input of {conv!r}; the attribution's channels are "
+                             f"{conv!r}'s input channels (try {feeding_layer(m, conv)!r})")
+    vector = attr.vector(int(dict(module.named_modules())[conv].in_channels), absolute=absolute)
+    if not bool(vector.any()):
         raise CnnscopeError("the attribution vector is zero (the unit receives nothing at this position)")
-    return render(model, direction(source, vector), **render_options)
-
-
-def _probe_channels(module: nn.Module, conv: str) -> int:
-    return int(dict(module.named_modules())[conv].in_channels)
+    return render(m, direction(from_layer, vector.cpu()), **render_options)

@@ -1,18 +1,19 @@
 """Streaming unit statistics: one pass over an image source, several layers at once, fixed memory.
 
 For every channel of every requested layer the pass keeps the top-k and bottom-k positions (image id, position,
-value, receptive-field box), histograms of the pre- and post-activation values, mean/std, the fraction of positions
-above zero and uniform samples per activation band (Cammarata et al., *Curve Detectors*, Distill 2020, Figs. 6-7;
-OpenAI Microscope's dataset examples). Memory does not grow with the number of images, and two passes over
+value, receptive-field box), histograms of the values and of the layer's outputs, mean/std, the fraction of
+positions above zero and uniform samples per activation band (Cammarata et al., *Curve Detectors*, Distill 2020,
+Figs. 6-7; OpenAI Microscope's dataset examples). Memory does not grow with the number of images, and two passes over
 disjoint images merge into exactly the result of one pass (:meth:`DatasetStats.merge`).
 
-For an activation module (``"blocks.4.0.bn1.act"``) the ranked values are its *input* (pre-activation, as the
-article plots) and the post histogram is its output; for any other layer both are the layer's output.
+The values are the layers' outputs; with ``pre_activation=True`` (every layer an activation module, e.g.
+``"blocks.4.0.bn1.act"``) they are the activations' inputs, as the article plots, and the output statistics
+describe what the activation makes of them.
 
 Example:
-    >>> stats = collect_statistics(model, "samples:8", ["blocks.4.0.bn1.act"], k=9)
-    >>> best = stats.examples("blocks.4.0.bn1.act", 17)          # [Example(image_id, name, y, x, value, box)]
-    >>> patches = crops(stats, "blocks.4.0.bn1.act", 17, source)  # uint8 receptive-field crops
+    >>> stats = collect_statistics(model, "samples:8", ["blocks.4.0.bn1.act"], k=9, pre_activation=True)
+    >>> best = stats.examples("blocks.4.0.bn1.act", 17)       # [Example(image_id, name, y, x, value, box)]
+    >>> patches = crops(model, stats, "blocks.4.0.bn1.act", channel=17, source="samples:8")  # uint8 [9, h, w, 3]
 """
 
 from __future__ import annotations
@@ -24,24 +25,23 @@ from contextlib import ExitStack
 import numpy as np
 import torch
 
+from ..batching import resolve_batch_size
 from ..capture import Capture, evaluating, is_activation, resolve_layers
 from ..capture.receptive_field import ReceptiveField, receptive_fields
 from ..errors import CnnscopeError, LayerError
+from ..models import ModelLike, as_model
 from .accumulate import LayerAccumulator
 from .histograms import LogBins
-from .results import (
-    MAX_SKIPPED,
-    DatasetStats,
-    Example,
-    merge_ranges,
-)
+from .results import MAX_SKIPPED, DatasetStats, Example, merge_ranges, used_ids
 from .sources import ImageSource, iterate_batches, open_source
+
+#: images per forward of the statistics pass when ``batch_size`` is ``None``, by device
+CPU_BATCH, GPU_BATCH = 16, 64
 
 
 def post_kind(module: torch.nn.Module) -> object:
-    """How a layer's post-activation values are obtained (see :class:`~.accumulate.LayerAccumulator`)."""
-    if not is_activation(module):
-        return "same"
+    """How an activation module's outputs follow from its inputs: a clamp, or captured (see
+    :class:`~.accumulate.LayerAccumulator`)."""
     if isinstance(module, torch.nn.ReLU):
         return ("clamp", 0.0, None)
     if isinstance(module, torch.nn.ReLU6):
@@ -55,18 +55,28 @@ class StatisticsAccumulator:
     """Feed batches of activations, get :class:`DatasetStats`; :func:`collect_statistics` drives one over a source.
 
     Use it directly to add statistics to a loop of your own: call :meth:`add` with the image ids and each layer's
-    values (``[B, C, h, w]``) and, for activation layers other than ReLU/ReLU6/Hardtanh, its outputs.
+    values (``[B, C, h, w]``) and, with ``pre_activation`` for activation modules other than ReLU/ReLU6/Hardtanh,
+    their outputs.
+
+    Raises:
+        LayerError: ``pre_activation`` and a layer that is not an activation module.
     """
 
-    def __init__(self, model, layers: Iterable[str], *, k: int = 9, bottom_k: int | None = None,
-                 band_samples: int = 6, bins: LogBins | None = None, seed: int = 0) -> None:
+    def __init__(self, model: ModelLike, layers: Iterable[str], *, pre_activation: bool = False, k: int = 9,
+                 bottom_k: int | None = None, band_samples: int = 6, bins: LogBins | None = None, seed: int = 0
+                 ) -> None:
         if k < 1 or (bottom_k is not None and bottom_k < 1) or band_samples < 1:
             raise CnnscopeError("k, bottom_k and band_samples must be >= 1")
-        self.model = model
-        self.table = resolve_layers(model.module, list(layers))
+        self.model = as_model(model)
+        self.table = resolve_layers(self.model.module, list(layers))
         self.layers = list(self.table)
-        self.pre = {n: is_activation(m) for n, m in self.table.items()}
-        self.post = {n: post_kind(m) for n, m in self.table.items()}
+        self.pre_activation = bool(pre_activation)
+        if self.pre_activation:
+            bad = [n for n, mod in self.table.items() if not is_activation(mod)]
+            if bad:
+                raise LayerError(f"pre_activation=True reads the input of activation modules; {bad} are not "
+                                 "activations (use pre_activation=False for their outputs)")
+        self.post = {n: post_kind(mod) if self.pre_activation else "same" for n, mod in self.table.items()}
         self.k, self.bottom_k = k, bottom_k or k
         self.band_samples, self.bins, self.seed = band_samples, bins or LogBins(), seed
         self._acc: dict[str, LayerAccumulator] = {}
@@ -77,7 +87,7 @@ class StatisticsAccumulator:
 
     def add(self, ids: torch.Tensor, values: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor] | None = None
             ) -> None:
-        """Add a batch: ``values[layer]`` (pre-activations or outputs) and ``outputs[layer]`` for activation layers.
+        """Add a batch: ``values[layer]`` and, where the output statistics need them, ``outputs[layer]``.
 
         Shape:
             - ids: ``[B]`` image ids; values / outputs: ``[B, C, h, w]``.
@@ -92,7 +102,7 @@ class StatisticsAccumulator:
                 raise LayerError(f"dataset statistics need a [B, C, H, W] layer; {name!r} gives {tuple(v.shape)}")
             b, c, h, w = v.shape
             if name not in self._acc:
-                self._acc[name] = LayerAccumulator(name, c, (h, w), self.pre[name], self.post[name],
+                self._acc[name] = LayerAccumulator(name, c, (h, w), self.pre_activation, self.post[name],
                                                    self.k, self.bottom_k, self.band_samples, self.bins, self.seed,
                                                    v.device)
             acc = self._acc[name]
@@ -119,9 +129,7 @@ class StatisticsAccumulator:
                                    if self.skipped else ""))
         receptive = receptive or {}
         layers = {n: self._acc[n].result(receptive.get(n)) for n in self.layers}
-        used = sorted({int(i) for ls in layers.values() for ex in (ls.top, ls.bottom, ls.bands)
-                       for i in np.unique(ex.image_ids) if i >= 0})
-        names = {i: source.name(i) if source is not None else f"image {i}" for i in used}
+        names = {i: source.name(i) if source is not None else f"image {i}" for i in sorted(used_ids(layers.values()))}
         m = self.model
         return DatasetStats(model=m.name, input_size=tuple(m.input_size), resize_mode=m.resize_mode,
                             source=source.describe() if source is not None else {"kind": "batches"},
@@ -140,25 +148,28 @@ def _overlaps(new: list[tuple[int, int]], ranges: list[tuple[int, int]]) -> bool
     return False
 
 
-def collect_statistics(model, images: object, layers: str | Iterable[str], *, k: int = 9,
-                       bottom_k: int | None = None, band_samples: int = 6, bins: LogBins | None = None,
-                       seed: int = 0, batch_size: int = 16, num_workers: int = 0, progress: bool = False,
-                       receptive_field: str | None = "auto", channels_last: bool = True) -> DatasetStats:
-    """One pass over ``images`` collecting per-channel statistics of several layers.
+def collect_statistics(model: ModelLike, source: object, layers: str | Iterable[str], *,
+                       pre_activation: bool = False, k: int = 9, bottom_k: int | None = None, band_samples: int = 6,
+                       bins: LogBins | None = None, seed: int = 0, batch_size: int | None = None, num_workers: int = 0,
+                       progress: bool = False, receptive_field: str | None = "auto", channels_last: bool = True
+                       ) -> DatasetStats:
+    """One pass over a source of images collecting per-channel statistics of several layers.
 
     The model runs without gradients in temporary eval mode; forward passes stop after the deepest requested
     layer. Nothing about the model changes.
 
     Args:
-        model: a ``LoadedModel`` (``cnnscope.models.load_model`` or ``cnnscope.models.wrap``).
-        images: anything :func:`~cnnscope.dataset.sources.open_source` accepts (folder, glob, list, Dataset,
+        model: a ``LoadedModel`` or an image ``nn.Module`` (wrapped by :func:`cnnscope.as_model`).
+        source: anything :func:`~cnnscope.dataset.sources.open_source` accepts (folder, glob, list, Dataset,
             ``"samples:N"``, an ``ImageSource`` or a subset of one).
         layers: dotted layer names with ``[B, C, h, w]`` outputs.
+        pre_activation: rank the inputs of activation modules (every layer must be one) instead of the layers'
+            outputs; the output histogram and moments then describe the activations' outputs.
         k, bottom_k: examples kept per channel at each end (``bottom_k`` defaults to ``k``).
         band_samples: uniform samples kept per channel and sampling band.
         bins: histogram bins (the default covers ``1e-3 .. 1e4`` in magnitude).
         seed: seed of the band sampling (results merge only with equal seeds).
-        batch_size: images per forward pass (memory bound).
+        batch_size: images per forward pass (``None``: a default for the model's device).
         num_workers: ``DataLoader`` workers reading images.
         progress: show a progress bar.
         receptive_field: how to measure example boxes (``"auto"``, ``"fast"``, ``"exact"``; ``None`` = no boxes).
@@ -168,33 +179,29 @@ def collect_statistics(model, images: object, layers: str | Iterable[str], *, k:
             differently in the last bits).
 
     Returns:
-        :class:`DatasetStats`; unreadable images are listed in ``skipped``.
+        :class:`DatasetStats` (every number a CPU tensor); unreadable images are listed in ``skipped``.
     """
-    from ..models import LoadedModel
-
-    if not isinstance(model, LoadedModel):
-        raise CnnscopeError("collect_statistics() needs a LoadedModel; wrap a plain module with "
-                            "cnnscope.models.wrap(module, input_size, mean, std)")
-    source = open_source(images)
-    acc = StatisticsAccumulator(model, layers, k=k, bottom_k=bottom_k, band_samples=band_samples, bins=bins,
-                                seed=seed)
+    m = as_model(model)
+    src = open_source(source)
+    acc = StatisticsAccumulator(m, layers, pre_activation=pre_activation, k=k, bottom_k=bottom_k,
+                                band_samples=band_samples, bins=bins, seed=seed)
     receptive = None
     if receptive_field is not None:
-        receptive = receptive_fields(model.module, acc.layers, model.input_size, method=receptive_field,
-                                     progress=progress)
-    act_layers = [n for n in acc.layers if acc.pre[n]]
-    outputs = [n for n in acc.layers if not acc.pre[n] or acc.post[n] == "captured"]  # outputs that are read
+        receptive = receptive_fields(m.module, acc.layers, m.input_size, method=receptive_field, progress=progress)
+    outputs = [n for n in acc.layers if not pre_activation or acc.post[n] == "captured"]  # outputs that are read
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     with ExitStack() as stack:
         stack.enter_context(torch.no_grad())
-        stack.enter_context(evaluating(model.module))
-        pre_cap = stack.enter_context(Capture(model.module, act_layers, pre_activation=True, stop_early=False)
-                                      ) if act_layers else None
-        out_cap = stack.enter_context(Capture(model.module, outputs, stop_early=False)) if outputs else None
+        stack.enter_context(evaluating(m.module))
+        pre_cap = stack.enter_context(Capture(m.module, acc.layers, pre_activation=True, stop_early=False)
+                                      ) if pre_activation else None
+        out_cap = stack.enter_context(Capture(m.module, outputs, stop_early=False)) if outputs else None
         # the driver sees every layer and ends each forward after the deepest; its hooks are registered last, so
         # the captures above have recorded a layer before the driver stops there. It keeps references, no copies.
-        driver = stack.enter_context(Capture(model.module, acc.layers, clone=False))
-        for batch in iterate_batches(source, model, batch_size=batch_size, num_workers=num_workers,
-                                     progress=progress, description="statistics"):
+        driver = stack.enter_context(Capture(m.module, acc.layers, clone=False))
+        for batch in iterate_batches(m, src, batch_size=resolve_batch_size(batch_size, m.device, cpu=CPU_BATCH,
+                                                                           gpu=GPU_BATCH),
+                                     num_workers=num_workers, progress=progress, description="statistics"):
             if batch.skipped:
                 acc.skip(batch.skipped)
             if batch.ids.numel() == 0:
@@ -202,14 +209,16 @@ def collect_statistics(model, images: object, layers: str | Iterable[str], *, k:
             for cap in (pre_cap, out_cap):
                 if cap is not None:
                     cap.reset()
-            x = batch.tensor(model)
-            driver.run(x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format))
-            values = {n: pre_cap[n] if acc.pre[n] else out_cap[n] for n in acc.layers}  # type: ignore[index]
-            acc.add(batch.ids, values, {n: out_cap[n] for n in act_layers if acc.post[n] == "captured"})
-    return acc.result(source, receptive)
+            driver.run(batch.tensor(m).contiguous(memory_format=fmt))
+            if pre_cap is None:
+                acc.add(batch.ids, {n: out_cap[n] for n in acc.layers})  # type: ignore[index]
+            else:
+                acc.add(batch.ids, {n: pre_cap[n] for n in acc.layers},
+                        {n: out_cap[n] for n in outputs})  # type: ignore[index]
+    return acc.result(src, receptive)
 
 
-def crop(image: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int] | None = None,
+def crop(image: np.ndarray, box: tuple[int, int, int, int], *, size: tuple[int, int] | None = None,
          fill: int = 128) -> np.ndarray:
     """Cut ``box`` out of a fitted image; with ``size`` (the full receptive-field size) a box clipped by the image
     border is padded with ``fill`` on that side, so every crop shows the same scale.
@@ -232,29 +241,38 @@ def crop(image: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int
     return out
 
 
-def example_crops(examples: list[Example], source: object, model, pad: bool = True,
-                  rf: ReceptiveField | None = None) -> list[np.ndarray]:
-    """The receptive-field crops of some examples (``uint8 [h, w, 3]`` each), read again from their source.
+def example_crops(model: ModelLike, examples: list[Example], *, source: object, rf: ReceptiveField | None
+                  ) -> np.ndarray:
+    """The receptive-field crops of some examples, read again from their source and padded to the receptive
+    field's size where the border clipped them.
 
     Args:
+        model: the model of the pass (images are fitted to its input size the same way).
         examples: records from :meth:`DatasetStats.examples` / :meth:`DatasetStats.band_examples`.
         source: the source the statistics were collected from (the same ids).
-        model: the ``LoadedModel`` (images are fitted the same way as in the pass).
-        pad: pad border crops to the full receptive-field size (needs ``rf``).
         rf: the layer's :class:`ReceptiveField` (``stats[layer].rf``).
+
+    Returns:
+        ``uint8 [len(examples), h, w, 3]`` with ``(h, w) = rf.size``.
+
+    Raises:
+        CnnscopeError: ``rf`` is ``None`` (statistics collected with ``receptive_field=None`` have no boxes).
     """
+    m = as_model(model)
+    if rf is None:
+        raise CnnscopeError("these statistics have no receptive-field boxes (collected with receptive_field=None); "
+                            "collect them with receptive_field='auto' for crops")
     src = open_source(source)
-    size = rf.size if (pad and rf is not None) else None
     cache: dict[int, np.ndarray] = {}
-    out = []
-    for ex in examples:
+    out = np.zeros((len(examples),) + rf.size + (3,), np.uint8)
+    for i, ex in enumerate(examples):
         if ex.image_id not in cache:
-            cache[ex.image_id] = model.fit_image(src.load(ex.image_id))
-        out.append(crop(cache[ex.image_id], ex.box, size))
+            cache[ex.image_id] = m.fit_image(src.load(ex.image_id))
+        out[i] = crop(cache[ex.image_id], ex.box, size=rf.size)
     return out
 
 
-def crops(stats: DatasetStats, layer: str, channel: int, source: object, model, which: str = "top",
-          pad: bool = True) -> list[np.ndarray]:
-    """Receptive-field crops of a channel's ``top`` or ``bottom`` examples (best first)."""
-    return example_crops(stats.examples(layer, channel, which), source, model, pad=pad, rf=stats[layer].rf)
+def crops(model: ModelLike, stats: DatasetStats, layer: str, *, channel: int, source: object, which: str = "top"
+          ) -> np.ndarray:
+    """Receptive-field crops of a channel's ``top`` or ``bottom`` examples (best first), ``uint8 [k, h, w, 3]``."""
+    return example_crops(model, stats.examples(layer, channel, which), source=source, rf=stats[layer].rf)

@@ -20,21 +20,24 @@ import torch
 
 from ..capture import Capture, evaluating
 from ..errors import CnnscopeError, LayerError
+from ..models import ModelLike, as_model
 from .ranking import priorities
-from .sources import iterate_batches, open_source
+from .sources import iterate_batches
 
 NEGATIVE = ("clip", "abs", "error")
 
 
-def _nonnegative(values: np.ndarray, negative: str, layer: str) -> np.ndarray:
+def _nonnegative(values: torch.Tensor, negative: str, layer: str) -> np.ndarray:
+    """``[positions, C]`` activations as a non-negative ``float64`` matrix for scikit-learn."""
     if negative not in NEGATIVE:
         raise CnnscopeError(f"negative must be one of {NEGATIVE}, got {negative!r}")
-    if values.min(initial=0.0) < 0:
+    v = values.double().cpu()
+    if v.numel() and float(v.min()) < 0:
         if negative == "error":
             raise CnnscopeError(f"layer {layer!r} has negative values; NMF needs non-negative data (use a post-ReLU "
                                 "layer, or negative='clip' / 'abs')")
-        values = np.abs(values) if negative == "abs" else np.maximum(values, 0.0)
-    return values
+        v = v.abs() if negative == "abs" else v.clamp(min=0.0)
+    return v.numpy()
 
 
 def _nmf(v: np.ndarray, k: int, seed: int, max_iter: int):
@@ -46,7 +49,7 @@ def _nmf(v: np.ndarray, k: int, seed: int, max_iter: int):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning: the result is still a valid factorisation
         w = nmf.fit_transform(v)
-    return nmf, w.astype(np.float32), nmf.components_.astype(np.float32)
+    return nmf, torch.from_numpy(w.astype(np.float32)), torch.from_numpy(nmf.components_.astype(np.float32))
 
 
 def palette(k: int) -> np.ndarray:
@@ -57,21 +60,27 @@ def palette(k: int) -> np.ndarray:
     return np.array([cmap(i if k <= 10 else i / k)[:3] for i in range(k)])
 
 
+def top_channels(loadings: torch.Tensor, group: int, n: int = 8) -> list[tuple[int, float]]:
+    """The ``n`` channels with the largest loading in ``group``: ``[(channel, loading)]``."""
+    row = loadings[group]
+    return [(c, float(row[c])) for c in torch.argsort(-row, stable=True)[:n].tolist()]
+
+
 @dataclass
 class ImageFactors:
     """NMF of one image's activations.
 
     Attributes:
-        layer: the layer; image: the fitted ``uint8`` image the model saw.
-        spatial: ``float32 [k, h, w]``: how strongly each group is active at each position.
-        loadings: ``float32 [k, C]``: each group's channel loadings (non-negative).
+        layer: the layer; image: the fitted ``uint8 [H, W, 3]`` picture the model saw.
+        spatial: ``float32 [k, h, w]`` (CPU): how strongly each group is active at each position.
+        loadings: ``float32 [k, C]`` (CPU): each group's channel loadings (non-negative).
         error: Frobenius norm of ``V - W H``; relative_error: divided by ``|V|``.
     """
 
     layer: str
     image: np.ndarray
-    spatial: np.ndarray
-    loadings: np.ndarray
+    spatial: torch.Tensor
+    loadings: torch.Tensor
     error: float
     relative_error: float
 
@@ -81,13 +90,13 @@ class ImageFactors:
 
     def top_channels(self, group: int, n: int = 8) -> list[tuple[int, float]]:
         """The ``n`` channels with the largest loading in ``group``."""
-        order = np.argsort(-self.loadings[group], kind="stable")[:n]
-        return [(int(c), float(self.loadings[group, c])) for c in order]
+        return top_channels(self.loadings, group, n)
 
     def colored_map(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """``uint8 [h, w, 3]`` (or resized to ``size``): each position coloured by its groups' mix, brightness by
         the strongest group's activation relative to that group's maximum."""
-        a = self.spatial / np.maximum(self.spatial.reshape(self.k, -1).max(axis=1), 1e-12)[:, None, None]
+        sp = self.spatial.double().numpy()
+        a = sp / np.maximum(sp.reshape(self.k, -1).max(axis=1), 1e-12)[:, None, None]
         colors = palette(self.k)
         mix = np.einsum("khw,kc->hwc", a, colors) / np.maximum(a.sum(axis=0), 1e-12)[..., None]
         rgb = np.clip(mix * np.clip(a.max(axis=0), 0, 1)[..., None], 0, 1)
@@ -105,43 +114,51 @@ class ImageFactors:
         return np.clip(out, 0, 255).round().astype(np.uint8)
 
     def to_dict(self, n: int = 8) -> dict:
+        total = max(float(self.spatial.sum()), 1e-12)
         return {"layer": self.layer, "k": self.k, "error": self.error, "relative_error": self.relative_error,
                 "groups": [{"group": g, "color": palette(self.k)[g].tolist(),
-                            "share": float(self.spatial[g].sum() / max(self.spatial.sum(), 1e-12)),
+                            "share": float(self.spatial[g].sum()) / total,
                             "top_channels": [{"channel": c, "loading": v} for c, v in self.top_channels(g, n)]}
                            for g in range(self.k)]}
 
 
-def _layer_values(model, x: torch.Tensor, layer: str) -> torch.Tensor:
-    with torch.no_grad(), evaluating(model.module), Capture(model.module, layer) as cap:
-        cap.run(x)
+def _image_values(model: ModelLike, image: object, layer: str, pre_activation: bool
+                  ) -> tuple[np.ndarray, torch.Tensor]:
+    """``(fitted picture, [h*w, C] values of layer)`` for one image."""
+    m = as_model(model)
+    fitted = m.fit_image(image)
+    with torch.no_grad(), evaluating(m.module), Capture(m.module, layer, pre_activation=pre_activation) as cap:
+        cap.run(m.batch(fitted))
     v = cap[layer]
     if v.ndim != 4:
         raise LayerError(f"NMF needs a layer with [B, C, H, W] output; {layer!r} gives {tuple(v.shape)}")
-    return v
+    return fitted, v[0]
 
 
-def factorize_image(model, image: object, layer: str, k: int = 4, *, negative: str = "clip", seed: int = 0,
-                    max_iter: int = 500) -> ImageFactors:
+def _factors(layer: str, fitted: np.ndarray, v: torch.Tensor, wmat: torch.Tensor, hmat: torch.Tensor, error: float,
+             data: np.ndarray) -> ImageFactors:
+    k, (h, w) = hmat.shape[0], v.shape[1:]
+    return ImageFactors(layer=layer, image=fitted, spatial=wmat.T.reshape(k, h, w).contiguous(), loadings=hmat,
+                        error=error, relative_error=error / max(float(np.linalg.norm(data)), 1e-12))
+
+
+def factorize_image(model: ModelLike, image: object, layer: str, *, k: int = 4, pre_activation: bool = False,
+                    negative: str = "clip", seed: int = 0, max_iter: int = 500) -> ImageFactors:
     """Factorise the activations of ``layer`` on one image into ``k`` non-negative groups.
 
     Args:
-        model: a ``LoadedModel``.
-        image: a path, array or PIL image (fitted to the model's input size).
-        layer: any layer with a ``[B, C, h, w]`` output (activation modules: their output).
+        model: a ``LoadedModel`` or an ``nn.Module``.
+        image: one picture: a path, a ``uint8`` array or a PIL image (fitted to the model's input size).
+        layer: any layer with a ``[B, C, h, w]`` output.
         k: number of groups.
+        pre_activation: factorise the input of an activation module instead of the layer's output.
         negative: what to do with negative values (``"clip"``, ``"abs"`` or ``"error"``).
         seed: ``random_state`` of scikit-learn's NMF.
     """
-    fitted = model.fit_image(image)
-    v = _layer_values(model, model.preprocess(fitted), layer)[0]
-    c, h, w = v.shape
-    data = _nonnegative(v.permute(1, 2, 0).reshape(-1, c).double().cpu().numpy(), negative, layer)
+    fitted, v = _image_values(model, image, layer, pre_activation)
+    data = _nonnegative(v.permute(1, 2, 0).reshape(-1, v.shape[0]), negative, layer)
     nmf, wmat, hmat = _nmf(data, k, seed, max_iter)
-    norm = float(np.linalg.norm(data))
-    return ImageFactors(layer=layer, image=fitted, spatial=wmat.T.reshape(k, h, w), loadings=hmat,
-                        error=float(nmf.reconstruction_err_), relative_error=float(nmf.reconstruction_err_) /
-                        max(norm, 1e-12))
+    return _factors(layer, fitted, v, wmat, hmat, float(nmf.reconstruction_err_), data)
 
 
 @dataclass
@@ -149,18 +166,19 @@ class NeuronGroups:
     """NMF of many images' activations: ``k`` groups of channels.
 
     Attributes:
-        layer; loadings: ``float32 [k, C]``; error / relative_error: of the sampled matrix;
+        layer; loadings: ``float32 [k, C]`` (CPU); error / relative_error: of the sampled matrix;
         positions: how many positions were factorised (a uniform sample of at most ``max_positions``);
-        images: images read.
+        images: images read; pre_activation, negative: how the values were read and made non-negative.
     """
 
     layer: str
-    loadings: np.ndarray
+    loadings: torch.Tensor
     error: float
     relative_error: float
     positions: int
     images: int
     negative: str
+    pre_activation: bool = False
     model_nmf: object = None
 
     @property
@@ -168,62 +186,62 @@ class NeuronGroups:
         return int(self.loadings.shape[0])
 
     def top_channels(self, group: int, n: int = 8) -> list[tuple[int, float]]:
-        order = np.argsort(-self.loadings[group], kind="stable")[:n]
-        return [(int(c), float(self.loadings[group, c])) for c in order]
+        """The ``n`` channels with the largest loading in ``group``."""
+        return top_channels(self.loadings, group, n)
 
-    def transform(self, model, image: object) -> ImageFactors:
+    def transform(self, model: ModelLike, image: object) -> ImageFactors:
         """Where each group is active in ``image`` (the groups' loadings stay fixed)."""
-        fitted = model.fit_image(image)
-        v = _layer_values(model, model.preprocess(fitted), self.layer)[0]
-        c, h, w = v.shape
-        data = _nonnegative(v.permute(1, 2, 0).reshape(-1, c).double().cpu().numpy(), self.negative, self.layer)
+        fitted, v = _image_values(model, image, self.layer, self.pre_activation)
+        data = _nonnegative(v.permute(1, 2, 0).reshape(-1, v.shape[0]), self.negative, self.layer)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            wmat = self.model_nmf.transform(data).astype(np.float32)  # type: ignore[union-attr]
-        err = float(np.linalg.norm(data - wmat @ self.loadings))
-        return ImageFactors(layer=self.layer, image=fitted, spatial=wmat.T.reshape(self.k, h, w),
-                            loadings=self.loadings, error=err, relative_error=err / max(float(np.linalg.norm(data)),
-                                                                                          1e-12))
+            wmat = torch.from_numpy(self.model_nmf.transform(data).astype(np.float32))  # type: ignore[union-attr]
+        err = float(np.linalg.norm(data - wmat.double().numpy() @ self.loadings.double().numpy()))
+        return _factors(self.layer, fitted, v, wmat, self.loadings, err, data)
 
     def to_dict(self, n: int = 8) -> dict:
         return {"layer": self.layer, "k": self.k, "error": self.error, "relative_error": self.relative_error,
-                "positions": self.positions, "images": self.images,
+                "positions": self.positions, "images": self.images, "pre_activation": self.pre_activation,
                 "groups": [{"group": g, "top_channels": [{"channel": c, "loading": v}
                                                          for c, v in self.top_channels(g, n)]}
                            for g in range(self.k)]}
 
 
-def factorize_dataset(model, images: object, layer: str, k: int = 6, *, max_positions: int = 20000,
-                      negative: str = "clip", seed: int = 0, batch_size: int = 16, num_workers: int = 0,
-                      progress: bool = False, max_iter: int = 400) -> NeuronGroups:
+def factorize_dataset(model: ModelLike, source: object, layer: str, *, k: int = 6, pre_activation: bool = False,
+                      max_positions: int = 20000, negative: str = "clip", seed: int = 0, batch_size: int | None = None,
+                      num_workers: int = 0, progress: bool = False, max_iter: int = 400) -> NeuronGroups:
     """Find ``k`` groups of channels that are active together over many images.
 
     Memory is bounded: a uniform sample of at most ``max_positions`` positions is kept while streaming (the
     positions of smallest pseudo-random priority, as in the band samples of the statistics pass).
 
     Args:
-        model: a ``LoadedModel``; images: anything :func:`~cnnscope.dataset.sources.open_source` accepts.
+        model: a ``LoadedModel`` or an ``nn.Module``; source: anything
+            :func:`~cnnscope.dataset.sources.open_source` accepts.
         layer: a layer with ``[B, C, h, w]`` output; k: number of groups.
+        pre_activation: factorise the input of an activation module instead of the layer's output.
+        batch_size: images per forward pass (``None``: a default for the model's device).
     """
-    source = open_source(images)
+    m = as_model(model)
     kept: torch.Tensor | None = None
     kept_prio: torch.Tensor | None = None
     n_images = 0
-    with torch.no_grad(), evaluating(model.module), Capture(model.module, layer) as cap:
-        for batch in iterate_batches(source, model, batch_size=batch_size, num_workers=num_workers,
-                                     progress=progress, description="nmf"):
+    with torch.no_grad(), evaluating(m.module), Capture(m.module, layer, pre_activation=pre_activation) as cap:
+        for batch in iterate_batches(m, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                                     description="nmf"):
             if batch.ids.numel() == 0:
                 continue
-            cap.run(batch.tensor(model))
+            cap.run(batch.tensor(m))
             kept, kept_prio = _keep(cap[layer], batch.ids, kept, kept_prio, layer, max_positions, seed)
             n_images += int(batch.ids.numel())
     if kept is None:
         raise CnnscopeError("no image could be read for the NMF")
-    data = _nonnegative(kept.double().cpu().numpy(), negative, layer)
+    data = _nonnegative(kept, negative, layer)
     nmf, _, hmat = _nmf(data, k, seed, max_iter)
     return NeuronGroups(layer=layer, loadings=hmat, error=float(nmf.reconstruction_err_),
                         relative_error=float(nmf.reconstruction_err_) / max(float(np.linalg.norm(data)), 1e-12),
-                        positions=int(data.shape[0]), images=n_images, negative=negative, model_nmf=nmf)
+                        positions=int(data.shape[0]), images=n_images, negative=negative,
+                        pre_activation=pre_activation, model_nmf=nmf)
 
 
 def _keep(v: torch.Tensor, ids: torch.Tensor, kept: torch.Tensor | None, kept_prio: torch.Tensor | None, layer: str,

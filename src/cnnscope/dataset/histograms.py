@@ -179,30 +179,27 @@ class HistogramAccumulator:
         return flat, counts
 
 
-def remap(counts: np.ndarray, target: np.ndarray) -> np.ndarray:
+def remap(counts: torch.Tensor, target: np.ndarray) -> torch.Tensor:
     """Move every bin's count to ``target[bin]`` (see :meth:`LogBins.post_map`).
 
     Shape:
         - counts: ``[..., n_bins]``; output the same.
     """
-    order = np.argsort(target, kind="stable")
-    dest = target[order]
-    starts = np.flatnonzero(np.r_[True, dest[1:] != dest[:-1]])
-    out = np.zeros_like(counts)
-    out[..., dest[starts]] = np.add.reduceat(counts[..., order], starts, axis=-1)
-    return out
+    index = torch.as_tensor(target, dtype=torch.int64, device=counts.device)
+    return torch.zeros_like(counts).index_add_(-1, index, counts)
 
 
-def density(counts: np.ndarray, bins: LogBins) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Probability density per resolved bin: ``(centers, widths, density)``; small and overflow bins are dropped.
+def density(counts: torch.Tensor, bins: LogBins) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Probability density per resolved bin: ``(centers, widths, density)`` (``float64``, CPU); the small and
+    overflow bins are dropped.
 
     Shape:
         - counts: ``[n_bins]``; outputs: ``[2 * side]``.
     """
     lower, upper = bins.bin_bounds()
     keep = np.isfinite(lower) & np.isfinite(upper) & (np.abs(lower) > 0) & (np.abs(upper) > 0)
-    lo, hi = lower[keep], upper[keep]
+    lo, hi = torch.from_numpy(lower[keep]), torch.from_numpy(upper[keep])
     total = max(int(counts.sum()), 1)
     widths = hi - lo
-    centers = np.sign(lo + hi) * np.sqrt(lo * hi)
-    return centers, widths, counts[keep] / total / widths
+    centers = torch.sign(lo + hi) * torch.sqrt(lo * hi)
+    return centers, widths, counts.cpu()[torch.from_numpy(keep)].double() / total / widths

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from ..errors import CnnscopeError, LayerError, unknown
 from .histograms import LogBins
 from .ranking import Kept, select
 
-FORMAT = "cnnscope.dataset-stats/1"
+FORMAT = "cnnscope.dataset-stats/2"
 MAX_SKIPPED = 100
 
 
@@ -30,7 +32,7 @@ class Example:
         image_id: index of the image in its source.
         name: the image's name (path, ``chelsea#3``, ...).
         y, x: position in the layer's grid.
-        value: the unit's value there (pre-activation for activation layers).
+        value: the unit's value there (the layer's output, or its input with ``pre_activation``).
         box: ``(top, left, bottom, right)`` receptive-field box in the fitted input image (bottom/right exclusive).
     """
 
@@ -48,70 +50,75 @@ class Example:
 
 @dataclass
 class Examples:
-    """``k`` records per channel, best first; empty slots have ``image_ids == -1`` and ``NaN`` values.
+    """``k`` records per channel, best first; empty slots have ``image_ids == -1`` and ``NaN`` values (CPU tensors).
 
     Shape:
-        - values, image_ids, ys, xs: ``[C, k]`` (band samples: ``[C, bands, m]``); boxes: ``[..., 4]``;
-          priority (band samples only): same as values.
+        - values (``float32``), image_ids (``int64``), ys, xs (``int32``): ``[C, k]`` (band samples:
+          ``[C, bands, m]``); boxes (``int32``): ``[..., 4]``; priority (band samples only, ``int64``): as values.
     """
 
-    values: np.ndarray
-    image_ids: np.ndarray
-    ys: np.ndarray
-    xs: np.ndarray
-    boxes: np.ndarray
-    priority: np.ndarray | None = None
+    values: torch.Tensor
+    image_ids: torch.Tensor
+    ys: torch.Tensor
+    xs: torch.Tensor
+    boxes: torch.Tensor
+    priority: torch.Tensor | None = None
 
-    def keys(self, grid: tuple[int, int]) -> np.ndarray:
+    def keys(self, grid: tuple[int, int]) -> torch.Tensor:
+        """Global position keys ``image_id * h * w + y * w + x`` (``-1`` for empty slots)."""
         h, w = grid
-        return np.where(self.image_ids >= 0, self.image_ids * (h * w) + self.ys * w + self.xs, -1)
+        key = self.image_ids * (h * w) + self.ys.to(torch.int64) * w + self.xs.to(torch.int64)
+        return torch.where(self.image_ids >= 0, key, -1)
 
 
 def examples_from_kept(kept: Kept, grid: tuple[int, int], rf: ReceptiveField | None, shape: tuple[int, ...],
                        negate: bool = False) -> Examples:
-    """Convert ranked records (torch) to :class:`Examples` (numpy) with positions and boxes."""
+    """Convert ranked records to :class:`Examples` on the CPU, with positions and boxes."""
     h, w = grid
-    keys = kept.keys.cpu().numpy().reshape(shape)
+    keys = kept.keys.cpu().reshape(shape)
     filled = keys >= 0
-    ids = np.where(filled, keys // (h * w), -1)
-    pos = np.where(filled, keys % (h * w), 0)
-    ys, xs = (pos // w).astype(np.int32), (pos % w).astype(np.int32)
-    values = np.where(filled, kept.payload.cpu().numpy().reshape(shape), np.nan).astype(np.float32)
-    boxes = rf.boxes_at(ys, xs).astype(np.int32) if rf is not None else np.zeros(shape + (4,), np.int32)
+    ids = torch.where(filled, keys // (h * w), -1)
+    pos = torch.where(filled, keys % (h * w), 0)
+    ys, xs = (pos // w).to(torch.int32), (pos % w).to(torch.int32)
+    values = torch.where(filled, kept.payload.cpu().reshape(shape).float(), float("nan"))
+    if rf is not None:
+        boxes = torch.from_numpy(rf.boxes_at(ys.numpy(), xs.numpy()).astype(np.int32))
+    else:
+        boxes = torch.zeros(shape + (4,), dtype=torch.int32)
     boxes[~filled] = 0
     priority = None
     if negate:  # band samples: scores are negated priorities
-        priority = np.where(filled, -kept.scores.cpu().numpy().reshape(shape), -1).astype(np.int64)
-    return Examples(values, ids.astype(np.int64), ys, xs, boxes, priority)
+        priority = torch.where(filled, -kept.scores.cpu().reshape(shape).to(torch.int64), -1)
+    return Examples(values, ids, ys, xs, boxes, priority)
 
 
 def kept_from_examples(ex: Examples, grid: tuple[int, int], band: bool = False) -> tuple[torch.Tensor, ...]:
     """Flat ``(rows, scores, keys, payload)`` of the filled records, for merging with :func:`select`."""
     keys = ex.keys(grid)
-    rows_count = int(np.prod(keys.shape[:-1]))
+    rows_count = math.prod(keys.shape[:-1])
     keys2 = keys.reshape(rows_count, -1)
     filled = keys2 >= 0
-    rows = np.repeat(np.arange(rows_count), keys2.shape[1]).reshape(keys2.shape)[filled]
+    rows = torch.arange(rows_count)[:, None].expand_as(keys2)[filled]
     values = ex.values.reshape(rows_count, -1)[filled]
-    if band:
-        scores = -ex.priority.reshape(rows_count, -1)[filled]  # type: ignore[union-attr]
-    else:
-        scores = values
-    return (torch.from_numpy(rows), torch.from_numpy(np.ascontiguousarray(scores)),
-            torch.from_numpy(keys2[filled]), torch.from_numpy(values))
+    scores = -ex.priority.reshape(rows_count, -1)[filled] if band else values  # type: ignore[union-attr]
+    return rows, scores.contiguous(), keys2[filled], values
 
 
 @dataclass
 class Moments:
-    """Streaming mean and variance per channel (Chan et al.'s parallel update), as ``float64``."""
+    """Streaming mean and variance per channel (Chan et al.'s parallel update), ``float64`` CPU tensors."""
 
     count: int
-    mean: np.ndarray
-    m2: np.ndarray
+    mean: torch.Tensor
+    m2: torch.Tensor
+
+    @classmethod
+    def empty(cls, channels: int) -> Moments:
+        return cls(0, torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64))
 
     @property
-    def std(self) -> np.ndarray:
-        return np.sqrt(self.m2 / max(self.count, 1))
+    def std(self) -> torch.Tensor:
+        return torch.sqrt(self.m2 / max(self.count, 1))
 
     def merge(self, other: Moments) -> Moments:
         n = self.count + other.count
@@ -125,15 +132,17 @@ class Moments:
 
 @dataclass
 class LayerStats:
-    """Everything one pass learned about the channels of one layer.
+    """Everything one pass learned about the channels of one layer (every number a CPU tensor).
 
     Attributes:
         layer: dotted layer name.
-        pre_activation: whether ``values`` are the inputs of an activation module (pre-ReLU) rather than outputs.
+        pre_activation: whether the values are the inputs of the activation module (pre-ReLU) rather than the
+            layer's outputs.
         grid: ``(h, w)`` of the layer.
         top, bottom: the ``k`` largest / smallest values per channel (bottom: smallest first).
-        hist_pre, hist_post: ``int64 [C, n_bins]`` counts over ``bins`` of the values and of the layer's output.
-        moments_pre, moments_post: mean/std of the values and of the output.
+        hist: ``int64 [C, n_bins]`` counts of the values over ``bins``; hist_output: the same of the layer's
+            output (``hist`` itself unless ``pre_activation``).
+        moments, moments_output: mean/std of the values and of the output.
         positive: ``int64 [C]`` positions with value ``> 0``.
         minimum, maximum: ``float32 [C]``.
         bands: uniform samples per channel and sampling band (``[C, n_bands, m]``).
@@ -145,36 +154,40 @@ class LayerStats:
     grid: tuple[int, int]
     top: Examples
     bottom: Examples
-    hist_pre: np.ndarray
-    hist_post: np.ndarray
-    moments_pre: Moments
-    moments_post: Moments
-    positive: np.ndarray
-    minimum: np.ndarray
-    maximum: np.ndarray
+    hist: torch.Tensor
+    hist_output: torch.Tensor
+    moments: Moments
+    moments_output: Moments
+    positive: torch.Tensor
+    minimum: torch.Tensor
+    maximum: torch.Tensor
     bands: Examples
     rf: ReceptiveField | None = None
 
     @property
     def channels(self) -> int:
-        return int(self.hist_pre.shape[0])
+        return int(self.hist.shape[0])
 
     @property
     def count(self) -> int:
         """Positions seen per channel (images x h x w)."""
-        return self.moments_pre.count
+        return self.moments.count
 
     @property
-    def mean(self) -> np.ndarray:
-        return self.moments_pre.mean
+    def mean(self) -> torch.Tensor:
+        return self.moments.mean
 
     @property
-    def std(self) -> np.ndarray:
-        return self.moments_pre.std
+    def std(self) -> torch.Tensor:
+        return self.moments.std
 
     @property
-    def fraction_positive(self) -> np.ndarray:
-        return self.positive / max(self.count, 1)
+    def fraction_positive(self) -> torch.Tensor:
+        return self.positive.double() / max(self.count, 1)
+
+    def strongest(self, n: int) -> list[int]:
+        """The ``n`` channels with the largest maximum, strongest first."""
+        return torch.argsort(-self.maximum, stable=True)[:n].tolist()
 
     def check_channel(self, channel: int) -> int:
         if not 0 <= channel < self.channels:
@@ -225,14 +238,13 @@ class DatasetStats:
         if which not in ("top", "bottom"):
             raise CnnscopeError(unknown("example kind", which, ("top", "bottom")))
         ex = ls.top if which == "top" else ls.bottom
-        return self._records(ex, c, slice(None))
+        return self._records(ex.image_ids[c], ex.values[c], ex.ys[c], ex.xs[c], ex.boxes[c])
 
-    def _records(self, ex: Examples, c: int, index) -> list[Example]:
-        ids, vals = ex.image_ids[c][index], ex.values[c][index]
-        ys, xs, boxes = ex.ys[c][index], ex.xs[c][index], ex.boxes[c][index]
-        return [Example(int(i), self.names.get(int(i), f"image {int(i)}"), int(y), int(x), float(v),
-                        tuple(int(b) for b in box))  # type: ignore[arg-type]
-                for i, v, y, x, box in zip(ids, vals, ys, xs, boxes) if i >= 0]
+    def _records(self, ids: torch.Tensor, vals: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
+                 boxes: torch.Tensor) -> list[Example]:
+        return [Example(i, self.names.get(i, f"image {i}"), y, x, v, tuple(box))  # type: ignore[arg-type]
+                for i, v, y, x, box in zip(ids.tolist(), vals.tolist(), ys.tolist(), xs.tolist(), boxes.tolist())
+                if i >= 0]
 
     def band_examples(self, layer: str, channel: int, low: float, high: float, n: int | None = None
                       ) -> list[Example]:
@@ -246,19 +258,20 @@ class DatasetStats:
         c = ls.check_channel(channel)
         ex = ls.bands
         vals = ex.values[c].reshape(-1)
-        mask = (ex.image_ids[c].reshape(-1) >= 0) & (vals >= low) & (vals < high)
-        order = np.flatnonzero(mask)[np.argsort(ex.priority[c].reshape(-1)[mask], kind="stable")]
-        flat = Examples(ex.values[c].reshape(1, -1), ex.image_ids[c].reshape(1, -1), ex.ys[c].reshape(1, -1),
-                        ex.xs[c].reshape(1, -1), ex.boxes[c].reshape(1, -1, 4))
-        return self._records(flat, 0, order[:n] if n is not None else order)
+        ids = ex.image_ids[c].reshape(-1)
+        mask = (ids >= 0) & (vals >= low) & (vals < high)
+        inside = torch.nonzero(mask).squeeze(1)
+        order = inside[torch.argsort(ex.priority[c].reshape(-1)[inside], stable=True)][:n]  # type: ignore[index]
+        return self._records(ids[order], vals[order], ex.ys[c].reshape(-1)[order], ex.xs[c].reshape(-1)[order],
+                             ex.boxes[c].reshape(-1, 4)[order])
 
     def band_count(self, layer: str, channel: int, low: float, high: float) -> int:
         """How many positions had a value in ``[low, high)``, from the histogram (exact at bin edges)."""
         ls = self[layer]
         c = ls.check_channel(channel)
         lower, upper = self.bins.bin_bounds()
-        inside = (lower >= low) & (upper <= high)
-        return int(ls.hist_pre[c][inside].sum())
+        inside = torch.from_numpy((lower >= low) & (upper <= high))
+        return int(ls.hist[c][inside].sum())
 
     # -- merging ---------------------------------------------------------------------------------------
     def merge(self, other: DatasetStats) -> DatasetStats:
@@ -276,9 +289,8 @@ class DatasetStats:
                 if a0 < b1 and b0 < a1:
                     raise CnnscopeError(f"cannot merge statistics that both contain image ids {max(a0, b0)}.."
                                         f"{min(a1, b1) - 1}; merge passes over disjoint images")
-        layers = {name: _merge_layer(ls, other.layers[name], self) for name, ls in self.layers.items()}
-        used = {int(i) for ls in layers.values() for ex in (ls.top, ls.bottom, ls.bands)
-                for i in np.unique(ex.image_ids) if i >= 0}
+        layers = {name: _merge_layer(ls, other.layers[name]) for name, ls in self.layers.items()}
+        used = used_ids(layers.values())
         names = {i: n for i, n in {**self.names, **other.names}.items() if i in used}
         return replace(self, source={"kind": "merged", "parts": [self.source, other.source]},
                        images=self.images + other.images, id_ranges=merge_ranges(self.id_ranges + other.id_ranges),
@@ -297,16 +309,16 @@ class DatasetStats:
                 for f in fields(ex):
                     value = getattr(ex, f.name)
                     if value is not None:
-                        arrays[p + part + "_" + f.name] = value
-            for part in ("hist_pre", "hist_post", "positive", "minimum", "maximum"):
-                arrays[p + part] = getattr(ls, part)
-            for part in ("moments_pre", "moments_post"):
+                        arrays[p + part + "_" + f.name] = value.numpy()
+            for part in ("hist", "hist_output", "positive", "minimum", "maximum"):
+                arrays[p + part] = getattr(ls, part).numpy()
+            for part in ("moments", "moments_output"):
                 m = getattr(ls, part)
-                arrays[p + part + "_mean"], arrays[p + part + "_m2"] = m.mean, m.m2
+                arrays[p + part + "_mean"], arrays[p + part + "_m2"] = m.mean.numpy(), m.m2.numpy()
             if ls.rf is not None:
                 arrays[p + "rf_boxes"] = ls.rf.boxes
             layer_meta[name] = {"prefix": p, "pre_activation": ls.pre_activation, "grid": list(ls.grid),
-                                "count": ls.moments_pre.count, "count_post": ls.moments_post.count,
+                                "count": ls.moments.count, "count_output": ls.moments_output.count,
                                 "rf": None if ls.rf is None else {"method": ls.rf.method,
                                                                   "input_size": list(ls.rf.input_size)}}
         meta = {"format": FORMAT, "model": self.model, "input_size": list(self.input_size),
@@ -335,15 +347,19 @@ class DatasetStats:
             raise CnnscopeError(f"{path}: not a cnnscope statistics file ({exc})") from None
         if meta.get("format") != FORMAT:
             raise CnnscopeError(f"{path}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
+
+        def t(key: str) -> torch.Tensor:
+            return torch.from_numpy(data[key])
+
         layers = {}
         for name, lm in meta["layers"].items():
             p = lm["prefix"]
             grid = tuple(lm["grid"])
 
             def ex(part: str, p: str = p) -> Examples:
-                pr = data.get(p + part + "_priority")
-                return Examples(*(data[p + part + "_" + f] for f in ("values", "image_ids", "ys", "xs", "boxes")),
-                                priority=pr)
+                pr = p + part + "_priority"
+                return Examples(*(t(p + part + "_" + f) for f in ("values", "image_ids", "ys", "xs", "boxes")),
+                                priority=t(pr) if pr in data else None)
 
             rf = None
             if lm["rf"] is not None:
@@ -351,16 +367,22 @@ class DatasetStats:
                                     boxes=data[p + "rf_boxes"], method=lm["rf"]["method"])
             layers[name] = LayerStats(
                 layer=name, pre_activation=lm["pre_activation"], grid=grid, top=ex("top"), bottom=ex("bottom"),
-                hist_pre=data[p + "hist_pre"], hist_post=data[p + "hist_post"],
-                moments_pre=Moments(lm["count"], data[p + "moments_pre_mean"], data[p + "moments_pre_m2"]),
-                moments_post=Moments(lm["count_post"], data[p + "moments_post_mean"], data[p + "moments_post_m2"]),
-                positive=data[p + "positive"], minimum=data[p + "minimum"], maximum=data[p + "maximum"],
+                hist=t(p + "hist"), hist_output=t(p + "hist_output"),
+                moments=Moments(lm["count"], t(p + "moments_mean"), t(p + "moments_m2")),
+                moments_output=Moments(lm["count_output"], t(p + "moments_output_mean"), t(p + "moments_output_m2")),
+                positive=t(p + "positive"), minimum=t(p + "minimum"), maximum=t(p + "maximum"),
                 bands=ex("bands"), rf=rf)
         return cls(model=meta["model"], input_size=tuple(meta["input_size"]), resize_mode=meta["resize_mode"],
                    source=meta["source"], images=meta["images"], id_ranges=[tuple(r) for r in meta["id_ranges"]],
                    names={int(k): v for k, v in meta["names"].items()}, skipped=[tuple(s) for s in meta["skipped"]],
                    n_skipped=meta["n_skipped"], k=meta["k"], bottom_k=meta["bottom_k"],
                    band_samples=meta["band_samples"], seed=meta["seed"], bins=LogBins(**meta["bins"]), layers=layers)
+
+
+def used_ids(layers: Iterable[LayerStats]) -> set[int]:
+    """Image ids that some example (top, bottom or band sample) of these layers refers to."""
+    return {i for ls in layers for ex in (ls.top, ls.bottom, ls.bands) for i in torch.unique(ex.image_ids).tolist()
+            if i >= 0}
 
 
 def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -380,13 +402,12 @@ def _merge_examples(a: Examples, b: Examples, grid: tuple[int, int], rf: Recepti
     rows, scores, keys, payload = (torch.cat([p[i] for p in parts]) for i in range(4))
     if negate_scores:  # bottom-k ranks by -value
         scores = -scores
-    shape = a.values.shape
-    n_rows, m = int(np.prod(shape[:-1])), shape[-1]
-    kept = select(rows, scores, keys, payload, n_rows, m)
+    shape = tuple(a.values.shape)
+    kept = select(rows, scores, keys, payload, math.prod(shape[:-1]), shape[-1])
     return examples_from_kept(kept, grid, rf, shape, negate=band)
 
 
-def _merge_layer(a: LayerStats, b: LayerStats, owner: DatasetStats) -> LayerStats:
+def _merge_layer(a: LayerStats, b: LayerStats) -> LayerStats:
     if a.grid != b.grid or a.channels != b.channels or a.pre_activation != b.pre_activation:
         raise CnnscopeError(f"layer {a.layer!r} has different shapes in the two statistics")
     rf = a.rf or b.rf
@@ -394,7 +415,7 @@ def _merge_layer(a: LayerStats, b: LayerStats, owner: DatasetStats) -> LayerStat
         a, top=_merge_examples(a.top, b.top, a.grid, rf, False, False),
         bottom=_merge_examples(a.bottom, b.bottom, a.grid, rf, True, False),
         bands=_merge_examples(a.bands, b.bands, a.grid, rf, False, True),
-        hist_pre=a.hist_pre + b.hist_pre, hist_post=a.hist_post + b.hist_post,
-        moments_pre=a.moments_pre.merge(b.moments_pre), moments_post=a.moments_post.merge(b.moments_post),
-        positive=a.positive + b.positive, minimum=np.minimum(a.minimum, b.minimum),
-        maximum=np.maximum(a.maximum, b.maximum), rf=rf)
+        hist=a.hist + b.hist, hist_output=a.hist_output + b.hist_output,
+        moments=a.moments.merge(b.moments), moments_output=a.moments_output.merge(b.moments_output),
+        positive=a.positive + b.positive, minimum=torch.minimum(a.minimum, b.minimum),
+        maximum=torch.maximum(a.maximum, b.maximum), rf=rf)

@@ -7,8 +7,8 @@ workers, fits every image to the model's input size, and skips (and reports) any
 Example:
     >>> src = open_source("photos/")            # every image below photos/, recursively
     >>> src = open_source("samples:4")          # skimage photos, 4 random crops/flips each
-    >>> for batch in iterate_batches(src, model, batch_size=16):
-    ...     x = batch.tensor(model)              # normalised [B, 3, H, W] on the model's device
+    >>> for batch in iterate_batches(model, src, batch_size=16):
+    ...     x = batch.tensor(model)              # model-space [B, C, H, W] on the model's device
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..batching import resolve_batch_size, track
 from ..errors import CnnscopeError, ImageError
-from ..images import IMAGE_SUFFIXES, SAMPLE_NAMES, load_image, sample_images
+from ..images import IMAGE_SUFFIXES, SAMPLE_NAMES, load_image, sample_images, to_float
+from ..models import ModelLike, as_model
 
 GLOB_CHARS = "*?["
 MAX_REPORTED = 100
@@ -277,24 +279,18 @@ class Batch:
 
     Attributes:
         ids: image ids, ``int64 [B]``.
-        images: ``uint8 [B, H, W, 3]`` (CPU).
+        images: the fitted pictures, ``uint8 [B, H, W, 3]``.
         skipped: ``(name, reason)`` of the images of this step that could not be read.
-
-    Shape:
-        - images: ``[B, H, W, 3]``.
     """
 
     ids: torch.Tensor
-    images: torch.Tensor
+    images: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
-    def tensor(self, model) -> torch.Tensor:
-        """Normalised float ``[B, C, H, W]`` on the model's device (``model`` is a ``LoadedModel``)."""
-        x = self.images.to(model.device).permute(0, 3, 1, 2).float().div_(255.0)
-        if len(model.mean) == 1:  # single-channel model: ITU-R 601 luma, as LoadedModel.preprocess
-            w = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
-            x = (x * w).sum(1, keepdim=True)
-        return model.normalize(x)
+    def tensor(self, model: ModelLike) -> torch.Tensor:
+        """The pictures in the model's input space: ``[B, C, H, W]`` on its device, in its dtype."""
+        m = as_model(model)
+        return m.to_input(to_float(self.images, device=m.device)).to(m.dtype)
 
 
 class _Fitted(Dataset):
@@ -325,40 +321,34 @@ class _Collate:
         ok = [(i, a) for i, a, _ in items if a is not None]
         skipped = [(self.source.name(i), r) for i, a, r in items if a is None]
         if not ok:
-            return Batch(torch.zeros(0, dtype=torch.int64), torch.zeros(0, 1, 1, 3, dtype=torch.uint8), skipped)
+            return Batch(torch.zeros(0, dtype=torch.int64), np.zeros((0, 1, 1, 3), np.uint8), skipped)
         ids = torch.tensor([i for i, _ in ok], dtype=torch.int64)
-        images = torch.from_numpy(np.stack([a for _, a in ok]))
-        return Batch(ids, images, skipped)
+        return Batch(ids, np.stack([a for _, a in ok]), skipped)
 
 
-def fitter_of(model) -> object:
-    """A light, picklable copy of a ``LoadedModel`` that only fits images (for ``DataLoader`` workers)."""
-    return dataclasses.replace(model, module=nn.Identity(), labels=None, extra={})
+def fitter_of(model: ModelLike) -> object:
+    """A light, picklable copy of a model's ``LoadedModel`` that only fits images (for ``DataLoader`` workers)."""
+    return dataclasses.replace(as_model(model), module=nn.Identity(), labels=None, extra={})
 
 
-def iterate_batches(source: ImageSource, model, *, batch_size: int = 16, num_workers: int = 0,
+def iterate_batches(model: ModelLike, source: object, *, batch_size: int | None = None, num_workers: int = 0,
                     progress: bool = False, description: str = "images") -> Iterator[Batch]:
-    """Stream a source in batches of fitted images.
+    """Stream a source in batches of pictures fitted to the model's input size.
 
     Args:
-        source: an :class:`ImageSource` (see :func:`open_source`).
-        model: the ``LoadedModel`` whose ``input_size``/``resize_mode`` the images are fitted to.
-        batch_size: images per batch (memory bound).
+        model: the model whose ``input_size``/``resize_mode`` the images are fitted to (``Batch.tensor`` then
+            brings a batch into its input space).
+        source: anything :func:`open_source` accepts.
+        batch_size: images per batch (``None``: a default for the model's device).
         num_workers: ``DataLoader`` worker processes that read and resize images.
         progress: show a tqdm bar.
 
     Yields:
         :class:`Batch` objects in source order (a batch may be smaller when images were skipped).
     """
-    if batch_size < 1:
-        raise CnnscopeError(f"batch_size must be >= 1, got {batch_size}")
-    ids = source.ids()
-    loader = DataLoader(_Fitted(source, ids, fitter_of(model)), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_Collate(source),
-                        persistent_workers=False)
-    it: Iterable[Batch] = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(loader, total=len(loader), desc=description, unit="batch")
-    yield from it
+    m = as_model(model)
+    src = open_source(source)
+    size = resolve_batch_size(batch_size, m.device)
+    loader = DataLoader(_Fitted(src, src.ids(), fitter_of(m)), batch_size=size, shuffle=False,
+                        num_workers=num_workers, collate_fn=_Collate(src), persistent_workers=False)
+    yield from track(loader, progress, description, total=len(loader), unit="batch")

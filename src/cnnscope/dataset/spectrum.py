@@ -1,16 +1,17 @@
 """The activation spectrum of a unit (Cammarata et al., *Curve Detectors*, Distill 2020, Figs. 6, 7, 11, 12).
 
-From the statistics of one pass: the probability density of the pre-activation values (plotted on a log scale,
-where an exponential tail is a straight line), the contribution of each value to the expected value of the
-rectified activation, ``max(x, 0) * p(x)``, and how the positions split into activation bands, with uniform
-random examples per band (:meth:`DatasetStats.band_examples`).
+From the statistics of one pass (pre-activation values, as the article, when collected with ``pre_activation``):
+the probability density of the values (plotted on a log scale, where an exponential tail is a straight line), the
+contribution of each value to the expected value of the rectified activation, ``max(x, 0) * p(x)``, and how the
+positions split into activation bands, with uniform random examples per band (:meth:`DatasetStats.band_examples`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-import numpy as np
+import torch
 
 from .histograms import density
 from .results import DatasetStats, Example
@@ -40,13 +41,13 @@ class Band:
 
 @dataclass
 class Spectrum:
-    """Density and expected-value contribution of a unit's values, with its bands.
+    """Density and expected-value contribution of a unit's values, with its bands (``float64`` CPU tensors).
 
     Attributes:
-        centers, widths, density: per resolved histogram bin (``float [n]``) of the values (pre-activations for
-            activation layers).
+        centers, widths, density: per resolved histogram bin (``[n]``) of the values.
         contribution: ``max(center, 0) * density`` per bin.
-        post_density: density of the layer's output (post-activation) over the same bins.
+        output_density: density of the layer's output over the same bins (``density`` unless the values are
+            pre-activations).
         zero_fraction: share of positions with ``|x| < 2**min_exp`` (not in the density bins).
         linear_centers, linear_density, linear_contribution: the same on ``display_bins`` equal-width bins between
             the minimum and the maximum (log bins merged by their centres): smoother, what the figures show.
@@ -55,11 +56,11 @@ class Spectrum:
     layer: str
     channel: int
     pre_activation: bool
-    centers: np.ndarray
-    widths: np.ndarray
-    density: np.ndarray
-    contribution: np.ndarray
-    post_density: np.ndarray
+    centers: torch.Tensor
+    widths: torch.Tensor
+    density: torch.Tensor
+    contribution: torch.Tensor
+    output_density: torch.Tensor
     zero_fraction: float
     mean: float
     std: float
@@ -68,9 +69,9 @@ class Spectrum:
     maximum: float
     images: int
     bands: list[Band]
-    linear_centers: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    linear_density: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    linear_contribution: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    linear_centers: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    linear_density: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    linear_contribution: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
 
     def to_dict(self) -> dict:
         keep = self.density > 0
@@ -80,7 +81,7 @@ class Spectrum:
                 "zero_fraction": self.zero_fraction, "bands": [b.to_dict() for b in self.bands],
                 "bins": {"centers": self.centers[keep].tolist(), "widths": self.widths[keep].tolist(),
                          "density": self.density[keep].tolist(), "contribution": self.contribution[keep].tolist(),
-                         "post_density": self.post_density[keep].tolist()},
+                         "output_density": self.output_density[keep].tolist()},
                 "linear": {"centers": self.linear_centers.tolist(), "density": self.linear_density.tolist(),
                            "contribution": self.linear_contribution.tolist()}}
 
@@ -91,25 +92,25 @@ def article_bands(low: float, high: float) -> list[tuple[str, float, float]]:
     side the unit never reaches are left out."""
     out = []
     if high > 0:
-        out += [("strong", high / 2, float(np.nextafter(high, np.inf))), ("weak", 0.0, high / 2)]
+        out += [("strong", high / 2, math.nextafter(high, math.inf)), ("weak", 0.0, high / 2)]
     if low < 0:
         out += [("near zero / negative", low / 2, 0.0), ("strongly negative", low, low / 2)]
     return out
 
 
-def linear_density(centers: np.ndarray, mass: np.ndarray, low: float, high: float, bins: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def linear_density(centers: torch.Tensor, mass: torch.Tensor, low: float, high: float, bins: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge log-bin masses into ``bins`` equal-width bins on ``[low, high]`` by their centres: ``(centres,
     density)``."""
     if not high > low:
         high = low + 1e-6
-    edges = np.linspace(low, high, bins + 1)
-    idx = np.clip(np.searchsorted(edges, centers, side="right") - 1, 0, bins - 1)
-    merged = np.bincount(idx, weights=mass, minlength=bins)
+    edges = torch.linspace(low, high, bins + 1, dtype=torch.float64)
+    idx = (torch.searchsorted(edges, centers, right=True) - 1).clamp(0, bins - 1)
+    merged = torch.bincount(idx, weights=mass, minlength=bins)
     return (edges[:-1] + edges[1:]) / 2, merged / (edges[1] - edges[0])
 
 
-def spectrum(stats: DatasetStats, layer: str, channel: int, bands: list[tuple[str, float, float]] | None = None,
+def spectrum(stats: DatasetStats, layer: str, channel: int, *, bands: list[tuple[str, float, float]] | None = None,
              examples: int = 9, display_bins: int = 80) -> Spectrum:
     """The spectrum of unit ``channel`` of ``layer``.
 
@@ -119,28 +120,29 @@ def spectrum(stats: DatasetStats, layer: str, channel: int, bands: list[tuple[st
         examples: random examples kept per band.
 
     Band fractions and contributions come from the histogram, each bin counted in the band holding its centre
-    (exact when the band edges are bin edges, otherwise within one bin, about 9%).
+    (exact when the band edges are bin edges, otherwise within one bin).
     """
     ls = stats[layer]
     c = ls.check_channel(channel)
-    counts = ls.hist_pre[c]
+    counts = ls.hist[c]
     total = max(int(counts.sum()), 1)
     centers, widths, dens = density(counts, stats.bins)
-    _, _, post = density(ls.hist_post[c], stats.bins)
-    contribution = np.maximum(centers, 0.0) * dens
+    _, _, out_dens = density(ls.hist_output[c], stats.bins)
+    positive = centers.clamp(min=0.0)
+    contribution = positive * dens
     mass = dens * widths
-    expected = float((np.maximum(centers, 0.0) * mass).sum())
+    expected = float((positive * mass).sum())
     lo, hi = float(ls.minimum[c]), float(ls.maximum[c])
     out = []
     for label, a, b in (bands if bands is not None else article_bands(lo, hi)):
         inside = (centers >= a) & (centers < b)
-        share = float((np.maximum(centers[inside], 0.0) * mass[inside]).sum()) / expected if expected > 0 else 0.0
+        share = float((positive[inside] * mass[inside]).sum()) / expected if expected > 0 else 0.0
         out.append(Band(label=label, low=float(a), high=float(b), fraction=float(mass[inside].sum()),
                         contribution=share, examples=stats.band_examples(layer, c, a, b, examples)))
     lin_c, lin_d = linear_density(centers, mass, lo, hi, display_bins)
     return Spectrum(layer=layer, channel=c, pre_activation=ls.pre_activation, centers=centers, widths=widths,
-                    density=dens, contribution=contribution, post_density=post,
+                    density=dens, contribution=contribution, output_density=out_dens,
                     zero_fraction=1.0 - float(mass.sum()) - float(counts[[0, -1]].sum()) / total,
                     mean=float(ls.mean[c]), std=float(ls.std[c]), fraction_positive=float(ls.fraction_positive[c]),
                     minimum=lo, maximum=hi, images=stats.images, bands=out, linear_centers=lin_c,
-                    linear_density=lin_d, linear_contribution=np.maximum(lin_c, 0.0) * lin_d)
+                    linear_density=lin_d, linear_contribution=lin_c.clamp(min=0.0) * lin_d)

@@ -23,7 +23,7 @@ def _sheet(ax, crops: Sequence[np.ndarray], values: Sequence[float], title: str,
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=8)
-    if not crops:
+    if not len(crops):
         ax.text(0.5, 0.5, "no examples", ha="center", va="center", transform=ax.transAxes, fontsize=8)
         return
     ax.imshow(grid_image(_square(crops, side), cols=cols, pad=2))
@@ -63,8 +63,8 @@ def spectrum_figure(spec, band_crops: Sequence[Sequence[np.ndarray]] | None = No
     rows = 3 if band_crops is not None else 2
     fig = figure(7.0, 2.2 * rows + 0.4, dpi=110)
     what = "pre-activation" if spec.pre_activation else "activation"
-    keep = spec.linear_density > 0
-    x, dens, contrib = spec.linear_centers, spec.linear_density, spec.linear_contribution
+    x, dens, contrib = (t.numpy() for t in (spec.linear_centers, spec.linear_density, spec.linear_contribution))
+    keep = dens > 0
     ax = fig.add_subplot(rows, 1, 1)
     for band, color in zip(spec.bands, BAND_COLORS):
         ax.axvspan(band.low, band.high, color=color, alpha=0.15, linewidth=0)
@@ -112,8 +112,9 @@ def weights_figure(conn, n: int = 16) -> Figure:
     """A unit's incoming weights (``conn``: :class:`cnnscope.dataset.circuits.Connection`), strongest first: kernel
     heatmaps on one symmetric colour scale, or a signed bar chart for a pointwise (1x1) convolution."""
     order = conn.ranked(n)
-    w = conn.weights[order]
-    labels = [f"in {int(conn.inputs[i])}\n|w| {conn.norms[i]:.2f}" for i in order]
+    w = conn.weights[order].numpy()
+    norms = conn.norms.tolist()
+    labels = [f"in {int(conn.inputs[i])}\n|w| {norms[i]:.2f}" for i in order]
     title = f"{conn.layer}:{conn.channel} from {conn.conv}" + (f" (+{conn.norm} folded)" if conn.norm else "")
     if w.shape[1] * w.shape[2] == 1:
         fig = figure(max(3.5, 0.4 * len(order) + 1.5), 2.6, dpi=110)
@@ -143,7 +144,8 @@ def attribution_figure(image: np.ndarray, attr, box: tuple[int, int, int, int] |
     when the kernel is larger than 1x1."""
     conn = attr.connection
     top = attr.top(n)
-    spatial = attr.tensor.shape[1] * attr.tensor.shape[2] > 1
+    tensor = attr.tensor.cpu().numpy()
+    spatial = tensor.shape[1] * tensor.shape[2] > 1
     fig = figure(9.0 if spatial else 7.0, 3.0, dpi=110)
     ax = fig.add_subplot(1, 3 if spatial else 2, 1)
     ax.imshow(image)
@@ -158,7 +160,7 @@ def attribution_figure(image: np.ndarray, attr, box: tuple[int, int, int, int] |
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"{conn.layer}:{conn.channel} at {attr.position}\nvalue {attr.value:.3g} = bias "
-                 f"{conn.bias:.3g} + {attr.contributions.sum():.3g}", fontsize=7)
+                 f"{conn.bias:.3g} + {float(attr.contributions.sum()):.3g}", fontsize=7)
     ax2 = fig.add_subplot(1, 3 if spatial else 2, 2)
     vals = [v for _, v in top]
     ax2.barh(range(len(top)), vals, color=[NEG if v < 0 else POS for v in vals])
@@ -170,8 +172,8 @@ def attribution_figure(image: np.ndarray, attr, box: tuple[int, int, int, int] |
     ax2.tick_params(labelsize=6)
     if spatial:
         k = min(4, len(top))
-        index = {int(c): i for i, c in enumerate(conn.inputs)}
-        tensors = np.stack([attr.tensor[index[c]] for c, _ in top[:k]])
+        index = {c: i for i, c in enumerate(conn.inputs.tolist())}
+        tensors = np.stack([tensor[index[c]] for c, _ in top[:k]])
         vmax = float(np.abs(tensors).max()) or 1.0
         for i in range(k):
             axk = fig.add_subplot(2, 6, 5 + (i % 2) + 6 * (i // 2))
@@ -184,13 +186,13 @@ def attribution_figure(image: np.ndarray, attr, box: tuple[int, int, int, int] |
 
 
 def expanded_figure(ew, n: int = 16) -> Figure:
-    """Expanded weights (``ew``: :class:`cnnscope.dataset.circuits.ExpandedWeights`), strongest source channels."""
-    order = np.argsort(-ew.norms, kind="stable")[:n]
+    """Expanded weights (``ew``: :class:`cnnscope.dataset.circuits.ExpandedWeights`), strongest earlier channels."""
+    order = np.argsort(-ew.norms.numpy(), kind="stable")[:n]
     cols = min(8, len(order))
     rows = int(np.ceil(len(order) / cols))
     fig = figure(1.05 * cols + 0.8, 1.25 * rows + 0.5, dpi=110)
-    _kernel_grid(fig, ew.window[order], [f"{ew.source}:{i}" for i in order], rows, cols, title_size=5)
-    fig.suptitle(f"expanded weights {ew.source} -> {ew.target}:{ew.channel} at {ew.position} (linearised)",
+    _kernel_grid(fig, ew.window.numpy()[order], [f"{ew.from_layer}:{i}" for i in order], rows, cols, title_size=5)
+    fig.suptitle(f"expanded weights {ew.from_layer} -> {ew.layer}:{ew.channel} at {ew.position} (linearised)",
                  fontsize=8)
     return fig
 

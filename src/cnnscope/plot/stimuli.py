@@ -67,15 +67,15 @@ def stimulus_sheet(images: np.ndarray, orientations: Sequence[float], levels: Se
 
 
 def tuning_heatmaps(values: np.ndarray, orientations: Sequence[float], levels: Sequence[float],
-                    units: Sequence[int], *, param: str = "radius", in_std: bool = False, layer: str = "",
+                    channels: Sequence[int], *, param: str = "radius", in_std: bool = False, layer: str = "",
                     cols: int = 4) -> Figure:
-    """One orientation x ``param`` heatmap per unit, diverging around 0 (the dataset mean when ``in_std``).
+    """One orientation x ``param`` heatmap per channel, diverging around 0 (the dataset mean when ``in_std``).
 
     Shape:
         - values: ``[U, P, O]``.
     """
     v = np.asarray(values, float)
-    n = len(units)
+    n = len(channels)
     cols = max(1, min(cols, n))
     rows = math.ceil(n / cols)
     fig = figure(3.2 * cols + 0.6, 2.6 * rows + 0.4)
@@ -84,14 +84,14 @@ def tuning_heatmaps(values: np.ndarray, orientations: Sequence[float], levels: S
     norm = TwoSlopeNorm(0.0, min(lo, -1e-6), max(vmax, 1e-6)) if lo < 0 else Normalize(0.0, vmax)
     orient = np.asarray(orientations, float)
     im = None
-    for k, unit in enumerate(units):
+    for k, channel in enumerate(channels):
         ax = fig.add_subplot(rows, cols, k + 1)
         im = ax.imshow(v[k], aspect="auto", origin="lower", cmap="RdBu_r", norm=norm, interpolation="nearest")
         ticks = _every(len(orient), 6)
         ax.set_xticks(ticks, [f"{orient[i]:g}" for i in ticks], fontsize=7)
         _levels_ticks(ax, np.asarray(levels, float))
         ax.tick_params(labelsize=7)
-        ax.set_title(f"{layer}:{unit}" if layer else f"unit {unit}", fontsize=9)
+        ax.set_title(f"{layer}:{channel}" if layer else f"channel {channel}", fontsize=9)
         if k % cols == 0:
             ax.set_ylabel(param, fontsize=8)
         if k >= n - cols:
@@ -103,13 +103,13 @@ def tuning_heatmaps(values: np.ndarray, orientations: Sequence[float], levels: S
     return fig
 
 
-def radial_tuning_figure(curves: np.ndarray, orientations: Sequence[float], units: Sequence[int], *,
+def radial_tuning_figure(curves: np.ndarray, orientations: Sequence[float], channels: Sequence[int], *,
                          preferred: Sequence[float] | None = None, normalize: bool = True, period: float = 360.0,
                          title: str = "") -> Figure:
-    """Radial tuning curves of several units around one circle (the article's polar plots).
+    """Radial tuning curves of several channels around one circle (the article's polar plots).
 
-    Each unit is one closed curve, coloured by its preferred orientation; with ``normalize`` every curve is scaled
-    to its own peak so weak and strong units share the circle.
+    Each channel is one closed curve, coloured by its preferred orientation; with ``normalize`` every curve is
+    scaled to its own peak so weak and strong channels share the circle.
 
     Shape:
         - curves: ``[U, O]`` non-negative responses.
@@ -123,54 +123,57 @@ def radial_tuning_figure(curves: np.ndarray, orientations: Sequence[float], unit
     fig = figure(5.5, 5.5)
     ax = fig.add_subplot(1, 1, 1, projection="polar")
     closed = np.append(theta, theta[:1] + 2 * np.pi)
-    for k, unit in enumerate(units):
-        ax.plot(closed, np.append(c[k], c[k, :1]), color=colors[k], lw=1.5, label=str(unit))
+    for k, channel in enumerate(channels):
+        ax.plot(closed, np.append(c[k], c[k, :1]), color=colors[k], lw=1.5, label=str(channel))
     ax.set_yticklabels([])
-    if len(units) <= 16:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, title="unit", title_fontsize=8)
-    ax.set_title(title or ("radial tuning (each unit scaled to its peak)" if normalize else "radial tuning"),
+    if len(channels) <= 16:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, title="channel", title_fontsize=8)
+    ax.set_title(title or ("radial tuning (each channel scaled to its peak)" if normalize else "radial tuning"),
                  fontsize=10)
     return fig
 
 
-def joint_tuning_figure(angles: np.ndarray, curves: np.ndarray, sources: Sequence[int], units: Sequence[int], *,
-                        unit_orientations: Sequence[float] | None = None, in_std: bool = False,
+def joint_tuning_figure(angles: np.ndarray, curves: np.ndarray, sources: Sequence[int], channels: Sequence[int], *,
+                        orientations: Sequence[float] | None = None, in_std: bool = False,
                         aligned: bool = True, cols: int = 4) -> Figure:
-    """Joint tuning curves: for each source unit's rotated examples, every recorded unit's mean response.
+    """Joint tuning curves: for each source channel's rotated examples, every recorded channel's mean response.
+
+    ``orientations``: each recorded channel's preferred orientation (its colour).
 
     Shape:
         - angles: ``[A]`` degrees; curves: ``[S, A, U]``.
     """
     a = np.asarray(angles, float)
+    curves = np.asarray(curves, float)
     wrapped = (a + 180.0) % 360.0 - 180.0
     order = np.argsort(wrapped)
     s = len(sources)
     cols = max(1, min(cols, s))
     rows = math.ceil(s / cols)
     fig = figure(3.4 * cols + 1.4, 2.5 * rows + 0.4)
-    pref = np.asarray(unit_orientations, float) if unit_orientations is not None else \
-        np.linspace(0.0, 360.0, len(units), endpoint=False)
+    pref = np.asarray(orientations, float) if orientations is not None else \
+        np.linspace(0.0, 360.0, len(channels), endpoint=False)
     colors = _hue(pref, 360.0)
     for k, src in enumerate(sources):
         ax = fig.add_subplot(rows, cols, k + 1)
-        for j, unit in enumerate(units):
-            lw = 2.2 if unit == src else 1.0
-            ax.plot(wrapped[order], curves[k][order, j], color=colors[j], lw=lw, label=str(unit))
+        for j, channel in enumerate(channels):
+            lw = 2.2 if channel == src else 1.0
+            ax.plot(wrapped[order], curves[k][order, j], color=colors[j], lw=lw, label=str(channel))
         ax.axhline(0.0, color="0.6", lw=0.6)
-        ax.set_title(f"examples of unit {src}", fontsize=9)
+        ax.set_title(f"examples of channel {src}", fontsize=9)
         ax.set_xticks([-180, -90, 0, 90, 180])
         ax.tick_params(labelsize=7)
         if k >= s - cols:
             ax.set_xlabel("rotation from peak (deg)" if aligned else "rotation (deg)", fontsize=8)
         if k % cols == 0:
             ax.set_ylabel("std above mean" if in_std else "activation", fontsize=8)
-    if len(units) <= 16 and fig.axes:
-        fig.axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, title="unit",
+    if len(channels) <= 16 and fig.axes:
+        fig.axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, title="channel",
                             title_fontsize=8)
     return fig
 
 
-def family_figure(units: Sequence[int], preferred: Sequence[float], strength: Sequence[float],
+def family_figure(channels: Sequence[int], preferred: Sequence[float], strength: Sequence[float],
                   selectivity: Sequence[float], radial: np.ndarray, orientations: Sequence[float], *,
                   layer: str = "", period: float = 360.0) -> Figure:
     """A family overview: its radial tuning curves on one circle, and each member's strength and selectivity.
@@ -185,16 +188,38 @@ def family_figure(units: Sequence[int], preferred: Sequence[float], strength: Se
     theta = np.radians(np.asarray(orientations, float))
     closed = np.append(theta, theta[:1] + 2 * np.pi)
     colors = _hue(np.asarray(preferred, float), period)
-    for k in range(len(units)):
+    for k in range(len(channels)):
         ax.plot(closed, np.append(c[k], c[k, :1]), color=colors[k], lw=1.4)
     ax.set_yticklabels([])
-    ax.set_title(f"{layer} family: {len(units)} units" if layer else f"family: {len(units)} units", fontsize=10)
+    ax.set_title(f"{layer} family: {len(channels)} channels" if layer else f"family: {len(channels)} channels",
+                 fontsize=10)
     bx = fig.add_subplot(1, 2, 2)
-    x = np.arange(len(units))
-    bx.bar(x, strength, color=colors)
-    bx.set_xticks(x, [f"{u}\n{p:g}°" for u, p in zip(units, preferred)], fontsize=7)
+    x = np.arange(len(channels))
+    bx.bar(x, np.asarray(strength, float), color=colors)
+    bx.set_xticks(x, [f"{u}\n{p:g}°" for u, p in zip(channels, np.asarray(preferred, float))], fontsize=7)
     bx.set_ylabel("strength (selectivity x depth)", fontsize=8)
     for k, s in enumerate(selectivity):
         bx.text(k, 0, f"{s:.2f}", ha="center", va="bottom", fontsize=6, rotation=90, color="white")
-    bx.set_xlabel("unit / preferred orientation (ordered by orientation)", fontsize=8)
+    bx.set_xlabel("channel / preferred orientation (ordered by orientation)", fontsize=8)
     return fig
+
+
+def tuning_report_figures(report) -> dict[str, Figure]:
+    """The figures of a :class:`cnnscope.stimuli.TuningReport`: ``heatmaps``, ``radial``, ``family`` and, with
+    joint tuning curves, ``joint``."""
+    tmap, fam = report.tuning, report.family
+    channels = fam.channels
+    shown = tmap.values[[tmap.index(c) for c in channels]]
+    figs = {"heatmaps": tuning_heatmaps(shown, tmap.orientations, tmap.levels, channels, param=tmap.param,
+                                        in_std=tmap.in_std, layer=report.layer),
+            "radial": radial_tuning_figure(fam.radial, fam.orientations, channels, preferred=fam.stats.preferred,
+                                           period=fam.period),
+            "family": family_figure(channels, fam.stats.preferred, fam.stats.strength, fam.stats.selectivity,
+                                    fam.radial, fam.orientations, layer=report.layer, period=fam.period)}
+    if report.joint is not None:
+        jt = report.joint
+        recorded = jt.channels.tolist()
+        pref = [float(fam.stats.preferred[channels.index(c)]) for c in recorded]
+        figs["joint"] = joint_tuning_figure(jt.angles, jt.curves, jt.sources.tolist(), recorded, orientations=pref,
+                                            in_std=jt.in_std, aligned=jt.aligned)
+    return figs

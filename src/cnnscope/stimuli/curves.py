@@ -14,7 +14,12 @@ Conventions (shared by every kind):
   the line itself (180 degree period).
 * Rendering is anti-aliased by analytic coverage: every sample of a pixel's ``supersample x supersample`` grid
   computes the exact distance to the shape and the fraction of a sample-sized box that the stroke (or the
-  filled region) covers across the boundary; the pixel is the mean of its samples.
+  filled region) covers across the boundary; the pixel is the mean of its samples. :func:`draw` returns these
+  exact values (what the tuning measurements feed the model), :func:`render` the ``uint8`` pictures.
+
+A stimulus kind is one class decorated with :func:`register_stimulus`: a frozen keyword-only dataclass with a
+``kind`` name, a ``sweep_param``, an ``outline()`` (its bounding points) and a ``distance()`` (the exact distance
+of sample points to the shape).
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from ..errors import CnnscopeError, MethodError, unknown
+from ..errors import CnnscopeError, unknown
+from ..images import to_uint8
+from ..registry import Registry
 
 Color = tuple[float, float, float]
 BLACK: Color = (0.0, 0.0, 0.0)
@@ -37,6 +44,31 @@ def _color(value: Sequence[float], name: str) -> Color:
     if len(c) != 3 or not all(0.0 <= v <= 1.0 for v in c):
         raise CnnscopeError(f"{name} must be three numbers in [0, 1] (RGB), got {value!r}")
     return c  # type: ignore[return-value]
+
+
+# -- geometry (numpy, broadcasting over [n, 1, 1] parameters and [1, h, w] samples) -------------------------------
+def _segment_distance(px: np.ndarray, py: np.ndarray, ax: np.ndarray, ay: np.ndarray, bx: np.ndarray,
+                      by: np.ndarray) -> np.ndarray:
+    dx, dy = bx - ax, by - ay
+    length2 = np.maximum(dx * dx + dy * dy, 1e-12)
+    t = np.clip(((px - ax) * dx + (py - ay) * dy) / length2, 0.0, 1.0)
+    return np.hypot(px - ax - t * dx, py - ay - t * dy)
+
+
+def _arc_distance(px: np.ndarray, py: np.ndarray, cx: np.ndarray, cy: np.ndarray, r: np.ndarray,
+                  mid: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """Distance to the arc of centre ``c``, radius ``r`` spanning ``mid +- half`` (radians, ``half <= pi``)."""
+    vx, vy = px - cx, py - cy
+    rho = np.hypot(vx, vy)
+    # inside the arc's wedge <=> the angle between v and the mid direction is at most ``half``
+    within = vx * np.cos(mid) + vy * np.sin(mid) >= rho * np.cos(half)
+    ends = np.minimum(np.hypot(vx - r * np.cos(mid + half), vy - r * np.sin(mid + half)),
+                      np.hypot(vx - r * np.cos(mid - half), vy - r * np.sin(mid - half)))
+    return np.where(within, np.abs(rho - r), ends)
+
+
+def _params(items: Sequence[Stimulus], *names: str) -> list[np.ndarray]:
+    return [np.array([float(getattr(s, n)) for s in items], np.float32)[:, None, None] for n in names]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,15 +101,31 @@ class Stimulus:
         """A copy with some parameters changed."""
         return replace(self, **changes)
 
-    @property
-    def filled_shape(self) -> bool:
-        return bool(getattr(self, "filled", False))
-
     def outline(self) -> np.ndarray:
         """Points ``[n, 2]`` (x, y up, around the reference point) whose bounding box holds the shape."""
         raise NotImplementedError
 
+    @staticmethod
+    def distance(items: Sequence[Stimulus], px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Distance of sample points to each shape, and for filled shapes which points are inside.
 
+        Args:
+            items: stimuli of this kind; their parameters broadcast as ``[n, 1, 1]``.
+            px, py: sample coordinates (x right, y up, around the reference point), broadcastable to ``[1, h, w]``.
+
+        Returns:
+            ``(distance [n, h, w], inside [n, h, w] or None for a stroked shape)``.
+        """
+        raise NotImplementedError
+
+
+#: the registry of stimulus kinds (name: the class's ``kind``)
+STIMULI: Registry[type[Stimulus]] = Registry("stimulus kind", package="cnnscope.stimuli", name_attr="kind")
+#: class decorator adding a stimulus kind to :data:`STIMULI`
+register_stimulus = STIMULI.register
+
+
+@register_stimulus
 @dataclass(frozen=True, kw_only=True)
 class Curve(Stimulus):
     """An arc of a circle.
@@ -115,7 +163,26 @@ class Curve(Stimulus):
         phi = np.linspace(t - half, t + half, 513)
         return np.stack([self.radius * (np.cos(phi) - math.cos(t)), self.radius * (np.sin(phi) - math.sin(t))], 1)
 
+    @staticmethod
+    def distance(items: Sequence[Curve], px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        theta, r, span = _params(items, "orientation", "radius", "span")
+        theta, half = np.radians(theta), np.radians(span) / 2
+        ux, uy = np.cos(theta), np.sin(theta)
+        cx, cy = -r * ux, -r * uy
+        d = _arc_distance(px, py, cx, cy, r, theta, half)
+        if not items[0].filled:
+            return d, None
+        # filled: the circular segment between the arc and its chord
+        chord = _segment_distance(px, py, cx + r * np.cos(theta + half), cy + r * np.sin(theta + half),
+                                  cx + r * np.cos(theta - half), cy + r * np.sin(theta - half))
+        full = half >= np.pi - 1e-9
+        d = np.where(full, d, np.minimum(d, chord))
+        vx, vy = px - cx, py - cy
+        inside = (np.hypot(vx, vy) < r) & (full | (vx * ux + vy * uy > r * np.cos(half)))
+        return d, inside
 
+
+@register_stimulus
 @dataclass(frozen=True, kw_only=True)
 class Angle(Stimulus):
     """Two straight arms meeting at a corner, optionally rounded by a circular fillet.
@@ -160,7 +227,25 @@ class Angle(Stimulus):
                 for sg in (1.0, -1.0)]
         return np.stack([v, *ends])
 
+    @staticmethod
+    def distance(items: Sequence[Angle], px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, None]:
+        theta, opening, rho, arm = _params(items, "orientation", "opening", "corner_radius", "arm")
+        theta, half_open = np.radians(theta), np.radians(opening) / 2
+        ux, uy = np.cos(theta), np.sin(theta)
+        to_center = rho / np.sin(half_open)  # sharp corner -> fillet centre
+        vx, vy = (to_center - rho) * ux, (to_center - rho) * uy  # the sharp corner; the apex is at the origin
+        fx, fy = vx - to_center * ux, vy - to_center * uy
+        tangent = rho / np.tan(half_open)
+        d = _arc_distance(px, py, fx, fy, rho, theta, np.pi / 2 - half_open)
+        for sign in (1.0, -1.0):
+            back = theta + np.pi + sign * half_open  # direction of one arm, from the corner
+            bx, by = np.cos(back), np.sin(back)
+            d = np.minimum(d, _segment_distance(px, py, vx + tangent * bx, vy + tangent * by, vx + arm * bx,
+                                                vy + arm * by))
+        return d, None
 
+
+@register_stimulus
 @dataclass(frozen=True, kw_only=True)
 class Line(Stimulus):
     """A straight segment through the centre.
@@ -188,16 +273,17 @@ class Line(Stimulus):
         e = np.array([math.cos(t), math.sin(t)]) * self.length / 2
         return np.stack([-e, e])
 
-
-#: the registry of stimulus kinds
-STIMULI: dict[str, type[Stimulus]] = {"curve": Curve, "angle": Angle, "line": Line}
+    @staticmethod
+    def distance(items: Sequence[Line], px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, None]:
+        theta, length = _params(items, "orientation", "length")
+        theta = np.radians(theta)
+        hx, hy = np.cos(theta) * length / 2, np.sin(theta) * length / 2
+        return _segment_distance(px, py, -hx, -hy, hx, hy), None
 
 
 def stimulus_class(kind: str) -> type[Stimulus]:
     """The stimulus class registered as ``kind`` (close matches on a typo)."""
-    if kind not in STIMULI:
-        raise MethodError(unknown("stimulus kind", kind, STIMULI))
-    return STIMULI[kind]
+    return STIMULI.get(kind)
 
 
 def make_stimulus(kind: str, **params: object) -> Stimulus:
@@ -210,96 +296,27 @@ def make_stimulus(kind: str, **params: object) -> Stimulus:
     return cls(**params)  # type: ignore[arg-type]
 
 
-def grid(kind: str, orientations: Sequence[float], values: Sequence[float], param: str | None = None,
+def grid(kind: str, orientations: Sequence[float], levels: Sequence[float], *, param: str | None = None,
          **fixed: object) -> list[Stimulus]:
-    """Stimuli for every ``(value, orientation)`` pair, values in the outer loop.
+    """Stimuli for every ``(level, orientation)`` pair, levels in the outer loop.
 
     Args:
-        kind: a key of :data:`STIMULI`.
+        kind: a name in :data:`STIMULI`.
         orientations: orientations in degrees.
-        values: values of ``param``.
+        levels: values of ``param``.
         param: the swept parameter (default: the kind's ``sweep_param``, e.g. a curve's ``radius``).
         **fixed: other parameters shared by all stimuli.
 
     Returns:
-        ``len(values) * len(orientations)`` stimuli, index ``i * len(orientations) + j`` holding
-        ``values[i]`` and ``orientations[j]``.
+        ``len(levels) * len(orientations)`` stimuli, index ``i * len(orientations) + j`` holding
+        ``levels[i]`` and ``orientations[j]``.
     """
     param = param or stimulus_class(kind).sweep_param
     return [make_stimulus(kind, **{**fixed, param: float(v), "orientation": float(o)})
-            for v in values for o in orientations]
+            for v in levels for o in orientations]
 
 
-# -- geometry (numpy, broadcasting over [n, 1, 1] parameters and [1, h, w] samples) -------------------------------
-def _segment_distance(px: np.ndarray, py: np.ndarray, ax: np.ndarray, ay: np.ndarray, bx: np.ndarray,
-                      by: np.ndarray) -> np.ndarray:
-    dx, dy = bx - ax, by - ay
-    length2 = np.maximum(dx * dx + dy * dy, 1e-12)
-    t = np.clip(((px - ax) * dx + (py - ay) * dy) / length2, 0.0, 1.0)
-    return np.hypot(px - ax - t * dx, py - ay - t * dy)
-
-
-def _arc_distance(px: np.ndarray, py: np.ndarray, cx: np.ndarray, cy: np.ndarray, r: np.ndarray,
-                  mid: np.ndarray, half: np.ndarray) -> np.ndarray:
-    """Distance to the arc of centre ``c``, radius ``r`` spanning ``mid +- half`` (radians, ``half <= pi``)."""
-    vx, vy = px - cx, py - cy
-    rho = np.hypot(vx, vy)
-    # inside the arc's wedge <=> the angle between v and the mid direction is at most ``half``
-    within = vx * np.cos(mid) + vy * np.sin(mid) >= rho * np.cos(half)
-    ends = np.minimum(np.hypot(vx - r * np.cos(mid + half), vy - r * np.sin(mid + half)),
-                      np.hypot(vx - r * np.cos(mid - half), vy - r * np.sin(mid - half)))
-    return np.where(within, np.abs(rho - r), ends)
-
-
-def _params(items: Sequence[Stimulus], *names: str) -> list[np.ndarray]:
-    return [np.array([float(getattr(s, n)) for s in items], np.float32)[:, None, None] for n in names]
-
-
-def _curve_distance(items: Sequence[Curve], px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    theta, r, span = _params(items, "orientation", "radius", "span")
-    theta, half = np.radians(theta), np.radians(span) / 2
-    ux, uy = np.cos(theta), np.sin(theta)
-    cx, cy = -r * ux, -r * uy
-    d = _arc_distance(px, py, cx, cy, r, theta, half)
-    if not items[0].filled:
-        return d, None
-    # filled: the circular segment between the arc and its chord
-    chord = _segment_distance(px, py, cx + r * np.cos(theta + half), cy + r * np.sin(theta + half),
-                              cx + r * np.cos(theta - half), cy + r * np.sin(theta - half))
-    full = half >= np.pi - 1e-9
-    d = np.where(full, d, np.minimum(d, chord))
-    vx, vy = px - cx, py - cy
-    inside = (np.hypot(vx, vy) < r) & (full | (vx * ux + vy * uy > r * np.cos(half)))
-    return d, inside
-
-
-def _angle_distance(items: Sequence[Angle], px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, None]:
-    theta, opening, rho, arm = _params(items, "orientation", "opening", "corner_radius", "arm")
-    theta, half_open = np.radians(theta), np.radians(opening) / 2
-    ux, uy = np.cos(theta), np.sin(theta)
-    to_center = rho / np.sin(half_open)  # sharp corner -> fillet centre
-    vx, vy = (to_center - rho) * ux, (to_center - rho) * uy  # the sharp corner; the apex is at the origin
-    fx, fy = vx - to_center * ux, vy - to_center * uy
-    tangent = rho / np.tan(half_open)
-    d = _arc_distance(px, py, fx, fy, rho, theta, np.pi / 2 - half_open)
-    for sign in (1.0, -1.0):
-        back = theta + np.pi + sign * half_open  # direction of one arm, from the corner
-        bx, by = np.cos(back), np.sin(back)
-        d = np.minimum(d, _segment_distance(px, py, vx + tangent * bx, vy + tangent * by, vx + arm * bx,
-                                            vy + arm * by))
-    return d, None
-
-
-def _line_distance(items: Sequence[Line], px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, None]:
-    theta, length = _params(items, "orientation", "length")
-    theta = np.radians(theta)
-    hx, hy = np.cos(theta) * length / 2, np.sin(theta) * length / 2
-    return _segment_distance(px, py, -hx, -hy, hx, hy), None
-
-
-_DISTANCES = {"curve": _curve_distance, "angle": _angle_distance, "line": _line_distance}
-
-
+# -- rendering (only each shape's bounding box is evaluated) -------------------------------------------------------
 def _coverage(dist: np.ndarray, inside: np.ndarray | None, width: np.ndarray, h: float) -> np.ndarray:
     """Fraction of a sample box of half-size ``h`` covered by the stroke (or by the filled region)."""
     if inside is None:  # stroke of half-width a around the path, sample box [d - h, d + h] along the normal
@@ -328,15 +345,16 @@ def _coverage_map(stim: Stimulus, size: tuple[int, int], supersample: int, offse
     r0, r1, c0, c1 = window
     px = ((np.arange(c0 * s, c1 * s) + 0.5) / s - w / 2 - offset[0]).astype(np.float32)[None, None, :]
     py = (h / 2 - (np.arange(r0 * s, r1 * s) + 0.5) / s - offset[1]).astype(np.float32)[None, :, None]
-    dist, inside = _DISTANCES[stim.kind]([stim], px, py)
+    dist, inside = type(stim).distance([stim], px, py)
     cov = _coverage(dist[0], None if inside is None else inside[0], np.float32(stim.width), 0.5 / s)
     return cov.reshape(r1 - r0, s, c1 - c0, s).mean(axis=(1, 3))
 
 
-def render(stimuli: Stimulus | Sequence[Stimulus], size: int | tuple[int, int] = 64, *, supersample: int = 3,
-           offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
-    """Draw stimuli into RGB images.
+def draw(stimuli: Stimulus | Sequence[Stimulus], size: int | tuple[int, int] = 64, *, supersample: int = 3,
+         offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Draw stimuli with their exact anti-aliased coverage, as ``float32`` RGB values in [0, 1].
 
+    This is what the tuning measurements feed the model (no rounding to 8 bits); :func:`render` gives pictures.
     Only the bounding box of each shape is evaluated, so small shapes in large images are cheap.
 
     Args:
@@ -345,9 +363,6 @@ def render(stimuli: Stimulus | Sequence[Stimulus], size: int | tuple[int, int] =
         supersample: samples per pixel side (1 = one analytic-coverage sample at the pixel centre).
         offset: shift of every shape's reference point from the image centre, ``(x right, y up)`` pixels.
 
-    Returns:
-        ``float32`` array in [0, 1].
-
     Shape:
         - Output: ``[N, H, W, 3]`` (``[H, W, 3]`` for a single stimulus).
     """
@@ -355,10 +370,11 @@ def render(stimuli: Stimulus | Sequence[Stimulus], size: int | tuple[int, int] =
     items = [stimuli] if single else list(stimuli)
     hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if min(hw) < 1 or supersample < 1:
-        raise CnnscopeError(f"render() needs a size >= 1 and supersample >= 1, got {size!r}, {supersample!r}")
+        raise CnnscopeError(f"draw() needs a size >= 1 and supersample >= 1, got {size!r}, {supersample!r}")
     bad = [s for s in items if not isinstance(s, Stimulus)]
     if bad:
-        raise CnnscopeError(f"render() takes Stimulus objects (Curve, Angle, Line), got {type(bad[0]).__name__}")
+        raise CnnscopeError(f"draw() takes Stimulus objects ({', '.join(STIMULI.names())}), got "
+                            f"{type(bad[0]).__name__}")
     off = (float(offset[0]), float(offset[1]))
     out = np.empty((len(items), hw[0], hw[1], 3), np.float32)
     for i, stim in enumerate(items):
@@ -369,3 +385,13 @@ def render(stimuli: Stimulus | Sequence[Stimulus], size: int | tuple[int, int] =
             cov = _coverage_map(stim, hw, supersample, off, (r0, r1, c0, c1))
             out[i, r0:r1, c0:c1] = bg + cov[..., None] * (fg - bg)
     return out[0] if single else out
+
+
+def render(stimuli: Stimulus | Sequence[Stimulus], size: int | tuple[int, int] = 64, *, supersample: int = 3,
+           offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Pictures of stimuli: :func:`draw` rounded to ``uint8``.
+
+    Shape:
+        - Output: ``uint8 [N, H, W, 3]`` (``[H, W, 3]`` for a single stimulus).
+    """
+    return to_uint8(draw(stimuli, size, supersample=supersample, offset=offset))

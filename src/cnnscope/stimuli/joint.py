@@ -21,15 +21,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..capture import module_device
+from ..batching import chunks, resolve_batch_size
 from ..errors import CnnscopeError
-from ..images import ImageLike, load_image
-from .responses import ModelLike, model_module, unit_responses, zscore
+from ..images import ImageLike, load_image, to_float
+from ..models import LoadedModel, ModelLike, as_model
+from .responses import read_channels, zscore
+
+#: rotated images per forward pass when ``batch_size`` is ``None``, by device
+CPU_BATCH, GPU_BATCH = 64, 256
 
 
-def rotate_images(images: torch.Tensor, angles: torch.Tensor | Sequence[float] | float,
+def rotate_images(images: torch.Tensor, angles: torch.Tensor | Sequence[float] | float, *,
                   out_size: int | tuple[int, int] | None = None) -> torch.Tensor:
     """Rotate images counter-clockwise (as displayed) about their centre, keeping a centre window.
+
+    A geometric operation on any float tensors (pictures in [0, 1] or model-space inputs: bilinear resampling
+    commutes with the per-channel normalisation).
 
     Args:
         images: a batch of images.
@@ -87,126 +94,134 @@ def centered_crop(image: np.ndarray, center: tuple[float, float], side: int) -> 
 
 @dataclass
 class JointTuning:
-    """Responses of a family's units to rotated dataset examples of each source unit.
+    """Responses of a family's channels to rotated dataset examples of each source channel (CPU tensors).
 
     Attributes:
         layer: the layer name.
-        sources: units whose examples were rotated, ``[S]``.
-        units: units recorded, ``[U]``.
-        angles: rotation in degrees, ``[A]``; with ``aligned`` it is relative to the source unit's own peak.
-        curves: mean response over each source's examples, ``[S, A, U]`` (standard deviations above the dataset
-            mean when ``in_std``).
-        n_examples: examples per source, ``[S]``.
-        aligned: whether each example was shifted so the source unit peaks at angle 0.
+        sources: channels whose examples were rotated, ``int64 [S]``.
+        channels: channels recorded (ascending), ``int64 [U]``.
+        angles: rotation in degrees, ``[A]``; with ``aligned`` it is relative to the source channel's own peak.
+        curves: mean response over each source's examples, ``float64 [S, A, U]`` (standard deviations above the
+            dataset mean when ``in_std``).
+        n_examples: examples per source, ``int64 [S]``.
+        aligned: whether each example was shifted so the source channel peaks at angle 0.
         in_std: whether values are z-scores.
+        pre_activation: whether the values are an activation module's inputs.
     """
 
     layer: str
-    sources: np.ndarray
-    units: np.ndarray
-    angles: np.ndarray
-    curves: np.ndarray
-    n_examples: np.ndarray
+    sources: torch.Tensor
+    channels: torch.Tensor
+    angles: torch.Tensor
+    curves: torch.Tensor
+    n_examples: torch.Tensor
     aligned: bool = True
     in_std: bool = False
+    pre_activation: bool = False
 
-    def own(self) -> np.ndarray:
-        """Each source unit's own curve, ``[S, A]``."""
-        cols = [int(np.flatnonzero(self.units == s)[0]) for s in self.sources]
-        return self.curves[np.arange(len(self.sources)), :, cols]
+    def own(self) -> torch.Tensor:
+        """Each source channel's own curve, ``[S, A]``."""
+        cols = torch.tensor([int(torch.nonzero(self.channels == s)[0, 0]) for s in self.sources.tolist()])
+        return self.curves[torch.arange(len(self.sources)), :, cols]
 
-    def peak_offsets(self) -> np.ndarray:
-        """Angle (degrees, wrapped to ``(-180, 180]``) where each unit's curve peaks, per source: ``[S, U]``."""
-        peak = self.angles[self.curves.argmax(axis=1)]
+    def peak_offsets(self) -> torch.Tensor:
+        """Angle (degrees, wrapped to ``(-180, 180]``) where each channel's curve peaks, per source: ``[S, U]``."""
+        peak = self.angles[self.curves.argmax(dim=1)]
         return 0.0 - ((180.0 - peak) % 360.0 - 180.0)  # (-180, 180], no negative zero
 
     def to_dict(self) -> dict:
-        return {"layer": self.layer, "sources": self.sources.tolist(), "units": self.units.tolist(),
+        return {"layer": self.layer, "sources": self.sources.tolist(), "channels": self.channels.tolist(),
                 "angles": self.angles.tolist(), "curves": self.curves.tolist(),
                 "n_examples": self.n_examples.tolist(), "aligned": self.aligned, "in_std": self.in_std,
-                "peak_offsets": self.peak_offsets().tolist()}
+                "pre_activation": self.pre_activation, "peak_offsets": self.peak_offsets().tolist()}
 
 
 def _crops_tensor(crops: Sequence[ImageLike], crop_size: int | None, device: torch.device) -> torch.Tensor:
+    """Crops as one float ``[N, 3, side, side]`` batch in [0, 1] (each resized to ``side``)."""
     arrs = [load_image(c) for c in crops]
     if not arrs:
-        raise CnnscopeError("a source unit has no example crops")
+        raise CnnscopeError("a source channel has no example crops")
     side = crop_size or min(arrs[0].shape[:2])
     out = []
     for a in arrs:
-        t = torch.from_numpy(np.ascontiguousarray(a)).to(device).permute(2, 0, 1)[None].float().div_(255.0)
+        t = to_float(a, device=device)
         if t.shape[-2:] != (side, side):
             t = F.interpolate(t, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
         out.append(t)
     return torch.cat(out)
 
 
-def _rotated_batches(crops: torch.Tensor, angles: torch.Tensor, out_size: int | None, batch_size: int
-                     ) -> Iterator[torch.Tensor]:
-    total = crops.shape[0] * len(angles)
-    for k in range(0, total, batch_size):
-        idx = torch.arange(k, min(total, k + batch_size), device=crops.device)
-        yield rotate_images(crops[idx // len(angles)], angles[idx % len(angles)], out_size)
+def _rotated_batches(m: LoadedModel, crops: torch.Tensor, angles: torch.Tensor, out_size: int | None,
+                     batch_size: int) -> Iterator[torch.Tensor]:
+    """Every crop at every angle, in the model's input space, ``batch_size`` images at a time."""
+    for part in chunks(crops.shape[0] * len(angles), batch_size):
+        idx = torch.arange(part.start, part.stop, device=crops.device)
+        turned = rotate_images(crops[idx // len(angles)], angles[idx % len(angles)], out_size=out_size)
+        yield m.to_input(turned).to(m.dtype)
 
 
-def joint_tuning(model: ModelLike, layer: str, examples: Mapping[int, Sequence[ImageLike]],
-                 units: Sequence[int] | None = None, *, step: float = 1.0, align: bool = True,
+def joint_tuning(model: ModelLike, examples: Mapping[int, Sequence[ImageLike]], layer: str, *,
+                 channels: Sequence[int] | None = None, step: float = 1.0, align: bool = True,
                  crop_size: int | None = None, out_size: int | None = None,
-                 mean: Sequence[float] | np.ndarray | None = None, std: Sequence[float] | np.ndarray | None = None,
-                 position: tuple[int, int] | None = None, pre_activation: bool = False, batch_size: int = 128,
-                 progress: bool = False) -> JointTuning:
+                 mean: Sequence[float] | torch.Tensor | None = None, std: Sequence[float] | torch.Tensor | None = None,
+                 position: tuple[int, int] | str | None = "center", pre_activation: bool = False,
+                 batch_size: int | None = None, progress: bool = False) -> JointTuning:
     """Joint tuning curves of a family from rotated dataset examples.
 
     The model runs in temporary eval mode; it is not modified.
 
     Args:
-        model: a ``LoadedModel`` or a bare module.
+        model: a ``LoadedModel`` or an ``nn.Module``.
+        examples: ``source channel -> crops`` (pictures: paths, PIL images or uint8 arrays centred on the
+            channel's receptive field; its top dataset examples). Crops of one channel are resized to one square
+            size.
         layer: dotted layer name.
-        examples: ``source unit -> crops`` (paths, PIL images or uint8 arrays centred on the unit's receptive
-            field; the unit's top dataset examples). Crops of one unit are resized to one square size.
-        units: units to record (default: the sources); the sources are always recorded.
+        channels: channels to record besides the sources (the sources are always recorded).
         step: rotation step in degrees (360 must be a multiple of it; the article uses 1).
-        align: shift each example so the source unit's own response peaks at angle 0 before averaging.
+        align: shift each example so the source channel's own response peaks at angle 0 before averaging.
         crop_size: resize every crop to this side first (default: the first crop's shorter side).
         out_size: side of the rotated centre window fed to the model (default ``crop_size / sqrt(2)``).
         mean, std: per-channel dataset statistics of the layer: express curves in standard deviations.
-        position: ``(row, col)`` of the unit in the layer's map for the fed window (default: the centre).
+        position: the neuron read in the fed window: ``"center"``, ``(row, col)``, ``"max"`` or ``None`` (the
+            channel's mean), as :class:`cnnscope.Unit`.
         pre_activation: read pre-activation values (``layer`` must be an activation module).
-        batch_size: rotated images per forward pass (bounds memory).
+        batch_size: rotated images per forward pass (``None``: a default for the model's device).
         progress: show a progress bar.
 
     Returns:
         :class:`JointTuning` with ``curves`` of shape ``[S, A, U]``, ``A = 360 / step``.
     """
+    m = as_model(model)
     if not examples:
-        raise CnnscopeError("joint_tuning() needs example crops for at least one source unit")
+        raise CnnscopeError("joint_tuning() needs example crops for at least one source channel")
     n_angles = 360.0 / step if step > 0 else 0.0
     if step <= 0 or abs(n_angles - round(n_angles)) > 1e-6:
         raise CnnscopeError(f"step must divide 360 degrees, got {step}")
     sources = [int(s) for s in examples]
-    recorded = list(dict.fromkeys([*(int(u) for u in (units or [])), *sources]))
-    device = module_device(model_module(model))
-    angles = torch.arange(round(n_angles), device=device, dtype=torch.float32) * step
-    crops = {src: _crops_tensor(list(examples[src]), crop_size, device) for src in sources}
+    wanted = sorted({*(int(c) for c in (channels or [])), *sources})
+    angles = torch.arange(round(n_angles), device=m.device, dtype=torch.float32) * step
+    crops = {src: _crops_tensor(list(examples[src]), crop_size, m.device) for src in sources}
     counts = [crops[src].shape[0] for src in sources]
+    bs = resolve_batch_size(batch_size, m.device, cpu=CPU_BATCH, gpu=GPU_BATCH)
 
     def batches() -> Iterator[torch.Tensor]:  # one forward pass sequence for all sources (one open Capture)
         for src in sources:
-            yield from _rotated_batches(crops[src], angles, out_size, batch_size)
+            yield from _rotated_batches(m, crops[src], angles, out_size, bs)
 
-    resp = unit_responses(model, layer, batches(), units=recorded, position=position, pre_activation=pre_activation,
-                          total=sum(counts) * len(angles), progress=progress)
-    all_r = resp.double().cpu().numpy().reshape(sum(counts), len(angles), len(recorded))
-    all_r, _, _ = zscore(all_r, recorded, mean, std, axis=2)
+    total = sum(-(-n * len(angles) // bs) for n in counts)
+    resp, recorded = read_channels(m, batches(), layer, channels=wanted, position=position,
+                                   pre_activation=pre_activation, total=total, progress=progress)
+    all_r = resp.double().cpu().reshape(sum(counts), len(angles), len(recorded))
+    all_r, _, _ = zscore(all_r, recorded, mean, std, dim=2)
     curves, start = [], 0
     for src, n in zip(sources, counts):
         r = all_r[start:start + n]
         start += n
         if align:
-            peaks = r[:, :, recorded.index(src)].argmax(axis=1)
-            shift = (np.arange(len(angles))[None, :] + peaks[:, None]) % len(angles)
-            r = np.take_along_axis(r, shift[:, :, None], axis=1)
-        curves.append(r.mean(axis=0))
-    return JointTuning(layer=layer, sources=np.asarray(sources), units=np.asarray(recorded),
-                       angles=angles.cpu().numpy().astype(float), curves=np.stack(curves),
-                       n_examples=np.asarray(counts), aligned=align, in_std=mean is not None)
+            peaks = r[:, :, recorded.index(src)].argmax(dim=1)
+            shift = (torch.arange(len(angles))[None, :] + peaks[:, None]) % len(angles)
+            r = torch.take_along_dim(r, shift[:, :, None], dim=1)
+        curves.append(r.mean(dim=0))
+    return JointTuning(layer=layer, sources=torch.tensor(sources), channels=torch.tensor(recorded),
+                       angles=angles.double().cpu(), curves=torch.stack(curves), n_examples=torch.tensor(counts),
+                       aligned=align, in_std=mean is not None, pre_activation=pre_activation)
