@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .state import is_activation, module_of
+from .state import is_activation, module_of, output_hooks
 
 if TYPE_CHECKING:
     from ..models import ModelLike
@@ -32,21 +32,9 @@ def linearized(model: ModelLike) -> Iterator[int]:
     """
     module = module_of(model)
     targets = [m for _, m in module.named_modules() if is_activation(m)]
-    saved = [(m, getattr(m, "inplace", None)) for m in targets]
-    handles = []
 
     def identity(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         return inputs[0]
 
-    try:
-        for m in targets:
-            if getattr(m, "inplace", None) is not None:
-                m.inplace = False
-            handles.append(m.register_forward_hook(identity))
-        yield len(targets)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, inplace in saved:
-            if inplace is not None:
-                m.inplace = inplace
+    with output_hooks(targets, identity) as n:
+        yield n

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import CnnscopeError, MethodError, unknown
-from .state import module_of
+from .state import module_of, output_hooks
 
 if TYPE_CHECKING:
     from ..models import ModelLike
@@ -87,21 +87,9 @@ def relu_rule(model: ModelLike, rule: str) -> Iterator[int]:
     if not targets:
         raise CnnscopeError(f"{type(module).__name__} has no nn.ReLU/nn.ReLU6 modules, so the {rule!r} rule "
                             "cannot be applied (ReLUs called as functions inside forward() are not modules)")
-    saved = [(m, getattr(m, "inplace", False)) for _, m in targets]
-    handles = []
 
     def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         return _RuleReLU.apply(inputs[0], rule, _upper(mod))
 
-    try:
-        for _, m in targets:
-            if hasattr(m, "inplace"):
-                m.inplace = False
-            handles.append(m.register_forward_hook(hook))
-        yield len(targets)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, inplace in saved:
-            if hasattr(m, "inplace"):
-                m.inplace = inplace
+    with output_hooks([m for _, m in targets], hook) as n:
+        yield n

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -100,6 +100,33 @@ def evaluating(model: ModelLike) -> Iterator[nn.Module]:
     finally:
         for m in training:
             m.training = True
+
+
+@contextmanager
+def output_hooks(modules: Iterable[nn.Module], hook: Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor]
+                 ) -> Iterator[int]:
+    """Within the block, ``hook(module, inputs, output)`` replaces each module's output; in-place is turned off.
+
+    The activation overrides (backward rules, linearisation) share this: in-place flags are switched off so the
+    hook sees the module's real input, and every flag and hook is restored in ``finally``.
+
+    Yields:
+        The number of modules hooked.
+    """
+    targets = list(modules)
+    saved = [(m, m.inplace) for m in targets if isinstance(getattr(m, "inplace", None), bool)]
+    handles = []
+    try:
+        for m, _ in saved:
+            m.inplace = False
+        for m in targets:
+            handles.append(m.register_forward_hook(hook))
+        yield len(targets)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, inplace in saved:
+            m.inplace = inplace
 
 
 def module_device(model: ModelLike) -> torch.device:
