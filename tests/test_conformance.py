@@ -1,4 +1,5 @@
-"""docs/ARCHITECTURE.md rule 2: every public foundation operation leaves the model exactly as it was, also when it raised."""
+"""docs/ARCHITECTURE.md rule 2: every public foundation operation leaves the model exactly as it was, also when it
+raised."""
 
 from __future__ import annotations
 

@@ -101,6 +101,38 @@ def test_one_name_per_idea(key):
         assert params["pre_activation"].default is False, f"{key}: pre_activation defaults to False"
 
 
+@pytest.mark.parametrize("key", sorted(k for k, fn in FUNCTIONS.items()
+                                        if k not in EXEMPT and _params(fn) and _params(fn)[0].name == "model"))
+def test_model_goes_through_the_adapter_first(key):
+    """Given something that is not a model, every entry point fails in ``as_model``: the adapter runs first.
+
+    So every public function accepts exactly what ``as_model`` accepts (a ``LoadedModel`` or any ``nn.Module``);
+    each area's tests check that a plain module and its ``wrap()`` give equal results.
+    """
+    from cnnscope import ModelError
+
+    fn = FUNCTIONS[key]
+    args, kwargs = [], {}
+    for p in _params(fn)[1:]:
+        if p.default is not inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.kind is p.KEYWORD_ONLY:
+            kwargs[p.name] = None
+        else:
+            args.append(None)
+    with pytest.raises(ModelError, match="LoadedModel .* or a torch.nn.Module, got NotAModel"):
+        result = fn(NotAModel(), *args, **kwargs)
+        if inspect.isgenerator(result):  # a generator's body runs on the first next()
+            next(result)
+        elif hasattr(result, "__enter__"):  # a context manager's on entering
+            with result:
+                pass
+
+
+class NotAModel:
+    """Neither a LoadedModel nor an nn.Module."""
+
+
 def test_attribution_methods_share_one_signature():
     from cnnscope.attribution import Method
 

@@ -73,14 +73,14 @@ def test_noise_is_seeded_only_on_imputed_pixels():
     ramp = _ramp().float()
     m = _interior_mask(p=0.9)
     clean = noisy_linear_impute(ramp, m, noise=0.0)
-    a = noisy_linear_impute(ramp, m, 0.01, torch.Generator().manual_seed(7))
-    b = noisy_linear_impute(ramp, m, 0.01, torch.Generator().manual_seed(7))
+    a = noisy_linear_impute(ramp, m, noise=0.01, generator=torch.Generator().manual_seed(7))
+    b = noisy_linear_impute(ramp, m, noise=0.01, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert torch.equal(a[:, ~m], ramp[:, ~m])
     resid = (a - clean)[:, m]
     assert 0.008 < float(resid.std()) < 0.012 and abs(float(resid.mean())) < 0.002
     with pytest.raises(CnnscopeError, match="Generator"):
-        noisy_linear_impute(ramp, m, 0.01, None)
+        noisy_linear_impute(ramp, m, noise=0.01, generator=None)
 
 
 def test_road_on_matched_filter_model():

@@ -36,7 +36,8 @@ def module_of(model: ModelLike) -> nn.Module:
     inner = getattr(model, "module", None)
     if isinstance(inner, nn.Module) and hasattr(model, "preprocess"):
         return inner
-    raise ModelError(f"expected a LoadedModel or a torch.nn.Module, got {type(model).__name__}")
+    raise ModelError(f"expected a LoadedModel (cnnscope.load_model / cnnscope.wrap) or a torch.nn.Module, got "
+                     f"{type(model).__name__}")
 
 
 def layer_names(model: ModelLike) -> list[str]:

@@ -235,7 +235,7 @@ class Attribution:
                 "top": [{"input_channel": c, "contribution": v} for c, v in self.top(n)]}
 
 
-def attribution(model: ModelLike, image: object, layer: str, *, channel: int,
+def attribution(model: ModelLike, images: object, layer: str, *, channel: int,
                 position: tuple[int, int] | str = "max") -> Attribution:
     """The activation x weight attribution of a unit to the previous layer, for one image.
 
@@ -243,8 +243,8 @@ def attribution(model: ModelLike, image: object, layer: str, *, channel: int,
 
     Args:
         model: a ``LoadedModel`` or an ``nn.Module``.
-        image: one image: anything :meth:`~cnnscope.models.LoadedModel.batch` takes (a path, a ``uint8`` array, a
-            PIL image or a model-space ``[C, H, W]`` / ``[1, C, H, W]`` tensor).
+        images: exactly one image: anything :meth:`~cnnscope.models.LoadedModel.batch` takes (a path, a ``uint8``
+            array, a PIL image or a model-space ``[C, H, W]`` / ``[1, C, H, W]`` tensor).
         layer, channel: the unit (see :func:`connection`).
         position: ``"max"`` (where the unit's pre-activation is largest), ``"center"`` or ``(row, col)`` in the
             unit's layer.
@@ -259,7 +259,7 @@ def attribution(model: ModelLike, image: object, layer: str, *, channel: int,
         raise LayerError("attribution() explains one neuron: give position='max', 'center' or (row, col)")
     conn = connection(m, layer, channel)
     _, _, value_layer, is_input = _locate(module, layer)
-    x = m.batch(image)
+    x = m.batch(images)
     if x.shape[0] != 1:
         raise ImageError(f"attribution() explains one image, got a batch of {x.shape[0]}")
     with torch.no_grad(), evaluating(module), InputCapture(module, conn.conv) as cin, \

@@ -275,4 +275,5 @@ def example_crops(model: ModelLike, examples: list[Example], *, source: object, 
 def crops(model: ModelLike, stats: DatasetStats, layer: str, *, channel: int, source: object, which: str = "top"
           ) -> np.ndarray:
     """Receptive-field crops of a channel's ``top`` or ``bottom`` examples (best first), ``uint8 [k, h, w, 3]``."""
+    model = as_model(model)
     return example_crops(model, stats.examples(layer, channel, which), source=source, rf=stats[layer].rf)

@@ -142,20 +142,20 @@ def _factors(layer: str, fitted: np.ndarray, v: torch.Tensor, wmat: torch.Tensor
                         error=error, relative_error=error / max(float(np.linalg.norm(data)), 1e-12))
 
 
-def factorize_image(model: ModelLike, image: object, layer: str, *, k: int = 4, pre_activation: bool = False,
+def factorize_image(model: ModelLike, images: object, layer: str, *, k: int = 4, pre_activation: bool = False,
                     negative: str = "clip", seed: int = 0, max_iter: int = 500) -> ImageFactors:
     """Factorise the activations of ``layer`` on one image into ``k`` non-negative groups.
 
     Args:
         model: a ``LoadedModel`` or an ``nn.Module``.
-        image: one picture: a path, a ``uint8`` array or a PIL image (fitted to the model's input size).
+        images: exactly one picture: a path, a ``uint8`` array or a PIL image (fitted to the model's input size).
         layer: any layer with a ``[B, C, h, w]`` output.
         k: number of groups.
         pre_activation: factorise the input of an activation module instead of the layer's output.
         negative: what to do with negative values (``"clip"``, ``"abs"`` or ``"error"``).
         seed: ``random_state`` of scikit-learn's NMF.
     """
-    fitted, v = _image_values(model, image, layer, pre_activation)
+    fitted, v = _image_values(model, images, layer, pre_activation)
     data = _nonnegative(v.permute(1, 2, 0).reshape(-1, v.shape[0]), negative, layer)
     nmf, wmat, hmat = _nmf(data, k, seed, max_iter)
     return _factors(layer, fitted, v, wmat, hmat, float(nmf.reconstruction_err_), data)

@@ -124,7 +124,7 @@ def _arrow(metric: str) -> str:
     return {"lower": "↓", "higher": "↑"}.get(better, "")
 
 
-def save_table(table: MetricTable, out: str | Path, title: str = "Evaluation", notes: str = "") -> list[Path]:
+def save_table(table: MetricTable, out: str | Path, *, title: str = "Evaluation", notes: str = "") -> list[Path]:
     """Write ``evaluation.md``, ``evaluation.csv`` and ``per_image.csv`` into the folder ``out``."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)

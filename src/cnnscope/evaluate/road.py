@@ -89,7 +89,7 @@ def linear_imputation_system(removed: np.ndarray
     return a, unknown, rhs
 
 
-def noisy_linear_impute(image: torch.Tensor, removed: torch.Tensor, noise: float = 0.01,
+def noisy_linear_impute(image: torch.Tensor, removed: torch.Tensor, *, noise: float = 0.01,
                         generator: torch.Generator | None = None) -> torch.Tensor:
     """Fill the ``removed`` pixels of one image by ROAD's noisy linear imputation.
 
@@ -228,7 +228,7 @@ def road(model: ModelLike, images: object, maps: MapsLike, *, target: TargetLike
     with inference(m.module):
         original = scorer(x, targets)
         for i, order, k, removed in track(jobs, progress, "ROAD", total=len(jobs)):
-            pending.append((i, order, k, noisy_linear_impute(x[i], removed, noise, gen)))
+            pending.append((i, order, k, noisy_linear_impute(x[i], removed, noise=noise, generator=gen)))
             if len(pending) >= bs:
                 flush()
         if pending:

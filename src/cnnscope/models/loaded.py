@@ -147,8 +147,9 @@ class LoadedModel:
 
         Args:
             images: a float tensor in the model's input space (``[B, C, H, W]`` or one ``[C, H, W]``), a list of
-                such tensors of one size (a tensor is never a picture), or pictures: anything :func:`~cnnscope.images.load_image` takes, a
-                ``uint8 [B, H, W, 3]`` array or a list of those (resized to ``size`` or :attr:`input_size`).
+                such tensors of one size (a tensor is never a picture), or pictures: anything
+                :func:`~cnnscope.images.load_image` takes, a ``uint8 [B, H, W, 3]`` array or a list of those (resized
+                to ``size`` or :attr:`input_size`).
             size: ``(H, W)`` for pictures (default :attr:`input_size`); tensors keep their size.
 
         Raises:
