@@ -13,8 +13,9 @@ import time
 import pytest
 import torch
 
-from cnnscope.atlas import AtlasError, AtlasStore, BuildOptions, build_atlas, model_fingerprint
+from cnnscope.atlas import AtlasError, AtlasStore, BuildOptions, build_atlas
 from cnnscope.errors import CnnscopeError, LayerError, MethodError
+from cnnscope.models import fingerprint as model_fingerprint
 from tests.atlas import helpers
 from tests.conformance import assert_unchanged
 

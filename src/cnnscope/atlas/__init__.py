@@ -6,11 +6,11 @@ atomically; ``AtlasStore(out)`` reads it back (the web viewer, ``cnnscope serve`
 is one :class:`ArtifactKind` subclass decorated with :func:`register_kind` (see :mod:`cnnscope.atlas.kinds`).
 """
 
-from .build import BuildReport, build_atlas, model_fingerprint
+from .build import BuildReport, build_atlas
 from .kinds import KINDS, ArtifactKind, BuildContext, BuildOptions, get_kind, list_kinds, register_kind
 from .records import Artifact, ArtifactRecord, AtlasError, AtlasVersionError, LayerRecord, NotInAtlas
 from .store import SCHEMA_VERSION, AtlasStore, open_atlas
 
 __all__ = ["KINDS", "SCHEMA_VERSION", "Artifact", "ArtifactKind", "ArtifactRecord", "AtlasError", "AtlasStore",
            "AtlasVersionError", "BuildContext", "BuildOptions", "BuildReport", "LayerRecord", "NotInAtlas",
-           "build_atlas", "get_kind", "list_kinds", "model_fingerprint", "open_atlas", "register_kind"]
+           "build_atlas", "get_kind", "list_kinds", "open_atlas", "register_kind"]

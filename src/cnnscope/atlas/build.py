@@ -8,7 +8,6 @@ computes the rest, so an interrupted build loses at most the chunk it was workin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
@@ -22,6 +21,7 @@ from ..batching import chunks, resolve_batch_size
 from ..capture import LayerInfo, list_layers
 from ..errors import CnnscopeError, LayerError, MethodError, unknown
 from ..models import ModelLike, as_model
+from ..models import fingerprint as model_fingerprint
 from ..units import parse_channels
 from .kinds import ArtifactKind, BuildContext, BuildOptions, default_kinds, get_kind
 from .records import Artifact, AtlasError, dumps
@@ -45,18 +45,6 @@ class BuildReport:
     skipped: int = 0
     seconds: float = 0.0
     kinds: list[str] = field(default_factory=list)
-
-
-def model_fingerprint(model: ModelLike) -> str:
-    """SHA-256 over the model's class, parameter/buffer names, shapes, dtypes and values (a ``LoadedModel`` and
-    its plain module have the same fingerprint)."""
-    module = as_model(model).module
-    h = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
-    with torch.no_grad():
-        for name, t in module.state_dict().items():
-            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.detach().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _resolve_layers(model, names: Sequence[str]) -> list[LayerInfo]:

@@ -127,8 +127,7 @@ class Explainer:
     def _get_model(self):
         if self.model is not None:
             return self.model
-        from ..atlas.build import model_fingerprint
-        from ..models import load_model
+        from ..models import fingerprint, load_model
 
         desc = self.store.get_meta("model", {}) or {}
         weights = desc.get("weights")
@@ -137,7 +136,7 @@ class Explainer:
         except CnnscopeError as exc:
             self._model_error = f"cannot reload the atlas's model: {exc}"
             raise UploadError(503, self._model_error) from None
-        if model_fingerprint(m) != self.store.get_meta("fingerprint"):
+        if fingerprint(m) != self.store.get_meta("fingerprint"):
             self._model_error = "the reloaded model's weights differ from the atlas's (fingerprint mismatch)"
             raise UploadError(503, self._model_error)
         self.model = m
