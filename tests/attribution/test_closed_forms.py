@@ -198,8 +198,8 @@ def test_rise_equals_naive_sum_over_masks():
     n = RISE_MASK_CHUNK + 8
     a = attribute(net, x, "rise", target=[1, 4], n_masks=n, grid=4, p=0.4, seed=11, batch_size=6)
     gen = torch.Generator().manual_seed(11)
-    masks = torch.cat([rise_masks(len(range(s, min(s + RISE_MASK_CHUNK, n))), (16, 20), 4, 0.4, gen)
-                       for s in range(0, n, RISE_MASK_CHUNK)])
+    masks = torch.cat([rise_masks(len(range(s, min(s + RISE_MASK_CHUNK, n))), (16, 20), grid=4, p=0.4,
+                                  generator=gen) for s in range(0, n, RISE_MASK_CHUNK)])
     with torch.no_grad():
         want = []
         for b, cls in enumerate([1, 4]):

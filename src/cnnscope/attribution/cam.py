@@ -284,8 +284,11 @@ class ScoreCAM(CamMethod):
             mask = torch.where(hi_ > lo_, (up - lo_) / torch.where(hi_ > lo_, hi_ - lo_, torch.ones_like(hi_)), 0.0)
             return x[img_of[jobs]] * mask
 
-        scores = scorer.map_scores(make, rows[img_of], self.batch_size(x), kind=self.opts["score"],
-                                   progress=self.opts["progress"], desc=self.name)
+        from .perturbation import fast_scorer  # the masked copies run on the fast forward (folded where exact)
+
+        scores = fast_scorer(self, x, scorer, rows).map_scores(make, rows[img_of], self.batch_size(x),
+                                                               kind=self.opts["score"],
+                                                               progress=self.opts["progress"], desc=self.name)
         self.extra["scorecam_forwards"] = self.extra.get("scorecam_forwards", 0) + int(len(img_of))
         full = scores[inverse.to(scores.device)].view(n, k)
         return full.softmax(dim=1).to(acts.dtype)[:, :, None, None]

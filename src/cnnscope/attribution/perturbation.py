@@ -1,7 +1,8 @@
 """Perturbation methods: occlusion (Zeiler & Fergus 2013) and RISE (Petsiuk et al. 2018).
 
-Both score many perturbed copies of each image with :meth:`Scorer.map_scores`, which forwards at most
-``max_batch`` of them at a time (the memory bound); the perturbed copies are built chunk by chunk.
+Both score many perturbed copies of each image without gradients, ``batch_size`` copies per forward, on the model's
+fast forward (:mod:`cnnscope.fastforward`: a batch-norm-folded copy where it is exact; incremental inference for
+occlusion).
 """
 
 from __future__ import annotations
@@ -12,17 +13,15 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..errors import MethodError
-from .base import Method, register
+from ..batching import chunks, track
+from ..errors import CnnscopeError, MethodError
+from ..fastforward import FastForward, IncrementalUnavailable, fast_forward
+from ..fastforward.approximate import check_tau
+from .base import Method, register_method
 from .baselines import check_baseline, make_baseline
-from .fold_bn import fold_batchnorm
-from .incremental import MAX_TRIES, IncrementalOcclusion, IncrementalUnavailable, Plan, discard_plans, make_plans
-from .incremental_plan import join_reasons
-from .targets import Scorer, _chunks
+from .targets import Scorer
 
-#: Largest batch of occluded copies per pass of incremental occlusion on a CPU (see ``Occlusion._incremental_batch``).
-INCREMENTAL_CPU_BATCH = 16
-#: RISE masks are drawn this many at a time, so they do not depend on the batch size or ``max_batch``.
+#: RISE masks are drawn this many at a time, so they do not depend on the batch size.
 RISE_MASK_CHUNK = 32
 
 
@@ -53,18 +52,37 @@ def _score_kind(option: str, scorer: Scorer, name: str) -> str:
     return option
 
 
-def _clean_scores(scorer: Scorer, x: torch.Tensor, kind: str, max_batch: int) -> torch.Tensor:
-    clean = scorer.bind_clean(x, max_batch)
-    if kind == "logit":
-        return clean.float()
-    return scorer.map_scores(lambda j: x[j], torch.arange(x.shape[0]), max_batch, kind=kind)
+def fast_scorer(method: Method, x: torch.Tensor, scorer: Scorer, rows: torch.Tensor | None = None) -> Scorer:
+    """``scorer`` on the model's fast forward for no-gradient passes over perturbed copies of ``x``.
+
+    The fast forward (:func:`cnnscope.fastforward.fast_forward`) is a copy with batch norms folded into their
+    convolutions, used only when it reproduces the target's clean scores of ``x`` (``rows``: the image of each row
+    of ``x``; the target must be bound on them). Unit targets read a layer inside the model and keep the model
+    itself. ``spec["fold_bn"]`` says what was used and why.
+    """
+    if scorer.target.kind == "unit" or not method.opts.get("fold_bn", True):
+        method.extra["fold_bn"] = {"used": False, "reason": "unit target" if scorer.target.kind == "unit"
+                                   else "fold_bn=False"}
+        return scorer
+    rows = torch.arange(x.shape[0]) if rows is None else rows
+    ff = fast_forward(method.model, x, score=lambda out: scorer.target.score(out, {}, rows),
+                      expected=scorer.target.clean[rows.to(scorer.target.clean.device)])
+    method.extra["fold_bn"] = ff.report
+    return _on(ff, scorer)
 
 
-@register
+def _on(ff: FastForward, scorer: Scorer) -> Scorer:
+    """``scorer`` running ``ff.module`` (itself when that is the model)."""
+    if not ff.folded:
+        return scorer
+    return Scorer(ff.module, scorer.target, eval_mode=scorer.eval_mode, channels_last=scorer.channels_last)
+
+
+@register_method
 class Occlusion(Method):
     """Occlusion sensitivity (Zeiler & Fergus 2013): how much the score drops when a window is covered.
 
-    Every window position (all channels at once) is replaced by the baseline and the drop
+    Every window position (all channels at once) is filled with the baseline and the drop
     ``f(x) - f(x_occluded)`` is spread over the window's pixels; a pixel's value is the mean drop of the
     windows that cover it. Values have the input's shape (equal across channels), as Captum's ``Occlusion``
     with a window spanning all channels.
@@ -74,14 +92,14 @@ class Occlusion(Method):
         baseline: the fill: a number in the model's input space (default 0, the mean colour for normalised
             inputs), a tensor, or ``"blur"`` (a Gaussian-blurred copy, ``blur_sigma`` pixels).
         score: ``"logit"`` (default) or ``"prob"``.
-        incremental: ``"auto"`` (default) computes each occluded forward incrementally when the model allows it
-            (:mod:`.incremental`, Krypton, Nakandala et al. 2019: the layers up to each split layer run only on the
-            crop the window changes; exact, checked on the clean image first) and falls back to full forwards
-            otherwise; ``True`` raises instead of falling back; ``False`` always runs full forwards.
-        split_layer: the split layer, or a chain of them in forward order (default: a chain of up to 3 chosen by
-            estimated cost). ``spec["incremental"]`` reports the choice or why full forwards were used.
-        fold_bn: run the occluded forwards on a copy of the model with eval-mode batch norms folded into their
-            convolutions (:mod:`.fold_bn`; used only when it reproduces the clean scores, see ``spec["fold_bn"]``).
+        incremental: ``"auto"`` (default) scores the occluded copies by incremental inference where the model
+            allows it, else by full forwards; ``True`` raises instead of falling back; ``False`` always runs full
+            forwards. split_layer: the layer (or chain of layers) it splits the model at (default: chosen).
+        approximate: ``None`` (default, exact) or Krypton's projective-field threshold in (0, 1]: each layer's
+            changed patch is cut to that fraction of the layer, for speed (see docs/fastforward.md).
+        fold_bn: run the forwards on a copy with batch norms folded into their convolutions where that is exact.
+
+    ``spec["incremental"]`` and ``spec["fold_bn"]`` say how the copies were scored (docs/fastforward.md).
     """
 
     name = "occlusion"
@@ -89,8 +107,11 @@ class Occlusion(Method):
     reference = "Zeiler & Fergus 2013, Visualizing and Understanding Convolutional Networks"
     options: ClassVar[dict[str, Any]] = {"window": 32, "stride": 16, "baseline": 0.0, "blur_sigma": 10.0,
                                          "score": "logit", "incremental": "auto", "split_layer": None,
-                                         "fold_bn": True}
+                                         "approximate": None, "fold_bn": True}
     display: ClassVar[dict[str, Any]] = {"sign": "positive", "reduce": "mean"}
+    #: incremental passes run crops and the low-resolution rest of the model, which use a CPU's caches well at
+    #: larger batches than full forwards do (benchmarks/RESULTS.md)
+    default_batch_size: ClassVar[dict[str, int]] = {"cpu": 32, "gpu": 64}
 
     def check_options(self) -> None:
         wh, ww = _pair(self.opts["window"], "occlusion window")
@@ -101,139 +122,89 @@ class Occlusion(Method):
         check_baseline(self.name, self.opts["baseline"])
         if self.opts["incremental"] not in ("auto", True, False):
             raise MethodError(f"occlusion: incremental must be 'auto', True or False, got {self.opts['incremental']!r}")
+        try:
+            check_tau(self.opts["approximate"])
+        except CnnscopeError as err:
+            raise MethodError(f"occlusion: {err}") from None
+        if self.opts["approximate"] is not None and self.opts["incremental"] is False:
+            raise MethodError("occlusion: approximate needs incremental inference; drop incremental=False")
 
     def compute(self, x: torch.Tensor, scorer: Scorer, layer: str | None) -> torch.Tensor:
         b, c, h, w = x.shape
-        mb = self.opts["max_batch"]
         kind = _score_kind(self.opts["score"], scorer, self.name)
-        clean = _clean_scores(scorer, x, kind, mb)
-        scorer = self._folded_scorer(x, scorer, clean, kind)
+        clean = scorer.bind_clean(x, self.batch_size(x)).float()
+        if kind == "prob":
+            clean = scorer.map_scores(lambda j: x[j], torch.arange(b), self.batch_size(x), kind=kind)
         base = make_baseline(x, self.opts["baseline"], self.opts["blur_sigma"])
-        wh, ww = (min(v, s) for v, s in zip(_pair(self.opts["window"], "window"), (h, w)))
-        sh, sw = _pair(self.opts["stride"], "stride")
-        ys = torch.tensor(window_starts(h, wh, sh), device=x.device)
-        xs = torch.tensor(window_starts(w, ww, sw), device=x.device)
-        n_win = len(ys) * len(xs)
-        yy = torch.arange(h, device=x.device)
-        xx = torch.arange(w, device=x.device)
+        (wh, ww), (sh, sw) = _pair(self.opts["window"], "window"), _pair(self.opts["stride"], "stride")
+        windows = ([(y, min(y + wh, h)) for y in window_starts(h, wh, sh)],
+                   [(v, min(v + ww, w)) for v in window_starts(w, ww, sw)])
+        scores = self._occluded_scores(x, base, scorer, clean, kind, windows)
+        drops = clean.cpu().repeat_interleave(len(windows[0]) * len(windows[1])) - scores.cpu()
+        return _spread(drops.view(b, len(windows[0]), len(windows[1])), windows, (h, w)).to(
+            device=x.device, dtype=x.dtype).expand(b, c, h, w).clone()
 
-        def masks(win: torch.Tensor) -> torch.Tensor:
-            win = win.to(x.device)
+    def _occluded_scores(self, x: torch.Tensor, base: torch.Tensor, scorer: Scorer, clean: torch.Tensor, kind: str,
+                         windows: tuple[list, list]) -> torch.Tensor:
+        """The score of every (image, window) copy, row-major windows: incremental inference where it applies,
+        else full forwards; ``spec["incremental"]`` says which and why."""
+        mode, bs = self.opts["incremental"], self.batch_size(x)
+        fast = None
+        if mode is not False and scorer.target.kind != "unit":
+            ff = fast_forward(self.model, x, fold=self.opts["fold_bn"], expected=clean,
+                              score=lambda out: scorer.target.score(out, {}, None, kind))
+            self.extra["fold_bn"] = ff.report
+            try:
+                scores, self.extra["incremental"] = ff.occlusion_scores(
+                    x, base, windows, lambda out, rows: scorer.target.score(out, {}, rows, kind), clean,
+                    batch_size=bs, channels_last=scorer.channels_last, split_layer=self.opts["split_layer"],
+                    approximate=self.opts["approximate"], progress=self.opts["progress"])
+                return scores
+            except IncrementalUnavailable as err:
+                if mode is True:
+                    raise MethodError(f"occlusion: incremental inference is not possible: {err}") from err
+                self.extra["incremental"] = {"used": False, "reason": str(err)}
+            fast = _on(ff, scorer)
+        else:
+            self.extra["incremental"] = {"used": False, "reason": "incremental=False" if mode is False else
+                                         "unit targets read a layer inside the model"}
+        fast = fast_scorer(self, x, scorer) if fast is None else fast
+        n_win = len(windows[0]) * len(windows[1])
+        ys, xs = (torch.tensor([s for s, _ in ws], device=x.device) for ws in windows)
+        yy, xx = torch.arange(x.shape[-2], device=x.device), torch.arange(x.shape[-1], device=x.device)
+        wh, ww = windows[0][0][1] - windows[0][0][0], windows[1][0][1] - windows[1][0][0]
+
+        def make(jobs: torch.Tensor) -> torch.Tensor:
+            jobs = jobs.to(x.device)
+            r, win = jobs // n_win, jobs % n_win
             y0, x0 = ys[win // len(xs)], xs[win % len(xs)]
             my = (yy[None] >= y0[:, None]) & (yy[None] < y0[:, None] + wh)
             mx = (xx[None] >= x0[:, None]) & (xx[None] < x0[:, None] + ww)
-            return (my[:, :, None] & mx[:, None, :])[:, None]
+            return torch.where((my[:, :, None] & mx[:, None, :])[:, None], base[r], x[r])
 
-        def make(jobs: torch.Tensor) -> torch.Tensor:
-            r = jobs // n_win
-            return torch.where(masks(jobs % n_win), base[r], x[r])
-
-        rows = torch.arange(b).repeat_interleave(n_win)
-        scores = self._incremental(x, base, scorer, clean, kind, (wh, ww), (ys.tolist(), xs.tolist()))
-        if scores is None:
-            scores = scorer.map_scores(make, rows, self.forward_batch(x), kind=kind, progress=self.opts["progress"],
-                                       desc=self.name)
-        drops = (clean[rows.to(clean.device)] - scores).view(b, n_win).to(x.dtype)
-        total = torch.zeros(b, 1, h, w, dtype=x.dtype, device=x.device)
-        count = torch.zeros(1, 1, h, w, dtype=x.dtype, device=x.device)
-        for k in range(n_win):
-            y0, x0 = int(ys[k // len(xs)]), int(xs[k % len(xs)])
-            total[:, :, y0:y0 + wh, x0:x0 + ww] += drops[:, k].view(b, 1, 1, 1)
-            count[:, :, y0:y0 + wh, x0:x0 + ww] += 1
-        return (total / count.clamp(min=1)).expand(b, c, h, w).clone()
-
-    def _folded_scorer(self, x: torch.Tensor, scorer: Scorer, clean: torch.Tensor, kind: str) -> Scorer:
-        """A scorer on a copy of the model with batch norms folded into their convolutions (:mod:`.fold_bn`), if
-        ``fold_bn`` is on, the model runs in eval mode, and the copy reproduces the clean scores (relative 1e-4);
-        else ``scorer``. ``spec["fold_bn"]`` says which."""
-        if not self.opts["fold_bn"] or not self.opts["eval_mode"] or scorer.target.kind == "unit":
-            self.extra["fold_bn"] = {"used": False, "reason": "off, train mode or a unit target"}
-            return scorer
-        folded, n = fold_batchnorm(self.module, x)
-        if n == 0:
-            self.extra["fold_bn"] = {"used": False, "reason": "no convolution feeds a batch norm directly"}
-            return scorer
-        fast = Scorer(folded, scorer.target, eval_mode=True, channels_last=scorer.channels_last)
-        got = fast.map_scores(lambda j: x[j], torch.arange(x.shape[0]), self.opts["max_batch"], kind=kind)
-        want = clean.float().to(got.device)
-        diff = float((got - want).abs().max())
-        if diff > 1e-4 * max(float(want.abs().max()), 1e-6):
-            self.extra["fold_bn"] = {"used": False, "reason": f"the folded copy's scores differ by {diff:.3g}"}
-            return scorer
-        self.extra["fold_bn"] = {"used": True, "pairs": n, "max_score_difference": diff}
-        return fast
-
-    def _incremental_batch(self, x: torch.Tensor) -> int:
-        """Occluded copies per pass of the incremental path: crops and the low-resolution rest of the model use a
-        CPU's caches well at larger batches than full forwards do (EfficientNet-Lite0, one core: batches of 16 took
-        3.8 s for two images, 4 took 4.1 s, 1 took 6.0 s; running the rest of the model at 32 or 64 while the
-        stages run at 16 gained nothing), so ``cpu_batch`` does not apply; ``max_batch`` does."""
-        mb = self.opts["max_batch"]
-        return min(mb, INCREMENTAL_CPU_BATCH) if x.device.type == "cpu" else mb
-
-    def _first_plan_that_passes(self, plans: list, x: torch.Tensor, base: torch.Tensor, scorer: Scorer,
-                                clean: torch.Tensor, kind: str, window_args: tuple, starts: tuple) -> tuple:
-        """``(plan, scores)`` of the cheapest plan that passes its clean-image check (at most ``MAX_TRIES`` tried;
-        a failed stage rules out every plan that has it, in this call and later ones)."""
-        batch = self._incremental_batch(x)
-        reasons: list[str] = []
-        failed: set[tuple] = set()
-        for plan in list(plans):
-            if any(st.pair in failed for st in plan.stages):
-                continue
-            if len(reasons) == MAX_TRIES:
-                break
-            with IncrementalOcclusion(scorer.module, scorer, x, base, plan, scorer.channels_last) as inc:
-                try:
-                    inc.check(clean, kind)
-                except IncrementalUnavailable as err:
-                    reasons.append(str(err))
-                    if err.pair is not None:
-                        failed.add(err.pair)
-                        discard_plans(self.module, *window_args, err.pair, batch)
-                    continue
-                bar = None
-                if self.opts["progress"]:
-                    from tqdm.auto import tqdm
-
-                    bar = tqdm(total=x.shape[0] * len(starts[0]) * len(starts[1]), desc=self.name, leave=False)
-                try:
-                    return plan, inc.scores(x.shape[0], batch, kind, bar.update if bar else None)
-                finally:
-                    if bar is not None:
-                        bar.close()
-        raise IncrementalUnavailable(join_reasons(reasons) or "no split layer left to try")
-
-    def _incremental(self, x: torch.Tensor, base: torch.Tensor, scorer: Scorer, clean: torch.Tensor, kind: str,
-                     window: tuple[int, int], starts: tuple[list[int], list[int]]) -> torch.Tensor | None:
-        """Scores of every occluded copy by incremental inference, or ``None`` (full forwards) with the reason in
-        ``spec["incremental"]``."""
-        mode = self.opts["incremental"]
-        if mode is False:
-            self.extra["incremental"] = {"used": False, "reason": "incremental=False"}
-            return None
-        # the split is planned (timed) in the memory format the model will see
-        xp = x.contiguous(memory_format=torch.channels_last) if scorer.channels_last else x
-        window_args = (xp, window, starts, self.opts["split_layer"])
-        try:
-            if scorer.target.kind == "unit":
-                raise IncrementalUnavailable("unit targets read a layer inside the model")
-            def verify(plan: Plan) -> None:
-                with IncrementalOcclusion(scorer.module, scorer, x, base, plan, scorer.channels_last) as inc:
-                    inc.check(clean, kind, crops="interior")
-
-            plans = make_plans(self.module, *window_args, batch=self._incremental_batch(x), verify=verify)
-            plan, scores = self._first_plan_that_passes(plans, x, base, scorer, clean, kind, window_args, starts)
-        except IncrementalUnavailable as err:
-            if mode is True:
-                raise MethodError(f"occlusion: incremental inference is not possible: {err}") from err
-            self.extra["incremental"] = {"used": False, "reason": str(err)}
-            return None
-        self.extra["incremental"] = plan.summary()
-        return scores.to(clean.device)
+        rows = torch.arange(x.shape[0]).repeat_interleave(n_win)
+        return fast.map_scores(make, rows, bs, kind=kind, progress=self.opts["progress"], desc=self.name).cpu()
 
 
-def rise_masks(n: int, size: tuple[int, int], grid: int | tuple[int, int] = 7, p: float = 0.5,
+def _spread(drops: torch.Tensor, windows: tuple[list, list], size: tuple[int, int]) -> torch.Tensor:
+    """Each pixel's mean drop over the windows that cover it: ``[B, 1, H, W]`` from ``drops`` ``[B, rows, cols]``.
+
+    A window covers rows ``Y`` and columns ``X``, so the sums are ``Ry^T D Rx`` with the windows' row and column
+    indicator matrices.
+    """
+    (h, w), dt = size, drops.dtype
+    ry = torch.zeros(len(windows[0]), h, dtype=dt)
+    rx = torch.zeros(len(windows[1]), w, dtype=dt)
+    for k, (s, e) in enumerate(windows[0]):
+        ry[k, s:e] = 1
+    for k, (s, e) in enumerate(windows[1]):
+        rx[k, s:e] = 1
+    total = torch.einsum("iy,bij,jx->byx", ry, drops, rx)
+    count = torch.einsum("iy,jx->yx", ry, rx)
+    return (total / count.clamp(min=1))[:, None]
+
+
+def rise_masks(n: int, size: tuple[int, int], *, grid: int | tuple[int, int] = 7, p: float = 0.5,
                generator: torch.Generator | None = None, device: torch.device | str | None = None,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """RISE's random masks (Petsiuk et al. 2018, Sec. 3.2).
@@ -255,7 +226,7 @@ def rise_masks(n: int, size: tuple[int, int], grid: int | tuple[int, int] = 7, p
     return torch.stack([up[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)]).clamp_(0.0, 1.0)
 
 
-@register
+@register_method
 class RISE(Method):
     """RISE (Petsiuk et al. 2018): ``S = 1 / (N p) * sum_i f(x * M_i) M_i`` over ``N`` random masks.
 
@@ -265,14 +236,16 @@ class RISE(Method):
 
     Options:
         n_masks (default 2000; the paper uses several thousand), grid (7), p (0.5), baseline, blur_sigma,
-        score (``"auto"``, ``"prob"``, ``"logit"``), seed or generator (the masks' ``torch.Generator``).
+        score (``"auto"``, ``"prob"``, ``"logit"``), seed or generator (the masks' ``torch.Generator``),
+        fold_bn (run the masked copies on a batch-norm-folded copy of the model where that is exact).
     """
 
     name = "rise"
     title = "RISE"
     reference = "Petsiuk, Das, Saenko 2018, RISE: Randomized Input Sampling for Explanation of Black-box Models"
     options: ClassVar[dict[str, Any]] = {"n_masks": 2000, "grid": 7, "p": 0.5, "baseline": 0.0,
-                                         "blur_sigma": 10.0, "score": "auto", "seed": 0, "generator": None}
+                                         "blur_sigma": 10.0, "score": "auto", "seed": 0, "generator": None,
+                                         "fold_bn": True}
     display: ClassVar[dict[str, Any]] = {"sign": "positive", "reduce": "mean"}
 
     def check_options(self) -> None:
@@ -286,24 +259,24 @@ class RISE(Method):
 
     def compute(self, x: torch.Tensor, scorer: Scorer, layer: str | None) -> torch.Tensor:
         b, _, h, w = x.shape
-        mb, n_masks, p = self.opts["max_batch"], self.opts["n_masks"], float(self.opts["p"])
+        bs, n_masks, p = self.batch_size(x), self.opts["n_masks"], float(self.opts["p"])
         kind = _score_kind(self.opts["score"], scorer, self.name)
-        scorer.bind_clean(x, mb)
+        scorer.bind_clean(x, bs)
+        fast = fast_scorer(self, x, scorer)
         base = make_baseline(x, self.opts["baseline"], self.opts["blur_sigma"])
         gen = self.opts["generator"]
         if gen is None:
             gen = torch.Generator(device=x.device).manual_seed(int(self.opts["seed"]))
         sal = torch.zeros(b, 1, h, w, dtype=x.dtype, device=x.device)
-        for chunk in _chunks(n_masks, RISE_MASK_CHUNK, self.opts["progress"], self.name):
-            m = rise_masks(len(chunk), (h, w), self.opts["grid"], p, gen, x.device, x.dtype)
+        for part in track(list(chunks(n_masks, RISE_MASK_CHUNK)), self.opts["progress"], self.name):
+            n = part.stop - part.start
+            m = rise_masks(n, (h, w), grid=self.opts["grid"], p=p, generator=gen, device=x.device, dtype=x.dtype)
 
             def make(jobs: torch.Tensor, m: torch.Tensor = m) -> torch.Tensor:
                 i, r = jobs // b, jobs % b
                 mi = m[i.to(x.device)]
                 return mi * x[r] + (1 - mi) * base[r]
 
-            rows = torch.arange(b).repeat(len(chunk))
-            scores = scorer.map_scores(make, rows, self.forward_batch(x), kind=kind)
-            scores = scores.view(len(chunk), b).to(x.dtype)
+            scores = fast.map_scores(make, torch.arange(b).repeat(n), bs, kind=kind).view(n, b).to(x.dtype)
             sal += torch.einsum("nb,nhw->bhw", scores, m[:, 0])[:, None]
         return sal / (n_masks * p)

@@ -2,14 +2,14 @@
 
 In eval mode ``BN(conv(x)) = conv'(x)`` with ``w' = w * g / sqrt(v + eps)`` and
 ``b' = (b - m) * g / sqrt(v + eps) + beta`` (Ioffe & Szegedy 2015; the standard inference-time fusion, as in
-``torch.ao.quantization.fuse_modules``). Perturbation methods run thousands of no-gradient forwards, and on a CPU
-the batch-norm pass is a sizeable share of EfficientNet-Lite0's forward time (folding makes a forward 1.17x faster
-at batch 4, 1.38x at batch 16 on one core), so occlusion runs them on a folded copy.
+``torch.ao.quantization.fuse_modules``): exact up to float rounding, and one pass over each activation fewer.
+Perturbation methods run thousands of no-gradient forwards, and on a CPU the batch-norm pass is a sizeable share of
+a forward (figures in benchmarks/RESULTS.md), so they run them on a folded copy.
 
 Pairs are found by running the model once: a ``BatchNorm2d`` whose input is the very tensor a ``Conv2d`` returned.
 A conv output that something else also reads (a skip connection taken before the norm) would be changed by the
-fold, so the caller must compare the copy's outputs with the original's (:func:`fold_batchnorm` returns the copy;
-:class:`~cnnscope.attribution.perturbation.Occlusion` checks the clean scores and falls back to the model itself).
+fold, and a norm in training mode normalises by the batch, so the copy is only used where it reproduces the model
+(:func:`~cnnscope.fastforward.fast_forward` checks it on the call's images and falls back to the model itself).
 The model itself is never changed. The copy is cached per model and reused while every parameter and buffer is the
 same tensor at the same version (an optimizer step, ``load_state_dict`` or ``.to()`` makes a new copy).
 """
@@ -22,7 +22,8 @@ import weakref
 import torch
 from torch import nn
 
-from ..capture import conv_bn_pairs, module_state
+from ..capture import conv_bn_pairs, evaluating, module_state
+from ..models import ModelLike, as_model
 
 
 def _neutralise(parent: nn.Module, attr: str, bn: nn.BatchNorm2d) -> None:
@@ -44,12 +45,15 @@ def _neutralise(parent: nn.Module, attr: str, bn: nn.BatchNorm2d) -> None:
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def fold_batchnorm(module: nn.Module, x: torch.Tensor, cache: bool = True) -> tuple[nn.Module, int]:
-    """``(copy, number of folded pairs)``: an eval-mode copy of ``module`` with each conv -> batch-norm pair fused.
+def fold_batchnorm(model: ModelLike, images: torch.Tensor, *, cache: bool = True) -> tuple[nn.Module, int]:
+    """``(copy, number of folded pairs)``: an eval-mode copy of the model's module with each conv -> batch-norm pair
+    fused; ``images`` (a model-space batch) runs once to find the pairs.
 
-    Compare the copy's outputs with the original's before trusting it (see the module docstring). With ``cache``
-    the copy is shared by calls on an unchanged model: do not modify it.
+    Compare the copy's outputs with the model's before trusting it (see the module docstring). With ``cache`` the
+    copy is shared by calls on an unchanged model: do not modify it.
     """
+    module = as_model(model).module
+    x = images
     if not cache:
         return _fold(module, x)
     state = module_state(module)
@@ -61,18 +65,16 @@ def fold_batchnorm(module: nn.Module, x: torch.Tensor, cache: bool = True) -> tu
 
 
 def _fold(module: nn.Module, x: torch.Tensor) -> tuple[nn.Module, int]:
-    was = module.training
-    module.eval()
-    try:
+    with evaluating(module):
         pairs = conv_bn_pairs(module, x)
-    finally:
-        module.train(was)
     folded = copy.deepcopy(module).eval()
     mods = dict(folded.named_modules())
+    n = 0
     for conv_name, bn_name in pairs:
         conv, bn = mods[conv_name], mods[bn_name]
         if bn.running_mean is None or bn.running_var is None:
             continue
+        n += 1
         with torch.no_grad():
             scale = torch.rsqrt(bn.running_var + bn.eps)
             if bn.weight is not None:
@@ -86,4 +88,4 @@ def _fold(module: nn.Module, x: torch.Tensor) -> tuple[nn.Module, int]:
         _neutralise(mods[parent_name] if parent_name else folded, attr, bn)
     for p in folded.parameters():
         p.requires_grad_(False)
-    return folded, len(pairs)
+    return folded, n

@@ -1,14 +1,15 @@
-"""Batch-norm folding: the folded copy computes what the model computes, the model is untouched, and occlusion
-uses the copy only when it reproduces the clean scores."""
+"""Batch-norm folding: the folded copy computes what the model computes, the model is untouched, and occlusion, RISE
+and Score-CAM use the copy only when it reproduces the clean scores."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from cnnscope.attribution import attribute
-from cnnscope.attribution.fold_bn import fold_batchnorm
 from cnnscope.capture import conv_bn_pairs
+from cnnscope.fastforward import fast_forward, fold_batchnorm
 
 from ..models import InplaceReLUNet, seeded
 from .test_incremental import DeepNet
@@ -85,7 +86,7 @@ def test_train_mode_is_never_folded(single_thread):
     assert net.training
 
 
-def test_lite0_folds_every_norm(lite0):
+def test_lite0_folds_every_norm(single_thread, lite0):
     x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
     folded, n = fold_batchnorm(lite0.module, x)
     assert n == 49  # every conv of EfficientNet-Lite0 is followed by a BatchNormAct2d
@@ -112,3 +113,44 @@ def test_folded_copy_is_cached_until_the_model_changes(single_thread):
     assert third is not second
     with torch.no_grad():
         torch.testing.assert_close(third(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_plain_module_and_its_loaded_model_fold_alike(single_thread):
+    from cnnscope import wrap
+
+    net = DeepNet().eval()
+    x = _x()
+    folded, n = fold_batchnorm(wrap(net, input_size=(24, 20)), x)
+    assert fold_batchnorm(net, x) == (folded, n)  # one cached copy per module, whichever way it is given
+    ff = fast_forward(net, x)
+    assert ff.folded and ff.module is folded and ff.report["used"] and ff.report["pairs"] == n
+
+
+def test_fast_forward_falls_back_to_the_model(single_thread):
+    net = SkipBeforeNormNet().eval()
+    x = _x()
+    bad = fast_forward(net, x)
+    assert not bad.folded and bad.module is net and "differ" in bad.report["reason"]
+    assert fast_forward(net, x, fold=False).report == {"used": False, "reason": "fold_bn=False"}
+    train = fast_forward(DeepNet().train(), x)
+    assert not train.folded and "training" in train.report["reason"]
+    plain = fast_forward(InplaceReLUNet().eval().features[:1], x)  # a lone convolution: nothing to fold
+    assert not plain.folded and "no convolution" in plain.report["reason"]
+
+
+@pytest.mark.parametrize("method,opts", [("rise", {"n_masks": 64, "grid": 3}), ("scorecam", {})])
+def test_rise_and_scorecam_run_on_the_folded_copy(single_thread, method, opts):
+    net = DeepNet().eval()
+    x = _x()
+    fast = attribute(net, x, method, target=[0, 2, 5], **opts)
+    assert fast.spec["fold_bn"]["used"], fast.spec["fold_bn"]
+    slow = attribute(net, x, method, target=[0, 2, 5], fold_bn=False, **opts) if method == "rise" else None
+    if slow is None:  # Score-CAM has no switch: compare with the model itself through a copy that cannot fold
+        from cnnscope.attribution import get_method
+
+        cls = get_method(method)
+        m = cls(net)
+        m.opts["fold_bn"] = False
+        slow = m.attribute(x, target=[0, 2, 5])
+        assert slow.spec["fold_bn"]["used"] is False
+    torch.testing.assert_close(fast.values, slow.values, rtol=1e-4, atol=1e-6)
