@@ -40,6 +40,19 @@ def test_as_model_passes_loaded_models_through_and_remembers_plain_modules():
     assert a.labels is None  # 10 outputs: no ImageNet names
 
 
+def test_as_model_never_keeps_a_module_alive():
+    import gc
+    import weakref
+
+    net = InplaceReLUNet()
+    gone = weakref.ref(net)
+    wrapper = as_model(net)
+    assert as_model(net) is wrapper
+    del net, wrapper
+    gc.collect()
+    assert gone() is None
+
+
 def test_as_model_reads_what_the_module_says():
     net = GreyNet()
     net.input_size = 48

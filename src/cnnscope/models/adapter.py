@@ -1,8 +1,8 @@
 """``as_model``: the one adapter every public entry point applies to its ``model`` argument.
 
-A :class:`~cnnscope.models.LoadedModel` passes through unchanged. A plain ``nn.Module`` is wrapped once (the
-wrapper is remembered for as long as the module lives, so caches keyed on it keep working) with what can be read
-off the module, and ImageNet defaults otherwise:
+A :class:`~cnnscope.models.LoadedModel` passes through unchanged. A plain ``nn.Module`` is wrapped (the same
+wrapper is handed out while it is in use; it never keeps the module alive) with what can be read off the module,
+and ImageNet defaults otherwise:
 
 * input size: ``input_size=`` when given, else the module's own ``pretrained_cfg``/``default_cfg`` (timm) or an
   ``input_size`` attribute, else 224 x 224;
@@ -10,8 +10,8 @@ off the module, and ImageNet defaults otherwise:
   identity (pictures in [0, 1]) for any other channel count;
 * labels: ImageNet's when the last ``Linear``/``Conv2d`` has 1000 outputs.
 
-What was assumed is kept in :attr:`LoadedModel.assumed` and said once, as an :class:`AssumptionWarning`, the first
-time pictures are turned into inputs with it. Tensors given in the model's input space never depend on it.
+What was assumed is kept in :attr:`LoadedModel.assumed` and said once per module, as an :class:`AssumptionWarning`,
+the first time pictures are turned into inputs with it. Tensors given in the model's input space never depend on it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from .loaded import IMAGENET_MEAN, IMAGENET_STD, LoadedModel
 
 ModelLike: TypeAlias = "LoadedModel | nn.Module"
 
-_WRAPPED: weakref.WeakKeyDictionary[nn.Module, LoadedModel] = weakref.WeakKeyDictionary()
+#: module -> a weak reference to its wrapper: the wrapper is shared while anyone holds it, and neither keeps the
+#: module alive (a strong value would, since the wrapper holds the module)
+_WRAPPED: weakref.WeakKeyDictionary[nn.Module, weakref.ref[LoadedModel]] = weakref.WeakKeyDictionary()
 
 
 def _last_outputs(module: nn.Module) -> int | None:
@@ -101,7 +103,9 @@ def as_model(model: ModelLike, *, input_size: int | tuple[int, int] | None = Non
                          f"{type(model).__name__}")
     if input_size is not None:
         return _wrap_plain(model, input_size)
-    found = _WRAPPED.get(model)
+    ref = _WRAPPED.get(model)
+    found = ref() if ref is not None else None
     if found is None:
-        found = _WRAPPED[model] = _wrap_plain(model, None)
+        found = _wrap_plain(model, None)
+        _WRAPPED[model] = weakref.ref(found)
     return found

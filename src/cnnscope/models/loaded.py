@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +19,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class AssumptionWarning(UserWarning):
     """cnnscope had to assume something about a plain ``nn.Module`` (its normalisation or input size)."""
+
+
+#: modules whose assumptions were already said (weak: a module is not kept alive by having been warned about)
+_WARNED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 @dataclass
@@ -49,14 +54,13 @@ class LoadedModel:
     extra: dict = field(default_factory=dict)
     #: what cnnscope assumed about a plain module (see :func:`~cnnscope.models.as_model`), or ``None``
     assumed: str | None = None
-    _warned: bool = field(default=False, init=False, repr=False, compare=False)
 
     def _note_assumption(self) -> None:
-        """Warn once, the first time an assumed normalisation turns pictures into inputs or back."""
-        if self.assumed and not self._warned:
+        """Warn once per module, the first time an assumed normalisation turns pictures into inputs or back."""
+        if self.assumed and self.module not in _WARNED:
             import warnings
 
-            self._warned = True
+            _WARNED.add(self.module)
             warnings.warn(self.assumed, AssumptionWarning, stacklevel=3)
 
     @property
