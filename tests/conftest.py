@@ -36,3 +36,14 @@ def samples():
     from cnnscope import sample_images
 
     return sample_images()
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread for this test (on tiny inputs, thread start-up costs more than it saves)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
