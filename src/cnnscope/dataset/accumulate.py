@@ -152,8 +152,12 @@ class LayerAccumulator:
         # share a bin): lower bins cannot reach the top-k; likewise the bottom-k
         first_top = (counts.flip(1).cumsum(1) >= self.k).sum(1) - 1
         last_bottom = self.bins.n_bins - (counts.cumsum(1) >= self.bottom_k).sum(1)
-        reach_top = (self._bin_index >= first_top[:, None]) & (self._bin_upper >= top[:, None])
-        reach_bottom = (self._bin_index <= last_bottom[:, None]) & (self._bin_lower <= bottom[:, None])
+        if self._ties_lose(keys):  # a value equal to a record cannot enter: the zero bin of a ReLU layer stays out
+            reach_top = (self._bin_index >= first_top[:, None]) & (self._bin_upper > top[:, None])
+            reach_bottom = (self._bin_index <= last_bottom[:, None]) & (self._bin_lower < bottom[:, None])
+        else:
+            reach_top = (self._bin_index >= first_top[:, None]) & (self._bin_upper >= top[:, None])
+            reach_bottom = (self._bin_index <= last_bottom[:, None]) & (self._bin_lower <= bottom[:, None])
         band = self._band_limits(prio, flat, channel_major, counts)
         table = band.view(c, self.n_bands)[:, self._band_of_bin].clamp(max=ALL)
         table = torch.where(reach_top | reach_bottom, ALL, table).to(torch.int32).reshape(-1)
@@ -223,6 +227,14 @@ class LayerAccumulator:
             self.bands.merge(take(cells, new), -take(p, new), take(k, new), take(v, new))
             full = self.bands.filled[:, -1]
             self.band_threshold = torch.where(full, -self.bands.scores[:, -1], NO_PRIORITY)
+
+    def _ties_lose(self, keys: torch.Tensor) -> bool:
+        """Whether every key of the batch is larger than every kept record's: then an equal value never enters
+        (:meth:`_offer` breaks ties by the smaller key), and the screen may compare strictly. Streams hand out
+        increasing keys, so after the first batch this holds and masses of equal values (the zeros of a ReLU, the
+        sixes of a ReLU6) are not even candidates."""
+        kept_keys = torch.cat([self.top.keys.reshape(-1), self.bottom.keys.reshape(-1)])
+        return bool(keys.numel() and kept_keys.max() < keys.min())
 
     @staticmethod
     def _last(kept: Kept, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
