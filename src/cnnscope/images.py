@@ -53,6 +53,8 @@ def _array_to_rgb(arr: np.ndarray, where: str, assume_range: float | None = None
         raise ImageError(f"{where}: expected an image of shape HxW, HxWx1, HxWx3 or HxWx4, got {tuple(arr.shape)}")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageError(f"{where}: empty image of shape {tuple(arr.shape)}")
+    if arr.dtype == np.uint8 and arr.shape[-1] == 3:  # already what every loader returns: only copy it
+        return np.array(arr, dtype=np.uint8, order="C")
     if arr.dtype == bool:
         arr = arr.astype(np.float64)
     if arr.dtype == np.uint8:
