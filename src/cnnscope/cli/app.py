@@ -16,8 +16,9 @@ SAMPLE_PREFIX = "sample:"
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars (they are shown only on a terminal anyway).")
 @click.version_option(package_name="cnnscope")
-def cli(debug: bool) -> None:
+def cli(debug: bool, quiet: bool) -> None:
     """cnnscope: see what a convolutional network sees and learns.
 
     MODEL is a name from `cnnscope models` (default embedded model: efficientnet_lite0). IMAGE is a file
@@ -57,6 +58,13 @@ class PositionType(click.ParamType):
 
 
 POSITION = PositionType()
+
+
+def show_progress() -> bool:
+    """Whether a command shows progress bars: on a terminal (stderr), unless ``cnnscope --quiet``."""
+    ctx = click.get_current_context(silent=True)
+    quiet = bool(ctx is not None and ctx.find_root().params.get("quiet"))
+    return not quiet and sys.stderr.isatty()
 
 
 def batch_size_option(f):

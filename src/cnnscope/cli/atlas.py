@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import CnnscopeError
-from .app import batch_size_option, cli, model_options, open_model, pre_activation_option, print_table
+from .app import batch_size_option, cli, model_options, open_model, pre_activation_option, print_table, show_progress
 from .demo import DemoContext, demo_section
 
 #: Demo atlas: the expansion activations of a shallow, a middle and a deep block of EfficientNet-Lite0 (units of a
@@ -63,7 +63,7 @@ def build_cmd(model: str, weights: str | None, device: str, layers: str, channel
     opts = BuildOptions(steps=steps, size=size, recipe=recipe, seed=seed, top_k=top_k, pre_activation=pre_activation,
                         units_per_chunk=units_per_chunk, batch_size=batch_size)
     report = build_atlas(m, out, [s.strip() for s in layers.split(",") if s.strip()], channels=channels,
-                         source=source, kinds=names, options=opts, progress=True, max_units=max_units)
+                         source=source, kinds=names, options=opts, progress=show_progress(), max_units=max_units)
     click.echo(f"built {len(report.built)} units ({report.skipped} already there) with {', '.join(report.kinds)} "
                f"in {report.seconds:.1f}s -> {report.root}")
     click.echo(f"view it: cnnscope serve {report.root}")

@@ -19,6 +19,7 @@ from .app import (
     pre_activation_option,
     print_table,
     read_image_arg,
+    show_progress,
     write_json,
 )
 from .demo import DemoContext, demo_section
@@ -57,7 +58,7 @@ def _statistics(model, layer: str, images: str, stats_file: str | None, k: int, 
                                 + " --pre-activation")
         return stats
     stats = collect_statistics(model, images, [layer], pre_activation=pre_activation, k=k, batch_size=batch_size,
-                               num_workers=workers, progress=True, receptive_field=rf)
+                               num_workers=workers, progress=show_progress(), receptive_field=rf)
     for name, reason in stats.skipped[:5]:
         click.echo(f"skipped {name}: {reason}", err=True)
     if stats.n_skipped > 5:
@@ -256,7 +257,7 @@ def nmf_cmd(model: str, layer: str, image_args: tuple[str, ...], weights: str | 
     groups = None
     if images is not None:
         groups = factorize_dataset(m, images, layer, k=k, pre_activation=pre_activation, max_positions=max_positions,
-                                   negative=negative, batch_size=batch_size, progress=True)
+                                   negative=negative, batch_size=batch_size, progress=show_progress())
         save_figure(groups_figure(groups), outdir / f"groups_{_safe(layer)}_k{k}.png")
         numbers["groups"] = groups.to_dict()
         click.echo(f"{k} groups over {groups.images} images ({groups.positions} positions): relative error "

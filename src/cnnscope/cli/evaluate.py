@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import CnnscopeError
-from .app import batch_size_option, cli, model_options, open_model, read_image_arg, write_json
+from .app import batch_size_option, cli, model_options, open_model, read_image_arg, show_progress, write_json
 from .demo import DemoContext, demo_section
 
 DEFAULT_METHODS = "gradcam,saliency,random"
@@ -94,7 +94,7 @@ def evaluate_cmd(model: str, images: tuple[str, ...], weights: str | None, devic
     ev = evaluate(m, list(imgs.values()), _split(methods), metrics=_split(metrics), image_names=list(imgs),
                   layer=layer, target=tgt, step=step, deletion_substrate=deletion_substrate,
                   insertion_substrate=insertion_substrate, road_percentages=pcts, noise=noise, regions=boxes,
-                  labels=labels, sanity_mode=sanity_mode, seed=seed, batch_size=batch_size, progress=True)
+                  labels=labels, sanity_mode=sanity_mode, seed=seed, batch_size=batch_size, progress=show_progress())
     folder = Path(out)
     notes = f"- model: {m.name} ({m.weights_note}); images: {len(ev.images)}\n" + ev.notes()
     paths = save_table(ev.table, folder, title=f"Evaluation of {m.name}", notes=notes)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from .app import (
     open_model,
     pre_activation_option,
     print_table,
+    show_progress,
     write_json,
 )
 from .demo import DemoContext, demo_section
@@ -93,7 +93,7 @@ def render_cmd(model: str, target: str, weights: str | None, device: str, channe
     get_recipe(recipe)  # unknown recipe names fail before the model loads
     m = open_model(model, weights, device)
     objs, stems = build_objectives(m, target, channels, position, pre_activation, negative)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = show_progress() if progress is None else progress
     res = render(m, objs, recipe=recipe, steps=steps, size=size, seed=seed, batch_size=batch_size,
                  diversity=diversity, progress=show)
     folder = Path(out)

@@ -18,6 +18,7 @@ from .app import (
     open_model,
     pre_activation_option,
     print_table,
+    show_progress,
     write_json,
 )
 from .demo import DemoContext, demo_section
@@ -184,7 +185,7 @@ def tuning_cmd(model: str, layer: str, weights: str | None, device: str, kind: s
     report = tuning_report(m, layer, channels=channels, family=family_k, min_selectivity=min_selectivity, kind=kind,
                            step=step, levels=_number_list(levels, "--levels"), param=param, size=size,
                            source=None if images.lower() == "none" else images, pre_activation=pre_activation,
-                           examples=examples, joint_step=joint_step, batch_size=batch_size, progress=True,
+                           examples=examples, joint_step=joint_step, batch_size=batch_size, progress=show_progress(),
                            **_stimulus_params(width, color, background, sets))
     files = _write(report, Path(out))
     _print_family(report)

@@ -22,6 +22,7 @@ from .app import (
     open_model,
     pre_activation_option,
     read_image_arg,
+    show_progress,
     write_json,
 )
 
@@ -171,7 +172,7 @@ def top9_cmd(model: str, images: tuple[str, ...], weights: str | None, device: s
 
     m = open_any(model, weights, device)
     tp = top_projections(m, read_images(images), layer, channels=channels, k=k, pre_activation=pre_activation,
-                         batch_size=batch_size, progress=True)
+                         batch_size=batch_size, progress=show_progress())
     d = out_dir(out)
     write_json(d / "top9.json", tp.to_dict())
     save(top9_figure(tp), d / "top9.png")
@@ -200,7 +201,7 @@ def occlude_cmd(model: str, image: str, layer: str, target: str | None, channel:
     m = open_any(model, weights, device)
     _, arr = read_image_arg(image)
     s = occlusion_study(m, arr, layer, target=target, channel=channel, size=size, stride=stride, fill=fill,
-                        pre_activation=pre_activation, batch_size=batch_size, progress=True)
+                        pre_activation=pre_activation, batch_size=batch_size, progress=show_progress())
     d = out_dir(out)
     write_json(d / "occlusion.json", s.to_dict())
     np.save(d / "occlusion_projection.npy", s.projection.values[0].cpu().numpy())
@@ -232,7 +233,7 @@ def invariance_cmd(model: str, images: tuple[str, ...], weights: str | None, dev
         raise CnnscopeError("--amounts needs exactly one transform in --transforms")
     lays = [s.strip() for s in layers.split(",")] if layers else None
     studies = [invariance_study(m, imgs, t, amounts=numbers(amounts), layers=lays, pre_activation=pre_activation,
-                                batch_size=batch_size, progress=True) for t in names]
+                                batch_size=batch_size, progress=show_progress()) for t in names]
     d = out_dir(out)
     write_json(d / "invariance.json", [s.to_dict() for s in studies])
     save(invariance_figure(studies), d / "invariance.png")
@@ -264,7 +265,7 @@ def correspond_cmd(model: str, images: tuple[str, ...], weights: str | None, dev
     parsed = [numbers(b, int) for b in boxes]
     lays = [s.strip() for s in layers.split(",")] if layers else None
     r = correspondence(m, imgs, parsed, layers=lays, n_random=n_random, seed=seed, pre_activation=pre_activation,
-                       batch_size=batch_size, progress=True)
+                       batch_size=batch_size, progress=show_progress())
     d = out_dir(out)
     write_json(d / "correspondence.json", r.to_dict())
     save(correspondence_figure(r, list(imgs.values())), d / "correspondence.png")
@@ -292,7 +293,7 @@ def boundary_cmd(model: str, images: tuple[str, ...], weights: str | None, devic
     if lohi is not None and len(lohi) != 2:
         raise CnnscopeError(f"--span is LO,HI, got {span!r}")
     p = decision_plane(m, read_images(images), resolution=resolution, span=tuple(lohi) if lohi else None,
-                       seed=seed, batch_size=batch_size, progress=True)
+                       seed=seed, batch_size=batch_size, progress=show_progress())
     d = out_dir(out)
     write_json(d / "boundary.json", p.to_dict())
     save(boundary_figure(p), d / "boundary.png")

@@ -16,6 +16,7 @@ from .app import (
     pre_activation_option,
     read_image_arg,
     resolve_device,
+    show_progress,
     write_json,
 )
 from .demo import DemoContext, demo_section
@@ -50,7 +51,7 @@ def train_cmd(data: str, epochs: int, checkpoints: str, batch_size: int, lr: flo
 
     r = train(data, epochs=epochs, checkpoint_epochs=wanted, out=out, batch_size=batch_size, lr=lr,
               widths=numbers(widths, int) or (16, 32, 64), size=size, seed=seed, device=resolve_device(device),
-              progress=True, on_epoch=report)
+              progress=show_progress(), on_epoch=report)
     d = out_dir(out)
     write_json(d / "history.json", {"history": r.history, "checkpoints": {k: str(v) for k, v in r.checkpoints.items()},
                                     "seed": seed, "data": str(data)})
@@ -89,7 +90,7 @@ def evolution_cmd(checkpoints: tuple[str, ...], layer: str, channels: str, image
 
     ev = evolution(checkpoint_files(checkpoints), read_images(images), layer, channels=channels,
                    pre_activation=pre_activation, batch_size=batch_size, device=resolve_device(device),
-                   progress=True)
+                   progress=show_progress())
     d = out_dir(out)
     write_json(d / "evolution.json", ev.to_dict())
     save(evolution_figure(ev), d / "evolution.png")

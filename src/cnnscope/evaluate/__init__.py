@@ -11,7 +11,7 @@
     insertion(m, photos, gradcam).auc               # RISE insertion AUC per image (higher is better)
     road(m, photos, gradcam).combined               # ROAD (LeRF - MoRF) / 2 (higher is better)
     ev = evaluate(m, photos, ["gradcam", "saliency", "random"], metrics=["deletion", "insertion", "sanity"])
-    print(ev.table.to_markdown())
+    ev.table.to_markdown()                          # the Markdown table, a string
 
 Every metric takes ``model`` first (a ``LoadedModel`` or an ``nn.Module``), then images (anything
 ``LoadedModel.batch`` takes) and maps (tensors/arrays at any resolution) or an explainer
