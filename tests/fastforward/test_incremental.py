@@ -192,6 +192,28 @@ def test_bad_split_layers(single_thread):
     assert off.spec["incremental"] == {"used": False, "reason": "incremental=False"}
 
 
+def test_a_model_that_asserts_its_input_size_falls_back(single_thread):
+    """torchvision's ViT asserts its image size, so the planning probes and crops fail inside the model: the map
+    comes from full forwards and the reason is reported, never an AssertionError."""
+    from torchvision.models import VisionTransformer
+
+    seeded(0)
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32,
+                            num_classes=5).eval()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    a = attribute(vit, x, "occlusion", window=8, stride=8, target=2)
+    assert a.spec["incremental"]["used"] is False
+    assert "Wrong image" in a.spec["incremental"]["reason"]
+    with torch.no_grad():  # windows tile the image: each pixel holds its own window's drop, computed here by hand
+        clean = vit(x)[0, 2]
+        for r in range(4):
+            for c in range(4):
+                occ = x.clone()
+                occ[..., 8 * r:8 * r + 8, 8 * c:8 * c + 8] = 0.0
+                want = clean - vit(occ)[0, 2]
+                torch.testing.assert_close(a.values[0, :, 8 * r, 8 * c], want.expand(3), rtol=1e-4, atol=1e-5)
+
+
 def test_unit_targets_use_full_forwards(single_thread):
     from cnnscope import unit
 

@@ -84,6 +84,8 @@ class FastForward:
                                      splices=checker.splices, verify=checker.verify, exclude=exclude)
                 except IncrementalUnavailable as err:
                     plan = err
+                except Exception as err:  # noqa: BLE001 - e.g. a model that asserts its input size: full forwards
+                    plan = IncrementalUnavailable(f"the model cannot run the planning probes ({_brief(err)})")
                 remember(self.model, key, plan)
             if isinstance(plan, IncrementalUnavailable):
                 reasons.append(str(plan))
@@ -91,7 +93,12 @@ class FastForward:
             with IncrementalForward(self.module, plan, x, base, score, channels_last, batch_size,
                                     checker.clean(plan)) as inc:
                 try:
-                    inc.check(clean)
+                    try:
+                        inc.check(clean)
+                    except IncrementalUnavailable:
+                        raise
+                    except Exception as err:  # noqa: BLE001 - the model refuses the crops: full forwards
+                        raise IncrementalUnavailable(f"the model cannot run the crops ({_brief(err)})") from err
                 except IncrementalUnavailable as err:
                     reasons.append(str(err))
                     forget(self.model, key)
@@ -140,6 +147,12 @@ class _Checker:
         with IncrementalForward(self.module, plan, self.x, self.base, self.score, self.cl, self.batch_size,
                                 self.clean(plan)) as inc:
             inc.check(self.scores, geometries="interior")
+
+
+def _brief(err: BaseException) -> str:
+    """An exception as one short line."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text[:160]}" if text else type(err).__name__
 
 
 def _layers(layer: str | Sequence[str] | None) -> tuple[str, ...] | None:
