@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..capture import first_tensor, patch_outputs
+from ..errors import CnnscopeError
 from ..models import ModelLike, as_model
 from .approximate import check_tau
 from .fold_bn import fold_batchnorm
@@ -81,9 +82,12 @@ class FastForward:
             if plan is None:
                 try:
                     plan = make_plan(self.module, xp, windows, batch=batch_size, layers=layers, tau=tau,
-                                     splices=checker.splices, verify=checker.verify, exclude=exclude)
+                                     splices=checker.splices, verify=checker.verify, exclude=exclude,
+                                     progress=progress)
                 except IncrementalUnavailable as err:
                     plan = err
+                except CnnscopeError:  # the user's mistake (an unknown split layer): said as it is
+                    raise
                 except Exception as err:  # noqa: BLE001 - e.g. a model that asserts its input size: full forwards
                     plan = IncrementalUnavailable(f"the model cannot run the planning probes ({_brief(err)})")
                 remember(self.model, key, plan)
@@ -95,7 +99,7 @@ class FastForward:
                 try:
                     try:
                         inc.check(clean)
-                    except IncrementalUnavailable:
+                    except CnnscopeError:
                         raise
                     except Exception as err:  # noqa: BLE001 - the model refuses the crops: full forwards
                         raise IncrementalUnavailable(f"the model cannot run the crops ({_brief(err)})") from err

@@ -182,19 +182,19 @@ def cost(stages: list[Stage]) -> float:
 
 
 def measure(module: nn.Module, x: torch.Tensor, windows: Windows, batch: int, layers: tuple[str, ...] | None,
-            approximate: bool) -> Geometry:
+            approximate: bool, progress: bool = False) -> Geometry:
     """Time the candidate layers and probe their receptive fields (only ``layers`` when given); kept per model
     while it lives."""
     key = (tuple(x.shape[1:]), x.dtype, x.device.type, x.is_contiguous(memory_format=torch.channels_last),
            repr(windows), batch, layers, approximate)
     store = _GEOMETRY.setdefault(module, {})
     if key not in store:
-        store[key] = _measure(module, x, windows, batch, layers, approximate)
+        store[key] = _measure(module, x, windows, batch, layers, approximate, progress)
     return store[key]
 
 
 def _measure(module: nn.Module, x: torch.Tensor, windows: Windows, batch: int, layers: tuple[str, ...] | None,
-             approximate: bool) -> Geometry:
+             approximate: bool, progress: bool) -> Geometry:
     h, w = x.shape[-2:]
     times = _candidates(module, x, batch)
     cands = {n: t.share for n, t in times.items()}
@@ -211,7 +211,7 @@ def _measure(module: nn.Module, x: torch.Tensor, windows: Windows, batch: int, l
         cands = {n: s for n, s in cands.items() if s <= MAX_SHARE}
     if not cands:
         raise IncrementalUnavailable("no block boundary with a spatial output to split the model at")
-    rfs = receptive_fields(module, list(cands), (h, w))
+    rfs = receptive_fields(module, list(cands), (h, w), progress=progress)
     extents: dict[str | None, tuple[Axis, Axis]] = {None: (Axis.pixels(h), Axis.pixels(w))}
     for name in cands:
         boxes = rfs[name].boxes
@@ -255,19 +255,20 @@ def _candidates(module: nn.Module, x: torch.Tensor, batch: int) -> dict[str, Lay
 def make_plan(module: nn.Module, x: torch.Tensor, windows: Windows, *, batch: int,
               layers: tuple[str, ...] | None = None, tau: float | None = None,
               splices: Callable[[str], bool] | None = None, verify: Callable[[Plan], None] | None = None,
-              exclude: Sequence[str] = ()) -> Plan:
+              exclude: Sequence[str] = (), progress: bool = False) -> Plan:
     """The cheapest chain of split layers for these windows (the chain ``layers`` when given).
 
     Times the forward and probes receptive fields (kept in memory per model). Candidate layers that fail
     ``splices`` (something reaches the output past them: a skip connection around the layer, the input used again
     at the end) are left out, and so are those in ``exclude`` (they failed in an earlier try). With ``verify``
     (which raises :class:`IncrementalUnavailable` for a plan that fails the clean-image check) a chain that fails
-    is chosen again without the stage's layer, until one passes.
+    is chosen again without the stage's layer, until one passes. ``progress`` shows the receptive-field probe's bar
+    (the longest part of planning).
 
     Raises:
         IncrementalUnavailable: no candidate layer, or no plan whose estimated cost is below :data:`MAX_COST`.
     """
-    geo = measure(module, x, windows, batch, layers, approximate=tau is not None)
+    geo = measure(module, x, windows, batch, layers, approximate=tau is not None, progress=progress)
     if layers is not None:
         stages = geo.stages(layers, tau)
         if stages is None:
