@@ -172,3 +172,33 @@ def test_a_plain_module_builds_the_same_atlas_as_its_wrapper(tmp_path):
                     kinds=["unit_mean"], options=BuildOptions(units_per_chunk=2))
     assert _contents(tmp_path / "plain") == _contents(tmp_path / "wrapped")
     assert len(_contents(tmp_path / "plain")) == 4
+
+
+def test_unreadable_images_are_skipped_reported_and_recorded(tmp_path):
+    """The dataset kinds' pass skips unreadable files; the report and the atlas's meta list them, and the
+    examples are those of the readable images only."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, img in helpers.tiny_images(3):
+        Image.fromarray(img).save(folder / f"{name}.png")
+    (folder / "zz_broken.png").write_bytes(b"not a png")
+    m = helpers.tiny_model()
+    before = torch.get_rng_state().clone(), np.random.get_state(), random.getstate()
+    report = build_atlas(m, tmp_path / "atlas", ["features.2"], channels="0-1", source=str(folder),
+                         kinds=["examples", "histogram"], options=BuildOptions(units_per_chunk=2, top_k=2))
+    after = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    assert torch.equal(before[0], after[0]) and before[2] == after[2]  # the global random state is untouched
+    assert np.array_equal(before[1][1], after[1][1]) and before[1][2:] == after[1][2:]
+    broken = str(folder / "zz_broken.png")
+    assert [s.path for s in report.skipped_images] == [broken] and report.n_skipped_images == 1
+    with AtlasStore(tmp_path / "atlas") as st:
+        meta = st.get_meta("skipped_images")
+        assert [s["path"] for s in meta] == [broken] and meta[0]["reason"] == report.skipped_images[0].reason
+        assert st.get_meta("n_skipped_images") == 1
+        hist = next(a for a in st.artifacts("features.2", 0) if a.kind == "histogram")
+        assert hist.numbers["count"] == 3 * 32 * 32  # features.2 of 32 px inputs: 3 readable images x 32 x 32

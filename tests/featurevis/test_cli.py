@@ -20,7 +20,10 @@ def test_render_writes_images_grid_and_sidecar(tmp_path, capsys):
                "center", "--steps", "3", "--size", "48", "--seed", "5", "--out", str(out), "--no-progress"])
     assert rc == 0
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["blocks.1.0_n0000_neg.png", "blocks.1.0_n0002_neg.png", "grid.png", "render.json"]
+    assert files == ["blocks.1.0_n0000_neg.png", "blocks.1.0_n0002_neg.png", "grid.png", "manifest.json",
+                     "render.json"]
+    assert json.loads((out / "manifest.json").read_text())["files"] == [
+        "blocks.1.0_n0000_neg.png", "blocks.1.0_n0002_neg.png", "grid.png", "render.json"]
     meta = json.loads((out / "render.json").read_text())
     assert meta["seed"] == 5 and meta["spec"]["seeds"] == [5, 5] and meta["spec"]["steps"] == 3
     assert meta["spec"]["objectives"][0] == {"type": "scale", "factor": -1.0, "term": {
@@ -102,9 +105,18 @@ def test_a_decorated_objective_is_listed_and_rendered_by_name(tmp_path, capsys):
 
 
 def test_demo_section(tmp_path, capsys):
+    (tmp_path / "atlas").mkdir()
+    (tmp_path / "atlas" / "atlas.sqlite").write_text("an earlier demo's atlas")
+    (tmp_path / "stale.png").write_text("an earlier demo's picture")
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": ["stale.png"]}))
     assert main(["demo", "--quick", "--only", "30", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "textures -> patterns -> parts" in out
     numbers = json.loads((tmp_path / "featurevis_layers.json").read_text())
     assert list(numbers["layers"]) == ["blocks.1.1", "blocks.3.2", "blocks.5.3"]
     assert (tmp_path / "featurevis_layers.png").stat().st_size > 10_000
+    # the tour's files are listed; the earlier tour's listed files are gone, its resumable atlas is kept
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["command"] == "demo"
+    assert manifest["files"] == ["featurevis_layers.json", "featurevis_layers.png"]
+    assert not (tmp_path / "stale.png").exists() and (tmp_path / "atlas" / "atlas.sqlite").exists()

@@ -284,3 +284,30 @@ def test_units_and_text_are_objectives():
     by_text = small(m, ["channel:features.4:3", "neuron:features.4:1:2,3"], steps=3)
     assert np.array_equal(by_unit.images, by_objective.images) and np.array_equal(by_text.images, by_unit.images)
     assert by_unit.spec["objectives"] == by_objective.spec["objectives"]
+
+
+def test_a_grey_model_gets_the_grey_picture_it_sees():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 3))
+    m = wrap(net, input_size=(24, 24), mean=[0.45], std=[0.25])
+    res = small(m, [channel("1", 0), channel("2", 1)], size=(24, 24), steps=8, thresholds=[4])
+    for pics in (res.images, res.snapshots[4]):
+        assert pics.shape == (2, 24, 24, 3) and pics.dtype == np.uint8
+        assert np.array_equal(pics[..., 0], pics[..., 1]) and np.array_equal(pics[..., 0], pics[..., 2])
+        assert pics.std() > 1  # a picture, not a flat grey
+    # the saved picture is what the model read: its objective on the stored uint8 image is the reported one
+    stored = measure(m, res.images, [channel("1", 0), channel("2", 1)])
+    torch.testing.assert_close(stored, res.activations, rtol=0.02, atol=0.02)
+    colour = small(wrap(InplaceReLUNet()), [channel(FEAT, 0)], steps=8)
+    assert not np.array_equal(colour.images[..., 0], colour.images[..., 1])  # RGB models keep their colours
+
+
+def test_render_leaves_the_global_random_state_alone():
+    import random
+
+    m = InplaceReLUNet()
+    before = torch.get_rng_state().clone(), np.random.get_state(), random.getstate()
+    small(m, [channel(FEAT, 1), neuron(FEAT, 2)], steps=3, diversity=2, seed=[3, 4])
+    after = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    assert torch.equal(before[0], after[0]) and before[2] == after[2]
+    assert np.array_equal(before[1][1], after[1][1]) and before[1][2:] == after[1][2:]

@@ -38,6 +38,8 @@ class BuildReport:
         skipped: units that were already in the atlas.
         seconds: wall time of this run.
         kinds: artifact kinds of the atlas.
+        skipped_images: images of the dataset kinds' pass that could not be read (``SkippedImage``: path,
+            reason; at most the first 100) and ``n_skipped_images`` in all; also recorded in the atlas's meta.
     """
 
     root: Path
@@ -45,6 +47,8 @@ class BuildReport:
     skipped: int = 0
     seconds: float = 0.0
     kinds: list[str] = field(default_factory=list)
+    skipped_images: list = field(default_factory=list)
+    n_skipped_images: int = 0
 
 
 def _resolve_layers(model, names: Sequence[str]) -> list[LayerInfo]:
@@ -167,7 +171,13 @@ def build_atlas(model: ModelLike, out: str | Path, layers: Sequence[str], *,
             pending = [u for u in plans[info.name] if u not in done]
             report.skipped += len(plans[info.name]) - len(pending)
             jobs += [(info, pending[sl]) for sl in chunks(len(pending), options.units_per_chunk)]
-        _run_jobs(store, m, jobs, chosen, skipped, options, batch_size, source, report, progress, max_units)
+        cache: dict = {}
+        _run_jobs(store, m, jobs, chosen, skipped, options, batch_size, source, report, progress, max_units, cache)
+        report.skipped_images = list(cache.get("skipped_images", {}).values())
+        report.n_skipped_images = int(cache.get("n_skipped", 0))
+        if report.skipped_images:
+            store.set_meta(skipped_images=[s.to_dict() for s in report.skipped_images],
+                           n_skipped_images=report.n_skipped_images)
     finally:
         store.close()
     report.seconds = time.perf_counter() - t_start
@@ -203,14 +213,13 @@ def _check_declared(kind: ArtifactKind, a: Artifact) -> None:
 
 def _run_jobs(store: AtlasStore, model, jobs: list[tuple[LayerInfo, list[int]]], chosen: list[ArtifactKind],
               skipped: dict[str, dict[str, str]], options: BuildOptions, batch_size: int, source,
-              report: BuildReport, progress: bool, max_units: int | None) -> None:
+              report: BuildReport, progress: bool, max_units: int | None, cache: dict) -> None:
     from tqdm.auto import tqdm
 
     total = sum(len(u) for _, u in jobs)
     if max_units is not None:
         total = min(total, max_units)
     env = {"torch_version": torch.__version__, "device": str(model.device), "python": platform.python_version()}
-    cache: dict = {}
     layers = list(dict.fromkeys(info.name for info, _ in jobs))
     with tqdm(total=total, unit="unit", disable=not progress, desc="atlas") as bar:
         for info, chunk in jobs:

@@ -19,7 +19,8 @@ MAX_CROP, MIN_CROP = 96, 48
 
 def layer_stats(ctx: BuildContext):
     """The dataset statistics of ``ctx.layer``: one pass over the images for every layer of the run (one
-    receptive-field probe and one forward per image batch serve them all), cached for the whole run."""
+    receptive-field probe and one forward per image batch serve them all), cached for the whole run. The images
+    the pass could not read are collected in ``ctx.cache["skipped_images"]`` (the build reports them)."""
     from ..dataset import collect_statistics
 
     stats = ctx.cache.get("dataset_stats")
@@ -30,6 +31,9 @@ def layer_stats(ctx: BuildContext):
         stats = collect_statistics(ctx.model, ctx.source, layers, pre_activation=o.pre_activation, k=o.top_k,
                                    bottom_k=1, band_samples=1, seed=o.seed, batch_size=ctx.batch_size)
         ctx.cache["dataset_stats"] = stats
+        seen = ctx.cache.setdefault("skipped_images", {})  # every pass meets the same unreadable images
+        seen.update({s.path: s for s in stats.skipped})
+        ctx.cache["n_skipped"] = max(ctx.cache.get("n_skipped", 0), stats.n_skipped)
     return stats
 
 

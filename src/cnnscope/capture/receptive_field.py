@@ -155,9 +155,17 @@ def _boxes(rows: torch.Tensor, cols: torch.Tensor) -> np.ndarray:
     return boxes
 
 
+def _expect(bar: object, probes: int) -> None:
+    """Set the progress bar's total to the probes run so far plus the ``probes`` still to come."""
+    if bar is not None:
+        bar.total = bar.n + probes  # type: ignore[attr-defined]
+        bar.refresh()  # type: ignore[attr-defined]
+
+
 def _exact(cap: Capture, layers: list[str], c: int, size: tuple[int, int], max_batch: int, bar: object = None
            ) -> dict[str, np.ndarray]:
     h, w = size
+    _expect(bar, h + w)
     rows = _affected(cap, layers, (c, h, w), 0, range(h), max_batch, bar)
     cols = _affected(cap, layers, (c, h, w), 1, range(w), max_batch, bar)
     return {name: _boxes(rows[name], cols[name]) for name in layers}
@@ -172,6 +180,7 @@ def _fast(cap: Capture, layers: list[str], c: int, size: tuple[int, int], max_ba
     check_cols = sorted({0, 1, w // 2, w - 2, w - 1} | set(torch.randint(0, w, (checks,), generator=gen).tolist()))
     check_rows = [r for r in check_rows if 0 <= r < h]
     check_cols = [x for x in check_cols if 0 <= x < w]
+    _expect(bar, len(check_rows) + len(check_cols) + h + w)
     full_rows = _affected(cap, layers, (c, h, w), 0, check_rows, max_batch, bar)
     full_cols = _affected(cap, layers, (c, h, w), 1, check_cols, max_batch, bar)
     if slab is None:  # the largest stride of the layers: the slab still reaches one output position
@@ -219,7 +228,7 @@ def receptive_fields(model: ModelLike, layers: str | Iterable[str], input_size: 
         seed: seed of the fast method's random checks.
         cache: reuse boxes measured earlier for the same module, layers, size and method (kept as long as the
             module lives; pass ``False`` after changing the module's structure).
-        progress: show a tqdm bar of the probe images.
+        progress: show a tqdm bar of the probe images (with their total).
 
     Returns:
         ``layer -> ReceptiveField``.
@@ -243,10 +252,10 @@ def receptive_fields(model: ModelLike, layers: str | Iterable[str], input_size: 
         c = input_channels(module)
         boxes, used = None, "exact"
         bar = None
-        if progress:
+        if progress:  # its total grows as the probes are planned (a fall back to "exact" adds H + W)
             from tqdm.auto import tqdm
 
-            bar = tqdm(desc="receptive fields", unit="probe")
+            bar = tqdm(desc="receptive fields", unit="probe", total=0, leave=False)
         try:
             with torch.no_grad(), evaluating(module), Capture(module, todo) as cap:
                 if method in ("auto", "fast"):

@@ -9,7 +9,7 @@ import click
 
 from ..errors import CnnscopeError
 from .app import batch_size_option, cli, model_options, open_model, pre_activation_option, print_table, show_progress
-from .demo import DemoContext, demo_section
+from .demo import ATLAS_FOLDER, DemoContext, demo_section
 
 #: Demo atlas: the expansion activations of a shallow, a middle and a deep block of EfficientNet-Lite0 (units of a
 #: convolution + batch norm + ReLU6, so every kind applies), read before the ReLU6 as in *Curve Detectors*.
@@ -28,7 +28,7 @@ def atlas_group() -> None:
 @click.option("--channels", default="all", show_default=True, help="Units of every layer: all, 0-31 or 0,4,8-11.")
 @click.option("--images", "images_src", default=None,
               help="Images for dataset examples/histograms: samples, sample:chelsea,coffee, a folder or a glob.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Atlas folder (resumed if it exists).")
+@click.option("--out", required=True, metavar="FOLDER", help="Atlas folder (resumed if it exists).")
 @click.option("--kinds", default=None, help="Comma-separated artifact kinds (default: every available one; "
                                             "see `cnnscope atlas kinds`).")
 @click.option("--neuron", is_flag=True, help="Also visualize the centre neuron of each channel.")
@@ -48,10 +48,14 @@ def build_cmd(model: str, weights: str | None, device: str, layers: str, channel
               out: str, kinds: str | None, neuron: bool, negative: bool, tuning: bool, steps: int, size: int,
               recipe: str | None, seed: int, top_k: int, pre_activation: bool, units_per_chunk: int,
               batch_size: int | None, max_units: int | None) -> None:
-    """Build (or finish) the atlas of MODEL in --out; interrupted builds resume where they stopped."""
+    """Build (or finish) the atlas of MODEL in --out; interrupted builds resume where they stopped.
+
+    Images of --images that cannot be read are skipped, listed on stderr and in the atlas's meta.
+    """
     from ..atlas import BuildOptions, build_atlas, get_kind
     from ..atlas.kinds import default_kinds
-    from ..dataset.sources import open_source
+    from ..dataset.sources import open_source, skipped_lines
+    from ..outputs import check_folder
 
     names = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else default_kinds(images_src is not None)
     names += [k for flag, k in ((neuron, "featurevis_neuron"), (negative, "featurevis_negative"),
@@ -59,11 +63,16 @@ def build_cmd(model: str, weights: str | None, device: str, layers: str, channel
     for name in names:
         get_kind(name)  # unknown names fail before the model loads
     source = open_source(images_src) if images_src else None
+    # an unwritable --out fails before the model loads; the atlas is a resumable store committed unit by unit
+    # (docs/atlas.md), so it keeps its files across runs instead of a run manifest
+    check_folder(out)
     m = open_model(model, weights, device)
     opts = BuildOptions(steps=steps, size=size, recipe=recipe, seed=seed, top_k=top_k, pre_activation=pre_activation,
                         units_per_chunk=units_per_chunk, batch_size=batch_size)
     report = build_atlas(m, out, [s.strip() for s in layers.split(",") if s.strip()], channels=channels,
                          source=source, kinds=names, options=opts, progress=show_progress(), max_units=max_units)
+    for line in skipped_lines(report.skipped_images, report.n_skipped_images):
+        click.echo(line, err=True)
     click.echo(f"built {len(report.built)} units ({report.skipped} already there) with {', '.join(report.kinds)} "
                f"in {report.seconds:.1f}s -> {report.root}")
     click.echo(f"view it: cnnscope serve {report.root}")
@@ -129,7 +138,7 @@ def _demo_atlas(ctx: DemoContext) -> None:
     from ..atlas import BuildOptions, build_atlas
     from ..atlas.kinds import default_kinds
 
-    out = ctx.out / "atlas"
+    out = ctx.out / ATLAS_FOLDER
     channels = "0-1" if ctx.quick else "0-3"
     opts = BuildOptions(steps=8 if ctx.quick else 32, size=64 if ctx.quick else 96, top_k=4 if ctx.quick else 6,
                         units_per_chunk=4, pre_activation=True, seed=0)
@@ -147,7 +156,7 @@ def serve_demo(ctx: DemoContext, host: str = "127.0.0.1", port: int = 8000) -> N
     from ..atlas import AtlasStore
     from ..web import create_app, serve
 
-    out = Path(ctx.extra.get("atlas") or ctx.out / "atlas")
+    out = Path(ctx.extra.get("atlas") or ctx.out / ATLAS_FOLDER)
     if not (out / "atlas.sqlite").is_file():
         raise CnnscopeError(f"no demo atlas in {out}; run `cnnscope demo` with section 80 (no --only, or --only 80)")
     app = create_app(AtlasStore(out), model=ctx.model)

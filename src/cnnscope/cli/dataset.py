@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import json
 import re
+from functools import partial
 from pathlib import Path
 
 import click
 
 from ..errors import CnnscopeError
+from ..outputs import MANIFEST, run_output
 from ..units import parse_channels
 from .app import (
     POSITION,
@@ -20,7 +23,6 @@ from .app import (
     print_table,
     read_image_arg,
     show_progress,
-    write_json,
 )
 from .demo import DemoContext, demo_section
 
@@ -44,25 +46,41 @@ def _channels(spec: str | None, ls) -> list[int]:
     return parse_channels(text, ls.channels)
 
 
-def _statistics(model, layer: str, images: str, stats_file: str | None, k: int, batch_size: int | None,
-                workers: int, rf: str, pre_activation: bool):
-    from ..dataset import DatasetStats, collect_statistics
+def _saved_statistics(stats_file: str, layer: str, pre_activation: bool):
+    """A ``--stats`` file, checked against LAYER and ``--pre-activation``."""
+    from ..dataset import DatasetStats
 
-    if stats_file:
-        stats = DatasetStats.load(stats_file)
-        if layer not in stats.layers:
-            raise CnnscopeError(f"{stats_file} has no statistics of {layer!r} (it has: {', '.join(stats.layers)})")
-        if stats[layer].pre_activation != pre_activation:
-            raise CnnscopeError(f"{stats_file} holds {'pre-activation' if stats[layer].pre_activation else 'output'} "
-                                f"values of {layer!r}; " + ("add" if stats[layer].pre_activation else "drop")
-                                + " --pre-activation")
-        return stats
+    stats = DatasetStats.load(stats_file)
+    if layer not in stats.layers:
+        raise CnnscopeError(f"{stats_file} has no statistics of {layer!r} (it has: {', '.join(stats.layers)})")
+    if stats[layer].pre_activation != pre_activation:
+        raise CnnscopeError(f"{stats_file} holds {'pre-activation' if stats[layer].pre_activation else 'output'} "
+                            f"values of {layer!r}; " + ("add" if stats[layer].pre_activation else "drop")
+                            + " --pre-activation")
+    return stats
+
+
+def _listed(out: str, path: str | None) -> str | None:
+    """The name under which the previous run in ``out`` lists ``path`` (opening ``out`` removes it), or ``None``."""
+    folder = Path(out).expanduser()
+    try:
+        names = json.loads((folder / MANIFEST).read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return None
+    target = Path(path).resolve() if path else None
+    return next((str(n) for n in names if (folder / str(n)).resolve() == target), None)
+
+
+def _statistics(model, layer: str, images: str, k: int, batch_size: int | None, workers: int, rf: str,
+                pre_activation: bool):
+    """One statistics pass over ``--images``; unreadable images are listed on stderr."""
+    from ..dataset import collect_statistics
+    from ..dataset.sources import skipped_lines
+
     stats = collect_statistics(model, images, [layer], pre_activation=pre_activation, k=k, batch_size=batch_size,
                                num_workers=workers, progress=show_progress(), receptive_field=rf)
-    for name, reason in stats.skipped[:5]:
-        click.echo(f"skipped {name}: {reason}", err=True)
-    if stats.n_skipped > 5:
-        click.echo(f"... and {stats.n_skipped - 5} more unreadable images", err=True)
+    for line in skipped_lines(stats.skipped, stats.n_skipped):
+        click.echo(line, err=True)
     return stats
 
 
@@ -87,50 +105,55 @@ def _pass_options(f):
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=9, show_default=True, help="Examples per channel.")
 @click.option("--channels", default="top:8", show_default=True,
               help="Channels to draw: top:N (largest maxima), all, 0-7 or 0,4,8-11.")
-@click.option("--out", type=click.Path(file_okay=False), default="examples-out", show_default=True)
+@click.option("--out", metavar="FOLDER", default="examples-out", show_default=True)
 def examples_cmd(model: str, layer: str, weights: str | None, device: str, images: str, stats_file: str | None,
                  pre_activation: bool, batch_size: int | None, workers: int, rf: str, k: int, channels: str,
                  out: str) -> None:
     """Top-k and bottom-k dataset examples of LAYER's channels (receptive-field crops), with statistics.
 
-    Writes OUT/stats.npz (every channel: examples, histograms, mean/std, band samples; reusable with --stats),
-    one OUT/<layer>_cNNNN.png contact sheet per drawn channel and OUT/examples.json.
+    Writes OUT/stats.npz (every channel: examples, histograms, mean/std, band samples; reusable with --stats; the
+    --stats file's contents when one is given),
+    one OUT/<layer>_cNNNN.png contact sheet per drawn channel, OUT/examples.json (with the images skipped as
+    unreadable) and OUT/manifest.json (the run's files; absent while it runs or after it failed).
     """
+    from ..batching import track
     from ..dataset import crops
+    from ..dataset.sources import skipped_dicts
     from ..plot.common import save_figure
     from ..plot.dataset import examples_figure
 
-    m = open_model(model, weights, device)
-    stats = _statistics(m, layer, images, stats_file, k, batch_size, workers, rf, pre_activation)
-    ls = stats[layer]
-    outdir = Path(out)
-    outdir.mkdir(parents=True, exist_ok=True)
-    if not stats_file:
-        stats.save(outdir / "stats.npz")
-    chosen = _channels(channels, ls)
-    source = None if stats_file else images
-    numbers, rows = {}, []
-    for c in chosen:
-        top, bottom = stats.examples(layer, c, "top"), stats.examples(layer, c, "bottom")
-        if source is not None:
-            fig = examples_figure(crops(m, stats, layer, channel=c, source=source), [e.value for e in top],
-                                  crops(m, stats, layer, channel=c, source=source, which="bottom"),
-                                  [e.value for e in bottom], title=f"{layer}:{c}  ({stats.images} images)")
-            save_figure(fig, outdir / f"{_safe(layer)}_c{c:04d}.png")
-        numbers[c] = {"mean": float(ls.mean[c]), "std": float(ls.std[c]),
-                      "fraction_positive": float(ls.fraction_positive[c]), "max": float(ls.maximum[c]),
-                      "min": float(ls.minimum[c]), "top": [e.to_dict() for e in top],
-                      "bottom": [e.to_dict() for e in bottom]}
-        rows.append((c, f"{numbers[c]['max']:.3g}", f"{numbers[c]['mean']:.3g}", f"{numbers[c]['std']:.3g}",
-                     f"{numbers[c]['fraction_positive']:.1%}", top[0].name if top else "-"))
-    write_json(outdir / "examples.json", {"model": m.describe(), "layer": layer, "images": stats.images,
-                                          "skipped": stats.n_skipped, "pre_activation": ls.pre_activation,
-                                          "receptive_field": list(ls.rf.size) if ls.rf else None,
-                                          "channels": numbers})
+    saved = _saved_statistics(stats_file, layer, pre_activation) if stats_file else None  # read before --out
+    with run_output(out, "examples") as output:  # an unwritable --out fails before the model loads
+        m = open_model(model, weights, device)
+        stats = saved if saved is not None else _statistics(m, layer, images, k, batch_size, workers, rf,
+                                                             pre_activation)
+        ls = stats[layer]
+        output.write("stats.npz", stats.save)  # a --stats file too: it may be a file the last run here listed
+        chosen = _channels(channels, ls)
+        source = None if stats_file else images
+        numbers, rows = {}, []
+        for c in track(chosen, show_progress(), "contact sheets", total=len(chosen), unit="sheet"):
+            top, bottom = stats.examples(layer, c, "top"), stats.examples(layer, c, "bottom")
+            if source is not None:
+                fig = examples_figure(crops(m, stats, layer, channel=c, source=source), [e.value for e in top],
+                                      crops(m, stats, layer, channel=c, source=source, which="bottom"),
+                                      [e.value for e in bottom], title=f"{layer}:{c}  ({stats.images} images)")
+                output.write(f"{_safe(layer)}_c{c:04d}.png", partial(save_figure, fig))
+            numbers[c] = {"mean": float(ls.mean[c]), "std": float(ls.std[c]),
+                          "fraction_positive": float(ls.fraction_positive[c]), "max": float(ls.maximum[c]),
+                          "min": float(ls.minimum[c]), "top": [e.to_dict() for e in top],
+                          "bottom": [e.to_dict() for e in bottom]}
+            rows.append((c, f"{numbers[c]['max']:.3g}", f"{numbers[c]['mean']:.3g}", f"{numbers[c]['std']:.3g}",
+                         f"{numbers[c]['fraction_positive']:.1%}", top[0].name if top else "-"))
+        output.write_json("examples.json", {"model": m.describe(), "layer": layer, "images": stats.images,
+                                            "skipped": skipped_dicts(stats.skipped), "n_skipped": stats.n_skipped,
+                                            "pre_activation": ls.pre_activation,
+                                            "receptive_field": list(ls.rf.size) if ls.rf else None,
+                                            "channels": numbers})
     print_table(rows, ("channel", "max", "mean", "std", "> 0", "best image"))
     if source is None:
         click.echo("(no crops drawn: --stats files do not know their images; run without --stats for crops)")
-    click.echo(f"wrote {outdir}/")
+    click.echo(f"wrote {output.folder}/")
 
 
 @cli.command("spectrum")
@@ -141,33 +164,40 @@ def examples_cmd(model: str, layer: str, weights: str | None, device: str, image
 @click.option("-c", "--channels", required=True, help="Channels: 17, 3,17, 0-3 or top:N.")
 @click.option("--examples", "n_examples", type=click.IntRange(0, 64), default=6, show_default=True,
               help="Random example crops per band.")
-@click.option("--out", type=click.Path(file_okay=False), default="spectrum-out", show_default=True)
+@click.option("--out", metavar="FOLDER", default="spectrum-out", show_default=True)
 def spectrum_cmd(model: str, layer: str, weights: str | None, device: str, images: str, stats_file: str | None,
                  pre_activation: bool, batch_size: int | None, workers: int, rf: str, channels: str, n_examples: int,
                  out: str) -> None:
     """Activation spectrum of units: log density of the pre-activations, contribution x*p(x) to the expected value
     per band, and random examples of each band (the Curve Detectors article's Figs. 6, 7 and 12)."""
+    from ..batching import track
     from ..dataset.examples import example_crops
     from ..dataset.spectrum import spectrum
     from ..plot.common import save_figure
     from ..plot.dataset import spectrum_figure
 
-    m = open_model(model, weights, device)
-    stats = _statistics(m, layer, images, stats_file, 9, batch_size, workers, rf, pre_activation)
-    ls = stats[layer]
-    outdir = Path(out)
-    for c in _channels(channels, ls):
-        spec = spectrum(stats, layer, c, examples=n_examples)
-        band_crops = None
-        if not stats_file and n_examples:
-            band_crops = [example_crops(m, b.examples, source=images, rf=ls.rf) for b in spec.bands]
-        stem = f"spectrum_{_safe(layer)}_c{c:04d}"
-        save_figure(spectrum_figure(spec, band_crops), outdir / f"{stem}.png")
-        write_json(outdir / f"{stem}.json", spec.to_dict())
-        click.echo(f"{layer}:{c}: mean {spec.mean:.3g}, std {spec.std:.3g}, {spec.fraction_positive:.1%} > 0; "
-                   + "; ".join(f"{b.label} {b.fraction:.1%} of positions, {b.contribution:.0%} of E[max(x,0)]"
-                               for b in spec.bands))
-    click.echo(f"wrote {outdir}/")
+    saved = _saved_statistics(stats_file, layer, pre_activation) if stats_file else None
+    keep = _listed(out, stats_file)  # a --stats file the last run in --out listed is written again, not lost
+    with run_output(out, "spectrum") as output:
+        m = open_model(model, weights, device)
+        stats = saved if saved is not None else _statistics(m, layer, images, 9, batch_size, workers, rf,
+                                                             pre_activation)
+        if keep:
+            output.write(keep, stats.save)
+        ls = stats[layer]
+        chosen = _channels(channels, ls)
+        for c in track(chosen, show_progress(), "spectra", total=len(chosen), unit="unit"):
+            spec = spectrum(stats, layer, c, examples=n_examples)
+            band_crops = None
+            if not stats_file and n_examples:
+                band_crops = [example_crops(m, b.examples, source=images, rf=ls.rf) for b in spec.bands]
+            stem = f"spectrum_{_safe(layer)}_c{c:04d}"
+            output.write(f"{stem}.png", partial(save_figure, spectrum_figure(spec, band_crops)))
+            output.write_json(f"{stem}.json", spec.to_dict())
+            click.echo(f"{layer}:{c}: mean {spec.mean:.3g}, std {spec.std:.3g}, {spec.fraction_positive:.1%} > 0; "
+                       + "; ".join(f"{b.label} {b.fraction:.1%} of positions, {b.contribution:.0%} of E[max(x,0)]"
+                                   for b in spec.bands))
+    click.echo(f"wrote {output.folder}/")
 
 
 @cli.command("circuit")
@@ -183,7 +213,7 @@ def spectrum_cmd(model: str, layer: str, weights: str | None, device: str, image
 @click.option("--visualize", is_flag=True, help="Render the attribution vector with feature visualization.")
 @click.option("--steps", type=int, default=128, show_default=True, help="Steps of --visualize.")
 @click.option("-n", "n", type=click.IntRange(1, 256), default=16, show_default=True, help="Inputs shown.")
-@click.option("--out", type=click.Path(file_okay=False), default="circuit-out", show_default=True)
+@click.option("--out", metavar="FOLDER", default="circuit-out", show_default=True)
 def circuit_cmd(model: str, layer: str, weights: str | None, device: str, channel: int, image: str | None,
                 position: tuple[int, int] | str | None, expand_from: str | None, visualize: bool, steps: int, n: int,
                 out: str) -> None:
@@ -194,36 +224,38 @@ def circuit_cmd(model: str, layer: str, weights: str | None, device: str, channe
     from ..plot.common import save_figure
     from ..plot.dataset import attribution_figure, expanded_figure, weights_figure
 
-    m = open_model(model, weights, device)
-    outdir = Path(out)
-    stem = f"{_safe(layer)}_c{channel:04d}"
-    conn = connection(m, layer, channel)
-    save_figure(weights_figure(conn, n), outdir / f"{stem}_weights.png")
-    numbers: dict = {"connection": conn.to_dict(n)}
-    norms = conn.norms.tolist()
-    click.echo(f"{layer}:{channel} <- {conn.conv}" + (f" + {conn.norm}" if conn.norm else "")
-               + f": {len(conn.inputs)} inputs, strongest " + ", ".join(
-                   f"{int(conn.inputs[i])} (|w| {norms[i]:.3g})" for i in conn.ranked(5)))
-    if image is not None:
-        name, arr = read_image_arg(image)
-        attr = attribution(m, arr, layer, channel=channel, position=position)
-        save_figure(attribution_figure(m.fit_image(arr), attr, None, n), outdir / f"{stem}_attribution.png")
-        numbers["attribution"] = {"image": name, **attr.to_dict(n)}
-        click.echo(f"on {name} at {attr.position}: value {attr.value:.4g} = bias {conn.bias:.4g} + "
-                   f"{float(attr.contributions.sum()):.4g}; top: "
-                   + ", ".join(f"{c} ({v:+.3g})" for c, v in attr.top(5)))
-        if visualize:
-            res = render_attribution(m, attr, steps=steps, size=128)
-            save_image(res.images[0], outdir / f"{stem}_attribution_vis.png")
-            numbers["attribution"]["visualization"] = res.to_dict()
-    elif visualize:
+    if visualize and image is None:
         raise CnnscopeError("--visualize needs --image (the attribution vector comes from an image)")
-    if expand_from is not None:
-        ew = expanded_weights(m, layer, channel=channel, from_layer=expand_from)
-        save_figure(expanded_figure(ew, n), outdir / f"{stem}_expanded_from_{_safe(expand_from)}.png")
-        numbers["expanded"] = ew.to_dict(n)
-    write_json(outdir / f"{stem}.json", numbers)
-    click.echo(f"wrote {outdir}/")
+    with run_output(out, "circuit") as output:
+        m = open_model(model, weights, device)
+        stem = f"{_safe(layer)}_c{channel:04d}"
+        conn = connection(m, layer, channel)
+        output.write(f"{stem}_weights.png", partial(save_figure, weights_figure(conn, n)))
+        numbers: dict = {"connection": conn.to_dict(n)}
+        norms = conn.norms.tolist()
+        click.echo(f"{layer}:{channel} <- {conn.conv}" + (f" + {conn.norm}" if conn.norm else "")
+                   + f": {len(conn.inputs)} inputs, strongest " + ", ".join(
+                       f"{int(conn.inputs[i])} (|w| {norms[i]:.3g})" for i in conn.ranked(5)))
+        if image is not None:
+            name, arr = read_image_arg(image)
+            attr = attribution(m, arr, layer, channel=channel, position=position)
+            output.write(f"{stem}_attribution.png",
+                         partial(save_figure, attribution_figure(m.fit_image(arr), attr, None, n)))
+            numbers["attribution"] = {"image": name, **attr.to_dict(n)}
+            click.echo(f"on {name} at {attr.position}: value {attr.value:.4g} = bias {conn.bias:.4g} + "
+                       f"{float(attr.contributions.sum()):.4g}; top: "
+                       + ", ".join(f"{c} ({v:+.3g})" for c, v in attr.top(5)))
+            if visualize:
+                res = render_attribution(m, attr, steps=steps, size=128, progress=show_progress())
+                output.write(f"{stem}_attribution_vis.png", partial(save_image, res.images[0]))
+                numbers["attribution"]["visualization"] = res.to_dict()
+        if expand_from is not None:
+            ew = expanded_weights(m, layer, channel=channel, from_layer=expand_from)
+            output.write(f"{stem}_expanded_from_{_safe(expand_from)}.png",
+                         partial(save_figure, expanded_figure(ew, n)))
+            numbers["expanded"] = ew.to_dict(n)
+        output.write_json(f"{stem}.json", numbers)
+    click.echo(f"wrote {output.folder}/")
 
 
 @cli.command("nmf")
@@ -238,43 +270,47 @@ def circuit_cmd(model: str, layer: str, weights: str | None, device: str, channe
               help="What NMF does with negative activations.")
 @pre_activation_option
 @batch_size_option
-@click.option("--out", type=click.Path(file_okay=False), default="nmf-out", show_default=True)
+@click.option("--out", metavar="FOLDER", default="nmf-out", show_default=True)
 def nmf_cmd(model: str, layer: str, image_args: tuple[str, ...], weights: str | None, device: str, k: int,
             images: str | None, max_positions: int, negative: str, pre_activation: bool, batch_size: int | None,
             out: str) -> None:
     """Non-negative matrix factorisation of LAYER's activations into k groups: per IMAGE (where each group is
     active + its channel loadings), or with --images over many images (neuron groups, then applied to IMAGEs)."""
     from ..dataset.factorize import factorize_dataset, factorize_image
+    from ..dataset.sources import skipped_lines
     from ..images import save_image
     from ..plot.common import save_figure
     from ..plot.dataset import groups_figure, nmf_figure
 
     if not image_args and images is None:
         raise CnnscopeError("give IMAGE arguments (path or sample:NAME) and/or --images SOURCE")
-    m = open_model(model, weights, device)
-    outdir = Path(out)
-    numbers: dict = {"layer": layer, "k": k}
-    groups = None
-    if images is not None:
-        groups = factorize_dataset(m, images, layer, k=k, pre_activation=pre_activation, max_positions=max_positions,
-                                   negative=negative, batch_size=batch_size, progress=show_progress())
-        save_figure(groups_figure(groups), outdir / f"groups_{_safe(layer)}_k{k}.png")
-        numbers["groups"] = groups.to_dict()
-        click.echo(f"{k} groups over {groups.images} images ({groups.positions} positions): relative error "
-                   f"{groups.relative_error:.3f}")
-    numbers["images"] = {}
-    for arg in image_args:
-        name, arr = read_image_arg(arg)
-        f = groups.transform(m, arr) if groups is not None else factorize_image(
-            m, arr, layer, k=k, pre_activation=pre_activation, negative=negative)
-        stem = f"nmf_{_safe(Path(name).stem)}_{_safe(layer)}_k{k}"
-        save_figure(nmf_figure(f), outdir / f"{stem}.png")
-        save_image(f.overlay(), outdir / f"{stem}_overlay.png")
-        numbers["images"][name] = f.to_dict()
-        click.echo(f"{name}: relative error {f.relative_error:.3f}; group shares " + ", ".join(
-            f"{g['group']}: {g['share']:.0%}" for g in f.to_dict()["groups"]))
-    write_json(outdir / f"nmf_{_safe(layer)}_k{k}.json", numbers)
-    click.echo(f"wrote {outdir}/")
+    with run_output(out, "nmf") as output:
+        m = open_model(model, weights, device)
+        numbers: dict = {"layer": layer, "k": k}
+        groups = None
+        if images is not None:
+            groups = factorize_dataset(m, images, layer, k=k, pre_activation=pre_activation,
+                                       max_positions=max_positions, negative=negative, batch_size=batch_size,
+                                       progress=show_progress())
+            for line in skipped_lines(groups.skipped):
+                click.echo(line, err=True)
+            output.write(f"groups_{_safe(layer)}_k{k}.png", partial(save_figure, groups_figure(groups)))
+            numbers["groups"] = groups.to_dict()
+            click.echo(f"{k} groups over {groups.images} images ({groups.positions} positions): relative error "
+                       f"{groups.relative_error:.3f}")
+        numbers["images"] = {}
+        for arg in image_args:
+            name, arr = read_image_arg(arg)
+            f = groups.transform(m, arr) if groups is not None else factorize_image(
+                m, arr, layer, k=k, pre_activation=pre_activation, negative=negative)
+            stem = f"nmf_{_safe(Path(name).stem)}_{_safe(layer)}_k{k}"
+            output.write(f"{stem}.png", partial(save_figure, nmf_figure(f)))
+            output.write(f"{stem}_overlay.png", partial(save_image, f.overlay()))
+            numbers["images"][name] = f.to_dict()
+            click.echo(f"{name}: relative error {f.relative_error:.3f}; group shares " + ", ".join(
+                f"{g['group']}: {g['share']:.0%}" for g in f.to_dict()["groups"]))
+        output.write_json(f"nmf_{_safe(layer)}_k{k}.json", numbers)
+    click.echo(f"wrote {output.folder}/")
 
 
 @demo_section(60, "Dataset examples, activation spectrum, circuits and NMF (Curve Detectors)")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from ..errors import CnnscopeError
+from ..outputs import MANIFEST, run_output
 from .app import cli, resolve_device
 
 
@@ -22,6 +24,22 @@ class DemoContext:
     out: Path
     quick: bool
     extra: dict
+
+
+#: the demo atlas's folder below --out: a resumable store (docs/atlas.md) kept across runs, not in the manifest
+ATLAS_FOLDER = "atlas"
+
+
+def _written_since(folder: Path, since: float) -> list[str]:
+    """Files below ``folder`` written at or after ``since`` (the run's own), relative, except the atlas's and
+    temporary ones."""
+    names = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if (p.is_file() and rel.parts[0] != ATLAS_FOLDER and not any(part.startswith(".") for part in rel.parts)
+                and rel.name != MANIFEST and p.stat().st_mtime >= since):
+            names.append(rel.as_posix())
+    return names
 
 
 _SECTIONS: list[tuple[int, str, Callable[[DemoContext], None]]] = []
@@ -54,29 +72,40 @@ def _layers(ctx: DemoContext) -> None:
 
 
 @cli.command("demo")
-@click.option("--out", type=click.Path(file_okay=False), default="demo-out", show_default=True,
+@click.option("--out", metavar="FOLDER", default="demo-out", show_default=True,
               help="Folder for the demo's pictures and numbers.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quick", is_flag=True, help="Fewer steps and units (for tests).")
 @click.option("--only", default=None, help="Comma-separated section numbers to run (e.g. 10,20).")
 @click.option("--serve", is_flag=True, help="Afterwards, serve the demo atlas (section 80) on 127.0.0.1:8000.")
 def demo_cmd(out: str, device: str, quick: bool, only: str | None, serve: bool) -> None:
-    """Tour cnnscope on the embedded EfficientNet-Lite0 and the sample photos."""
+    """Tour cnnscope on the embedded EfficientNet-Lite0 and the sample photos.
+
+    The pictures and numbers go to --out, listed in its manifest.json when the tour finishes (the demo atlas in
+    OUT/atlas is resumable and kept across runs).
+    """
     from ..images import sample_images
     from ..models import load_model
 
-    model = load_model(device=resolve_device(device))
-    click.echo(f"model: {model.name} ({model.weights_note}), input {model.input_size}, device {model.device}")
-    ctx = DemoContext(model=model, images=sample_images(), out=Path(out), quick=quick, extra={})
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    chosen = {int(s) for s in only.split(",")} if only else None
-    for order, title, fn in sorted(_SECTIONS, key=lambda s: s[0]):
-        if chosen is not None and order not in chosen:
-            continue
-        click.echo(f"\n== {title}")
-        t0 = time.perf_counter()
-        fn(ctx)
-        click.echo(f"   ({time.perf_counter() - t0:.1f}s)")
+    try:
+        chosen = {int(s) for s in only.split(",")} if only else None
+    except ValueError:
+        raise CnnscopeError(f"--only takes section numbers like 10,20, got {only!r}") from None
+    dev = resolve_device(device)
+    with run_output(out, "demo") as output:  # an unwritable --out fails before the model loads
+        started = time.time() - 2.0  # margin for file systems with coarse timestamps
+        model = load_model(device=dev)
+        click.echo(f"model: {model.name} ({model.weights_note}), input {model.input_size}, device {model.device}")
+        ctx = DemoContext(model=model, images=sample_images(), out=output.folder, quick=quick, extra={})
+        for order, title, fn in sorted(_SECTIONS, key=lambda s: s[0]):
+            if chosen is not None and order not in chosen:
+                continue
+            click.echo(f"\n== {title}")
+            t0 = time.perf_counter()
+            fn(ctx)
+            click.echo(f"   ({time.perf_counter() - t0:.1f}s)")
+        for name in _written_since(output.folder, started):
+            output.path(name)
     click.echo(f"\noutputs in {ctx.out}/")
     if serve:
         from .atlas import serve_demo

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import CnnscopeError
-from .app import batch_size_option, cli, model_options, open_model, read_image_arg, show_progress, write_json
+from ..errors import CnnscopeError, ImageError
+from ..outputs import run_output
+from .app import batch_size_option, cli, model_options, open_model, show_progress
 from .demo import DemoContext, demo_section
 
 DEFAULT_METHODS = "gradcam,saliency,random"
@@ -18,22 +19,22 @@ def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _read_images(args: tuple[str, ...]) -> dict:
-    """Paths, folders (their images), ``sample:NAME`` or ``samples`` -> ``name -> uint8 array``."""
-    from ..images import IMAGE_SUFFIXES, load_image, sample_images
+def _read_images(args: tuple[str, ...]):
+    """Paths, folders (their images), globs, ``sample:NAME`` or ``samples`` -> an ``ImageSet`` named by file name;
+    unreadable images are skipped, listed in the set and on stderr (a missing path is an error)."""
+    from ..dataset.sources import ImageSet, read_images, skipped_lines
 
-    out: dict = {}
+    out = ImageSet([], [], [])
     for arg in args:
-        if arg == "samples":
-            out.update(sample_images())
-        elif Path(arg).is_dir():
-            files = sorted(p for p in Path(arg).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            out.update({p.name: load_image(p) for p in files})
-        else:
-            name, arr = read_image_arg(arg)
-            out[name] = arr
-    if not out:
-        raise CnnscopeError("no images found in " + " ".join(args))
+        out.extend(read_images(arg, allow_empty=True))
+    for line in skipped_lines(out.skipped):
+        click.echo(line, err=True)
+    if not out.images:
+        raise ImageError("no readable image in " + " ".join(args)
+                         + (f"; first problem: {out.skipped[0].path}: {out.skipped[0].reason}" if out.skipped else ""))
+    short = [Path(n).name for n in out.names]
+    if len(set(short)) == len(short):  # file names where they tell the images apart, else the paths
+        out.names = short
     return out
 
 
@@ -46,7 +47,7 @@ def _read_images(args: tuple[str, ...]) -> dict:
                    "center.")
 @click.option("--metrics", default=DEFAULT_METRICS, show_default=True,
               help="Comma-separated: deletion, insertion, road, sanity, pointing (needs --regions).")
-@click.option("--out", type=click.Path(file_okay=False), default="evaluate-out", show_default=True)
+@click.option("--out", metavar="FOLDER", default="evaluate-out", show_default=True)
 @click.option("--layer", default=None, help="Layer for CAM methods (default: chosen automatically).")
 @click.option("--target", default=None, help="Class index or label scored for every image (default: top-1).")
 @click.option("--step", type=click.IntRange(1), default=224, show_default=True,
@@ -68,7 +69,8 @@ def evaluate_cmd(model: str, images: tuple[str, ...], weights: str | None, devic
     """Score METHODS by METRICS on IMAGES (paths, folders, sample:NAME or 'samples') for MODEL.
 
     Writes evaluation.md and evaluation.csv (method x metric, mean +- std over images), per_image.csv,
-    evaluation.json and the curve plots into --out.
+    evaluation.json (with the images skipped as unreadable) and the curve plots into --out, listed in its
+    manifest.json.
     """
     from ..errors import MethodError, unknown
     from ..evaluate import METRICS, available_methods, evaluate, load_regions, save_table
@@ -81,28 +83,33 @@ def evaluate_cmd(model: str, images: tuple[str, ...], weights: str | None, devic
     for name in _split(metrics):
         if name not in METRICS:
             raise MethodError(unknown("metric", name, METRICS))
-    m = open_model(model, weights, device)
-    imgs = _read_images(images)
     try:
         pcts = [float(p) for p in _split(road_percentages)]
     except ValueError:
         raise CnnscopeError(f"--road-percentages takes numbers like 10,20,30, got {road_percentages!r}") from None
-    tgt = int(target) if target is not None and target.lstrip("-").isdigit() else target
-    boxes, labels = None, None
-    if regions is not None:
-        boxes, labels = load_regions(regions, {n: a.shape[:2] for n, a in imgs.items()}, m.input_size)
-    ev = evaluate(m, list(imgs.values()), _split(methods), metrics=_split(metrics), image_names=list(imgs),
-                  layer=layer, target=tgt, step=step, deletion_substrate=deletion_substrate,
-                  insertion_substrate=insertion_substrate, road_percentages=pcts, noise=noise, regions=boxes,
-                  labels=labels, sanity_mode=sanity_mode, seed=seed, batch_size=batch_size, progress=show_progress())
-    folder = Path(out)
-    notes = f"- model: {m.name} ({m.weights_note}); images: {len(ev.images)}\n" + ev.notes()
-    paths = save_table(ev.table, folder, title=f"Evaluation of {m.name}", notes=notes)
-    paths.append(write_json(folder / "evaluation.json", {
-        "model": m.describe(), "images": ev.images, "settings": ev.settings,
-        "targets": [{"image": n, "index": int(t), "label": m.label(int(t))} for n, t in zip(ev.images, ev.targets)],
-        "sanity_steps": ev.sanity.steps if ev.sanity is not None else None}))
-    paths += save_figures(ev, folder)
+    with run_output(out, "evaluate") as output:  # an unwritable --out fails before the model loads
+        imgs = _read_images(images)
+        m = open_model(model, weights, device)
+        tgt = int(target) if target is not None and target.lstrip("-").isdigit() else target
+        boxes, labels = None, None
+        if regions is not None:
+            boxes, labels = load_regions(regions, dict(zip(imgs.names, (a.shape[:2] for a in imgs.images))),
+                                         m.input_size)
+        ev = evaluate(m, imgs, _split(methods), metrics=_split(metrics), layer=layer, target=tgt, step=step,
+                      deletion_substrate=deletion_substrate, insertion_substrate=insertion_substrate,
+                      road_percentages=pcts, noise=noise, regions=boxes, labels=labels, sanity_mode=sanity_mode,
+                      seed=seed, batch_size=batch_size, progress=show_progress())
+        notes = f"- model: {m.name} ({m.weights_note}); images: {len(ev.images)}\n" + ev.notes()
+        if ev.skipped:
+            notes += f"- skipped as unreadable: {len(ev.skipped)} (listed in evaluation.json)\n"
+        paths = [output.path(p.name) for p in save_table(ev.table, output.folder, title=f"Evaluation of {m.name}",
+                                                          notes=notes)]
+        paths.append(output.write_json("evaluation.json", {
+            "model": m.describe(), "images": ev.images, "skipped": ev.skipped, "settings": ev.settings,
+            "targets": [{"image": n, "index": int(t), "label": m.label(int(t))}
+                        for n, t in zip(ev.images, ev.targets)],
+            "sanity_steps": ev.sanity.steps if ev.sanity is not None else None}))
+        paths += [output.path(p.name) for p in save_figures(ev, output.folder)]
     click.echo(ev.table.to_markdown())
     click.echo("wrote " + ", ".join(str(p) for p in paths))
 

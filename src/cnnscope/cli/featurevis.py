@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from functools import partial
-from pathlib import Path
 
 import click
 
+from ..outputs import run_output, write_text
 from .app import (
     POSITION,
     batch_size_option,
@@ -19,7 +20,6 @@ from .app import (
     pre_activation_option,
     print_table,
     show_progress,
-    write_json,
 )
 from .demo import DemoContext, demo_section
 
@@ -71,7 +71,7 @@ def build_objectives(model, target: str, channels: str | None, position, pre_act
 @click.option("--diversity", type=click.IntRange(min=1), default=1, show_default=True,
               help="Images per objective, pushed apart by the diversity term.")
 @batch_size_option
-@click.option("--out", type=click.Path(file_okay=False), default="render-out", show_default=True)
+@click.option("--out", metavar="FOLDER", default="render-out", show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on in a terminal).")
 def render_cmd(model: str, target: str, weights: str | None, device: str, channels: str | None, position,
                pre_activation: bool, negative: bool, recipe: str, steps: int, size: int, seed: int, diversity: int,
@@ -80,8 +80,9 @@ def render_cmd(model: str, target: str, weights: str | None, device: str, channe
 
     TARGET is a LAYER (one image per channel of --channels; the neuron at --position instead of the channel's
     mean), or one objective written KIND:ARG[:ARG...] with KIND from `cnnscope objectives` (layer:blocks.3 for
-    DeepDream, neuron:blocks.4.0:3:2,5, class_logit:281, ...). Writes one PNG per image, grid.png (contact sheet)
-    and render.json (specs, seeds, activations, timings) to --out.
+    DeepDream, neuron:blocks.4.0:3:2,5, class_logit:281, ...). Writes one PNG per image, grid.png (contact sheet),
+    render.json (specs, seeds, activations, timings) and manifest.json (the run's files) to --out. A one-channel
+    model's images are saved grey (what the model sees).
 
     Example: cnnscope render efficientnet_lite0 blocks.4.0 --channels 0-7 --steps 256 --out fv
     """
@@ -91,24 +92,26 @@ def render_cmd(model: str, target: str, weights: str | None, device: str, channe
     from ..plot.featurevis import contact_sheet
 
     get_recipe(recipe)  # unknown recipe names fail before the model loads
-    m = open_model(model, weights, device)
-    objs, stems = build_objectives(m, target, channels, position, pre_activation, negative)
-    show = show_progress() if progress is None else progress
-    res = render(m, objs, recipe=recipe, steps=steps, size=size, seed=seed, batch_size=batch_size,
-                 diversity=diversity, progress=show)
-    folder = Path(out)
-    files = []
-    for k, img in enumerate(res.images):
-        stem = stems[k // diversity] + (f"_d{k % diversity}" if diversity > 1 else "")
-        files.append(save_image(img, folder / f"{stem}.png").name)
-    short = [lab.replace(f"'{target}', ", "") for lab in res.labels]
-    cols = min(8, len(res.images)) if diversity == 1 else diversity
-    values = res.activations.tolist()
-    save_figure(contact_sheet(res.images, short, values, cols=cols,
-                              title=f"{m.name} {target} ({res.spec['recipe']['name']}, {steps} steps)"),
-                folder / "grid.png", dpi=120)
-    write_json(folder / "render.json", {"model": m.describe(), "target": target, "seed": seed,
-                                        "files": files, "grid": "grid.png", **res.to_dict()})
+    with run_output(out, "render") as output:  # so does an unwritable --out
+        m = open_model(model, weights, device)
+        objs, stems = build_objectives(m, target, channels, position, pre_activation, negative)
+        show = show_progress() if progress is None else progress
+        res = render(m, objs, recipe=recipe, steps=steps, size=size, seed=seed, batch_size=batch_size,
+                     diversity=diversity, progress=show)
+        files = []
+        for k, img in enumerate(res.images):
+            stem = stems[k // diversity] + (f"_d{k % diversity}" if diversity > 1 else "")
+            files.append(output.write(f"{stem}.png", partial(save_image, img)).name)
+        short = [lab.replace(f"'{target}', ", "") for lab in res.labels]
+        cols = min(8, len(res.images)) if diversity == 1 else diversity
+        values = res.activations.tolist()
+        sheet = contact_sheet(res.images, short, values, cols=cols,
+                              title=f"{m.name} {target} ({res.spec['recipe']['name']}, {steps} steps)",
+                              progress=show)
+        output.write("grid.png", partial(save_figure, sheet, dpi=120))
+        output.write_json("render.json", {"model": m.describe(), "target": target, "seed": seed, "files": files,
+                                          "grid": "grid.png", **res.to_dict()})
+    folder = output.folder
     rows = [(f, lab, f"{a:.4g}") for f, lab, a in zip(files, res.labels, values)]
     if len(rows) <= 32:
         print_table(rows, ("file", "objective", "activation"))
@@ -148,5 +151,6 @@ def _featurevis_demo(ctx: DemoContext) -> None:
                    f"{float(res.activations.mean()):.3g} on average, {res.timing['seconds']:.1f}s")
     fig = layer_rows(rows, title=f"{ctx.model.name}: lucid recipe, {steps} steps, {size}px")
     path = save_figure(fig, ctx.out / "featurevis_layers.png", dpi=110)
-    write_json(ctx.out / "featurevis_layers.json", {"steps": steps, "size": size, "layers": numbers})
+    write_text(ctx.out / "featurevis_layers.json",
+               json.dumps({"steps": steps, "size": size, "layers": numbers}, indent=2))
     click.echo(f"  shallow layers give textures, middle ones patterns, deep ones object parts: {path}")

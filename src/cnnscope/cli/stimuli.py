@@ -4,12 +4,16 @@ tuning curves, orientation families; :func:`cnnscope.stimuli.tuning_report`) and
 
 from __future__ import annotations
 
+import os
+import tempfile
+from functools import partial
 from pathlib import Path
 
 import click
 import numpy as np
 
 from ..errors import CnnscopeError
+from ..outputs import RunOutput, run_output
 from .app import (
     batch_size_option,
     channels_option,
@@ -19,7 +23,6 @@ from .app import (
     pre_activation_option,
     print_table,
     show_progress,
-    write_json,
 )
 from .demo import DemoContext, demo_section
 
@@ -105,7 +108,7 @@ def stimulus_options(f):
 @click.option("--size", type=click.IntRange(8), default=64, show_default=True, help="Image size in pixels.")
 @click.option("--supersample", type=click.IntRange(1), default=3, show_default=True,
               help="Anti-aliasing samples per pixel side.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the sheet and numbers.")
+@click.option("--out", required=True, metavar="FOLDER", help="Folder for the sheet and numbers.")
 def stimuli_cmd(kind: str, levels: str | None, param: str | None, width: float | None, color: str | None,
                 background: str | None, sets: tuple[str, ...], n_orient: int, size: int, supersample: int,
                 out: str) -> None:
@@ -120,24 +123,35 @@ def stimuli_cmd(kind: str, levels: str | None, param: str | None, width: float |
     orientations = np.arange(n_orient) * (cls.period / n_orient)
     lev = _number_list(levels, "--levels") or default_levels(kind, (size, size)).round(decimals=2).tolist()
     param = param or cls.sweep_param
-    stims = grid(kind, orientations, lev, param=param, **params)
-    images = render(stims, size, supersample=supersample)
-    root = Path(out)
-    sheet = save_figure(stimulus_sheet(images, orientations, lev, param=param), root / "stimuli.png")
-    np.savez_compressed(root / "stimuli.npz", images=images, orientations=orientations, levels=np.asarray(lev))
-    write_json(root / "stimuli.json", {"kind": kind, "param": param, "size": size, "supersample": supersample,
-                                       "orientations": orientations.tolist(), "levels": list(lev),
-                                       "stimuli": [s.to_dict() for s in stims]})
+    with run_output(out, "stimuli") as output:
+        stims = grid(kind, orientations, lev, param=param, **params)
+        images = render(stims, size, supersample=supersample)
+        sheet = output.write("stimuli.png", partial(save_figure, stimulus_sheet(images, orientations, lev,
+                                                                                  param=param)))
+        output.write("stimuli.npz", lambda p: np.savez_compressed(p, images=images, orientations=orientations,
+                                                                  levels=np.asarray(lev)))
+        output.write_json("stimuli.json", {"kind": kind, "param": param, "size": size, "supersample": supersample,
+                                           "orientations": orientations.tolist(), "levels": list(lev),
+                                           "stimuli": [s.to_dict() for s in stims]})
     click.echo(f"{len(stims)} {kind} stimuli ({len(lev)} {param} x {n_orient} orientations, {size}px) -> {sheet}")
 
 
-def _write(report, out: Path) -> list[Path]:
-    """Save the report's figures and numbers into ``out``."""
+def _write(report, out: Path, output: RunOutput | None = None) -> list[Path]:
+    """Save the report's figures and numbers into ``out`` (each file atomically), listed in ``output``'s
+    manifest when given."""
     from ..plot import save_figure
     from ..plot.stimuli import tuning_report_figures
 
     files = [save_figure(fig, out / f"{name}.png") for name, fig in tuning_report_figures(report).items()]
-    return files + report.save(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".tuning-", dir=out) as tmp:  # renamed into place when complete
+        for p in report.save(tmp):
+            os.replace(p, out / p.name)
+            files.append(out / p.name)
+    if output is not None:
+        for f in files:
+            output.path(f.name)
+    return files
 
 
 def _print_family(report) -> None:
@@ -171,7 +185,7 @@ def _print_family(report) -> None:
               help="Top dataset examples per channel rotated for the joint tuning curves (0 = none).")
 @click.option("--joint-step", type=click.FloatRange(0), default=5.0, show_default=True,
               help="Rotation step of the joint tuning curves in degrees (the article uses 1; 0 = skip).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for figures and numbers.")
+@click.option("--out", required=True, metavar="FOLDER", help="Folder for figures and numbers.")
 def tuning_cmd(model: str, layer: str, weights: str | None, device: str, kind: str, levels: str | None,
                param: str | None, width: float | None, color: str | None, background: str | None,
                sets: tuple[str, ...], channels: str | None, pre_activation: bool, batch_size: int | None,
@@ -179,15 +193,22 @@ def tuning_cmd(model: str, layer: str, weights: str | None, device: str, kind: s
                joint_step: float, out: str) -> None:
     """Tuning of LAYER's channels to synthetic stimuli: heatmaps in std above the dataset mean, radial tuning,
     the orientation family and joint tuning curves from rotated dataset examples."""
+    from ..dataset.sources import skipped_lines
     from ..stimuli import tuning_report
 
-    m = open_model(model, weights, device)
-    report = tuning_report(m, layer, channels=channels, family=family_k, min_selectivity=min_selectivity, kind=kind,
-                           step=step, levels=_number_list(levels, "--levels"), param=param, size=size,
-                           source=None if images.lower() == "none" else images, pre_activation=pre_activation,
-                           examples=examples, joint_step=joint_step, batch_size=batch_size, progress=show_progress(),
-                           **_stimulus_params(width, color, background, sets))
-    files = _write(report, Path(out))
+    stimulus = _stimulus_params(width, color, background, sets)
+    levels_list = _number_list(levels, "--levels")
+    with run_output(out, "tuning") as output:  # an unwritable --out fails before the model loads
+        m = open_model(model, weights, device)
+        report = tuning_report(m, layer, channels=channels, family=family_k, min_selectivity=min_selectivity,
+                               kind=kind, step=step, levels=levels_list, param=param, size=size,
+                               source=None if images.lower() == "none" else images, pre_activation=pre_activation,
+                               examples=examples, joint_step=joint_step, batch_size=batch_size,
+                               progress=show_progress(), **stimulus)
+        files = _write(report, output.folder, output)
+    dataset = report.dataset or {}
+    for line in skipped_lines(dataset.get("skipped", []), dataset.get("n_skipped")):  # unreadable --images files
+        click.echo(line, err=True)
     _print_family(report)
     click.echo(f"figures and numbers in {out}/ ({', '.join(f.name for f in files)})")
 

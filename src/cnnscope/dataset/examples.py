@@ -33,7 +33,7 @@ from ..models import ModelLike, as_model
 from .accumulate import LayerAccumulator
 from .histograms import LogBins
 from .results import MAX_SKIPPED, DatasetStats, Example, merge_ranges, used_ids
-from .sources import ImageSource, iterate_batches, open_source
+from .sources import ImageSource, SkippedImage, iterate_batches, open_source
 
 #: images per forward of the statistics pass when ``batch_size`` is ``None``, by device
 CPU_BATCH, GPU_BATCH = 16, 64
@@ -68,7 +68,7 @@ class StatisticsAccumulator:
         if k < 1 or (bottom_k is not None and bottom_k < 1) or band_samples < 1:
             raise CnnscopeError("k, bottom_k and band_samples must be >= 1")
         self.model = as_model(model)
-        self.table = resolve_layers(self.model.module, list(layers))
+        self.table = resolve_layers(self.model.module, [layers] if isinstance(layers, str) else list(layers))
         self.layers = list(self.table)
         self.pre_activation = bool(pre_activation)
         if self.pre_activation:
@@ -82,7 +82,7 @@ class StatisticsAccumulator:
         self._acc: dict[str, LayerAccumulator] = {}
         self.images = 0
         self.ranges: list[tuple[int, int]] = []
-        self.skipped: list[tuple[str, str]] = []
+        self.skipped: list[SkippedImage] = []
         self.n_skipped = 0
 
     def add(self, ids: torch.Tensor, values: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor] | None = None
@@ -116,9 +116,9 @@ class StatisticsAccumulator:
         self.ranges = merge_ranges(self.ranges + new)
 
     def skip(self, items: list[tuple[str, str]]) -> None:
-        """Record unreadable images."""
+        """Record unreadable images (``(path, reason)`` pairs)."""
         self.n_skipped += len(items)
-        self.skipped = (self.skipped + items)[:MAX_SKIPPED]
+        self.skipped = (self.skipped + [SkippedImage(*s) for s in items])[:MAX_SKIPPED]
 
     def result(self, source: ImageSource | None = None, receptive: dict[str, ReceptiveField] | None = None
                ) -> DatasetStats:
@@ -162,7 +162,7 @@ def collect_statistics(model: ModelLike, source: object, layers: str | Iterable[
         model: a ``LoadedModel`` or an image ``nn.Module`` (wrapped by :func:`cnnscope.as_model`).
         source: anything :func:`~cnnscope.dataset.sources.open_source` accepts (folder, glob, list, Dataset,
             ``"samples:N"``, an ``ImageSource`` or a subset of one).
-        layers: dotted layer names with ``[B, C, h, w]`` outputs.
+        layers: one dotted layer name or several, with ``[B, C, h, w]`` outputs.
         pre_activation: rank the inputs of activation modules (every layer must be one) instead of the layers'
             outputs; the output histogram and moments then describe the activations' outputs.
         k, bottom_k: examples kept per channel at each end (``bottom_k`` defaults to ``k``).
@@ -179,7 +179,9 @@ def collect_statistics(model: ModelLike, source: object, layers: str | Iterable[
             differently in the last bits).
 
     Returns:
-        :class:`DatasetStats` (every number a CPU tensor); unreadable images are listed in ``skipped``.
+        :class:`DatasetStats` (every number a CPU tensor); unreadable images are skipped and listed in ``skipped``
+        (:class:`~.sources.SkippedImage`, the first 100) and counted in ``n_skipped``. The global random state
+        (torch, numpy, ``random``) is not touched.
     """
     m = as_model(model)
     src = open_source(source)

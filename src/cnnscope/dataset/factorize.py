@@ -13,7 +13,7 @@ magnitude is used (``"abs"``). scikit-learn runs on the CPU, so activations are 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from ..capture import Capture, evaluating
 from ..errors import CnnscopeError, LayerError
 from ..models import ModelLike, as_model
 from .ranking import priorities
-from .sources import iterate_batches
+from .sources import SkippedImage, iterate_batches, skipped_dicts
 
 NEGATIVE = ("clip", "abs", "error")
 
@@ -168,7 +168,8 @@ class NeuronGroups:
     Attributes:
         layer; loadings: ``float32 [k, C]`` (CPU); error / relative_error: of the sampled matrix;
         positions: how many positions were factorised (a uniform sample of at most ``max_positions``);
-        images: images read; pre_activation, negative: how the values were read and made non-negative.
+        images: images read; pre_activation, negative: how the values were read and made non-negative;
+        skipped: the images that could not be read (:class:`~.sources.SkippedImage`).
     """
 
     layer: str
@@ -180,6 +181,7 @@ class NeuronGroups:
     negative: str
     pre_activation: bool = False
     model_nmf: object = None
+    skipped: list[SkippedImage] = field(default_factory=list)
 
     @property
     def k(self) -> int:
@@ -202,6 +204,7 @@ class NeuronGroups:
     def to_dict(self, n: int = 8) -> dict:
         return {"layer": self.layer, "k": self.k, "error": self.error, "relative_error": self.relative_error,
                 "positions": self.positions, "images": self.images, "pre_activation": self.pre_activation,
+                "skipped": skipped_dicts(self.skipped),
                 "groups": [{"group": g, "top_channels": [{"channel": c, "loading": v}
                                                          for c, v in self.top_channels(g, n)]}
                            for g in range(self.k)]}
@@ -226,22 +229,25 @@ def factorize_dataset(model: ModelLike, source: object, layer: str, *, k: int = 
     kept: torch.Tensor | None = None
     kept_prio: torch.Tensor | None = None
     n_images = 0
+    skipped: list[SkippedImage] = []
     with torch.no_grad(), evaluating(m.module), Capture(m.module, layer, pre_activation=pre_activation) as cap:
         for batch in iterate_batches(m, source, batch_size=batch_size, num_workers=num_workers, progress=progress,
                                      description="nmf"):
+            skipped += batch.skipped
             if batch.ids.numel() == 0:
                 continue
             cap.run(batch.tensor(m))
             kept, kept_prio = _keep(cap[layer], batch.ids, kept, kept_prio, layer, max_positions, seed)
             n_images += int(batch.ids.numel())
     if kept is None:
-        raise CnnscopeError("no image could be read for the NMF")
+        raise CnnscopeError("no image could be read for the NMF"
+                            + (f"; first problem: {skipped[0].path}: {skipped[0].reason}" if skipped else ""))
     data = _nonnegative(kept, negative, layer)
     nmf, _, hmat = _nmf(data, k, seed, max_iter)
     return NeuronGroups(layer=layer, loadings=hmat, error=float(nmf.reconstruction_err_),
                         relative_error=float(nmf.reconstruction_err_) / max(float(np.linalg.norm(data)), 1e-12),
                         positions=int(data.shape[0]), images=n_images, negative=negative,
-                        pre_activation=pre_activation, model_nmf=nmf)
+                        pre_activation=pre_activation, model_nmf=nmf, skipped=skipped)
 
 
 def _keep(v: torch.Tensor, ids: torch.Tensor, kept: torch.Tensor | None, kept_prio: torch.Tensor | None, layer: str,

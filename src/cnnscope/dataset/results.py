@@ -17,8 +17,10 @@ import torch
 
 from ..capture.receptive_field import ReceptiveField
 from ..errors import CnnscopeError, LayerError, unknown
+from ..outputs import atomic_path
 from .histograms import LogBins
 from .ranking import Kept, select
+from .sources import SkippedImage
 
 FORMAT = "cnnscope.dataset-stats/2"
 MAX_SKIPPED = 100
@@ -205,7 +207,8 @@ class DatasetStats:
         source: description of the image source; images: number of images processed.
         id_ranges: processed image ids as ``[start, stop)`` intervals (merging needs disjoint ids).
         names: image id -> name for every image an example refers to.
-        skipped: ``(name, reason)`` of unreadable images (the first 100) and ``n_skipped`` in all.
+        skipped: :class:`~.sources.SkippedImage` ``(path, reason)`` of unreadable images (the first 100) and
+            ``n_skipped`` in all.
         k, bottom_k, band_samples, seed, bins: the settings of the pass (results merge only with equal ones).
     """
 
@@ -299,7 +302,8 @@ class DatasetStats:
 
     # -- files -----------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write everything to one ``.npz`` file (arrays + JSON metadata); :meth:`load` reads it back."""
+        """Write everything to one ``.npz`` file (arrays + JSON metadata; atomically: a temporary file renamed into
+        place); :meth:`load` reads it back."""
         arrays: dict[str, np.ndarray] = {}
         layer_meta = {}
         for i, (name, ls) in enumerate(self.layers.items()):
@@ -329,8 +333,7 @@ class DatasetStats:
                 "bins": self.bins.to_dict(), "layers": layer_meta}
         arrays["meta"] = np.array(json.dumps(meta))
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # an interrupted save leaves no partial file
             np.savez_compressed(fh, **arrays)
         return path
 
@@ -374,8 +377,9 @@ class DatasetStats:
                 bands=ex("bands"), rf=rf)
         return cls(model=meta["model"], input_size=tuple(meta["input_size"]), resize_mode=meta["resize_mode"],
                    source=meta["source"], images=meta["images"], id_ranges=[tuple(r) for r in meta["id_ranges"]],
-                   names={int(k): v for k, v in meta["names"].items()}, skipped=[tuple(s) for s in meta["skipped"]],
-                   n_skipped=meta["n_skipped"], k=meta["k"], bottom_k=meta["bottom_k"],
+                   names={int(k): v for k, v in meta["names"].items()},
+                   skipped=[SkippedImage(*s) for s in meta["skipped"]], n_skipped=meta["n_skipped"], k=meta["k"],
+                   bottom_k=meta["bottom_k"],
                    band_samples=meta["band_samples"], seed=meta["seed"], bins=LogBins(**meta["bins"]), layers=layers)
 
 

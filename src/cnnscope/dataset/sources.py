@@ -4,6 +4,11 @@ Every source is indexable: image ``i`` of a source always has the same *image id
 their examples by id and fetch the crop later. :func:`iterate_batches` streams a source through ``DataLoader``
 workers, fits every image to the model's input size, and skips (and reports) anything unreadable.
 
+Unreadable images follow one policy everywhere (dataset passes, ``evaluate``, atlas builds): the image is skipped,
+its path and the reason are recorded as a :class:`SkippedImage`, the results carry the list (``skipped``, as
+``{path, reason}`` in JSON) and the commands print it on stderr (:func:`skipped_lines`). Only when nothing at all
+can be read is it an error. :func:`read_images` loads a whole (small) source into memory under that policy.
+
 Example:
     >>> src = open_source("photos/")            # every image below photos/, recursively
     >>> src = open_source("samples:4")          # skimage photos, 4 random crops/flips each
@@ -18,6 +23,7 @@ import glob as globlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +37,58 @@ from ..models import ModelLike, as_model
 
 GLOB_CHARS = "*?["
 MAX_REPORTED = 100
+#: skipped images a command lists on stderr before summing up the rest
+SHOWN_SKIPPED = 5
+
+
+class SkippedImage(NamedTuple):
+    """An image a pass could not read: its ``path`` (the source's name for it) and the ``reason``."""
+
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+def unreadable_reason(exc: BaseException) -> str:
+    """The one-line reason recorded for an image that raised ``exc`` while loading."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text if isinstance(exc, ImageError) and text else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def load_or_skip(source: ImageSource, index: int, fit: object = None) -> np.ndarray | SkippedImage:
+    """Image ``index`` of ``source`` (fitted with ``fit.fit_image`` when given), or the :class:`SkippedImage`
+    that says why it cannot be read. Interrupts (Ctrl-C) and out-of-memory errors propagate."""
+    try:
+        arr = source.load(index)
+        return fit.fit_image(arr) if fit is not None else arr  # type: ignore[attr-defined]
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - an unreadable image is reported, never fatal
+        return SkippedImage(source.name(index), unreadable_reason(exc))
+
+
+def as_skipped(item: tuple[str, str] | dict) -> SkippedImage:
+    """A :class:`SkippedImage` from a ``(path, reason)`` pair or a ``{"path", "reason"}`` dict (as in JSON)."""
+    return SkippedImage(**item) if isinstance(item, dict) else SkippedImage(*item)
+
+
+def skipped_dicts(skipped: Iterable[tuple[str, str] | dict]) -> list[dict[str, str]]:
+    """``[{"path": ..., "reason": ...}]``: skipped images as results' JSON lists them."""
+    return [as_skipped(s).to_dict() for s in skipped]
+
+
+def skipped_lines(skipped: Sequence[tuple[str, str] | dict], total: int | None = None, shown: int = SHOWN_SKIPPED
+                  ) -> list[str]:
+    """The lines a command prints on stderr about skipped images (pairs or dicts, see :func:`as_skipped`): the
+    first ``shown`` with their reasons, then how many more (``total``: the number skipped in all, when more were
+    skipped than listed)."""
+    n = len(skipped) if total is None else int(total)
+    lines = [f"skipped {s.path}: {s.reason}" for s in map(as_skipped, list(skipped)[:shown])]
+    if n > len(lines):
+        lines.append(f"... and {n - len(lines)} more unreadable images")
+    return lines
 
 
 class ImageSource(Dataset):
@@ -280,12 +338,12 @@ class Batch:
     Attributes:
         ids: image ids, ``int64 [B]``.
         images: the fitted pictures, ``uint8 [B, H, W, 3]``.
-        skipped: ``(name, reason)`` of the images of this step that could not be read.
+        skipped: :class:`SkippedImage` ``(path, reason)`` of the images of this step that could not be read.
     """
 
     ids: torch.Tensor
     images: np.ndarray
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[SkippedImage] = field(default_factory=list)
 
     def tensor(self, model: ModelLike) -> torch.Tensor:
         """The pictures in the model's input space: ``[B, C, H, W]`` on its device, in its dtype."""
@@ -304,11 +362,8 @@ class _Fitted(Dataset):
 
     def __getitem__(self, k: int):
         i = self.ids[k]
-        try:
-            return i, self.fitter.fit_image(self.source.load(i)), None
-        except Exception as exc:  # noqa: BLE001 - an unreadable image is reported, never fatal
-            reason = str(exc) if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
-            return i, None, reason
+        got = load_or_skip(self.source, i, self.fitter)
+        return (i, None, got.reason) if isinstance(got, SkippedImage) else (i, got, None)
 
 
 class _Collate:
@@ -319,7 +374,7 @@ class _Collate:
 
     def __call__(self, items: list) -> Batch:
         ok = [(i, a) for i, a, _ in items if a is not None]
-        skipped = [(self.source.name(i), r) for i, a, r in items if a is None]
+        skipped = [SkippedImage(self.source.name(i), r) for i, a, r in items if a is None]
         if not ok:
             return Batch(torch.zeros(0, dtype=torch.int64), np.zeros((0, 1, 1, 3), np.uint8), skipped)
         ids = torch.tensor([i for i, _ in ok], dtype=torch.int64)
@@ -349,6 +404,62 @@ def iterate_batches(model: ModelLike, source: object, *, batch_size: int | None 
     m = as_model(model)
     src = open_source(source)
     size = resolve_batch_size(batch_size, m.device)
+    # a generator of its own: a DataLoader otherwise draws its base seed from the global torch RNG
     loader = DataLoader(_Fitted(src, src.ids(), fitter_of(m)), batch_size=size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_Collate(src), persistent_workers=False)
+                        num_workers=num_workers, collate_fn=_Collate(src), persistent_workers=False,
+                        generator=torch.Generator().manual_seed(0))
     yield from track(loader, progress, description, total=len(loader), unit="batch")
+
+
+@dataclass
+class ImageSet:
+    """A source's readable images in memory (what :func:`read_images` returns).
+
+    Attributes:
+        names: the source's name of each image (a path, ``chelsea``, ``dataset[3]``).
+        images: ``uint8 [H, W, 3]`` arrays at their own size, one per name.
+        skipped: the images that could not be read (:class:`SkippedImage`).
+    """
+
+    names: list[str]
+    images: list[np.ndarray]
+    skipped: list[SkippedImage] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def extend(self, other: ImageSet) -> ImageSet:
+        """This set followed by ``other`` (in place; returns ``self``)."""
+        self.names += other.names
+        self.images += other.images
+        self.skipped += other.skipped
+        return self
+
+
+def read_images(spec: object, *, progress: bool = False, allow_empty: bool = False) -> ImageSet:
+    """Every readable image of a source, loaded into memory at its own size; unreadable ones are skipped and
+    listed (for small sets such as ``evaluate``'s images; passes over many images stream with
+    :func:`iterate_batches`).
+
+    Args:
+        spec: anything :func:`open_source` accepts.
+        progress: show a tqdm bar.
+        allow_empty: return a set without images (only skipped ones) instead of raising, for callers that
+            gather several sources and check the total.
+
+    Raises:
+        ImageError: ``spec`` names nothing, or none of its images can be read (the first reason is given).
+    """
+    src = open_source(spec)
+    out = ImageSet([], [], [])
+    for i in track(src.ids(), progress, "images", total=len(src), unit="image"):
+        got = load_or_skip(src, i)
+        if isinstance(got, SkippedImage):
+            out.skipped.append(got)
+        else:
+            out.names.append(src.name(i))
+            out.images.append(got)
+    if not out.images and not allow_empty:
+        first = f"; first problem: {out.skipped[0].path}: {out.skipped[0].reason}" if out.skipped else ""
+        raise ImageError(f"no readable image in {spec}{first}")
+    return out

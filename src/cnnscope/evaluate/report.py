@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..outputs import write_text
+
 #: column -> (heading, which direction is better, one-line meaning)
 COLUMNS: dict[str, tuple[str, str, str]] = {
     "deletion_auc": ("deletion AUC", "lower", "RISE deletion: class probability as salient pixels are zeroed"),
@@ -125,14 +127,11 @@ def _arrow(metric: str) -> str:
 
 
 def save_table(table: MetricTable, out: str | Path, *, title: str = "Evaluation", notes: str = "") -> list[Path]:
-    """Write ``evaluation.md``, ``evaluation.csv`` and ``per_image.csv`` into the folder ``out``."""
+    """Write ``evaluation.md``, ``evaluation.csv`` and ``per_image.csv`` into the folder ``out`` (each atomically:
+    a temporary file renamed into place)."""
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     md = f"# {title}\n\n{table.to_markdown()}\n{table.legend()}"
     if notes:
         md += "\n" + notes.rstrip() + "\n"
-    paths = [folder / "evaluation.md", folder / "evaluation.csv", folder / "per_image.csv"]
-    paths[0].write_text(md)
-    paths[1].write_text(table.to_csv())
-    paths[2].write_text(table.per_image_csv())
-    return paths
+    texts = {"evaluation.md": md, "evaluation.csv": table.to_csv(), "per_image.csv": table.per_image_csv()}
+    return [write_text(folder / name, text) for name, text in texts.items()]

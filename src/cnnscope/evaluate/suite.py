@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..batching import resolve_batch_size
+from ..dataset.sources import ImageSet, skipped_dicts
 from ..errors import CnnscopeError, MethodError, unknown
 from ..models import LoadedModel, ModelLike, as_model
 from .common import Explainer, TargetLike, compute_maps, resolve_targets
@@ -38,6 +39,8 @@ class Evaluation:
         maps: ``method -> [B, H, W]`` maps that were scored (model's device).
         images: image names; targets: ``[B]`` classes scored (model's device).
         settings: the protocol options used.
+        skipped: images that could not be read (given an :class:`~cnnscope.dataset.sources.ImageSet`), as
+            ``{"path", "reason"}`` dicts; they are not scored.
     """
 
     table: MetricTable
@@ -49,7 +52,7 @@ class Evaluation:
     images: list[str] = field(default_factory=list)
     targets: torch.Tensor | None = None
     settings: dict = field(default_factory=dict)
-
+    skipped: list[dict] = field(default_factory=list)
 
     def notes(self) -> str:
         """Markdown bullets that state the protocol settings used (for a report next to the table)."""
@@ -150,7 +153,9 @@ def evaluate(model: ModelLike, images: object, methods: Sequence[str] | Mapping[
     Args:
         model: a classifier (``LoadedModel`` or ``nn.Module``; temporary eval mode; never modified, the sanity
             check works on a copy).
-        images: anything :meth:`LoadedModel.batch` takes (a model-space tensor, or pictures).
+        images: anything :meth:`LoadedModel.batch` takes (a model-space tensor, or pictures), or an
+            :class:`~cnnscope.dataset.sources.ImageSet` (``read_images("photos/")``: a folder's readable images;
+            its names are the default ``image_names`` and its unreadable ones end up in ``Evaluation.skipped``).
         methods: names (attribution methods of :mod:`cnnscope.attribution`, or the baselines ``random``,
             ``random_pixel`` and ``center``) or ``name -> explainer(model, images, targets)``.
         metrics: any of :data:`METRICS` (``deletion``, ``insertion``, ``road``, ``pointing``, ``sanity``).
@@ -175,6 +180,11 @@ def evaluate(model: ModelLike, images: object, methods: Sequence[str] | Mapping[
         raise MethodError(unknown("metric", bad[0], METRICS))
     if not methods:
         raise MethodError("evaluate() needs at least one method")
+    skipped: list[dict] = []
+    if isinstance(images, ImageSet):
+        image_names = images.names if image_names is None else image_names
+        skipped = skipped_dicts(images.skipped)
+        images = images.images
     x = m.batch(images)
     bs = resolve_batch_size(batch_size, m.device)
     names = list(image_names) if image_names is not None else [f"image{i}" for i in range(x.shape[0])]
@@ -186,7 +196,7 @@ def evaluate(model: ModelLike, images: object, methods: Sequence[str] | Mapping[
                 "road_percentages": [float(p) for p in road_percentages], "noise": float(noise),
                 "tolerance": float(tolerance), "sanity_mode": sanity_mode, "sanity_units": int(sanity_units),
                 "seed": int(seed), "batch_size": batch_size, "layer": layer, "metrics": list(metrics)}
-    result = Evaluation(table=MetricTable(), images=names, targets=targets, settings=settings)
+    result = Evaluation(table=MetricTable(), images=names, targets=targets, settings=settings, skipped=skipped)
     run = _Run(m, x, targets, names, {**settings, "regions": regions, "labels": labels, "progress": progress},
                result)
     per_method = [k for k in metrics if k in PER_METHOD]

@@ -22,7 +22,7 @@ from torch import nn
 from ..batching import chunks, resolve_batch_size
 from ..capture import Capture, evaluating, first_tensor
 from ..errors import CnnscopeError, LayerError, MethodError
-from ..images import to_uint8
+from ..images import luma, to_uint8
 from ..models import LoadedModel, ModelLike, as_model
 from ..units import Unit
 from .algebra import INPUT, OUTPUT, Objective, split_key
@@ -49,7 +49,9 @@ class RenderResult:
     """What :func:`render` returns.
 
     Attributes:
-        images: ``uint8 [N, H, W, 3]``, one image per objective (``k`` consecutive ones with ``diversity=k``).
+        images: ``uint8 [N, H, W, 3]``, one image per objective (``k`` consecutive ones with ``diversity=k``); for
+            a one-channel model the grey picture it sees (the luma of the optimised colour image, in three equal
+            channels), as are the snapshots.
         activations: ``float32 [N]`` tensor (CPU): each image's objective measured on the final *untransformed*
             image.
         trace: ``float32 [steps, N]`` tensor (CPU): the maximised value (objective, plus the diversity term if any)
@@ -199,6 +201,14 @@ def _check_shapes(objs: Sequence[Objective], acts: Mapping[str, torch.Tensor | N
         o.check(shapes)
 
 
+def _seen(m: LoadedModel, image: torch.Tensor) -> np.ndarray:
+    """``uint8`` pictures of what the model sees of ``image`` (``[N, 3, H, W]`` in [0, 1]): the image itself, or for
+    a one-channel model its luma (:meth:`LoadedModel.to_input` reads nothing else) as grey RGB."""
+    if len(m.mean) == 1:
+        image = luma(image).expand(-1, 3, -1, -1)
+    return to_uint8(image)
+
+
 def _render_chunk(m: LoadedModel, objs: Sequence[Objective], measured: Sequence[Objective], seeds: Sequence[int],
                   group: int, recipe: Recipe, steps: int, size: tuple[int, int], thresholds: Sequence[int],
                   truncate: bool, amp: bool, channels_last: bool, bar: Any) -> dict[str, Any]:
@@ -237,12 +247,12 @@ def _render_chunk(m: LoadedModel, objs: Sequence[Objective], measured: Sequence[
                     param.set_image_(img)
             trace[step] = vals.detach()
             if step + 1 in thresholds:
-                snaps[step + 1] = to_uint8(param().detach())
+                snaps[step + 1] = _seen(m, param().detach())
             bar.update(1)
         with torch.no_grad():
             image = param().detach()
             final = _evaluate(measured, group, reader.run(m.to_input(image).to(m.dtype), image))
-    return {"images": to_uint8(image), "activations": final.float().cpu(), "trace": trace.float().cpu(),
+    return {"images": _seen(m, image), "activations": final.float().cpu(), "trace": trace.float().cpu(),
             "snapshots": snaps}
 
 

@@ -10,6 +10,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..outputs import atomic_path
+
 
 def figure(width: float = 6.0, height: float = 4.0, dpi: int = 100) -> Figure:
     """A new matplotlib ``Figure`` with an Agg canvas (no pyplot state, safe in threads and servers)."""
@@ -19,10 +21,11 @@ def figure(width: float = 6.0, height: float = 4.0, dpi: int = 100) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int | None = None) -> Path:
-    """Write ``fig`` (format by suffix) and return the path; parent folders are created."""
+    """Write ``fig`` (format by suffix) and return the path; parent folders are created. The file is written
+    atomically (a temporary file renamed into place), so an interrupted save leaves no truncated picture."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix[1:].lower() or None)
     return path
 
 

@@ -8,12 +8,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..batching import track
 from .common import figure
 
 
 def contact_sheet(images: Sequence[np.ndarray] | np.ndarray, labels: Sequence[str] | None = None,
                   values: Sequence[float] | None = None, cols: int | None = None, title: str | None = None,
-                  tile: float = 1.6) -> Figure:
+                  tile: float = 1.6, progress: bool = False) -> Figure:
     """A grid of rendered images, each titled with its label and (optionally) its activation.
 
     Args:
@@ -22,12 +23,13 @@ def contact_sheet(images: Sequence[np.ndarray] | np.ndarray, labels: Sequence[st
         values: one number per image, printed under the label (``act 12.3``).
         cols: columns (default: about square).
         tile: inches per image.
+        progress: show a tqdm bar of the tiles drawn (hundreds of channels take a while).
     """
     n = len(images)
     cols = cols or max(1, math.ceil(math.sqrt(n)))
     rows = max(1, math.ceil(n / cols))
     fig = figure(cols * tile, rows * (tile + 0.35) + (0.4 if title else 0))
-    for k in range(rows * cols):
+    for k in track(range(rows * cols), progress, "contact sheet", total=rows * cols, unit="tile"):
         ax = fig.add_subplot(rows, cols, k + 1)
         ax.axis("off")
         if k >= n:
