@@ -124,7 +124,10 @@ def test_failed_run_leaves_no_manifest(tmp_path):
         with run_output(tmp_path, "render") as out:
             out.write_json("a.json", {})
             raise KeyboardInterrupt
-    assert _files(tmp_path) == ["a.json"]  # complete files stay, but no manifest: an unfinished run
+    assert _files(tmp_path) == [".manifest.partial.json", "a.json"]  # no manifest: an unfinished run
+    with run_output(tmp_path, "render") as out:  # the next run removes the unfinished run's files too
+        out.write_json("b.json", {})
+    assert _files(tmp_path) == ["b.json", MANIFEST]
 
 
 def test_a_new_run_removes_only_the_files_the_previous_run_listed(tmp_path):
@@ -139,10 +142,10 @@ def test_a_new_run_removes_only_the_files_the_previous_run_listed(tmp_path):
             assert _files(tmp_path) == ["notes.txt"]
             out.write_json("examples.json", {"new": True})
             raise RuntimeError("failed half-way")
-    assert _files(tmp_path) == ["examples.json", "notes.txt"]
-    with run_output(tmp_path, "examples") as out:  # the failed run listed nothing: its files are not touched
+    assert _files(tmp_path) == [".manifest.partial.json", "examples.json", "notes.txt"]
+    with run_output(tmp_path, "examples") as out:  # the failed run's files go too, the user's stay
         out.write("c0003.png", lambda p: p.write_bytes(b"3"))
-    assert _files(tmp_path) == ["c0003.png", "examples.json", MANIFEST, "notes.txt"]
+    assert _files(tmp_path) == ["c0003.png", MANIFEST, "notes.txt"]
     assert json.loads((tmp_path / MANIFEST).read_text())["files"] == ["c0003.png"]
 
 

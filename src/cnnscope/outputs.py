@@ -5,8 +5,9 @@ images, so an unwritable or invalid ``--out`` costs nothing. Every file is writt
 folder and renamed into place when complete (an interrupted write leaves no truncated file under the real name).
 The folder's ``manifest.json`` lists the files of the last run that finished; it is removed when a run starts and
 written when it ends, so a folder without a manifest holds no finished run, and the files a previous run listed are
-removed when a new run starts (nothing stale sits beside new results). Files the manifest does not list are never
-touched.
+removed when a new run starts (nothing stale sits beside new results). A run in progress keeps the names of its
+files in a hidden ``.manifest.partial.json``, so the files of a run that was interrupted are removed by the next
+one too. Files neither list names are never touched.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from .errors import CnnscopeError
 
 MANIFEST = "manifest.json"
+PARTIAL = ".manifest.partial.json"
 
 
 class OutputError(CnnscopeError):
@@ -83,6 +85,7 @@ class RunOutput:
         :func:`atomic_path`, or use :meth:`write`)."""
         if name not in self.files:
             self.files.append(name)
+            write_text(self.folder / PARTIAL, json.dumps({"command": self.command, "files": self.files}))
         return self.folder / name
 
     def write(self, name: str, writer: Callable[[Path], object]) -> Path:
@@ -96,14 +99,16 @@ class RunOutput:
         return self.write(name, lambda p: p.write_text(json.dumps(data, indent=2, default=str)))
 
     def _clear_previous(self) -> None:
-        manifest = self.folder / MANIFEST
-        if not manifest.exists():
-            return
-        try:
-            old = json.loads(manifest.read_text()).get("files", [])
-        except (OSError, ValueError, AttributeError):
-            old = []
-        manifest.unlink()
+        old: list[object] = []
+        for listing in (self.folder / MANIFEST, self.folder / PARTIAL):
+            if not listing.exists():
+                continue
+            try:
+                files = json.loads(listing.read_text()).get("files", [])
+                old += files if isinstance(files, list) else []
+            except (OSError, ValueError, AttributeError):
+                pass
+            listing.unlink()
         root = self.folder.resolve()
         for name in old:
             p = (self.folder / str(name)).resolve()
@@ -114,6 +119,7 @@ class RunOutput:
         data = {"command": self.command, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "files": [f for f in self.files if (self.folder / f).exists()]}
         write_text(self.folder / MANIFEST, json.dumps(data, indent=2))
+        (self.folder / PARTIAL).unlink(missing_ok=True)
 
 
 @contextmanager

