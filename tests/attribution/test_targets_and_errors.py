@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from cnnscope import unit, wrap
 from cnnscope.attribution import TargetError, attribute, auto_layer
@@ -200,10 +201,14 @@ def test_options_and_method_arguments_are_keyword_only():
         explain(net, x, ["saliency"])
 
 
-def test_relu_rules_need_relu_modules():
-    net = FunctionalReLUNet()
-    with pytest.raises(CnnscopeError, match="no nn.ReLU"):
+def test_relu_rules_need_relus():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2)).eval()
+    with pytest.raises(CnnscopeError, match="runs no ReLU"):
         attribute(net, x_of(), "guided_backprop")
+    # a net whose ReLUs are function calls gets the rule (tests/attribution/test_robustness.py checks the values)
+    assert attribute(FunctionalReLUNet(), x_of(), "guided_backprop").spec["relu_rule"]
 
 
 @pytest.mark.parametrize("call", [

@@ -18,11 +18,12 @@ from .baselines import make_baseline
 from .cam import CamMethod, auto_layer
 from .display import colorize, display_options, overlay, to_heatmap, upsample
 from .explain import Explanation, explain
-from .gradient import GradientMethod, quadrature
+from .gradient import COMPLETENESS_THRESHOLD, CompletenessWarning, GradientMethod, quadrature
 from .perturbation import rise_masks, window_starts
 from .targets import Target, TargetError
 
-__all__ = ["COMMON_OPTIONS", "METHODS", "Attribution", "CamMethod", "Explanation", "GradientMethod", "Method",
+__all__ = ["COMMON_OPTIONS", "COMPLETENESS_THRESHOLD", "METHODS", "Attribution", "CamMethod", "CompletenessWarning",
+           "Explanation", "GradientMethod", "Method",
            "Target", "TargetError", "attribute", "auto_layer", "colorize", "display_options", "explain",
            "get_method", "list_methods", "make_baseline", "overlay", "quadrature",
            "register_method", "rise_masks", "to_heatmap", "upsample", "window_starts"]

@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..capture import evaluating, first_tensor
+from ..capture import evaluating, first_tensor, resolve_layers
 from ..errors import CnnscopeError, MethodError
-from ..models import ModelLike, as_model
+from ..models import LoadedModel, ModelLike, as_model
 from .base import Attribution, get_method
 from .display import display_options, overlay
+from .targets import parse_target
 
 DEFAULT_METHODS = ("gradcam", "guided_backprop", "integrated_gradients", "occlusion")
 
@@ -34,6 +35,8 @@ class Explanation:
         target_index: the explained class (``None`` for callable/unit targets).
         target_probability: its softmax probability.
         results: method name -> :class:`Attribution` of this image (batch of one).
+        skipped: method name -> why it could not run on this model (``"runs no ReLU ..."``); those methods have
+            no entry in :attr:`results`.
     """
 
     name: str
@@ -43,6 +46,7 @@ class Explanation:
     target_index: int | None
     target_probability: float | None
     results: dict[str, Attribution] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def predicted(self) -> tuple[int, str, float]:
@@ -63,7 +67,8 @@ class Explanation:
                 for name, hm in self.heatmaps(**display).items()}
 
     def to_dict(self) -> dict:
-        """JSON summary: prediction, target, and per method its layer, options and value statistics."""
+        """JSON summary: prediction, target, per method its layer, options and value statistics, and the skipped
+        methods with the reason."""
         methods = {}
         for name, res in self.results.items():
             v = res.values.detach().float()
@@ -72,7 +77,7 @@ class Explanation:
                              "max": float(v.max()), "sum": float(v.sum()), "spec": res.spec}
         return {"image": self.name, "top": [{"index": i, "label": lab, "probability": p} for i, lab, p in self.top],
                 "target": self.target, "target_index": self.target_index,
-                "target_probability": self.target_probability, "methods": methods}
+                "target_probability": self.target_probability, "methods": methods, "skipped": dict(self.skipped)}
 
 
 def _is_tensor_batch(images: object) -> bool:
@@ -103,8 +108,18 @@ def explain(model: ModelLike, images: object, *, methods: Sequence[str] = DEFAUL
             method's default for the model's device).
         progress: progress bars.
 
+    A method that cannot apply to the model (it raises a :class:`~cnnscope.errors.CnnscopeError` while it runs:
+    guided backprop on a network without ReLUs, a CAM on a model without a spatial layer) is skipped, with the
+    reason in :attr:`Explanation.skipped`, and the others run. Mistakes in the arguments (unknown method or
+    option, a bad target or layer name, bad images) raise before any method runs; any other exception propagates.
+
     Returns:
         One :class:`Explanation` per image.
+
+    Raises:
+        MethodError: unknown method or option, or no method could run (the message gives each reason; when every
+            method failed for the same reason, that error itself is raised).
+        TargetError, LayerError, ImageError: a bad target, layer name or images.
     """
     m = as_model(model)
     if not methods:
@@ -126,7 +141,21 @@ def explain(model: ModelLike, images: object, *, methods: Sequence[str] = DEFAUL
     runners = {name: get_method(name)(m, **{"batch_size": batch_size, "progress": progress,
                                             **dict((options or {}).get(name, {}))})
                for name in methods}  # every option is checked before the first method runs
-    results = {name: run.attribute(x, target=target, layer=layer) for name, run in runners.items()}
+    _check_target_and_layer(m, target, layer, len(shown), logits)
+    results: dict[str, Attribution] = {}
+    failures: dict[str, CnnscopeError] = {}
+    for name, run in runners.items():
+        try:
+            results[name] = run.attribute(x, target=target, layer=layer)
+        except CnnscopeError as err:  # the method cannot apply to this model: skip it, say why
+            failures[name] = err
+    if not results:
+        reasons = {str(e) for e in failures.values()}
+        if len(reasons) == 1:
+            raise next(iter(failures.values()))
+        raise MethodError("no method could explain these images: "
+                          + "; ".join(f"{k}: {e}" for k, e in failures.items()))
+    skipped = {k: str(e) for k, e in failures.items()}
     out = []
     for i, (name, img) in enumerate(zip(names, shown)):
         top: list[tuple[int, str, float]] = []
@@ -142,5 +171,16 @@ def explain(model: ModelLike, images: object, *, methods: Sequence[str] = DEFAUL
             text = f"unit {t['layer']} channel {t['channel']}" if t.get("kind") == "unit" else str(t.get("name"))
         out.append(Explanation(name=name, image=img, top=top, target=text, target_index=cls,
                                target_probability=None if cls is None or probs is None else float(probs[i, cls]),
-                               results={meth: r.select(i) for meth, r in results.items()}))
+                               results={meth: r.select(i) for meth, r in results.items()}, skipped=dict(skipped)))
     return out
+
+
+def _check_target_and_layer(m: LoadedModel, target: object, layer: str | None, n: int, logits: object) -> None:
+    """Raise the argument errors every method would raise (so they stop the call rather than skip each method)."""
+    if layer is not None:
+        resolve_layers(m.module, layer)
+    tgt = parse_target(target, n, m)
+    if tgt.kind == "class":
+        tgt.bind(logits, {})
+    elif tgt.kind == "unit":
+        resolve_layers(m.module, tgt.unit.layer)

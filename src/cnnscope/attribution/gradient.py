@@ -8,6 +8,7 @@ gradient is taken.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from typing import Any, ClassVar
 
@@ -29,18 +30,20 @@ GRADIENT_BATCH_SIZE: dict[str, int] = {"cpu": 32, "gpu": 32}
 
 
 def input_gradients(module: nn.Module, scorer: Scorer, x: torch.Tensor, rows: torch.Tensor,
-                    rule: str | None = None, bind: bool = False) -> torch.Tensor:
+                    rule: str | None = None, bind: bool = False, report: dict | None = None) -> torch.Tensor:
     """Gradient of the target's score w.r.t. the input batch ``x`` (row ``j`` explains image ``rows[j]``).
 
     Args:
-        rule: ``None`` (plain gradient), ``"guided"`` or ``"deconv"`` (backward rule for every ReLU module).
+        rule: ``None`` (plain gradient), ``"guided"`` or ``"deconv"`` (backward rule for every ReLU, see
+            :func:`cnnscope.capture.relu_rule`).
         bind: ``x`` is the clean batch: resolve top-1 classes from this forward.
+        report: filled by :func:`~cnnscope.capture.relu_rule` (what the rule overrode) when ``rule`` is set.
 
     Shape:
         - x: ``[N, C, H, W]``; Output: ``[N, C, H, W]``.
     """
     xg = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), (relu_rule(module, rule) if rule else nullcontext()):
+    with torch.enable_grad(), (relu_rule(module, rule, report=report) if rule else nullcontext()):
         out, acts = scorer.forward(xg)
         if bind:
             scorer.target.bind(out, acts, rows)
@@ -69,8 +72,11 @@ class GradientMethod(Method):
         """
         bind = rows is None
         idx = torch.arange(x.shape[0]) if rows is None else rows
-        parts = [self.combine(x[j], input_gradients(self.module, scorer, x[j], idx[j], self.rule, bind))
+        report: dict = {}
+        parts = [self.combine(x[j], input_gradients(self.module, scorer, x[j], idx[j], self.rule, bind, report))
                  for j in track(list(chunks(x.shape[0], self.batch_size(x))), self.opts["progress"], self.name)]
+        if self.rule:
+            self.extra["relu_rule"] = {"rule": self.rule, **report}
         return torch.cat(parts)
 
     def combine(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -125,6 +131,39 @@ class Deconvnet(GradientMethod):
     rule = "deconv"
 
 
+#: relative completeness gap ``|sum(attributions) - (f(x) - f(x'))| / |f(x) - f(x')|`` above which integrated
+#: gradients warns
+COMPLETENESS_THRESHOLD = 0.1
+
+
+class CompletenessWarning(UserWarning):
+    """Integrated gradients whose attributions do not add up to ``f(x) - f(x')`` (too few ``n_steps``)."""
+
+
+def completeness(total: torch.Tensor, diff: torch.Tensor, f_x: torch.Tensor, f_base: torch.Tensor, n_steps: int
+                 ) -> dict:
+    """The completeness record of integrated gradients (see :class:`IntegratedGradients`); warns once per call
+    when the largest relative gap exceeds :data:`COMPLETENESS_THRESHOLD`.
+
+    Shape:
+        - total, diff, f_x, f_base: ``[B]`` (sums of the attributions, ``f(x) - f(x')``, ``f(x)``, ``f(x')``).
+    """
+    delta = total - diff
+    tiny = 1e-6 * (f_x.abs() + f_base.abs()) + 1e-12  # f(x) = f(x') to float precision: no relative gap
+    rel = [None if float(d.abs()) <= float(t) else float(e.abs() / d.abs()) for d, e, t in zip(diff, delta, tiny)]
+    worst = max((r for r in rel if r is not None), default=None)
+    if worst is not None and worst > COMPLETENESS_THRESHOLD:
+        i = rel.index(worst)
+        need = int(np.ceil(n_steps * worst / COMPLETENESS_THRESHOLD))
+        warnings.warn(f"integrated gradients: the attributions of image {i} sum to {float(total[i]):.4g}, not "
+                      f"f(x) - f(x') = {float(diff[i]):.4g} (gap {worst:.0%} > {COMPLETENESS_THRESHOLD:.0%}); raise "
+                      f"n_steps (now {n_steps}; try {need}: the gap falls roughly as 1/n_steps) or, if it does not "
+                      "fall, use baseline='blur' (normalisation layers make the score jump next to a zero baseline)",
+                      CompletenessWarning, stacklevel=2)
+    return {"sum_attributions": total.tolist(), "score_difference": diff.tolist(), "delta": delta.tolist(),
+            "relative_gap": rel, "threshold": COMPLETENESS_THRESHOLD}
+
+
 def quadrature(n_steps: int, kind: str = "gausslegendre") -> tuple[np.ndarray, np.ndarray]:
     """Points ``alpha`` in [0, 1] and weights (summing to 1) of a rule for ``integral_0^1 f(alpha) d alpha``.
 
@@ -158,8 +197,14 @@ class IntegratedGradients(GradientMethod):
         batch_size: interpolated images per forward/backward (Captum's ``internal_batch_size``).
         blur_sigma: sigma in pixels of the ``"blur"`` baseline.
 
-    The result's ``spec["completeness"]`` holds, per image, ``sum(attributions)``, ``f(x) - f(x')`` and their
-    difference (the completeness axiom says they are equal; the gap shrinks with ``n_steps``).
+    The completeness axiom says ``sum(attributions) = f(x) - f(x')``; the integral is approximated with
+    ``n_steps`` points, so every call measures how far it is. The result's ``spec["completeness"]`` holds, per
+    image, ``sum(attributions)``, ``f(x) - f(x')``, their difference ``delta`` and the relative gap
+    ``|delta| / |f(x) - f(x')|`` (``None`` where ``f(x) = f(x')``). A gap above :data:`COMPLETENESS_THRESHOLD`
+    warns (:class:`CompletenessWarning`) with an ``n_steps`` to try: the gap of a quadrature shrinks about as
+    ``1 / n_steps`` on piecewise-linear (ReLU) paths, and more slowly where the score changes abruptly near the
+    baseline (normalisation layers make ``f`` nearly constant along ``x' + a (x - x')`` except close to ``a = 0``
+    when ``x' = 0``): there a baseline other than 0 (``"blur"``) helps more than steps.
     """
 
     name = "integrated_gradients"
@@ -176,6 +221,10 @@ class IntegratedGradients(GradientMethod):
         if q not in QUADRATURES:
             raise MethodError(unknown("quadrature", q, QUADRATURES))
         check_baseline(self.name, self.opts["baseline"])
+        b = self.opts["baseline"]
+        if isinstance(b, (torch.Tensor, float)) and not bool(torch.isfinite(torch.as_tensor(b)).all()):
+            raise MethodError(f"{self.name}: the baseline contains NaN or infinite values; give finite values in "
+                              "the model's input space")
 
     def compute(self, x: torch.Tensor, scorer: Scorer, layer: str | None) -> torch.Tensor:
         bs = self.batch_size(x)
@@ -185,8 +234,7 @@ class IntegratedGradients(GradientMethod):
         f_base = scorer.map_scores(lambda j: base[j], torch.arange(x.shape[0]), bs)
         total = values.flatten(1).sum(dim=1).float()
         diff = clean.float() - f_base
-        self.extra["completeness"] = {"sum_attributions": total.tolist(), "score_difference": diff.tolist(),
-                                      "delta": (total - diff).tolist()}
+        self.extra["completeness"] = completeness(total, diff, clean.float(), f_base, self.opts["n_steps"])
         return values
 
     def compute_rows(self, x: torch.Tensor, scorer: Scorer, rows: torch.Tensor | None) -> torch.Tensor:

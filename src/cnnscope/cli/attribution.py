@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import click
 import numpy as np
 
 from ..errors import CnnscopeError
-from .app import POSITION, batch_size_option, cli, model_options, open_model, read_image_arg, write_json
+from .app import (
+    POSITION,
+    batch_size_option,
+    cli,
+    model_options,
+    open_model,
+    read_image_arg,
+    show_progress,
+    write_json,
+)
 from .demo import DemoContext, demo_section
 
 DEFAULT_METHODS = "gradcam,guided_backprop,integrated_gradients,occlusion"
@@ -78,16 +91,20 @@ def _stems(names: list[str]) -> list[str]:
 @click.option("-o", "--option", "option", multiple=True,
               help="Method option METHOD.KEY=VALUE (repeatable), e.g. occlusion.window=48.")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Heatmap opacity.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars on stderr (default: on a terminal, unless cnnscope --quiet).")
 def explain_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, methods: str, target: str,
                 position: tuple[int, int] | str | None, layer: str | None, out: str, batch_size: int | None,
-                option: tuple[str, ...], alpha: float, progress: bool) -> None:
+                option: tuple[str, ...], alpha: float, progress: bool | None) -> None:
     """Explain MODEL's answer on each IMAGE (path or sample:NAME) with several attribution methods.
 
     Writes per image: NAME_panel.png (original + one overlay per method), NAME_METHOD.npy (raw maps) and
-    NAME.json (prediction, target, per-method layer/options/statistics).
+    NAME.json (prediction, target, per-method layer/options/statistics), and manifest.json when done. A method
+    that cannot apply to MODEL (guided backprop without ReLUs, ...) is skipped with a note on stderr and listed
+    under "skipped" in NAME.json.
     """
     from ..attribution import explain, get_method
+    from ..outputs import run_output
     from ..plot.attribution import save_panel
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -95,24 +112,40 @@ def explain_cmd(model: str, images: tuple[str, ...], weights: str | None, device
         get_method(name)
     opts = parse_options(option, names)
     tgt = parse_cli_target(target, position)
-    m = open_model(model, weights, device)
-    loaded = [read_image_arg(arg) for arg in images]
-    stems = _stems([n for n, _ in loaded])
-    expls = explain(m, [a for _, a in loaded], methods=names, target=tgt, layer=layer, names=stems, options=opts,
-                    batch_size=batch_size, progress=progress)
-    folder = Path(out)
-    for stem, expl in zip(stems, expls):
-        panel = save_panel(expl, folder / f"{stem}_panel.png", alpha=alpha)
-        maps = {}
-        for meth, res in expl.results.items():
-            path = folder / f"{stem}_{meth}.npy"
-            np.save(path, res.values[0].detach().float().cpu().numpy())
-            maps[meth] = path.name
-        summary = {"model": m.describe(), **expl.to_dict(), "panel": panel.name, "maps": maps}
-        write_json(folder / f"{stem}.json", summary)
-        idx, label, prob = expl.predicted
-        click.echo(f"{stem}: {label} {prob:.1%}; explained {expl.target} -> {panel}")
-    click.echo(f"{len(expls)} image(s), {len(names)} method(s): panels, .npy maps and .json in {folder}/")
+    with run_output(out, "explain") as folder:
+        m = open_model(model, weights, device)
+        loaded = [read_image_arg(arg) for arg in images]
+        stems = _stems([n for n, _ in loaded])
+        with one_line_warnings():
+            expls = explain(m, [a for _, a in loaded], methods=names, target=tgt, layer=layer, names=stems,
+                            options=opts, batch_size=batch_size,
+                            progress=show_progress() if progress is None else progress)
+        for meth, reason in expls[0].skipped.items():
+            click.echo(f"note: skipped {meth}: {reason}", err=True)
+        for stem, expl in zip(stems, expls):
+            panel = save_panel(expl, folder.path(f"{stem}_panel.png"), alpha=alpha)
+            maps = {}
+            for meth, res in expl.results.items():
+                arr = res.values[0].detach().float().cpu().numpy()
+                maps[meth] = folder.write(f"{stem}_{meth}.npy", partial(np.save, arr=arr)).name
+            folder.write_json(f"{stem}.json", {"model": m.describe(), **expl.to_dict(), "panel": panel.name,
+                                               "maps": maps})
+            idx, label, prob = expl.predicted
+            click.echo(f"{stem}: {label} {prob:.1%}; explained {expl.target} -> {panel}")
+    ran = len(names) - len(expls[0].skipped)
+    click.echo(f"{len(expls)} image(s), {ran} method(s): panels, .npy maps and .json in {folder.folder}/")
+
+
+@contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Within the block, each warning is printed on stderr as one line ``warning: MESSAGE``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings' API
+        click.echo(f"warning: {message}", err=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 @cli.command("explain-methods")

@@ -1,7 +1,8 @@
 """Zeiler & Fergus commands: ``deconv``, ``top9``, ``occlude``, ``invariance``, ``correspond``, ``boundary``.
 
 (``train``, ``evolution``, ``filters``, ``featuremaps`` and the demo section live in :mod:`.zf_train`.)
-Every command writes PNG figures and the numbers behind them (JSON, NPY) into ``--out``.
+Every command writes PNG figures and the numbers behind them (JSON, NPY) into ``--out``, which is checked before
+any work (:func:`cnnscope.outputs.run_output`: atomic files and a ``manifest.json`` once the run is complete).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import click
 import numpy as np
 
 from ..errors import CnnscopeError
+from ..outputs import RunOutput, run_output
 from .app import (
     POSITION,
     batch_size_option,
@@ -23,7 +25,6 @@ from .app import (
     pre_activation_option,
     read_image_arg,
     show_progress,
-    write_json,
 )
 
 IMAGES_HELP = ("IMAGES: paths, folders (every image inside), sample:NAME, 'samples' (all skimage photos) or "
@@ -93,10 +94,9 @@ def numbers(text: str | None, cast=float) -> list | None:
         raise CnnscopeError(f"expected comma-separated numbers like 0,10,20, got {text!r}") from None
 
 
-def out_dir(out: str) -> Path:
-    p = Path(out)
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+def save_npy(folder: RunOutput, name: str, array: np.ndarray) -> Path:
+    """``array`` written atomically as ``name`` in the run's folder (listed in its manifest)."""
+    return folder.write(name, partial(np.save, arr=array))
 
 
 def save(fig, path: Path) -> None:
@@ -122,6 +122,21 @@ def model_command(name: str, *arguments, help: str | None = None):
     return deco
 
 
+#: the projection methods of ``--method`` (``cnnscope.zf.rule_projector.PROJECTION_METHODS``, spelled out here so
+#: that the command line starts without importing torch)
+PROJECTION_METHODS = ("deconvnet", "rule", "guided", "gradient")
+
+
+def method_option(default: str, extra: tuple[str, ...] = (), more: str = ""):
+    """``--method`` of the projection commands: ``deconvnet``, ``rule``, ``guided`` or ``gradient`` (docs/zf.md)."""
+    return click.option("--method", type=click.Choice([*PROJECTION_METHODS, *extra]), default=default,
+                        show_default=True,
+                        help="deconvnet: the true deconvnet (switches + transposed filters; plain stacks only); "
+                             "rule: gradient with the deconvnet rule for ReLUs; guided: guided backprop of the unit "
+                             "(rule and guided: any model with ReLUs); gradient: the plain gradient of the unit "
+                             "(any model)" + more + ".")
+
+
 def out_option(default: str):
     return click.option("--out", type=click.Path(file_okay=False), default=default, show_default=True,
                         help="Folder for the figures and numbers.")
@@ -133,26 +148,30 @@ def out_option(default: str):
 @click.option("--position", type=POSITION, default="max", show_default=True,
               help="max (the strongest activation), center, ROW,COL, or all (the whole map).")
 @pre_activation_option
-@click.option("--method", type=click.Choice(["true", "rule"]), default="true", show_default=True,
-              help="true: switches + transposed filters; rule: backward-rule deconvnet (any model).")
+@method_option("deconvnet", extra=("true",), more="; true: the same as deconvnet")
 @out_option("zf-deconv")
 def deconv_cmd(model: str, image: str, weights: str | None, device: str, layer: str, channel: int,
                position, pre_activation: bool, method: str, out: str) -> None:
     """Project one activation of MODEL on IMAGE back to pixels with the deconvnet (Zeiler & Fergus 2013)."""
     from ..plot.zf import projection_figure
     from ..zf.deconvnet import project, rule_projection
+    from ..zf.rule_projector import RULE_OF
 
-    m = open_any(model, weights, device)
-    name, arr = read_image_arg(image)
-    fn = project if method == "true" else rule_projection
-    p = fn(m, arr, layer, channel=channel, position=position, pre_activation=pre_activation)
-    d = out_dir(out)
-    where = p.positions[0] if p.positions is not None else None
-    np.save(d / "deconv.npy", p.values[0].cpu().numpy())
-    write_json(d / "deconv.json", {"image": name, "layer": layer, "channel": channel, "position": where,
-                                   "activation": float(p.activations[0]), "box": p.boxes[0] if p.boxes else None,
-                                   "pre_activation": pre_activation, "method": p.method})
-    save(projection_figure(m.fit_image(arr), p), d / "deconv.png")
+    with run_output(out, "deconv") as folder:
+        m = open_any(model, weights, device)
+        name, arr = read_image_arg(image)
+        opts = dict(channel=channel, position=position, pre_activation=pre_activation)
+        if method in ("deconvnet", "true"):
+            p = project(m, arr, layer, **opts)
+        else:
+            p = rule_projection(m, arr, layer, rule=RULE_OF[method], **opts)
+        where = p.positions[0] if p.positions is not None else None
+        save_npy(folder, "deconv.npy", p.values[0].cpu().numpy())
+        folder.write_json("deconv.json", {"image": name, "layer": layer, "channel": channel, "position": where,
+                                          "activation": float(p.activations[0]),
+                                          "box": p.boxes[0] if p.boxes else None, "pre_activation": pre_activation,
+                                          "method": p.method})
+        save(projection_figure(m.fit_image(arr), p), folder.path("deconv.png"))
     click.echo(f"{layer} channel {channel} at {where or 'every position'}: activation "
                f"{float(p.activations[0]):.4g} ({p.method})")
 
@@ -162,20 +181,24 @@ def deconv_cmd(model: str, image: str, weights: str | None, device: str, layer: 
 @partial(channels_option, default="0-7")
 @click.option("-k", "k", type=click.IntRange(1), default=9, show_default=True, help="Activations per channel.")
 @pre_activation_option
+@method_option("deconvnet")
 @batch_size_option
 @out_option("zf-top9")
 def top9_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, layer: str, channels: str,
-             k: int, pre_activation: bool, batch_size: int | None, out: str) -> None:
+             k: int, pre_activation: bool, method: str, batch_size: int | None, out: str) -> None:
     """Strongest activations of each channel over IMAGES, projected to pixels beside the image patches."""
     from ..plot.zf import top9_figure
+    from ..zf.deconvnet import DeconvNet
     from ..zf.projections import top_projections
 
-    m = open_any(model, weights, device)
-    tp = top_projections(m, read_images(images), layer, channels=channels, k=k, pre_activation=pre_activation,
-                         batch_size=batch_size, progress=show_progress())
-    d = out_dir(out)
-    write_json(d / "top9.json", tp.to_dict())
-    save(top9_figure(tp), d / "top9.png")
+    with run_output(out, "top9") as folder:
+        m = open_any(model, weights, device)
+        if method == "deconvnet":
+            DeconvNet(m, layer, pre_activation=pre_activation)  # refuses a model it cannot invert before any image
+        tp = top_projections(m, read_images(images), layer, channels=channels, k=k, pre_activation=pre_activation,
+                             method=method, batch_size=batch_size, progress=show_progress())
+        folder.write_json("top9.json", tp.to_dict())
+        save(top9_figure(tp), folder.path("top9.png"))
     for c in tp.channels:
         best = tp.entries[c][0]
         click.echo(f"channel {c}: best {best.activation:.4g} in {tp.names[best.image_index]} at {best.position}")
@@ -198,14 +221,14 @@ def occlude_cmd(model: str, image: str, layer: str, target: str | None, channel:
     from ..plot.zf import occlusion_figure
     from ..zf.occlusion_study import occlusion_study
 
-    m = open_any(model, weights, device)
-    _, arr = read_image_arg(image)
-    s = occlusion_study(m, arr, layer, target=target, channel=channel, size=size, stride=stride, fill=fill,
-                        pre_activation=pre_activation, batch_size=batch_size, progress=show_progress())
-    d = out_dir(out)
-    write_json(d / "occlusion.json", s.to_dict())
-    np.save(d / "occlusion_projection.npy", s.projection.values[0].cpu().numpy())
-    save(occlusion_figure(s), d / "occlusion.png")
+    with run_output(out, "occlude") as folder:
+        m = open_any(model, weights, device)
+        _, arr = read_image_arg(image)
+        s = occlusion_study(m, arr, layer, target=target, channel=channel, size=size, stride=stride, fill=fill,
+                            pre_activation=pre_activation, batch_size=batch_size, progress=show_progress())
+        folder.write_json("occlusion.json", s.to_dict())
+        save_npy(folder, "occlusion_projection.npy", s.projection.values[0].cpu().numpy())
+        save(occlusion_figure(s), folder.path("occlusion.png"))
     i = int(s.probability.argmin())
     r, c = divmod(i, len(s.lefts))
     click.echo(f"p({s.label}) = {s.base_probability:.3f} unoccluded; lowest {float(s.probability.min()):.3f} "
@@ -226,17 +249,17 @@ def invariance_cmd(model: str, images: tuple[str, ...], weights: str | None, dev
     from ..plot.zf import invariance_figure
     from ..zf.invariance import TRANSFORMS, invariance_study
 
-    m = open_any(model, weights, device)
-    imgs = read_images(images)
     names = [t.strip() for t in transforms.split(",") if t.strip()] if transforms else TRANSFORMS.names()
     if amounts and len(names) != 1:
         raise CnnscopeError("--amounts needs exactly one transform in --transforms")
     lays = [s.strip() for s in layers.split(",")] if layers else None
-    studies = [invariance_study(m, imgs, t, amounts=numbers(amounts), layers=lays, pre_activation=pre_activation,
-                                batch_size=batch_size, progress=show_progress()) for t in names]
-    d = out_dir(out)
-    write_json(d / "invariance.json", [s.to_dict() for s in studies])
-    save(invariance_figure(studies), d / "invariance.png")
+    with run_output(out, "invariance") as folder:
+        m = open_any(model, weights, device)
+        imgs = read_images(images)
+        studies = [invariance_study(m, imgs, t, amounts=numbers(amounts), layers=lays, pre_activation=pre_activation,
+                                    batch_size=batch_size, progress=show_progress()) for t in names]
+        folder.write_json("invariance.json", [s.to_dict() for s in studies])
+        save(invariance_figure(studies), folder.path("invariance.png"))
     for s in studies:
         far = s.distances.mean(0)[:, -1].tolist()
         click.echo(f"{s.transform}: mean distance at {s.amounts[-1]:g}: "
@@ -260,15 +283,15 @@ def correspond_cmd(model: str, images: tuple[str, ...], weights: str | None, dev
     from ..plot.zf import correspondence_figure
     from ..zf.correspondence import correspondence
 
-    m = open_any(model, weights, device)
-    imgs = read_images(images)
     parsed = [numbers(b, int) for b in boxes]
     lays = [s.strip() for s in layers.split(",")] if layers else None
-    r = correspondence(m, imgs, parsed, layers=lays, n_random=n_random, seed=seed, pre_activation=pre_activation,
-                       batch_size=batch_size, progress=show_progress())
-    d = out_dir(out)
-    write_json(d / "correspondence.json", r.to_dict())
-    save(correspondence_figure(r, list(imgs.values())), d / "correspondence.png")
+    with run_output(out, "correspond") as folder:
+        m = open_any(model, weights, device)
+        imgs = read_images(images)
+        r = correspondence(m, imgs, parsed, layers=lays, n_random=n_random, seed=seed, pre_activation=pre_activation,
+                           batch_size=batch_size, progress=show_progress())
+        folder.write_json("correspondence.json", r.to_dict())
+        save(correspondence_figure(r, list(imgs.values())), folder.path("correspondence.png"))
     for n in r.layers:
         line = f"{n}: part {r.part[n].mean:.4f} +- {r.part[n].std:.4f}"
         if r.random:
@@ -288,13 +311,13 @@ def boundary_cmd(model: str, images: tuple[str, ...], weights: str | None, devic
     from ..plot.zf import boundary_figure
     from ..zf.boundary import decision_plane
 
-    m = open_any(model, weights, device)
     lohi = numbers(span)
     if lohi is not None and len(lohi) != 2:
         raise CnnscopeError(f"--span is LO,HI, got {span!r}")
-    p = decision_plane(m, read_images(images), resolution=resolution, span=tuple(lohi) if lohi else None,
-                       seed=seed, batch_size=batch_size, progress=show_progress())
-    d = out_dir(out)
-    write_json(d / "boundary.json", p.to_dict())
-    save(boundary_figure(p), d / "boundary.png")
+    with run_output(out, "boundary") as folder:
+        m = open_any(model, weights, device)
+        p = decision_plane(m, read_images(images), resolution=resolution, span=tuple(lohi) if lohi else None,
+                           seed=seed, batch_size=batch_size, progress=show_progress())
+        folder.write_json("boundary.json", p.to_dict())
+        save(boundary_figure(p), folder.path("boundary.png"))
     click.echo(f"{len(p.labels)} classes on the plane: " + ", ".join(list(p.labels.values())[:8]))

@@ -6,9 +6,9 @@ from functools import partial
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ..errors import CnnscopeError
+from ..outputs import run_output
 from .app import (
     batch_size_option,
     channels_option,
@@ -17,10 +17,9 @@ from .app import (
     read_image_arg,
     resolve_device,
     show_progress,
-    write_json,
 )
 from .demo import DemoContext, demo_section
-from .zf import IMAGE, IMAGES_HELP, model_command, numbers, open_any, out_dir, read_images, save
+from .zf import IMAGE, IMAGES_HELP, model_command, numbers, open_any, read_images, save, save_npy
 
 
 @cli.command("train")
@@ -49,12 +48,14 @@ def train_cmd(data: str, epochs: int, checkpoints: str, batch_size: int, lr: flo
         click.echo(f"epoch {rec['epoch']:>3}: loss {rec['loss']:.4f}  train {rec['train_accuracy']:.2%}  "
                    f"test {rec['test_accuracy']:.2%}")
 
-    r = train(data, epochs=epochs, checkpoint_epochs=wanted, out=out, batch_size=batch_size, lr=lr,
-              widths=numbers(widths, int) or (16, 32, 64), size=size, seed=seed, device=resolve_device(device),
-              progress=show_progress(), on_epoch=report)
-    d = out_dir(out)
-    write_json(d / "history.json", {"history": r.history, "checkpoints": {k: str(v) for k, v in r.checkpoints.items()},
-                                    "seed": seed, "data": str(data)})
+    with run_output(out, "train") as folder:
+        r = train(data, epochs=epochs, checkpoint_epochs=wanted, out=folder.folder, batch_size=batch_size, lr=lr,
+                  widths=numbers(widths, int) or (16, 32, 64), size=size, seed=seed, device=resolve_device(device),
+                  progress=show_progress(), on_epoch=report)
+        for path in r.checkpoints.values():
+            folder.path(Path(path).name)  # written atomically by train(); listed in the manifest
+        folder.write_json("history.json", {"history": r.history, "seed": seed, "data": str(data),
+                                           "checkpoints": {k: str(v) for k, v in r.checkpoints.items()}})
     click.echo(f"checkpoints: {', '.join(str(p) for p in r.checkpoints.values()) or 'none'}")
 
 
@@ -88,12 +89,12 @@ def evolution_cmd(checkpoints: tuple[str, ...], layer: str, channels: str, image
     from ..plot.zf import evolution_figure
     from ..zf.evolution import evolution
 
-    ev = evolution(checkpoint_files(checkpoints), read_images(images), layer, channels=channels,
-                   pre_activation=pre_activation, batch_size=batch_size, device=resolve_device(device),
-                   progress=show_progress())
-    d = out_dir(out)
-    write_json(d / "evolution.json", ev.to_dict())
-    save(evolution_figure(ev), d / "evolution.png")
+    with run_output(out, "evolution") as folder:
+        ev = evolution(checkpoint_files(checkpoints), read_images(images), layer, channels=channels,
+                       pre_activation=pre_activation, batch_size=batch_size, device=resolve_device(device),
+                       progress=show_progress())
+        folder.write_json("evolution.json", ev.to_dict())
+        save(evolution_figure(ev), folder.path("evolution.png"))
 
 
 @model_command("filters")
@@ -107,17 +108,17 @@ def filters_cmd(model: str, weights: str | None, device: str, layer: str | None,
     from ..plot.zf import filters_figure, kernels_figure, spectrum_figure
     from ..zf.filters import conv_layers, conv_weights, filter_images, filter_spectrum
 
-    m = open_any(model, weights, device)
-    w = conv_weights(m, layer)
-    name = layer or conv_layers(m)[0]
-    d = out_dir(out)
-    np.save(d / "filters.npy", w.cpu().numpy())
-    if w.shape[1] in (1, 3):
-        save(filters_figure(filter_images(w), f"{name} filters"), d / "filters.png")
-    save(kernels_figure(w, name, max_out, max_in), d / "kernels.png")
-    spec = filter_spectrum(w)
-    write_json(d / "spectrum.json", {"layer": name, **spec.to_dict()})
-    save(spectrum_figure(spec), d / "spectrum.png")
+    with run_output(out, "filters") as folder:
+        m = open_any(model, weights, device)
+        w = conv_weights(m, layer)
+        name = layer or conv_layers(m)[0]
+        save_npy(folder, "filters.npy", w.cpu().numpy())
+        if w.shape[1] in (1, 3):
+            save(filters_figure(filter_images(w), f"{name} filters"), folder.path("filters.png"))
+        save(kernels_figure(w, name, max_out, max_in), folder.path("kernels.png"))
+        spec = filter_spectrum(w)
+        folder.write_json("spectrum.json", {"layer": name, **spec.to_dict()})
+        save(spectrum_figure(spec), folder.path("spectrum.png"))
     low, mid, high = spec.bands.mean(0).tolist()
     click.echo(f"{name}: {tuple(w.shape)}; energy low {low:.1%}, mid {mid:.1%}, high {high:.1%}; "
                f"{len(spec.dead)} dead filters")
@@ -134,12 +135,12 @@ def featuremaps_cmd(model: str, image: str, weights: str | None, device: str, la
     from ..plot.zf import feature_maps_figure
     from ..zf.filters import feature_maps
 
-    m = open_any(model, weights, device)
-    _, arr = read_image_arg(image)
-    maps = feature_maps(m, arr, layer, pre_activation=pre_activation)[0]
-    d = out_dir(out)
-    np.save(d / "featuremaps.npy", maps.cpu().numpy())
-    save(feature_maps_figure(maps, layer, max_maps), d / "featuremaps.png")
+    with run_output(out, "featuremaps") as folder:
+        m = open_any(model, weights, device)
+        _, arr = read_image_arg(image)
+        maps = feature_maps(m, arr, layer, pre_activation=pre_activation)[0]
+        save_npy(folder, "featuremaps.npy", maps.cpu().numpy())
+        save(feature_maps_figure(maps, layer, max_maps), folder.path("featuremaps.png"))
 
 
 @demo_section(50, "Zeiler & Fergus: occlusion, invariance, filters, training evolution")

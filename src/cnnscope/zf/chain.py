@@ -26,9 +26,10 @@ from .steps import Step, step_for, supported
 
 def hint() -> str:
     """What the true deconvnet inverts, and the way out for other models (ends every :class:`DeconvError`)."""
-    return ("the true deconvnet only inverts plain stacks of " + supported() + "; use the backward-rule deconvnet "
-            "instead, which works on any model (cnnscope.zf.rule_projection, `cnnscope deconv --method rule`, or "
-            "the attribution method 'deconvnet')")
+    return ("the true deconvnet only inverts plain stacks of " + supported() + "; use a backward-rule projection "
+            "instead: `--method rule` (the deconvnet rule) or `--method guided` of `cnnscope deconv` and `cnnscope "
+            "top9` for models with ReLUs, `--method gradient` for any model (cnnscope.zf.rule_projection, "
+            "top_projections(method=...))")
 
 
 class DeconvError(CnnscopeError):
@@ -133,7 +134,12 @@ def build_chain(module: nn.Module, layer: str, input_size: tuple[int, int], in_c
 
 
 def _validate(module: nn.Module, chain: Chain, input_size: tuple[int, int], in_channels: int) -> None:
-    """Replay the chain on a seeded random probe; every container and the layer must match the model."""
+    """Replay the chain on a seeded random probe, step by step; every container and the layer must match the model.
+
+    A step that cannot even run on what the previous one produced (a branch of a block fed the other branch's
+    output: a residual block's shortcut, an Inception or Fire module's concatenation) names the block where the
+    two steps meet.
+    """
     param = next(iter(module.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -142,19 +148,45 @@ def _validate(module: nn.Module, chain: Chain, input_size: tuple[int, int], in_c
     names = [n for n, _ in chain.containers] + [chain.layer]
     with torch.no_grad(), evaluating(module), Capture(module, names, stop_early=False, reuse="all") as cap:
         cap.run(probe)
-        _, _, outs = chain.forward(probe)
-    checks = chain.containers + [(chain.layer, len(chain.steps) - 1)]
-    for name, idx in sorted(checks, key=lambda c: c[1]):
-        ref = cap.activations[name][0]
-        got = outs[idx]
-        if not isinstance(ref, torch.Tensor) or ref.shape != got.shape or not _close(got, ref):
-            what = table_kind(module, name)
-            if name == chain.layer:
-                raise DeconvError(f"cannot invert the path to {name!r} ({what}): the model computes something "
-                                  "on the way that is not a module the deconvnet can see (a residual add, a "
-                                  f"function call or input normalisation inside forward()); {hint()}")
-            raise DeconvError(f"cannot invert {name!r} ({what}): its forward() does more than run its "
-                              f"submodules one after another (e.g. a residual add or a squeeze-excite gate); {hint()}")
+    checks: dict[int, list[str]] = {}
+    for name, idx in chain.containers + [(chain.layer, len(chain.steps) - 1)]:
+        checks.setdefault(idx, []).append(name)
+    x = probe
+    with torch.no_grad():
+        for i, step in enumerate(chain.steps):
+            try:
+                x, _ = step.forward(x)
+            except (RuntimeError, ValueError, IndexError):
+                raise DeconvError(_broken(module, chain.steps[i - 1].name if i else None, step.name)) from None
+            for name in checks.get(i, []):
+                ref = cap.activations[name][0]
+                if not isinstance(ref, torch.Tensor) or ref.shape != x.shape or not _close(x, ref):
+                    raise DeconvError(_mismatch(module, name, name == chain.layer))
+
+
+def _mismatch(module: nn.Module, name: str, is_layer: bool) -> str:
+    what = table_kind(module, name)
+    if is_layer:
+        return (f"cannot invert the path to {name!r} ({what}): the model computes something on the way that is "
+                "not a module the deconvnet can see (a residual add, a function call or input normalisation inside "
+                f"forward()); {hint()}")
+    return (f"cannot invert {name!r} ({what}): its forward() does more than run its submodules one after another "
+            f"(e.g. a residual add, a concatenation, a squeeze-excite gate or a relu called as a function); {hint()}")
+
+
+def _broken(module: nn.Module, before: str | None, step: str) -> str:
+    """The message for a step that cannot run on the previous step's output: name the block where they meet."""
+    if before is None:
+        return (f"cannot invert the path to {step!r}: it does not take the model's input directly (the model "
+                f"prepares the input in forward()); {hint()}")
+    a, b = before.split("."), step.split(".")
+    k = 0
+    while k < min(len(a), len(b)) and a[k] == b[k]:
+        k += 1
+    common = ".".join(a[:k])
+    where = f"{common!r} ({table_kind(module, common)})" if common else f"the forward() of {type(module).__name__}"
+    return (f"cannot invert {where}: {step!r} does not run on the output of {before!r}, so the block is not a "
+            f"chain of its submodules (branches joined by a residual add or a concatenation); {hint()}")
 
 
 def table_kind(module: nn.Module, name: str) -> str:

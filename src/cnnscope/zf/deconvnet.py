@@ -8,8 +8,8 @@ result is a picture in the model's input space of the pixels that made that unit
 
 For models whose path contains modules the deconvnet cannot reverse (residual adds, depthwise/squeeze-excite
 blocks, unknown modules) :func:`project` raises :class:`~cnnscope.zf.chain.DeconvError`; :func:`rule_projection`
-computes the same quantity as a gradient with the deconvnet backward rule for ReLUs, which works on any model
-(on a plain stack the two agree to float precision).
+computes the same quantity as a gradient with the deconvnet backward rule for ReLUs, which works on any model that
+runs ReLUs (on a plain stack the two agree to float precision; ``rule=None``, the plain gradient, on any model).
 
 Example:
     >>> m = load_model("alexnet")
@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +55,8 @@ class Projection:
         boxes: each image's receptive field of what was projected, ``(top, left, bottom, right)`` half-open
             (``None`` for the backward-rule projection, which does not know the geometry).
         pre_activation: whether the activation module's input was projected.
-        method: ``"deconvnet"`` (true, switches + transposed filters) or ``"backward-rule"``.
+        method: ``"deconvnet"`` (true, switches + transposed filters), ``"backward-rule"`` (the deconvnet rule
+            as a gradient), ``"guided"`` (guided backprop's rule) or ``"gradient"`` (no rule).
     """
 
     values: torch.Tensor
@@ -244,8 +246,8 @@ def project(model: ModelLike, images: object, layer: str, *, channel: int, posit
 
 def rule_projection(model: ModelLike, images: object, layer: str, *, channel: int,
                     position: tuple[int, int] | str | None = "max", pre_activation: bool = False,
-                    batch_size: int | None = None) -> Projection:
-    """The same projection computed as a gradient with the deconvnet rule for every ReLU (works on any model).
+                    batch_size: int | None = None, rule: str | None = "deconv") -> Projection:
+    """The same projection computed as a gradient with the deconvnet rule for every ReLU (any model with ReLUs).
 
     The chosen activation's value (or, for ``position=None``, the channel's whole map) is back-propagated to the
     input while each ``nn.ReLU``/``nn.ReLU6`` passes ``max(g, 0)`` (:func:`cnnscope.capture.relu_rule`
@@ -253,7 +255,12 @@ def rule_projection(model: ModelLike, images: object, layer: str, *, channel: in
     back-propagate their ordinary gradient (a residual add splits the signal, a SiLU multiplies by its
     derivative), so on models outside the plain-stack family this is an approximation of the deconvnet idea
     rather than the paper's reconstruction. Runs in eval mode; the parameters' ``.grad`` is never written.
-    Arguments as in :func:`project`.
+    Arguments as in :func:`project`; ``rule="guided"`` projects with guided backprop's rule instead (the signal
+    is also masked where the forward ReLU was off; ``Projection.method`` is then ``"guided"``), ``rule=None`` is
+    the plain gradient of the activation (``"gradient"``).
+
+    Raises:
+        CnnscopeError: a rule on a model that runs no ReLU (:func:`cnnscope.capture.relu_rule`).
 
     Shape:
         - Projection.values: ``[B, C, H, W]`` like the model-space batch of ``images``.
@@ -263,7 +270,7 @@ def rule_projection(model: ModelLike, images: object, layer: str, *, channel: in
     pos = check_position(position, allow=POSITION_NAMES)
     module, ch = m.module, int(channel)
     values, where_all, acts_all = [], [], []
-    with evaluating(module), relu_rule(module, "deconv"), \
+    with evaluating(module), (relu_rule(module, rule) if rule else nullcontext()), \
             Capture(module, layer, pre_activation=pre_activation) as cap:
         for sl in chunks(len(x), resolve_batch_size(batch_size, m.device)):
             xi = x[sl].clone().requires_grad_(True)
@@ -287,7 +294,7 @@ def rule_projection(model: ModelLike, images: object, layer: str, *, channel: in
             where_all.append(where)
     positions = None if pos is None else [p for w in where_all for p in _pairs(w)]  # type: ignore[union-attr]
     return Projection(torch.cat(values), layer, ch, pos, positions, torch.cat(acts_all), None, bool(pre_activation),
-                      method="backward-rule")
+                      method={"guided": "guided", None: "gradient"}.get(rule, "backward-rule"))
 
 
 def display(values: torch.Tensor | np.ndarray, *, scale: float | None = None) -> np.ndarray:

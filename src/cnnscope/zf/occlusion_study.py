@@ -6,7 +6,8 @@ four maps are recorded, as in the paper's panels:
 * (b) the total activation of the strongest feature map of a chosen layer (the channel whose largest
   activation on the unoccluded image is the largest);
 * (c) that map's strongest activation projected to pixels for the unoccluded image (true deconvnet when the
-  model allows it, else the backward-rule deconvnet; :attr:`OcclusionStudy.projection.method` says which);
+  model allows it, else the backward-rule deconvnet, else, on a model without ReLUs, the plain gradient;
+  :attr:`OcclusionStudy.projection.method` says which; computed before the occlusion loop);
 * (d) the probability of the correct class;
 * (e) the most probable class.
 
@@ -27,6 +28,7 @@ import torch
 
 from ..batching import chunks, resolve_batch_size, track
 from ..capture import Capture, evaluating, resolve_layers
+from ..capture.relu_rules import NoReLUError
 from ..errors import CnnscopeError, ImageError, LayerError
 from ..models import ModelLike, as_model
 from .chain import DeconvError
@@ -148,6 +150,9 @@ def occlusion_study(model: ModelLike, images: object, layer: str, *, target: int
         if not 0 <= ch < acts.shape[1]:
             raise LayerError(f"channel {ch} is outside layer {layer!r} ({acts.shape[1]} channels)")
         base_act = float(acts[0, ch].sum())
+    proj = _projection(m, x, layer, ch, pre_activation)  # before the loop: a failure costs nothing
+    with torch.no_grad(), evaluating(module), \
+            Capture(module, layer, stop_early=False, pre_activation=pre_activation) as cap:
         grid = [(top, left) for top in tops for left in lefts]
         act_out, prob_out, cls_out, top_out = [], [], [], []
         bs = resolve_batch_size(batch_size, m.device)
@@ -163,10 +168,6 @@ def occlusion_study(model: ModelLike, images: object, layer: str, *, target: int
             top_out.append(best.values)
     shape = (len(tops), len(lefts))
     top_class = torch.cat(cls_out).view(shape)
-    try:
-        proj = project(m, x, layer, channel=ch, pre_activation=pre_activation)
-    except DeconvError:
-        proj = rule_projection(m, x, layer, channel=ch, pre_activation=pre_activation)
     classes = sorted({int(c) for c in top_class.flatten().tolist()} | {tgt})
     return OcclusionStudy(image=pictures(m, x)[0], layer=layer, channel=ch, target=tgt, label=m.label(tgt),
                           size=size, fill=float(fill), tops=tops, lefts=lefts,
@@ -174,3 +175,16 @@ def occlusion_study(model: ModelLike, images: object, layer: str, *, target: int
                           top_class=top_class, top_probability=torch.cat(top_out).view(shape), projection=proj,
                           base_activation=base_act, base_probability=float(probs[tgt]),
                           labels={c: m.label(c) for c in classes}, pre_activation=bool(pre_activation))
+
+
+def _projection(m: ModelLike, x: torch.Tensor, layer: str, channel: int, pre_activation: bool) -> Projection:
+    """Panel (c): the true deconvnet, else the deconvnet rule, else (no ReLU to apply it to) the plain gradient."""
+    try:
+        return project(m, x, layer, channel=channel, pre_activation=pre_activation)
+    except DeconvError:
+        pass
+    try:
+        return rule_projection(m, x, layer, channel=channel, pre_activation=pre_activation)
+    except NoReLUError:
+        pass
+    return rule_projection(m, x, layer, channel=channel, pre_activation=pre_activation, rule=None)

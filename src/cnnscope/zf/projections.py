@@ -2,7 +2,10 @@
 
 For every chosen channel of a layer, the ``k`` images whose strongest activation in that channel is largest
 (one activation per image, at its maximum) are found in one streaming pass; each activation is then projected
-to pixels alone with the true deconvnet and returned next to the image patch under its receptive field.
+to pixels alone and returned next to the image patch under its receptive field. The projection is the true
+deconvnet (``method="deconvnet"``, for plain stacks of the modules it inverts), or a gradient with a ReLU
+backward rule that works on any model with ReLUs (``"rule"``: the deconvnet rule, ``"guided"``: guided backprop),
+or the plain gradient (``"gradient"``, any model); see :mod:`cnnscope.zf.rule_projector`.
 
 Example:
     >>> tp = top_projections(model, images, "features.10", channels="0,5,9", k=9)
@@ -24,6 +27,7 @@ from ..models import ModelLike, as_model
 from ..units import parse_channels
 from .common import crop_box, image_set, pictures
 from .deconvnet import DeconvNet, display
+from .rule_projector import RULE_OF, RuleProjector, check_method
 
 
 @dataclass
@@ -63,6 +67,7 @@ class TopProjections:
         names: image names.
         images: the images as the model saw them, ``uint8 [N, H, W, 3]`` at its input size.
         pre_activation: whether the activation module's input was searched and projected.
+        method: how the activations were projected: ``"deconvnet"``, ``"rule"``, ``"guided"`` or ``"gradient"``.
     """
 
     layer: str
@@ -71,6 +76,7 @@ class TopProjections:
     names: list[str]
     images: np.ndarray = field(repr=False)
     pre_activation: bool = False
+    method: str = "deconvnet"
 
     def crop(self, entry: TopEntry) -> np.ndarray:
         """The image patch under the entry's receptive field, ``uint8 [h, w, 3]``."""
@@ -82,25 +88,31 @@ class TopProjections:
 
     def to_dict(self) -> dict:
         return {"layer": self.layer, "channels": self.channels, "names": self.names,
-                "pre_activation": self.pre_activation,
+                "pre_activation": self.pre_activation, "method": self.method,
                 "entries": {str(c): [e.to_dict() for e in es] for c, es in self.entries.items()}}
 
 
 def top_projections(model: ModelLike, images: object, layer: str, *,
                     channels: str | int | Sequence[int] | None = None, k: int = 9, pre_activation: bool = False,
-                    batch_size: int | None = None, progress: bool = False) -> TopProjections:
+                    method: str = "deconvnet", batch_size: int | None = None, progress: bool = False
+                    ) -> TopProjections:
     """The ``k`` strongest activations of each channel over ``images``, each projected to pixels alone.
 
     Every image contributes at most one activation per channel, at its strongest position (``position="max"``
     of :func:`~cnnscope.zf.project`), as the paper's figures show ``k`` different images.
 
     Args:
-        model: a model whose path to ``layer`` the deconvnet can invert (not modified).
+        model: any image model for ``method="gradient"`` (one that runs ReLUs for ``"rule"``/``"guided"``; one
+            whose path to ``layer`` the deconvnet can invert for ``"deconvnet"``); not modified.
         images: the image set: anything :meth:`~cnnscope.models.LoadedModel.batch` takes, or ``name -> image``.
         layer: dotted name of a convolutional layer.
         channels: channels to analyse (``None`` = all, an int, a list or ``"0,4,8-11"``).
         k: activations per channel (the paper shows 9).
         pre_activation: search and project the input of ``layer`` (a ReLU/ReLU6 module).
+        method: ``"deconvnet"`` (the true deconvnet: switches and transposed filters), ``"rule"`` (the gradient
+            with the deconvnet rule ``max(g, 0)`` for every ReLU), ``"guided"`` (guided backprop of the unit) or
+            ``"gradient"`` (its plain gradient, for models without ReLUs).
+            The deconvnet is checked before the first forward of the image set.
         batch_size: images per forward, and projections per deconvnet backward (default by device).
         progress: show a progress bar.
 
@@ -109,19 +121,22 @@ def top_projections(model: ModelLike, images: object, layer: str, *,
 
     Raises:
         ImageError: empty or unreadable image set.
-        DeconvError: the deconvnet cannot invert the path to ``layer``.
+        DeconvError: ``method="deconvnet"`` and the deconvnet cannot invert the path to ``layer``.
+        MethodError: unknown method.
+        CnnscopeError: ``method="guided"``/``"rule"`` on a model that runs no ReLU.
     """
     m = as_model(model)
+    check_method(method)
     names, items = image_set(images)
     bs = resolve_batch_size(batch_size, m.device)
-    net = None
+    size = tuple(items[0].shape[-2:]) if isinstance(items[0], torch.Tensor) else tuple(m.input_size)
+    net = (DeconvNet(m, layer, input_size=size, pre_activation=pre_activation) if method == "deconvnet"
+           else RuleProjector(m, layer, rule=RULE_OF[method], input_size=size, pre_activation=pre_activation))
     best_val = best_img = best_pos = None
     chosen: list[int] = []
     seen: list[np.ndarray] = []
     for sl in track(chunks(len(items), bs), progress, f"top-{k} {layer}", total=-(-len(items) // bs)):
         x = m.batch(items[sl])
-        if net is None:
-            net = DeconvNet(m, layer, input_size=tuple(x.shape[-2:]), pre_activation=pre_activation)
         seen.append(pictures(m, x))
         acts = net.forward(x).activations
         if not chosen:
@@ -162,4 +177,4 @@ def top_projections(model: ModelLike, images: object, layer: str, *,
                 box = net.receptive_field(pos)
                 entries[ch][rank] = TopEntry(ids[row], ch, pos, val, box, crop_box(proj[n], box).clone())
     return TopProjections(layer, chosen, {c: [e for e in es if e is not None] for c, es in entries.items()},
-                          names, np.concatenate(seen), bool(pre_activation))
+                          names, np.concatenate(seen), bool(pre_activation), method)

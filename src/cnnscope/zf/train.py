@@ -31,6 +31,7 @@ from ..errors import CnnscopeError, ImageError, ModelError
 from ..images import IMAGE_SUFFIXES, load_image, resize, to_float
 from ..models import LoadedModel, ModelLike, as_model, wrap
 from ..models.registry import read_checkpoint
+from ..outputs import atomic_path
 
 FORMAT = "cnnscope-zf-smallconvnet-1"
 
@@ -234,11 +235,11 @@ def save_checkpoint(model: LoadedModel, path: str | Path, epoch: int, history: l
     if not isinstance(net, SmallConvNet):
         raise ModelError("save_checkpoint() writes SmallConvNet models only")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": FORMAT, "config": net.config, "classes": list(model.labels or []),
-                "input_size": list(model.input_size), "mean": list(model.mean), "std": list(model.std),
-                "epoch": int(epoch), "history": list(history), "name": model.name,
-                "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}, path)
+    with atomic_path(path) as tmp:  # an interrupted save leaves no truncated checkpoint
+        torch.save({"format": FORMAT, "config": net.config, "classes": list(model.labels or []),
+                    "input_size": list(model.input_size), "mean": list(model.mean), "std": list(model.std),
+                    "epoch": int(epoch), "history": list(history), "name": model.name,
+                    "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}, tmp)
     return path
 
 
