@@ -37,6 +37,9 @@ PROBE_SIZE = 32
 #: Timed forwards of the split planning (after one warm-up), and their largest batch (shares barely change above it).
 TIMING_RUNS = 2
 TIMING_BATCH = 8
+#: Candidate layers kept for planning, the outermost block boundaries first (a model with a hundred nested
+#: boundaries, e.g. ConvNeXt's Sequential blocks, would otherwise cost a receptive-field probe for each).
+MAX_CANDIDATES = 32
 #: Relative tolerance of the clean-image checks.
 CHECK_RTOL = 1e-4
 #: Plans tried per call before falling back to full forwards (a failed stage is left out of the next plan).
@@ -249,7 +252,8 @@ def _candidates(module: nn.Module, x: torch.Tensor, batch: int) -> dict[str, Lay
         if spatial and t.calls == 1 and t.output not in outputs and 0 < t.share < 1:
             out[name] = t
             outputs.add(t.output)
-    return dict(sorted(out.items(), key=lambda kv: kv[1].share))
+    kept = sorted(out, key=lambda n: (n.count("."), out[n].share))[:MAX_CANDIDATES]
+    return dict(sorted(((n, out[n]) for n in kept), key=lambda kv: kv[1].share))
 
 
 def make_plan(module: nn.Module, x: torch.Tensor, windows: Windows, *, batch: int,
@@ -275,14 +279,19 @@ def make_plan(module: nn.Module, x: torch.Tensor, windows: Windows, *, batch: in
             raise IncrementalUnavailable("the split layers have irregular receptive fields")
         return Plan(stages, cost(stages), windows, tau)
     names = [n for n in geo.shares if n not in exclude]
-    if splices is not None:
-        names = [n for n in names if splices(n)]
+    spliced: dict[str, bool] = {}
+    reasons: list[str] = []
+    while True:
         if not names:
             raise IncrementalUnavailable("no split layer: something reaches the output past every candidate layer "
                                          "(a skip connection around it, or the input used again)")
-    reasons: list[str] = []
-    while True:
         plan = select(geo, names, tau)
+        # splicing is checked on the chosen chain only (a forward per layer): a layer that fails leaves the
+        # candidates and the chain is chosen again
+        bad = [n for n in plan.layers if splices is not None and not spliced.setdefault(n, splices(n))]
+        if bad:
+            names = [n for n in names if n not in bad]
+            continue
         if verify is None:
             return plan
         try:
