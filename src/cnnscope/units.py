@@ -1,4 +1,4 @@
-"""``Unit``: one channel of a layer, or one neuron of it; and the ``"0,4,8-11"`` channel-list syntax.
+"""``Unit``: one channel of a layer, or one neuron of it; the ``"0,4,8-11"`` channel-list syntax; layer layouts.
 
 Every area names units the same way (docs/CONVENTIONS.md):
 
@@ -11,10 +11,17 @@ Every area names units the same way (docs/CONVENTIONS.md):
 ``position=None`` means "the whole channel" everywhere. A function whose analysis needs one neuron states its
 default in its signature (``position="center"`` for tuning curves, ``"max"`` for deconvnet projections), and
 :func:`read_unit` resolves every form the same way.
+
+Channels and positions are those of the layer's *layout* (docs/ARCHITECTURE.md, "Layouts are data"): a layer's
+output is ``nchw`` (``[B, C, H, W]``), ``nhwc`` (``[B, H, W, C]``), ``tokens`` (``[B, N, C]``, ``N = H * W`` in
+row-major order) or ``tokens+cls`` (a class token first, then the grid), or ``nc`` (``[B, C]``, no grid).
+:func:`as_nchw` views any of them as ``[B, C, H, W]`` (``[B, C]`` for ``nc``); the capture layer detects a layer's
+layout (:mod:`cnnscope.capture.layout`) and hands out such views.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -24,6 +31,86 @@ from .errors import CnnscopeError, LayerError
 
 #: named single positions an analysis may accept besides ``(row, col)``
 POSITION_NAMES = ("center", "max")
+
+#: the layouts a user may name with ``layout=``; ``"nc"`` (``[B, C]``, no grid) is detected, never needed as an option
+LAYOUTS = ("nchw", "nhwc", "tokens", "tokens+cls")
+LAYOUT_RANKS = {"nchw": 4, "nhwc": 4, "tokens": 3, "tokens+cls": 3, "nc": 2}
+LAYOUT_HINT = "pass layout='nchw', 'nhwc', 'tokens' or 'tokens+cls'"
+
+
+def check_layout(layout: object) -> str:
+    """Validate a layout name (one of :data:`LAYOUTS` or ``"nc"``).
+
+    Raises:
+        LayerError: anything else, listing the names.
+    """
+    if not isinstance(layout, str) or layout not in LAYOUT_RANKS:
+        raise LayerError(f"layout must be one of {', '.join(repr(k) for k in LAYOUT_RANKS)}, got {layout!r}")
+    return layout
+
+
+def token_grid(n: int, input_size: tuple[int, int] | None = None) -> tuple[int, int] | None:
+    """``(h, w)`` of ``n`` tokens on a grid with the input's aspect ratio (``h * w == n``, ``h * W == w * H``).
+
+    ``input_size`` ``None`` means a square grid. The answer is unique when it exists: ``n`` tokens and ``n - 1``
+    tokens can both form such grids only for ``n == 1``, so a class token is never mistaken for a grid row.
+    """
+    if n < 1:
+        return None
+    ih, iw = (1, 1) if input_size is None else (int(input_size[0]), int(input_size[1]))
+    g = math.gcd(ih, iw)
+    a, b = ih // g, iw // g  # h = a * k, w = b * k
+    k = math.isqrt(n // (a * b)) if n % (a * b) == 0 else 0
+    return (a * k, b * k) if k and a * b * k * k == n else None
+
+
+def layout_grid(shape: tuple[int, ...], layout: str, input_size: tuple[int, int] | None = None, layer: str = ""
+                ) -> tuple[int, tuple[int, int] | None]:
+    """``(channels, (H, W))`` of an output ``shape`` (without the batch dimension) read in ``layout``.
+
+    The grid is ``None`` for ``nc``. Raises :class:`LayerError` when the shape does not fit the layout (wrong rank,
+    or tokens that form no grid with the input's aspect ratio).
+    """
+    check_layout(layout)
+    if len(shape) + 1 != LAYOUT_RANKS[layout]:
+        raise LayerError(f"layer {layer!r} outputs shape {list(shape)}, which is not {layout!r} "
+                         f"({LAYOUT_RANKS[layout]}-D with the batch); {LAYOUT_HINT}")
+    if layout == "nc":
+        return shape[0], None
+    if layout == "nchw":
+        return shape[0], (shape[1], shape[2])
+    if layout == "nhwc":
+        return shape[2], (shape[0], shape[1])
+    n = shape[0] - (layout == "tokens+cls")
+    grid = token_grid(n, input_size)
+    if grid is None:
+        where = "a square grid" if input_size is None else f"a grid shaped like the {input_size[0]}x{input_size[1]} "
+        raise LayerError(f"layer {layer!r}: {n} tokens do not form {where}{'' if input_size is None else 'input'} "
+                         f"(layout {layout!r}); {LAYOUT_HINT}")
+    return shape[1], grid
+
+
+def as_nchw(t: torch.Tensor, layout: str, input_size: tuple[int, int] | None = None, layer: str = ""
+            ) -> torch.Tensor:
+    """View a layer's output as ``[B, C, H, W]`` (``[B, C]`` for ``nc``): permute/reshape, differentiable.
+
+    ``nchw`` and ``nc`` return ``t`` itself; ``nhwc`` is a permuted view; ``tokens`` are laid out row-major on the
+    grid of :func:`token_grid`; ``tokens+cls`` drops the class token first.
+
+    Raises:
+        LayerError: the tensor's shape does not fit the layout.
+
+    Shape:
+        - t: ``[B, C, H, W]``, ``[B, H, W, C]``, ``[B, N, C]`` or ``[B, C]``; Output: ``[B, C, H, W]`` or ``[B, C]``.
+    """
+    c, grid = layout_grid(tuple(t.shape[1:]), layout, input_size, layer)
+    if layout in ("nchw", "nc"):
+        return t
+    if layout == "nhwc":
+        return t.permute(0, 3, 1, 2)
+    tokens = t[:, 1:] if layout == "tokens+cls" else t
+    assert grid is not None
+    return tokens.transpose(1, 2).reshape(t.shape[0], c, grid[0], grid[1])
 
 
 @dataclass(frozen=True)
@@ -109,18 +196,24 @@ def grid_position(position: tuple[int, int] | str, act: torch.Tensor, layer: str
     return position
 
 
-def read_unit(act: torch.Tensor, channel: int, position: tuple[int, int] | str | None, layer: str = ""
-              ) -> torch.Tensor:
+def read_unit(act: torch.Tensor, channel: int, position: tuple[int, int] | str | None, layer: str = "", *,
+              layout: str | None = None, input_size: tuple[int, int] | None = None) -> torch.Tensor:
     """One value per image of a unit, from a ``[B, C, H, W]`` (or ``[B, C]``) activation.
 
     ``None``: mean over positions; ``"max"``: maximum over positions; ``"center"`` or ``(row, col)``: that neuron.
+    Activations captured by :class:`cnnscope.Capture` are already ``[B, C, H, W]`` views; a raw output in another
+    layout is read with ``layout=`` (``"nhwc"``, ``"tokens"``, ``"tokens+cls"``; ``input_size`` gives the aspect
+    ratio of a non-square token grid).
 
     Raises:
-        LayerError: a channel or position outside the layer, or a position on a layer without a grid.
+        LayerError: a channel or position outside the layer, a position on a layer without a grid, or an
+            activation that does not fit ``layout``.
 
     Shape:
-        - act: ``[B, C, H, W]`` or ``[B, C]``; Output: ``[B]``.
+        - act: ``[B, C, H, W]`` or ``[B, C]`` (or ``layout``'s shape); Output: ``[B]``.
     """
+    if layout is not None:
+        act = as_nchw(act, layout, input_size, layer)
     if not 0 <= channel < act.shape[1]:
         raise LayerError(f"channel {channel} is outside layer {layer!r} ({act.shape[1]} channels)")
     a = act[:, channel]

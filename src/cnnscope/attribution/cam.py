@@ -15,9 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batching import chunks, track
-from ..capture import Capture, list_layers, patch_outputs, resolve_layers
+from ..capture import Capture, LayerInfo, evaluating, list_layers, patch_outputs, resolve_layers
+from ..capture.capture import undetermined
+from ..capture.inputs import InputCapture
+from ..capture.layout import LayoutProbe, channels_first_module
 from ..errors import LayerError, MethodError
-from ..models import ModelLike, as_model
+from ..models import LoadedModel, ModelLike, as_model
+from ..units import as_nchw, check_layout
 from .base import Method, register_method
 from .gradient import GRADIENT_BATCH_SIZE, GuidedBackprop
 from .targets import Scorer
@@ -26,55 +30,122 @@ CAM_DISPLAY: dict[str, Any] = {"sign": "positive", "reduce": "sum"}
 
 
 def auto_layer(model: ModelLike, *, input_size: tuple[int, int] | None = None) -> str:
-    """The layer a CAM uses by default: the last one whose output still has spatial extent larger than 1x1.
+    """The layer a CAM uses by default: the module whose output is the model's final spatial feature map.
 
-    Layers are ordered by when the forward enters them (one probe forward, :func:`cnnscope.capture.list_layers`);
-    modules that run more than once are skipped. When that layer is the last piece of a container with the same
-    output (``bn2.act`` inside ``bn2``, ``layer4.1.bn2`` inside ``layer4``), the outermost such container is
-    named, since its output is the one the rest of the network reads.
+    One probe forward (:func:`cnnscope.capture.list_layers`) gives every module's output tensor, its layout and
+    grid. The final feature map is the last tensor the forward made whose grid is larger than 1x1 (in its layout:
+    ``[B, H, W, C]`` and token outputs count by their grid, not by dim 1); the layer named is the outermost module
+    that returns that very tensor and runs once. So an Inception block's concatenated output is named
+    (``inception5b``, ``Mixed_7c``), never one of its branches, and ``layer4`` rather than ``layer4.1.bn2``, whose
+    output ``layer4`` returns after the in-place residual add and ReLU.
+
+    * A map made by a function rather than a module cannot be named; the module whose output feeds it is: DenseNet's
+      features pass through ``F.relu`` inside ``forward()``, so ``features`` (its ``norm5`` output, before that ReLU;
+      the gradient flows back through the ReLU) is chosen.
+    * A map made inside a block that returns another grid map is one of its internals, not the final map: at an
+      input size where Inception-v3's last blocks are 1x1, the choice is the last block with a larger map
+      (``Mixed_6e``), never a branch of ``Mixed_7a``.
+    * Token maps with a class token (ViT) whose grid positions do not reach the classifier's input (the head reads
+      the class token only, so the last block's patch tokens have no gradient) are skipped, by one backward at the
+      probe size: the choice is the last token map of the model's width (the width of its final token map, so not a
+      ``qkv`` projection) that does reach it, the last block's first norm.
 
     Args:
         model: a ``LoadedModel`` or an ``nn.Module``.
         input_size: ``(H, W)`` of the probe (default: the model's input size).
 
     Raises:
-        LayerError: no layer has a spatial output larger than 1x1.
+        LayerError: no layer has a spatial output larger than 1x1, or the final map's layout is undetermined.
     """
     m = as_model(model)
     size = tuple(input_size) if input_size is not None else tuple(m.input_size)
     infos = list_layers(m.module, size, in_channels=len(m.mean))
-    order = {i.name: k for k, i in enumerate(infos)}
-    spatial = [i for i in infos if i.calls == 1 and i.spatial is not None and i.spatial[0] * i.spatial[1] > 1]
-    if not spatial:
+    groups: dict[int, list[LayerInfo]] = {}
+    for i in infos:  # parents are entered before their children: the outermost module of a tensor comes first
+        if i.calls == 1 and i.output_id is not None and i.spatial is not None and i.spatial[0] * i.spatial[1] > 1:
+            groups.setdefault(i.output_id, []).append(i)
+    if not groups:
         raise LayerError(f"{m.name} has no layer with a spatial output larger than 1x1 at input size {size}; CAM "
                          "methods need a convolutional layer")
-    best = spatial[-1]
+    last = max(groups)
+    open_maps = [i for i in infos if i.calls == 1 and i.layout is None and i.output_shape is not None
+                 and len(i.output_shape) == 3 and min(i.output_shape) > 1 and (i.output_id or 0) > last]
+    if open_maps:
+        i = open_maps[-1]
+        raise LayerError(f"{m.name}: the output of {i.name!r} {list(i.output_shape)} comes after the last feature "
+                         f"map with a known layout ({groups[last][0].name!r}) but its own layout is undetermined; "
+                         "pass layer= (the CAM layer) explicitly")
+    candidates = [groups[k][0] for k in sorted(groups, reverse=True)]
+    width = next((c.channels for c in candidates if c.layout == "tokens+cls"), None)
+    cls_maps = [c.name for c in candidates if c.layout == "tokens+cls" and c.channels == width]
+    reaching = _reaching(m, infos, cls_maps, size) if cls_maps else set()
     table = {i.name: i for i in infos}
-    while "." in best.name:
-        parent = table.get(best.name.rsplit(".", 1)[0])
-        if parent is None or parent.calls != 1 or parent.output_shape != best.output_shape:
-            break
-        later = [i for i in infos[order[best.name] + 1:] if i.name.startswith(parent.name + ".")]
-        if later:
-            break
-        best = parent
-    return best.name
+    for c in candidates:
+        if c.layout == "tokens+cls" and c.name not in reaching:
+            continue
+        if c.layout in ("nchw", "nhwc") and _block_inside(c, table):
+            continue
+        return c.name
+    return candidates[0].name
+
+
+def _block_inside(info: LayerInfo, table: dict[str, LayerInfo]) -> bool:
+    """Whether ``info``'s map is made inside a block that returns another map (one branch of an Inception block
+    whose own output is 1x1 at a small input size): a block's internals are never its final map."""
+    name = info.name
+    while "." in name:
+        name = name.rsplit(".", 1)[0]
+        parent = table.get(name)
+        if parent is None or parent.calls != 1 or parent.output_id == info.output_id:
+            continue
+        if parent.layout in ("nchw", "nhwc"):
+            return True
+    return False
+
+
+def _reaching(m: LoadedModel, infos: list[LayerInfo], names: list[str], size: tuple[int, int]) -> set[str]:
+    """Which of ``names`` have grid positions (class token dropped) that the classifier's input depends on.
+
+    One forward and backward of a seeded random picture (no parameter gradient is stored): the score is a seeded
+    random projection of the input of the last leaf module that runs (the classifier), so neither a zero-initialised
+    head nor a normalisation whose outputs sum to a constant hides the path. Unconnected positions get exact zeros.
+    """
+    leaves = [i.name for i in infos if i.leaf and i.calls >= 1]
+    if not leaves:
+        return set(names)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, len(m.mean), *size, generator=gen).to(device=m.device, dtype=m.dtype).requires_grad_(True)
+    with evaluating(m.module), torch.enable_grad(), InputCapture(m.module, leaves[-1], stop_early=False) as head, \
+            Capture(m.module, names, grads=True, stop_early=False) as cap:
+        cap.run(x)
+        feature = head[leaves[-1]]
+        if not feature.requires_grad:
+            return set(names)
+        weights = torch.randn(feature.shape, generator=gen).to(device=feature.device, dtype=torch.float32)
+        torch.autograd.grad((feature.float() * weights).sum(), x, allow_unused=True)
+    return {n for n in names if n in cap.grads and bool(cap.grads[n].abs().amax() > 0)}
 
 
 def layer_gradients(module: nn.Module, scorer: Scorer, x: torch.Tensor, layer: str, rows: torch.Tensor,
-                    bind: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Activations ``A`` of ``layer`` and the gradients ``d score / d A`` for the batch ``x``.
+                    bind: bool, layout: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Activations ``A`` of ``layer`` and the gradients ``d score / d A`` for the batch ``x``, as ``[N, K, h, w]``
+    views in the layer's layout, and that layout.
 
     The layer's output is replaced by a copy that is a leaf of the autograd graph; the network below the
-    layer runs without recording a graph and the backward ends at the layer.
+    layer runs without recording a graph and the backward ends at the layer. ``layout`` ``None``: detected in the
+    same forward (:mod:`cnnscope.capture.layout`); a class token's activations and gradients are dropped.
 
     Shape:
         - x: ``[N, C, H, W]``; Outputs: two ``[N, K, h, w]`` tensors.
 
     Raises:
-        LayerError: the layer ran twice, returned no tensor, or the target does not depend on it.
+        LayerError: the layer ran twice, returned no tensor, its layout is undetermined, or the target does not
+            depend on it.
     """
     state: dict[str, Any] = {"leaf": None, "calls": 0}
+    if layout is None and channels_first_module(resolve_layers(module, layer)[layer]):
+        layout = "nchw"  # a convolution's (batch norm's, pooling's) 4-D output; checked by as_nchw below
+    probe = LayoutProbe(module) if layout is None else None
 
     def swap(y: object) -> torch.Tensor:
         state["calls"] += 1
@@ -86,13 +157,22 @@ def layer_gradients(module: nn.Module, scorer: Scorer, x: torch.Tensor, layer: s
         torch.set_grad_enabled(True)
         leaf = y.detach().clone().requires_grad_(True)
         state["leaf"] = leaf
-        return leaf.clone()
+        copy = leaf.clone()
+        if probe is not None:
+            probe.alias(copy, y)
+        return copy
 
     grad_mode = torch.is_grad_enabled()
     try:
         torch.set_grad_enabled(False)
         with patch_outputs(module, {layer: swap}):
-            out, acts = scorer.forward(x)
+            if probe is not None:
+                probe.attach()
+            try:
+                out, acts = scorer.forward(x)
+            finally:
+                if probe is not None:
+                    probe.detach()
         if state["leaf"] is None:
             raise LayerError(f"layer {layer!r} did not run in the forward pass (a unit target must lie after the "
                              "CAM layer)")
@@ -109,7 +189,13 @@ def layer_gradients(module: nn.Module, scorer: Scorer, x: torch.Tensor, layer: s
     if grad is None:
         raise LayerError(f"the target does not depend on layer {layer!r} (a unit target must lie after the CAM "
                          "layer)")
-    return leaf.detach(), grad
+    if probe is not None:  # a forward that stopped early (a unit target) still tells what the rules need, mostly
+        layout = probe.output_layout(layer)
+        if layout is None:
+            raise undetermined(layer, tuple(leaf.shape), probe.why(layer))
+    assert layout is not None
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    return as_nchw(leaf.detach(), layout, size, layer), as_nchw(grad, layout, size, layer), layout
 
 
 def _check_spatial(a: torch.Tensor, layer: str) -> None:
@@ -121,9 +207,14 @@ def _check_spatial(a: torch.Tensor, layer: str) -> None:
 class CamMethod(Method):
     """Base of the CAM family: ``ReLU(sum_k W_k A_k)``; subclasses implement :meth:`weights`.
 
+    The map lies on the layer's grid in its layout (:mod:`cnnscope.capture.layout`): channels of a ``[B, H, W, C]``
+    or token layer are its last dimension, a class token is dropped, and the map is ``[B, 1, h, w]``.
+
     Options:
         relu: apply the final ReLU (keep only evidence *for* the target); ``False`` returns the signed map.
         batch_size: images per forward/backward (default: 32 on every device).
+        layout: the layer's layout when it cannot be detected (``"nchw"``, ``"nhwc"``, ``"tokens"``,
+            ``"tokens+cls"``); ``None`` detects it.
     """
 
     kind = "layer"
@@ -131,13 +222,17 @@ class CamMethod(Method):
     default_batch_size = GRADIENT_BATCH_SIZE
     uses_gradients: ClassVar[bool] = True
     default_relu: ClassVar[bool] = True
-    options: ClassVar[dict[str, Any]] = {"relu": None}
+    options: ClassVar[dict[str, Any]] = {"relu": None, "layout": None}
     display: ClassVar[dict[str, Any]] = CAM_DISPLAY
+
+    def check_options(self) -> None:
+        if self.opts["layout"] is not None:
+            check_layout(self.opts["layout"])
 
     def resolve_layer(self, x: torch.Tensor, layer: str | None) -> tuple[str, str]:
         if layer is None:
             name = auto_layer(self.model, input_size=tuple(x.shape[-2:]))
-            return name, "auto: the last layer whose output has spatial extent > 1x1"
+            return name, "auto: the module whose output is the model's final spatial feature map"
         resolve_layers(self.module, layer)
         return layer, "given"
 
@@ -150,12 +245,13 @@ class CamMethod(Method):
         assert layer is not None
         parts = []
         every = torch.arange(x.shape[0])
+        layout = self.opts["layout"]
         for part in track(list(chunks(x.shape[0], self.batch_size(x))), self.opts["progress"], self.name):
             xb, rows = x[part], every[part]
             if self.uses_gradients:
-                acts, grads = layer_gradients(self.module, scorer, xb, layer, rows, bind=True)
+                acts, grads, layout = layer_gradients(self.module, scorer, xb, layer, rows, bind=True, layout=layout)
             else:
-                acts, grads = self._activations(scorer, xb, layer, rows), None
+                acts, grads = self._activations(scorer, xb, layer, rows, layout), None
             _check_spatial(acts, layer)
             w = self.weights(acts, grads, xb, scorer, rows)
             cam = (w * acts).sum(dim=1, keepdim=True)
@@ -164,8 +260,11 @@ class CamMethod(Method):
         return torch.cat(parts)
 
     @torch.no_grad()
-    def _activations(self, scorer: Scorer, x: torch.Tensor, layer: str, rows: torch.Tensor) -> torch.Tensor:
-        with Capture(self.module, layer, clone=True, stop_early=False, eval_mode=self.opts["eval_mode"]) as cap:
+    def _activations(self, scorer: Scorer, x: torch.Tensor, layer: str, rows: torch.Tensor, layout: str | None
+                     ) -> torch.Tensor:
+        """The layer's activations as ``[N, K, h, w]`` views (:class:`~cnnscope.capture.Capture` reads the layout)."""
+        with Capture(self.module, layer, clone=True, stop_early=False, eval_mode=self.opts["eval_mode"],
+                     layout=layout or "auto") as cap:
             out, acts = scorer.forward(x)
             scorer.target.bind(out, acts, rows)
         if layer not in cap.activations:
@@ -259,6 +358,7 @@ class ScoreCAM(CamMethod):
     options: ClassVar[dict[str, Any]] = {"score": "logit", "align_corners": False}
 
     def check_options(self) -> None:
+        super().check_options()
         if self.opts["score"] not in ("logit", "prob"):
             raise MethodError(f"scorecam: score must be 'logit' or 'prob', got {self.opts['score']!r}")
 
@@ -303,12 +403,16 @@ class GuidedGradCAM(Method):
     reference = "Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks"
     uses_layer = True
     default_batch_size = GRADIENT_BATCH_SIZE
+    options: ClassVar[dict[str, Any]] = {"layout": None}
+
+    def check_options(self) -> None:
+        CamMethod.check_options(self)  # type: ignore[arg-type]
 
     def resolve_layer(self, x: torch.Tensor, layer: str | None) -> tuple[str, str]:
         return CamMethod.resolve_layer(self, x, layer)
 
     def compute(self, x: torch.Tensor, scorer: Scorer, layer: str | None) -> torch.Tensor:
         opts = {k: self.opts[k] for k in ("batch_size", "eval_mode")}
-        cam = GradCAM(self.model, **opts).compute(x, scorer, layer)
+        cam = GradCAM(self.model, layout=self.opts["layout"], **opts).compute(x, scorer, layer)
         guided = GuidedBackprop(self.model, **opts).compute_rows(x, scorer, torch.arange(x.shape[0]))
         return guided * F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)

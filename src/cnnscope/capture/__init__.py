@@ -3,6 +3,7 @@
 from .capture import REUSE_MODES, Capture, capture
 from .conv_bn import conv_bn_pairs
 from .layers import LayerInfo, input_channels, list_layers
+from .layout import LayoutProbe
 from .patch import patch_outputs
 from .relu_rules import RULES, relu_modules, relu_rule
 from .state import (
@@ -20,7 +21,7 @@ from .state import (
 )
 from .timing import LayerTime, layer_times
 
-__all__ = ["ACTIVATION_TYPES", "Capture", "LayerInfo", "LayerTime", "REUSE_MODES", "RULES", "StopForward", "capture",
-           "conv_bn_pairs", "evaluating", "first_tensor", "input_channels", "is_activation", "layer_names",
-           "layer_times", "list_layers", "module_device", "module_dtype", "module_of", "module_state", "patch_outputs",
-           "relu_modules", "relu_rule", "resolve_layers"]
+__all__ = ["ACTIVATION_TYPES", "Capture", "LayerInfo", "LayerTime", "LayoutProbe", "REUSE_MODES", "RULES",
+           "StopForward", "capture", "conv_bn_pairs", "evaluating", "first_tensor", "input_channels", "is_activation",
+           "layer_names", "layer_times", "list_layers", "module_device", "module_dtype", "module_of", "module_state",
+           "patch_outputs", "relu_modules", "relu_rule", "resolve_layers"]

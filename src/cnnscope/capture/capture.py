@@ -1,12 +1,13 @@
 """``Capture``: record layer activations (and their gradients) during a forward pass.
 
 This is the one place that registers forward hooks on a user's model (docs/ARCHITECTURE.md, rule 1). Hooks live only
-inside the ``with`` block and are removed in ``finally``.
+inside the ``with`` block and are removed in ``finally``. Activations are handed out in channels-first views
+(``[B, C, H, W]``) whatever the layer's layout (:mod:`.layout`), so channels and positions mean the same everywhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -14,12 +15,43 @@ import torch
 from torch import nn
 
 from ..errors import LayerError
+from ..units import LAYOUT_HINT, as_nchw, check_layout
+from .layout import LayoutProbe, channels_first_module
 from .state import StopForward, evaluating, first_tensor, is_activation, module_of, resolve_layers
 
 if TYPE_CHECKING:
     from ..models import ModelLike
 
 REUSE_MODES = ("error", "all", "last")
+LayoutOption = str | Mapping[str, str] | None
+
+
+def layout_overrides(layout: LayoutOption, names: Iterable[str]) -> dict[str, str]:
+    """``{layer: layout}`` from a ``layout=`` option: ``None``/``"auto"`` (none), ``"raw"`` (none), one layout name
+    for every layer, or a mapping ``{layer: layout}`` whose layers must be among ``names``.
+
+    Raises:
+        LayerError: an unknown layout name, or a mapping naming a layer that is not requested.
+    """
+    wanted = list(names)
+    if layout is None or layout in ("auto", "raw"):
+        return {}
+    if isinstance(layout, str):
+        check_layout(layout)
+        return dict.fromkeys(wanted, layout)
+    if not isinstance(layout, Mapping):
+        raise LayerError(f"layout is 'auto', 'raw', a layout name or {{layer: layout}}, got {layout!r}")
+    extra = [k for k in layout if k not in wanted]
+    if extra:
+        raise LayerError(f"layout names layers that are not requested: {', '.join(map(str, extra))} "
+                         f"(requested: {', '.join(wanted)})")
+    return {k: check_layout(v) for k, v in layout.items()}
+
+
+def undetermined(layer: str, shape: tuple[int, ...], why: str) -> LayerError:
+    """The error for a layer whose layout cannot be determined (one line, naming the ``layout=`` option)."""
+    return LayerError(f"the layout of layer {layer!r} (output {list(shape)}) cannot be determined: {why}; "
+                      f"{LAYOUT_HINT} for it (e.g. layout={{{layer!r}: 'nhwc'}}), or choose another layer")
 
 
 class Capture:
@@ -46,16 +78,24 @@ class Capture:
             differentiable w.r.t. the input.
         eval_mode: :meth:`run` runs the module in eval mode (every ``training`` flag is restored afterwards, so
             batch-norm statistics never change); ``False`` runs it in whatever mode it is in.
+        layout: how to read each layer's output. ``"auto"`` (default): detect the layout (:mod:`.layout`, during the
+            first forward of the context) and record ``[B, C, H, W]`` views (``[B, C]`` without a grid): ``[B, H, W,
+            C]`` outputs are permuted, tokens laid out on their grid with the class token dropped; a layer whose
+            layout cannot be determined raises :class:`LayerError`. ``"nchw"``, ``"nhwc"``, ``"tokens"``,
+            ``"tokens+cls"``: every layer is read so; ``{layer: layout}``: those layers so, the others detected;
+            ``"raw"``: the tensors as the modules return them.
 
     Attributes:
         activations: ``name -> Tensor`` (``name -> list[Tensor]`` with ``reuse="all"``).
-        grads: ``name -> Tensor`` (or list), filled during backward.
+        grads: ``name -> Tensor`` (or list), filled during backward, in the same views as the activations.
+        layouts: ``name -> layout`` of each layer, once known (``{}`` with ``layout="raw"``; ``"as is"`` for an
+            output without a channel axis, ``[B]``).
         stopped: whether the last :meth:`run` ended early.
     """
 
     def __init__(self, model: ModelLike, layers: str | Iterable[str], *, grads: bool = False,
                  stop_early: bool = True, pre_activation: bool = False, reuse: str = "error",
-                 clone: bool = True, eval_mode: bool = True) -> None:
+                 clone: bool = True, eval_mode: bool = True, layout: LayoutOption = "auto") -> None:
         if reuse not in REUSE_MODES:
             raise LayerError(f"reuse must be one of {REUSE_MODES}, got {reuse!r}")
         module = self.module = module_of(model)
@@ -72,13 +112,30 @@ class Capture:
         self.reuse = reuse
         self.clone = clone
         self.eval_mode = eval_mode
-        self.activations: dict[str, Any] = {}
-        self.grads: dict[str, Any] = {}
+        self.raw = layout == "raw"
+        self.layouts: dict[str, str] = layout_overrides(layout, self.names)
+        self._acts: dict[str, Any] = {}
+        self._grads: dict[str, Any] = {}
         self.stopped = False
         self._calls: dict[str, int] = {}
         self._handles: list[Any] = []
         self._stopping = False
         self._validated = False
+        self._probe: LayoutProbe | None = None
+        self._pending: set[str] = set()
+        self._error: LayerError | None = None
+        self._input_size: tuple[int, int] | None = None
+
+    @property
+    def activations(self) -> dict[str, Any]:
+        """``name -> Tensor`` (``name -> list[Tensor]`` with ``reuse="all"``) of the last forward."""
+        self._settle()
+        return self._acts
+
+    @property
+    def grads(self) -> dict[str, Any]:
+        """``name -> Tensor`` (or list) of the gradients recorded during backward."""
+        return self._grads
 
     # -- context -----------------------------------------------------------------------------------
     def __enter__(self) -> Capture:
@@ -89,6 +146,11 @@ class Capture:
                 else:
                     h = mod.register_forward_hook(partial(self._hook, name))
                 self._handles.append(h)
+            if not self.raw:
+                self._handles.append(self.module.register_forward_pre_hook(self._note_input))
+                unknown = [n for n in self.names if n not in self.layouts]
+                if any(self.pre_activation or not channels_first_module(self.layers[n]) for n in unknown):
+                    self._probe = LayoutProbe(self.module, on_complete=self._forward_done).attach()
         except BaseException:
             self.close()
             raise
@@ -101,13 +163,85 @@ class Capture:
         """Remove every hook (idempotent)."""
         while self._handles:
             self._handles.pop().remove()
+        self._drop_probe()
+
+    def _drop_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.detach()
+            self._probe = None
+
+    # -- layouts -----------------------------------------------------------------------------------
+    def _note_input(self, module: nn.Module, inputs: tuple) -> None:
+        t = first_tensor(inputs)
+        self._input_size = (int(t.shape[-2]), int(t.shape[-1])) if t is not None and t.ndim == 4 else None
+
+    def _layout_now(self, name: str, t: torch.Tensor) -> str | None:
+        """The layer's layout if it is known (or obvious) at record time; ``None``: wait for the probe."""
+        if name in self.layouts:
+            return self.layouts[name]
+        lay = None
+        if t.ndim <= 1:
+            lay = "as is"  # one value per image or a scalar: no channels to place
+        elif t.ndim == 2:
+            lay = "nc"
+        elif t.ndim == 4 and not self.pre_activation and channels_first_module(self.layers[name]):
+            lay = "nchw"
+        elif self._probe is None:
+            raise undetermined(name, tuple(t.shape), "no probe could watch the forward")
+        if lay is not None:
+            self.layouts[name] = lay
+        return lay
+
+    def _view(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        lay = self.layouts[name]
+        return t if lay == "as is" else as_nchw(t, lay, self._input_size, name)
+
+    def _forward_done(self) -> None:
+        """End of the first forward the probe watched: decide the open layouts now; an error waits until the
+        activations are read (so that a layer that did not run is reported first)."""
+        try:
+            self._finalize()
+        except LayerError as exc:
+            self._error = exc
+
+    def _settle(self) -> None:
+        if self._error is None and self._pending:
+            self._forward_done()
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise exc
+
+    def _finalize(self) -> None:
+        """Decide the layouts still open after the first forward and convert what was recorded with them."""
+        probe = self._probe
+        if probe is None:
+            return
+        for name in sorted(self._pending):
+            lay = probe.input_layout(name) if self.pre_activation else probe.output_layout(name)
+            if lay is None:
+                self._pending.clear()
+                self._drop_probe()
+                raw = self._acts.get(name)
+                shape = tuple((raw[0] if isinstance(raw, list) else raw).shape) if raw is not None else ()
+                raise undetermined(name, shape, probe.why(name, inputs=self.pre_activation))
+            self.layouts[name] = lay
+            got = self._acts.get(name)
+            if isinstance(got, list):
+                self._acts[name] = [self._view(name, a) for a in got]
+            elif got is not None:
+                self._acts[name] = self._view(name, got)
+        self._pending.clear()
+        if probe.complete or all(n in self.layouts for n in self.names):
+            self._drop_probe()
 
     # -- recording ---------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget what the previous forward recorded."""
-        self.activations = {}
-        self.grads = {}
+        self._acts = {}
+        self._grads = {}
         self._calls = {}
+        self._pending = set()
+        self._error = None
         self.stopped = False
 
     def _record(self, name: str, value: object) -> None:
@@ -118,14 +252,20 @@ class Capture:
         self._calls[name] = n
         if n > 1 and self.reuse == "error":
             raise LayerError(f"layer {name!r} ran {n} times in one forward pass (a module reused inside the "
-                             "model); pass reuse='all' to keep every call or reuse='last' for the last one")
+                             "model), so it has no single output: choose its parent block or a layer that runs "
+                             "once (Capture itself also takes reuse='all' or reuse='last')")
         stored = t.clone() if self.clone else t
         if self.grads_wanted and t.requires_grad:
             t.register_hook(partial(self._save_grad, name, n - 1))
+        if not self.raw:
+            if self._layout_now(name, t) is None:
+                self._pending.add(name)
+            else:
+                stored = self._view(name, stored)
         if self.reuse == "all":
-            self.activations.setdefault(name, []).append(stored)
+            self._acts.setdefault(name, []).append(stored)
         else:
-            self.activations[name] = stored
+            self._acts[name] = stored
         if self._stopping and len(self._calls) == len(self.names):
             self.stopped = True
             raise StopForward
@@ -137,13 +277,15 @@ class Capture:
         self._record(name, inputs)
 
     def _save_grad(self, name: str, index: int, grad: torch.Tensor) -> None:
+        self._settle()
+        g = grad.detach() if self.raw else self._view(name, grad.detach())
         if self.reuse == "all":
-            slots = self.grads.setdefault(name, [None] * self._calls.get(name, index + 1))
+            slots = self._grads.setdefault(name, [None] * self._calls.get(name, index + 1))
             while len(slots) <= index:
                 slots.append(None)
-            slots[index] = grad.detach()
+            slots[index] = g
         else:
-            self.grads[name] = grad.detach()
+            self._grads[name] = g
 
     # -- running -----------------------------------------------------------------------------------
     def run(self, *args: Any, **kwargs: Any) -> Any:
@@ -172,13 +314,15 @@ class Capture:
         missing = [n for n in self.names if n not in self._calls]
         if missing:
             raise LayerError("these layers did not run in the forward pass: " + ", ".join(missing))
+        self._settle()
         self._validated = True
         return out
 
     def __getitem__(self, name: str) -> Any:
-        if name not in self.activations:
-            raise LayerError(f"layer {name!r} was not captured (captured: {', '.join(self.activations)})")
-        return self.activations[name]
+        acts = self.activations
+        if name not in acts:
+            raise LayerError(f"layer {name!r} was not captured (captured: {', '.join(acts)})")
+        return acts[name]
 
 
 def capture(model: ModelLike, images: torch.Tensor, layers: str | Iterable[str], **options: Any

@@ -7,7 +7,9 @@ Unit objectives read one layer (``neuron``, ``channel``, ``layer``, ``direction`
 Layer objectives read a layer's *output*; with ``pre_activation=True`` they read the *input* of an activation
 module instead (pre-ReLU values, as in *Curve Detectors*); the layer must then be an activation module. Positions
 follow :mod:`cnnscope.units`: ``(row, col)`` in the layer's grid, ``"center"`` = ``(H // 2, W // 2)``, ``"max"`` =
-the strongest position of the channel, per image.
+the strongest position of the channel, per image. Channels and positions are those of the layer's layout: the
+renderer's :class:`~cnnscope.capture.Capture` hands objectives ``[B, C, H, W]`` views of ``[B, H, W, C]`` and token
+outputs (class token dropped), so ``channel("layers.1", 27)`` of a Swin stage is feature 27, not row 27.
 
 Reference: Olah, Mordvintsev, Schubert, *Feature Visualization*, Distill 2017 (objectives, diversity, linear
 combinations of neurons).
@@ -346,8 +348,13 @@ def from_unit(unit: Unit, *, pre_activation: bool = False) -> Objective:
 
 
 def unit_objectives(model: ModelLike, layer: str, *, channels: str | int | Sequence[int] | None = None,
-                    position: tuple[int, int] | str | None = None, pre_activation: bool = False) -> list[Objective]:
+                    position: tuple[int, int] | str | None = None, pre_activation: bool = False,
+                    layout: str | None = None) -> list[Objective]:
     """One objective per selected channel of ``layer``: the channel's mean (``position=None``), else its neuron.
+
+    Channels are counted in the layer's layout (:mod:`cnnscope.capture.layout`): the last dimension of a
+    ``[B, H, W, C]`` or token output, and the objectives read the same channels, since the renderer's
+    :class:`~cnnscope.capture.Capture` hands them ``[B, C, H, W]`` views.
 
     Args:
         model: a ``LoadedModel`` or an image ``nn.Module`` (one probe forward at its input size counts the
@@ -356,6 +363,8 @@ def unit_objectives(model: ModelLike, layer: str, *, channels: str | int | Seque
         channels: ``None`` (all), an int, a list, or ``"0,4,8-11"`` (:func:`cnnscope.parse_channels`).
         position: ``None``, ``(row, col)``, ``"center"`` or ``"max"``.
         pre_activation: read the input of ``layer``, an activation module.
+        layout: the layer's layout where it cannot be detected (``"nchw"``, ``"nhwc"``, ``"tokens"``,
+            ``"tokens+cls"``).
 
     Raises:
         LayerError: an unknown layer (with close matches) or one without channels.
@@ -367,9 +376,12 @@ def unit_objectives(model: ModelLike, layer: str, *, channels: str | int | Seque
 
     m = as_model(model)
     resolve_layers(m, layer)  # unknown names: LayerError with close matches
-    info = {i.name: i for i in list_layers(m)}.get(layer)
-    if info is None or info.channels is None:
-        raise LayerError(f"layer {layer!r} produced no [C, H, W] or [C] output in a probe forward at "
-                         f"{m.input_size[0]}x{m.input_size[1]}; name its objectives one by one")
+    info = {i.name: i for i in list_layers(m, layout={layer: layout} if layout else None)}.get(layer)
+    if info is None or info.output_shape is None:
+        raise LayerError(f"layer {layer!r} produced no tensor in a probe forward at {m.input_size[0]}x"
+                         f"{m.input_size[1]}; name its objectives one by one")
+    if info.channels is None:
+        raise LayerError(f"the layout of layer {layer!r} (output {list(info.output_shape)}) cannot be determined, "
+                         f"so its channels are unknown; pass layout='nchw', 'nhwc', 'tokens' or 'tokens+cls'")
     return [from_unit(unit(layer, c, position), pre_activation=pre_activation)
             for c in parse_channels(channels, int(info.channels))]
