@@ -84,7 +84,7 @@ def test_checkpoint_that_does_not_fit(tmp_path):
     with pytest.raises(ModelError, match="do not fit"):
         load_model("vgg11", weights=path)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelError, match="cannot read"):
+    with pytest.raises(ModelError, match="not a PyTorch checkpoint"):
         load_model("resnet18", weights=tmp_path / "junk.pth")
     with pytest.raises(ModelError, match="does not exist"):
         load_model("resnet18", weights=tmp_path / "missing.pth")

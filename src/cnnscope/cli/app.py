@@ -21,15 +21,32 @@ SAMPLE_PREFIX = "sample:"
 def cli(debug: bool, quiet: bool) -> None:
     """cnnscope: see what a convolutional network sees and learns.
 
-    MODEL is a name from `cnnscope models` (default embedded model: efficientnet_lite0). IMAGE is a file
-    path or sample:NAME for a photo shipped with scikit-image (sample:chelsea, sample:coffee, ...).
+    MODEL is a name from `cnnscope models` (default embedded model: efficientnet_lite0) or a model file
+    (TorchScript, or a pickled model with --trust-pickle). IMAGE is a file path or sample:NAME for a photo
+    shipped with scikit-image (sample:chelsea, sample:coffee, ...). --debug (anywhere) shows tracebacks.
     """
 
 
+def _remember(ctx: click.Context, param: click.Parameter, value: object) -> object:
+    """Keep an option that :func:`open_model` reads (``expose_value=False``: commands need no new parameters)."""
+    ctx.meta[f"cnnscope.{param.name}"] = value
+    return value
+
+
 def model_options(f):
-    """``--weights`` and ``--device`` for commands that load a model."""
+    """``--weights``, ``--device``, ``--num-classes`` and ``--trust-pickle`` for commands that load a model.
+
+    The last two are read by :func:`open_model` from the click context, so a command's signature only has
+    ``weights`` and ``device``.
+    """
+    f = click.option("--trust-pickle", is_flag=True, expose_value=False, callback=_remember,
+                     help="Read weights/model files that hold pickled Python objects (torch.save(model)); "
+                          "unpickling can run code: only for files you trust.")(f)
+    f = click.option("--num-classes", type=click.IntRange(min=1), default=None, expose_value=False,
+                     callback=_remember,
+                     help="Output classes of a torchvision/timm architecture (default: read off --weights).")(f)
     f = click.option("--device", default="auto", show_default=True,
-                     help="cpu, cuda, cuda:1, ... ('auto' = cuda when available).")(f)
+                     help="cpu, cuda, cuda:N or mps ('auto' = cuda when available).")(f)
     f = click.option("--weights", type=click.Path(dir_okay=False), default=None,
                      help="Local state_dict/checkpoint file (torchvision/timm models are random without it).")(f)
     return f
@@ -84,32 +101,76 @@ def pre_activation_option(f):
                         help="Read the input of the activation module (pre-activation values).")(f)
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
+def resolve_device(device: str):
+    """``--device`` as a ``torch.device``, checked before anything is loaded (one-line error for a bad spelling or a
+    missing GPU)."""
+    from ..models.devices import resolve_device as resolve
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return resolve(device)
 
 
 def open_model(name: str, weights: str | None, device: str):
-    """Load a model for a command and warn on stderr when its weights are random."""
-    from ..models import load_model
+    """Load a model for a command (a registry name, a model file, or a ``cnnscope train`` checkpoint) and say on
+    stderr, one ``note:`` line each, what the user should know: random weights, what was read or assumed.
 
-    m = load_model(name, weights=weights, device=resolve_device(device))
+    ``--num-classes`` and ``--trust-pickle`` (see :func:`model_options`) come from the click context. The model is
+    remembered there, so :func:`read_image_arg` reads large pictures straight at the size this model needs.
+    """
+    from ..models import load_model
+    from ..models.loaded import _WARNED
+
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
+    dev = resolve_device(device)
+    m = _train_checkpoint(name, dev)
+    if m is None:
+        m = load_model(name, weights=weights, device=dev, num_classes=meta.get("cnnscope.num_classes"),
+                       trust_pickle=bool(meta.get("cnnscope.trust_pickle")))
     if not m.pretrained:
         click.echo(f"note: {m.name} has {m.weights_note}", err=True)
+    for note in m.notes:
+        click.echo(f"note: {note}", err=True)
+    if m.assumed and m.module not in _WARNED:
+        _WARNED.add(m.module)
+        click.echo(f"note: {m.assumed}", err=True)
+    meta["cnnscope.model"] = m
     return m
 
 
+def _train_checkpoint(name: str, device):
+    """The model of a ``cnnscope train`` checkpoint named as MODEL, or ``None`` for anything else."""
+    from ..models.checkpoints import file_kind
+    from ..models.registry import is_model_file
+
+    if not is_model_file(name) or file_kind(name) not in ("torch", "legacy"):
+        return None
+    from ..models.registry import read_checkpoint
+    from ..zf.train import FORMAT, load_checkpoint
+
+    try:
+        ck = read_checkpoint(name)
+    except CnnscopeError:
+        return None  # not a plain checkpoint: load_model says what it is
+    return load_checkpoint(name, device=device) if isinstance(ck, dict) and ck.get("format") == FORMAT else None
+
+
 def read_image_arg(arg: str):
-    """A CLI image argument: a path or ``sample:NAME``; returns ``(display_name, uint8 array)``."""
+    """A CLI image argument: a path or ``sample:NAME``; returns ``(display_name, uint8 array)``.
+
+    After :func:`open_model`, a picture larger than the model needs is reduced while it is read (in ``uint8``, by
+    whole factors that keep it well above the model's input size: see :meth:`LoadedModel.fit_image`), so a huge
+    photo is decoded once and never held at full size as an array.
+    """
     from ..images import load_image, sample_images
 
     if arg.startswith(SAMPLE_PREFIX):
         name = arg[len(SAMPLE_PREFIX):]
         return name, sample_images([name])[name]
-    return Path(arg).name, load_image(arg)
+    ctx = click.get_current_context(silent=True)
+    model = ctx.meta.get("cnnscope.model") if ctx is not None else None
+    if model is None:
+        return Path(arg).name, load_image(arg)
+    return Path(arg).name, load_image(arg, at_least=model.fit_needs())
 
 
 def print_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> None:
@@ -128,16 +189,28 @@ def write_json(path: Path, data: object) -> Path:
     return path
 
 
+def _debug_first(args: list[str]) -> list[str]:
+    """``--debug`` is accepted anywhere before ``--`` (``cnnscope predict --debug ...``): it moves to the front."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:end]:
+        return args
+    return ["--debug"] + [a for i, a in enumerate(args) if i >= end or a != "--debug"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: errors become one line on stderr and a non-zero exit (traceback with --debug)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
+    args = _debug_first(list(sys.argv[1:] if argv is None else argv))
+    debug = bool(args) and args[0] == "--debug"
     try:
         rv = cli.main(args=args, prog_name="cnnscope", standalone_mode=False)
         return int(rv) if isinstance(rv, int) else 0
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.UsageError as exc:  # one line too: what is wrong, and where the help is
+        where = exc.ctx.command_path if exc.ctx is not None else "cnnscope"
+        click.echo(f"error: {exc.format_message()} (see {where} --help)", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

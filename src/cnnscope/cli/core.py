@@ -32,8 +32,9 @@ def models_cmd(show_all: bool, as_json: bool) -> None:
 @cli.command("layers")
 @click.argument("model", default="efficientnet_lite0")
 @model_options
-@click.option("--depth", type=int, default=None, help="Only names with at most this many dots (0 = top level).")
-@click.option("--size", type=int, default=None, help="Probe input size (default: the model's).")
+@click.option("--depth", type=click.IntRange(min=0), default=None,
+              help="Only names with at most this many dots (0 = top level).")
+@click.option("--size", type=click.IntRange(min=1), default=None, help="Probe input size (default: the model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def layers_cmd(model: str, weights: str | None, device: str, depth: int | None, size: int | None,
                as_json: bool) -> None:
@@ -60,12 +61,17 @@ def layers_cmd(model: str, weights: str | None, device: str, depth: int | None, 
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def predict_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, k: int,
                 as_json: bool) -> None:
-    """Top-k classes with probabilities for each IMAGE (path or sample:NAME)."""
+    """Top-k classes with probabilities for each IMAGE (path or sample:NAME).
+
+    MODEL is a name from `cnnscope models` or a model file (TorchScript; a pickled model with --trust-pickle).
+    """
     m = open_model(model, weights, device)
     results = []
     for arg in images:
         name, arr = read_image_arg(arg)
         top = m.predict(arr, k=k)[0]
+        if len(top) < k and not results:
+            click.echo(f"note: {m.name} has {len(top)} classes; showing all of them", err=True)
         results.append({"image": arg, "top": [{"index": i, "label": lab, "probability": p}
                                               for i, lab, p in top]})
         if not as_json:

@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Sequence
 from typing import TypeAlias
 
+import torch
 from torch import nn
 
 from ..errors import ModelError
@@ -33,11 +34,13 @@ _WRAPPED: weakref.WeakKeyDictionary[nn.Module, weakref.ref[LoadedModel]] = weakr
 
 
 def _last_outputs(module: nn.Module) -> int | None:
+    """Outputs of the last ``Linear``/``Conv2d`` (also inside a TorchScript module, by its ``original_name``)."""
     last = None
     for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
+        if isinstance(m, (nn.Linear, nn.Conv2d)) or getattr(m, "original_name", None) in ("Linear", "Conv2d"):
             last = m
-    return getattr(last, "out_features", None) or getattr(last, "out_channels", None)
+    weight = getattr(last, "weight", None)
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim >= 1 else None
 
 
 def _read_size(module: nn.Module) -> tuple[int, int] | None:
@@ -52,7 +55,9 @@ def _read_size(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def _wrap_plain(module: nn.Module, input_size: int | tuple[int, int] | None) -> LoadedModel:
+def wrap_plain(module: nn.Module, input_size: int | tuple[int, int] | None, *, name: str | None = None
+               ) -> LoadedModel:
+    """A new wrapper of a plain module with what can be read off it (see the module docstring)."""
     from ..capture import input_channels
     from .labels import imagenet_labels
 
@@ -78,9 +83,9 @@ def _wrap_plain(module: nn.Module, input_size: int | tuple[int, int] | None) -> 
     labels = list(imagenet_labels()) if _last_outputs(module) == 1000 else None
     assumed = None
     if notes:
-        assumed = (f"{type(module).__name__} is a plain nn.Module: cnnscope assumed " + " and ".join(notes)
+        assumed = (f"{name or type(module).__name__} is a plain nn.Module: cnnscope assumed " + " and ".join(notes)
                    + "; use cnnscope.wrap(module, input_size=..., mean=..., std=...) to say otherwise")
-    return LoadedModel(module=module, name=type(module).__name__, input_size=tuple(size),  # type: ignore[arg-type]
+    return LoadedModel(module=module, name=name or type(module).__name__, input_size=tuple(size),  # type: ignore[arg-type]
                        mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std), labels=labels,
                        pretrained=True, weights="user module", source="user", assumed=assumed)
 
@@ -102,10 +107,10 @@ def as_model(model: ModelLike, *, input_size: int | tuple[int, int] | None = Non
         raise ModelError(f"expected a LoadedModel (cnnscope.load_model / cnnscope.wrap) or a torch.nn.Module, got "
                          f"{type(model).__name__}")
     if input_size is not None:
-        return _wrap_plain(model, input_size)
+        return wrap_plain(model, input_size)
     ref = _WRAPPED.get(model)
     found = ref() if ref is not None else None
     if found is None:
-        found = _wrap_plain(model, None)
+        found = wrap_plain(model, None)
         _WRAPPED[model] = weakref.ref(found)
     return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -10,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CnnscopeError, ImageError
-from ..images import ImageLike, load_image, luma, resize, to_float
+from ..errors import CnnscopeError, ImageError, ModelError
+from ..images import ImageLike, load_image, luma, picture_size, resize, to_float
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,6 +40,12 @@ class LoadedModel:
         weights: where the weights came from (a path, ``"embedded"`` or ``None`` for random).
         resize_mode: ``"resize"`` (whole image squashed to ``input_size``, so maps align with the full photo) or
             ``"center_crop"`` (shorter side to ``input_size / 0.875``, then a centre crop, the ImageNet protocol).
+        notes: what was set or read on the user's behalf while loading (a class count read off a checkpoint, ...);
+            the CLI prints each as a ``note:`` line.
+
+    Raises:
+        ModelError: (when built) ``mean`` and ``std`` of different lengths, non-finite values or a ``std`` that is
+            not positive.
     """
 
     module: nn.Module
@@ -54,6 +61,10 @@ class LoadedModel:
     extra: dict = field(default_factory=dict)
     #: what cnnscope assumed about a plain module (see :func:`~cnnscope.models.as_model`), or ``None``
     assumed: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_normalization(self.mean, self.std)
 
     def _note_assumption(self) -> None:
         """Warn once per module, the first time an assumed normalisation turns pictures into inputs or back."""
@@ -103,13 +114,29 @@ class LoadedModel:
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
         return x * std + mean
 
-    def fit_image(self, image: ImageLike, size: tuple[int, int] | None = None) -> np.ndarray:
-        """Load ``image`` and bring it to ``size`` (default ``input_size``) by :attr:`resize_mode`."""
-        arr = load_image(image)
+    def fit_needs(self, size: tuple[int, int] | None = None) -> tuple[int, int]:
+        """``(height, width)`` that :meth:`fit_image` resizes a picture to before any crop (for ``load_image``'s
+        ``at_least``): ``size`` (default ``input_size``), or for ``"center_crop"`` a square of its larger side / 0.875.
+        """
         h, w = size or self.input_size
         if self.resize_mode == "center_crop":
-            scale = max(h, w) / 0.875 / min(arr.shape[:2])
-            nh, nw = max(h, round(arr.shape[0] * scale)), max(w, round(arr.shape[1] * scale))
+            side = math.ceil(max(h, w) / 0.875)
+            return side, side
+        return h, w
+
+    def fit_image(self, image: ImageLike, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Load ``image`` and bring it to ``size`` (default ``input_size``) by :attr:`resize_mode`.
+
+        A large picture is reduced while it is read (``load_image(image, at_least=fit_needs(size))``: whole factors
+        in ``uint8`` that keep it several times larger than the result), so memory stays a small multiple of the
+        decoded picture and the result matches a resize of the full picture up to rounding.
+        """
+        arr = load_image(image, at_least=self.fit_needs(size))
+        h, w = size or self.input_size
+        if self.resize_mode == "center_crop":  # planned on the full picture's size, so a reduction changes nothing
+            full = picture_size(image) or arr.shape[:2]
+            scale = max(h, w) / 0.875 / min(full)
+            nh, nw = max(h, round(full[0] * scale)), max(w, round(full[1] * scale))
             arr = resize(arr, (nh, nw))
             top, left = (nh - h) // 2, (nw - w) // 2
             return np.ascontiguousarray(arr[top:top + h, left:left + w])
@@ -118,14 +145,16 @@ class LoadedModel:
         return arr if arr.shape[:2] == (h, w) else resize(arr, (h, w))
 
     def to_input(self, x01: torch.Tensor) -> torch.Tensor:
-        """RGB pictures in [0, 1] ``[B, 3, H, W]`` -> the model's input (luma first for one-channel models).
+        """RGB pictures in [0, 1] ``[B, 3, H, W]`` -> the model's input (luma first for one-channel models), on the
+        model's device and in its dtype (normalised in ``x01``'s dtype first, so half-precision models lose nothing
+        more than the final rounding). Differentiable.
 
         Shape:
             - x01: ``[B, 3, H, W]`` (or already ``[B, C, H, W]`` with the model's ``C``); Output: ``[B, C, H, W]``.
         """
         if len(self.mean) == 1 and x01.shape[1] == 3:
             x01 = luma(x01)
-        return self.normalize(x01)
+        return self.normalize(x01).to(device=self.device, dtype=self.dtype)
 
     def preprocess(self, image: ImageLike | Sequence[ImageLike], size: tuple[int, int] | None = None
                    ) -> torch.Tensor:
@@ -143,8 +172,7 @@ class LoadedModel:
             items = list(image) if isinstance(image, (list, tuple)) else [image]
         if not items:
             raise ImageError("preprocess() got an empty list of images")
-        x = to_float([self.fit_image(it, size) for it in items], device=self.device)
-        return self.to_input(x).to(self.dtype)
+        return self.to_input(to_float([self.fit_image(it, size) for it in items], device=self.device))
 
     def batch(self, images: object, size: tuple[int, int] | None = None) -> torch.Tensor:
         """The one input check: ``images`` -> a detached model-space ``[B, C, H, W]`` batch on the model's device.
@@ -236,16 +264,27 @@ class LoadedModel:
 
     @torch.no_grad()
     def predict(self, images: ImageLike | Sequence[ImageLike], k: int = 5) -> list[list[tuple[int, str, float]]]:
-        """Top-``k`` ``(index, label, probability)`` per image (softmax of the model's logits)."""
+        """Top-``k`` ``(index, label, probability)`` per image (softmax of the model's logits, in float32 or the
+        model's float64).
+
+        Args:
+            images: pictures (see :meth:`batch`).
+            k: classes per image, 1 or more; a ``k`` above the model's class count returns every class.
+
+        Raises:
+            CnnscopeError: ``k`` is not a positive integer, or the model does not return ``[B, classes]`` logits.
+        """
         from ..capture import evaluating
 
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise CnnscopeError(f"k (classes per image) must be a positive integer, got {k!r}")
         x = self.preprocess(images)
         with evaluating(self.module):
             logits = self.module(x)
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
             raise CnnscopeError(f"model {self.name!r} does not return [B, classes] logits")
-        probs = logits.float().softmax(dim=1)
-        top = probs.topk(min(k, probs.shape[1]), dim=1)
+        probs = logits.softmax(dim=1, dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32)
+        top = probs.topk(min(int(k), probs.shape[1]), dim=1)
         return [[(int(i), self.label(int(i)), float(p)) for p, i in zip(ps, idx)]
                 for ps, idx in zip(top.values.cpu(), top.indices.cpu())]
 
@@ -255,7 +294,46 @@ class LoadedModel:
         return {"name": self.name, "source": self.source, "input_size": list(self.input_size),
                 "mean": list(self.mean), "std": list(self.std), "pretrained": self.pretrained,
                 "weights": self.weights, "weights_note": self.weights_note, "parameters": n_params,
-                "num_labels": len(self.labels) if self.labels is not None else None}
+                "num_labels": len(self.labels) if self.labels is not None else None, "notes": list(self.notes)}
+
+
+def check_normalization(mean: Sequence[float], std: Sequence[float]) -> None:
+    """``mean``/``std`` of one length (at least 1), finite, with every ``std`` positive.
+
+    Raises:
+        ModelError: naming the bad value (a zero ``std`` would make every input infinite and every output NaN).
+    """
+    mean, std = tuple(mean), tuple(std)
+    if not mean or len(mean) != len(std):
+        raise ModelError(f"mean has {len(mean)} channel(s) but std has {len(std)}; give one value per input channel")
+    try:
+        values = [float(v) for v in (*mean, *std)]
+    except (TypeError, ValueError):
+        raise ModelError(f"mean and std must be numbers, got mean={mean!r}, std={std!r}") from None
+    if not all(np.isfinite(values)):
+        raise ModelError(f"mean and std must be finite, got mean={mean!r}, std={std!r}")
+    if min(float(v) for v in std) <= 0:
+        raise ModelError(f"std must be positive in every channel, got std={std!r}")
+
+
+def _check_channels(module: nn.Module, channels: int, size: tuple[int, int], name: str) -> None:
+    """Raise when ``module`` cannot take ``channels``-channel inputs (mean/std of the wrong length).
+
+    The first convolution's ``in_channels`` decides; only when it disagrees does one probe forward (no gradients,
+    temporary eval mode) settle it, so a model that converts its input itself is still accepted.
+    """
+    from ..capture import evaluating, input_channels, module_device, module_dtype
+
+    first = input_channels(module, default=channels)
+    if first == channels:
+        return
+    try:
+        with torch.no_grad(), evaluating(module):
+            module(torch.zeros(1, channels, *size, device=module_device(module), dtype=module_dtype(module)))
+    except Exception:  # noqa: BLE001 - the probe failed: the channel count is wrong (the common case)
+        raise ModelError(f"mean/std have {channels} value(s) but {name}'s first convolution takes {first} input "
+                         f"channels; give {first} values (ImageNet RGB: mean={list(IMAGENET_MEAN)}, "
+                         f"std={list(IMAGENET_STD)})") from None
 
 
 def wrap(module: nn.Module, input_size: int | tuple[int, int] = 224, mean: Sequence[float] = IMAGENET_MEAN,
@@ -269,18 +347,23 @@ def wrap(module: nn.Module, input_size: int | tuple[int, int] = 224, mean: Seque
     Args:
         module: any module that takes ``[B, C, H, W]`` images.
         input_size: ``H`` (square) or ``(H, W)``.
-        mean, std: per-channel normalisation of images in [0, 1]; their length sets the channel count.
+        mean, std: per-channel normalisation of images in [0, 1]; their length sets the channel count and must
+            match what the module takes; every ``std`` positive.
         labels: class names by output index, or ``None``.
         name: display name (default: the class name).
         pretrained: whether the weights are trained (only affects what cnnscope reports).
+
+    Raises:
+        ModelError: ``mean``/``std`` of different lengths, non-finite, a ``std`` that is not positive, or a channel
+            count the module does not take.
     """
     if not isinstance(module, nn.Module):
         raise CnnscopeError(f"wrap() needs a torch.nn.Module, got {type(module).__name__}")
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
     if len(size) != 2 or min(size) < 1:
         raise CnnscopeError(f"input_size must be an int or (height, width), got {input_size!r}")
-    if len(mean) != len(std):
-        raise CnnscopeError(f"mean has {len(mean)} channels but std has {len(std)}")
+    check_normalization(mean, std)
+    _check_channels(module, len(mean), size, name or type(module).__name__)  # type: ignore[arg-type]
     return LoadedModel(module=module, name=name or type(module).__name__, input_size=size,  # type: ignore[arg-type]
                        mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
                        labels=list(labels) if labels is not None else None, pretrained=pretrained,

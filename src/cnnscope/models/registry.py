@@ -8,6 +8,7 @@ state_dict or checkpoint.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -16,8 +17,12 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, unknown
+from .checkpoints import classifier_key, load_weights, read_checkpoint, read_model_file, read_state_dict
+from .devices import resolve_device
 from .labels import imagenet_labels
 from .loaded import IMAGENET_MEAN, IMAGENET_STD, LoadedModel
+
+__all__ = ["DEFAULT_MODEL", "EMBEDDED", "list_models", "load_model", "load_weights", "read_checkpoint"]
 
 #: Embedded models: name -> builder returning a pretrained module. The first one is the default.
 EMBEDDED: dict[str, Callable[[], nn.Module]] = {}
@@ -58,61 +63,6 @@ def list_models(include_timm: bool = True) -> list[dict]:
     return rows
 
 
-def read_checkpoint(path: str | Path) -> object:
-    """What a weights file holds (``torch.load`` on the CPU, ``weights_only``), with one error for every reader.
-
-    Raises:
-        ModelError: the file is missing or cannot be read.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ModelError(f"weights file {p} does not exist")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem is reported the same way
-        raise ModelError(f"cannot read weights file {p}: {exc}") from None
-
-
-def _read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    p = Path(path)
-    obj = read_checkpoint(p)
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model", "net", "weights"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelError(f"{p} holds no state_dict (expected a dict of tensors, or a checkpoint with a "
-                         "'state_dict'/'model' entry)")
-    prefixes = ("module.", "model.", "_orig_mod.")
-    for pre in prefixes:
-        if obj and all(k.startswith(pre) for k in obj):
-            obj = {k[len(pre):]: v for k, v in obj.items()}
-    return obj
-
-
-def load_weights(module: nn.Module, path: str | Path) -> None:
-    """Load a state_dict/checkpoint file into ``module`` strictly, with a readable error on mismatch."""
-    sd = _read_checkpoint(path)
-    own = module.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-           if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if bad:
-            parts.append(f"{len(bad)} with other shapes (e.g. {'; '.join(bad[:3])})")
-        raise ModelError(f"weights in {path} do not fit this architecture: " + ", ".join(parts))
-    module.load_state_dict(sd, strict=True)
-
-
 def _resolve(name: str) -> tuple[str, str]:
     if ":" in name:
         source, arch = name.split(":", 1)
@@ -135,56 +85,123 @@ def _resolve(name: str) -> tuple[str, str]:
     raise ModelError(unknown("model", name, list(EMBEDDED) + list(torchvision_names()) + list(timm_names())))
 
 
-def load_model(name: str = DEFAULT_MODEL, weights: str | Path | None = None, device: str | torch.device = "cpu",
-               num_classes: int | None = None) -> LoadedModel:
-    """Build a model by name, in eval mode on ``device``.
+#: suffixes that make an existing file named as MODEL a model file rather than a registry name
+MODEL_FILE_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".pkl", ".bin", ".ckpt", ".tar")
 
-    Args:
-        name: ``"efficientnet_lite0"`` (embedded, pretrained), a torchvision or timm architecture name, or
-            ``"torchvision:NAME"`` / ``"timm:NAME"``.
-        weights: a local state_dict or checkpoint file. Without it, torchvision/timm models are RANDOM.
-        device: where to put the model (``"cpu"``, ``"cuda"``, ...).
-        num_classes: output classes for non-embedded architectures (default 1000, labelled with ImageNet).
+
+def is_model_file(name: str | Path) -> bool:
+    """Whether ``name`` names a model file: a path with a directory part or a suffix (``net.pt``, ``./net``).
 
     Raises:
-        ModelError: unknown name (with close matches) or weights that do not fit.
+        ModelError: ``name`` looks like such a path but there is no file there.
     """
-    source, arch = _resolve(name)
+    text = str(name)
+    path = Path(text)
+    if re.match(r"^[a-z][a-z0-9_-]+:", text) and not path.exists():  # a source prefix: timm:NAME, hf-hub:...
+        return False
+    looks = "/" in text or "\\" in text or path.suffix.lower() in MODEL_FILE_SUFFIXES
+    if not looks:
+        return False
+    if not path.is_file():
+        raise ModelError(f"model file {text} does not exist" if not path.exists() else f"{text} is not a file")
+    return True
+
+
+def _build(source: str, arch: str, num_classes: int | None, trained: bool
+           ) -> tuple[nn.Module, tuple[int, int], tuple[float, ...], tuple[float, ...], list[str]]:
+    """The module of a registry architecture, its input size, mean, std and what was set on its behalf."""
     size, mean, std = (224, 224), IMAGENET_MEAN, IMAGENET_STD
+    notes: list[str] = []
     if source == "embedded":
-        module = EMBEDDED[arch]()
-        pretrained, note = True, "embedded"
-    elif source == "torchvision":
+        return EMBEDDED[arch](), size, mean, std, notes
+    kwargs: dict[str, object] = {} if num_classes is None else {"num_classes": num_classes}
+    if source == "torchvision":
         import torchvision
 
-        kwargs = {} if num_classes is None else {"num_classes": num_classes}
         if arch in ("googlenet", "inception_v3"):
-            kwargs["init_weights"] = True
+            kwargs["init_weights"] = not trained
             kwargs["aux_logits"] = False
+            if trained:  # torchvision.models.googlenet(weights=...) does the same: its trained files expect it
+                kwargs["transform_input"] = True
+                notes.append(f"{arch} built with transform_input=True, as torchvision does for trained weights")
         try:
             module = torchvision.models.get_model(arch, weights=None, **kwargs)
         except (TypeError, ValueError) as exc:
             raise ModelError(f"cannot build torchvision model {arch!r}: {exc}") from None
         if arch == "inception_v3":
             size = (299, 299)
-        pretrained, note = False, None
-    else:
-        import timm
+        return module, size, mean, std, notes
+    import timm
 
-        kwargs = {} if num_classes is None else {"num_classes": num_classes}
-        module = timm.create_model(arch, pretrained=False, **kwargs)
-        cfg = getattr(module, "pretrained_cfg", None) or getattr(module, "default_cfg", {}) or {}
-        if "input_size" in cfg:
-            size = tuple(int(s) for s in cfg["input_size"][1:])  # type: ignore[assignment]
-        mean = tuple(cfg.get("mean", mean))
-        std = tuple(cfg.get("std", std))
-        pretrained, note = False, None
+    module = timm.create_model(arch, pretrained=False, **kwargs)
+    cfg = getattr(module, "pretrained_cfg", None) or getattr(module, "default_cfg", {}) or {}
+    if "input_size" in cfg:
+        size = tuple(int(s) for s in cfg["input_size"][1:])  # type: ignore[assignment]
+    return module, size, tuple(cfg.get("mean", mean)), tuple(cfg.get("std", std)), notes
+
+
+def _load_file(path: str, weights: str | Path | None, device: torch.device, num_classes: int | None,
+               trust_pickle: bool) -> LoadedModel:
+    from .adapter import wrap_plain
+
+    if num_classes is not None:
+        raise ModelError(f"num_classes applies to architectures built by name; the model in {path} has its own "
+                         "classifier")
+    module = read_model_file(path, device=device, trust_pickle=trust_pickle)
     if weights is not None:
-        load_weights(module, weights)
-        note = str(weights)
-        pretrained = True
-    module = module.to(device).eval()
-    n_out = num_classes if num_classes is not None else 1000
+        load_weights(module, weights, trust_pickle=trust_pickle)
+    module.eval()
+    m = wrap_plain(module, None, name=Path(path).name)
+    m.weights, m.source = str(weights or path), "file"
+    return m
+
+
+def load_model(name: str = DEFAULT_MODEL, weights: str | Path | None = None, device: str | torch.device = "cpu",
+               num_classes: int | None = None, *, trust_pickle: bool = False) -> LoadedModel:
+    """Build a model by name (or read it from a model file), in eval mode on ``device``.
+
+    Args:
+        name: ``"efficientnet_lite0"`` (embedded, pretrained), a torchvision or timm architecture name,
+            ``"torchvision:NAME"`` / ``"timm:NAME"``, or the path of a model file (a TorchScript archive, or a
+            pickled module with ``trust_pickle``; a path has a directory part or a suffix such as ``.pt``). A model
+            file is wrapped like a plain module (:func:`~cnnscope.models.as_model`): its input size and
+            normalisation are assumed and said.
+        weights: a local state_dict or checkpoint file. Without it, torchvision/timm models are RANDOM.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"``; checked before anything is built.
+        num_classes: output classes for torchvision/timm architectures. Default: read off the classifier's weight
+            in ``weights`` (said in :attr:`LoadedModel.notes`), else 1000 (labelled with ImageNet's classes).
+        trust_pickle: read files holding pickled Python objects (``torch.save(model)``); only for files you trust.
+
+    Raises:
+        ModelError: unknown name (with close matches), unknown or absent device, an unreadable file, or weights
+            that do not fit.
+    """
+    dev = resolve_device(device)
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ModelError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if is_model_file(name):
+        return _load_file(str(name), weights, dev, num_classes, trust_pickle)
+    source, arch = _resolve(name)
+    if source == "embedded" and num_classes is not None:
+        raise ModelError(f"the embedded {arch} has ImageNet's 1000 classes; num_classes applies to torchvision/timm "
+                         f"architectures (timm:{arch} builds it with random weights)")
+    sd = None if weights is None else read_state_dict(weights, trust_pickle=trust_pickle)
+    module, size, mean, std, notes = _build(source, arch, num_classes, trained=sd is not None)
+    key = classifier_key(module)
+    if sd is not None and num_classes is None and source != "embedded" and key in sd and sd[key].ndim >= 1:
+        found, own = int(sd[key].shape[0]), int(module.state_dict()[key].shape[0])
+        if found != own:
+            module, size, mean, std, notes = _build(source, arch, found, trained=True)
+            notes.append(f"{found} classes, read from the shape of {key} in {weights}")
+    if sd is not None:
+        load_weights(module, sd, where=str(weights))
+    module = module.to(dev).eval()
+    n_out = int(module.state_dict()[key].shape[0]) if key is not None else num_classes or 1000
     labels = list(imagenet_labels()) if n_out == 1000 else None
-    return LoadedModel(module=module, name=arch, input_size=size, mean=mean, std=std, labels=labels,
-                       pretrained=pretrained, weights=note, source=source)
+    pretrained = source == "embedded" or sd is not None
+    note = "embedded" if sd is None and source == "embedded" else None if sd is None else str(weights)
+    m = LoadedModel(module=module, name=arch, input_size=size, mean=mean, std=std, labels=labels,
+                    pretrained=pretrained, weights=note, source=source)
+    m.notes.extend(notes)
+    return m
