@@ -180,3 +180,22 @@ def test_layer_times_follow_execution_order_and_share_outputs():
     assert t["layer1"].output != t["layer2"].output
     assert t["act"].calls == 1
     assert not any(h for m in net.modules() for h in m._forward_hooks.values())
+
+
+def test_receptive_fields_of_a_model_that_asserts_its_input_size():
+    """torchvision's ViT refuses the narrow slab probes (it asserts its image size): the exact probe measures
+    instead. A patch embedding sees its own patch; an encoder layer sees the whole image."""
+    from torchvision.models import VisionTransformer
+
+    from cnnscope.capture.receptive_field import receptive_fields
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32,
+                            num_classes=5).eval()
+    rf = receptive_fields(vit, ["conv_proj", "encoder.layers.encoder_layer_0"], 32)
+    patch, enc = rf["conv_proj"], rf["encoder.layers.encoder_layer_0"]
+    assert patch.output_size == enc.output_size == (4, 4)
+    for r in range(4):
+        for c in range(4):
+            assert patch.boxes[r, c].tolist() == [8 * r, 8 * c, 8 * r + 8, 8 * c + 8]
+            assert enc.boxes[r, c].tolist() == [0, 0, 32, 32]

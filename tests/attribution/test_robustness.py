@@ -284,10 +284,11 @@ def test_non_finite_inputs_are_refused_by_explain_and_baselines():
     for images in (x, list(x), [x[0], x[1]]):
         with pytest.raises(ImageError, match="NaN or infinite"):
             explain(net, images, methods=["saliency"])
-    with pytest.raises(MethodError, match="baseline contains NaN"):
-        attribute(net, x_of((1, 3, 12, 12)), "integrated_gradients", baseline=torch.full((1, 3, 12, 12), torch.nan))
-    with pytest.raises(MethodError, match="baseline contains NaN"):
-        attribute(net, x_of((1, 3, 12, 12)), "integrated_gradients", baseline=float("inf"))
+    for method in ("integrated_gradients", "occlusion", "rise"):
+        with pytest.raises(MethodError, match=f"{method}: the baseline contains NaN"):
+            attribute(net, x_of((1, 3, 12, 12)), method, baseline=torch.full((1, 3, 12, 12), torch.nan))
+        with pytest.raises(MethodError, match="baseline contains NaN"):
+            attribute(net, x_of((1, 3, 12, 12)), method, baseline=float("inf"))
 
 
 # -- item 4: integrated gradients' completeness gap -----------------------------------------------------------

@@ -52,6 +52,7 @@ def test_explain_chelsea_api(client, lite0_atlas, samples):
     v = r.json()
     assert v["predictions"][0]["label"] in CATS and v["target"]["index"] == v["predictions"][0]["index"]
     assert v["methods"] == ["saliency", "gradcam"] and v["attribution"]["gradcam"]["layer"]
+    assert v["skipped"] == {}  # both apply to Lite0 (a method that cannot apply is listed here with its reason)
     panel = decode_png(base64.b64decode(v["panel_png_base64"]))
     assert panel.shape[1] > 2 * panel.shape[0] > 200  # the photo and two overlays side by side
     assert _snapshot(lite0_atlas) == before  # nothing was written next to the atlas

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import MethodError
@@ -44,3 +46,10 @@ def check_baseline(name: str, baseline: object) -> None:
         isinstance(baseline, (int, float)) and not isinstance(baseline, bool))
     if not ok:
         raise MethodError(f"{name}: baseline must be a number, a tensor or 'blur', got {baseline!r}")
+    if isinstance(baseline, torch.Tensor):
+        finite = not baseline.is_floating_point() or bool(torch.isfinite(baseline).all())
+    else:
+        finite = not isinstance(baseline, float) or math.isfinite(baseline)
+    if not finite:
+        raise MethodError(f"{name}: the baseline contains NaN or infinite values; give finite values in the model's "
+                          "input space")

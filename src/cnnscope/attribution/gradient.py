@@ -221,10 +221,6 @@ class IntegratedGradients(GradientMethod):
         if q not in QUADRATURES:
             raise MethodError(unknown("quadrature", q, QUADRATURES))
         check_baseline(self.name, self.opts["baseline"])
-        b = self.opts["baseline"]
-        if isinstance(b, (torch.Tensor, float)) and not bool(torch.isfinite(torch.as_tensor(b)).all()):
-            raise MethodError(f"{self.name}: the baseline contains NaN or infinite values; give finite values in "
-                              "the model's input space")
 
     def compute(self, x: torch.Tensor, scorer: Scorer, layer: str | None) -> torch.Tensor:
         bs = self.batch_size(x)

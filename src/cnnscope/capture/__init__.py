@@ -5,7 +5,7 @@ from .conv_bn import conv_bn_pairs
 from .layers import LayerInfo, input_channels, list_layers
 from .layout import LayoutProbe
 from .patch import patch_outputs
-from .relu_rules import RULES, relu_modules, relu_rule
+from .relu_rules import RULES, NoReLUError, relu_modules, relu_rule
 from .state import (
                     ACTIVATION_TYPES,
                     StopForward,
@@ -21,7 +21,7 @@ from .state import (
 )
 from .timing import LayerTime, layer_times
 
-__all__ = ["ACTIVATION_TYPES", "Capture", "LayerInfo", "LayerTime", "LayoutProbe", "REUSE_MODES", "RULES",
-           "StopForward", "capture", "conv_bn_pairs", "evaluating", "first_tensor", "input_channels", "is_activation",
-           "layer_names", "layer_times", "list_layers", "module_device", "module_dtype", "module_of", "module_state",
-           "patch_outputs", "relu_modules", "relu_rule", "resolve_layers"]
+__all__ = ["ACTIVATION_TYPES", "Capture", "LayerInfo", "LayerTime", "LayoutProbe", "NoReLUError", "REUSE_MODES",
+           "RULES", "StopForward", "capture", "conv_bn_pairs", "evaluating", "first_tensor", "input_channels",
+           "is_activation", "layer_names", "layer_times", "list_layers", "module_device", "module_dtype", "module_of",
+           "module_state", "patch_outputs", "relu_modules", "relu_rule", "resolve_layers"]

@@ -191,7 +191,8 @@ def _fast(cap: Capture, layers: list[str], c: int, size: tuple[int, int], max_ba
     try:
         rows = _affected(cap, layers, (c, h, sw), 0, range(h), max_batch, bar)
         cols = _affected(cap, layers, (c, sh, w), 1, range(w), max_batch, bar)
-    except (RuntimeError, ValueError):  # the model refuses the narrow slab (e.g. a minimum input size)
+    except (RuntimeError, ValueError, AssertionError):  # the model refuses the narrow slab (a minimum or a fixed
+        # input size: torchvision's ViT asserts it)
         return None
     out: dict[str, np.ndarray] = {}
     for name in layers:

@@ -88,8 +88,8 @@ def evaluate_cmd(model: str, images: tuple[str, ...], weights: str | None, devic
     except ValueError:
         raise CnnscopeError(f"--road-percentages takes numbers like 10,20,30, got {road_percentages!r}") from None
     with run_output(out, "evaluate") as output:  # an unwritable --out fails before the model loads
-        imgs = _read_images(images)
-        m = open_model(model, weights, device)
+        m = open_model(model, weights, device)  # a bad device or model fails before the images are read
+        imgs = _read_images(images)  # at full size: --regions boxes are in the files' pixels
         tgt = int(target) if target is not None and target.lstrip("-").isdigit() else target
         boxes, labels = None, None
         if regions is not None:

@@ -39,20 +39,9 @@ HELP_CORRESPOND = ("Correspondence analysis (paper Table 1): sign-change consist
                    "IMAGES. " + IMAGES_HELP)
 
 
-def open_any(model: str, weights: str | None, device: str):
-    """A registry model name, or a checkpoint written by ``cnnscope train``."""
-    from ..zf.train import is_checkpoint, load_checkpoint
-
-    if is_checkpoint(model):
-        from .app import resolve_device
-
-        return load_checkpoint(model, device=resolve_device(device))
-    return open_model(model, weights, device)
-
-
 def read_images(args: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
     """Image-set arguments -> ``name -> uint8 array`` (see :data:`IMAGES_HELP`); repeated names get ``#2``..."""
-    from ..images import IMAGE_SUFFIXES, load_image, sample_images
+    from ..images import IMAGE_SUFFIXES, sample_images
 
     out: dict[str, np.ndarray] = {}
 
@@ -76,7 +65,7 @@ def read_images(args: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
                 add(f"digit{i}_{ds.labels[i]}", ds.images[i])
         elif Path(arg).is_dir():
             for p in sorted(p for p in Path(arg).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-                add(str(p), load_image(p))
+                add(str(p), read_image_arg(str(p))[1])
         else:
             add(*read_image_arg(arg))
     if not out:
@@ -158,7 +147,7 @@ def deconv_cmd(model: str, image: str, weights: str | None, device: str, layer: 
     from ..zf.rule_projector import RULE_OF
 
     with run_output(out, "deconv") as folder:
-        m = open_any(model, weights, device)
+        m = open_model(model, weights, device)
         name, arr = read_image_arg(image)
         opts = dict(channel=channel, position=position, pre_activation=pre_activation)
         if method in ("deconvnet", "true"):
@@ -192,7 +181,7 @@ def top9_cmd(model: str, images: tuple[str, ...], weights: str | None, device: s
     from ..zf.projections import top_projections
 
     with run_output(out, "top9") as folder:
-        m = open_any(model, weights, device)
+        m = open_model(model, weights, device)
         if method == "deconvnet":
             DeconvNet(m, layer, pre_activation=pre_activation)  # refuses a model it cannot invert before any image
         tp = top_projections(m, read_images(images), layer, channels=channels, k=k, pre_activation=pre_activation,
@@ -222,7 +211,7 @@ def occlude_cmd(model: str, image: str, layer: str, target: str | None, channel:
     from ..zf.occlusion_study import occlusion_study
 
     with run_output(out, "occlude") as folder:
-        m = open_any(model, weights, device)
+        m = open_model(model, weights, device)
         _, arr = read_image_arg(image)
         s = occlusion_study(m, arr, layer, target=target, channel=channel, size=size, stride=stride, fill=fill,
                             pre_activation=pre_activation, batch_size=batch_size, progress=show_progress())
@@ -254,7 +243,7 @@ def invariance_cmd(model: str, images: tuple[str, ...], weights: str | None, dev
         raise CnnscopeError("--amounts needs exactly one transform in --transforms")
     lays = [s.strip() for s in layers.split(",")] if layers else None
     with run_output(out, "invariance") as folder:
-        m = open_any(model, weights, device)
+        m = open_model(model, weights, device)
         imgs = read_images(images)
         studies = [invariance_study(m, imgs, t, amounts=numbers(amounts), layers=lays, pre_activation=pre_activation,
                                     batch_size=batch_size, progress=show_progress()) for t in names]
@@ -286,7 +275,7 @@ def correspond_cmd(model: str, images: tuple[str, ...], weights: str | None, dev
     parsed = [numbers(b, int) for b in boxes]
     lays = [s.strip() for s in layers.split(",")] if layers else None
     with run_output(out, "correspond") as folder:
-        m = open_any(model, weights, device)
+        m = open_model(model, weights, device)
         imgs = read_images(images)
         r = correspondence(m, imgs, parsed, layers=lays, n_random=n_random, seed=seed, pre_activation=pre_activation,
                            batch_size=batch_size, progress=show_progress())
@@ -315,7 +304,7 @@ def boundary_cmd(model: str, images: tuple[str, ...], weights: str | None, devic
     if lohi is not None and len(lohi) != 2:
         raise CnnscopeError(f"--span is LO,HI, got {span!r}")
     with run_output(out, "boundary") as folder:
-        m = open_any(model, weights, device)
+        m = open_model(model, weights, device)
         p = decision_plane(m, read_images(images), resolution=resolution, span=tuple(lohi) if lohi else None,
                            seed=seed, batch_size=batch_size, progress=show_progress())
         folder.write_json("boundary.json", p.to_dict())

@@ -13,13 +13,14 @@ from .app import (
     batch_size_option,
     channels_option,
     cli,
+    open_model,
     pre_activation_option,
     read_image_arg,
     resolve_device,
     show_progress,
 )
 from .demo import DemoContext, demo_section
-from .zf import IMAGE, IMAGES_HELP, model_command, numbers, open_any, read_images, save, save_npy
+from .zf import IMAGE, IMAGES_HELP, model_command, numbers, read_images, save, save_npy
 
 
 @cli.command("train")
@@ -109,7 +110,7 @@ def filters_cmd(model: str, weights: str | None, device: str, layer: str | None,
     from ..zf.filters import conv_layers, conv_weights, filter_images, filter_spectrum
 
     with run_output(out, "filters") as folder:
-        m = open_any(model, weights, device)
+        m = open_model(model, weights, device)
         w = conv_weights(m, layer)
         name = layer or conv_layers(m)[0]
         save_npy(folder, "filters.npy", w.cpu().numpy())
@@ -136,7 +137,7 @@ def featuremaps_cmd(model: str, image: str, weights: str | None, device: str, la
     from ..zf.filters import feature_maps
 
     with run_output(out, "featuremaps") as folder:
-        m = open_any(model, weights, device)
+        m = open_model(model, weights, device)
         _, arr = read_image_arg(image)
         maps = feature_maps(m, arr, layer, pre_activation=pre_activation)[0]
         save_npy(folder, "featuremaps.npy", maps.cpu().numpy())

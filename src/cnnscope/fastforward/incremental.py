@@ -298,7 +298,7 @@ def capture_clean(module: nn.Module, x: torch.Tensor, layers: list[str], channel
                   ) -> dict[str, torch.Tensor]:
     """Every layer's clean activation, one image at a time (as the checks compare them). The caller has set the
     mode (eval or train) for the whole call; clones, as in-place layers after a split layer would change it."""
-    cap = Capture(module, layers, stop_early=True, clone=True, eval_mode=False)
+    cap = Capture(module, layers, stop_early=True, clone=True, eval_mode=False, layout="raw")
     per_image = []
     for i in range(x.shape[0]):
         xi = x[i:i + 1]

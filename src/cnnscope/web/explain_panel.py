@@ -39,4 +39,5 @@ def explain_panel(model: ModelLike, image: np.ndarray, methods: Sequence[str], *
     summary = ex.to_dict()
     return {"predictions": summary["top"], "methods": list(methods),
             "target": {"label": ex.target, "index": ex.target_index, "probability": ex.target_probability},
-            "attribution": summary["methods"], "seconds": time.perf_counter() - t0, "panel_png": png}
+            "attribution": summary["methods"], "skipped": summary["skipped"], "seconds": time.perf_counter() - t0,
+            "panel_png": png}
