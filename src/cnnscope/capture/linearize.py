@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .relu_rules import functional_relu
-from .state import is_activation, module_of, output_hooks
+from .relu_rules import functional_relu, swapped_activations
+from .state import is_activation, module_of
 
 if TYPE_CHECKING:
     from ..models import ModelLike
@@ -57,19 +57,8 @@ def linearized(model: ModelLike) -> Iterator[int]:
     """
     module = module_of(model)
     targets = [m for _, m in module.named_modules() if is_activation(m)]
-    mode = _FunctionalIdentity()
-
-    def enter(mod: nn.Module, inputs: tuple) -> None:
-        mode.module_input = inputs[0]
-
     def identity(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         return inputs[0]
 
-    handles = [m.register_forward_pre_hook(enter) for m in targets]
-    try:
-        with output_hooks(targets, identity) as n, mode:
-            yield n
-    finally:
-        mode.module_input = None
-        for h in handles:
-            h.remove()
+    with swapped_activations(targets, identity, _FunctionalIdentity()) as n:
+        yield n

@@ -157,6 +157,24 @@ class _FunctionalRule(TorchFunctionMode):
 
 
 @contextmanager
+def swapped_activations(targets: list[nn.Module], hook: Any, mode: TorchFunctionMode) -> Iterator[int]:
+    """``hook`` replaces the output of every module in ``targets`` while ``mode`` (a function mode that rewrites
+    relu calls) is active; each target's input is handed to the mode as ``mode.module_input`` while it runs, so the
+    mode can leave the module's own relu call to the hook. Yields the number of targets."""
+    def enter(mod: nn.Module, inputs: tuple) -> None:
+        mode.module_input = inputs[0]  # type: ignore[attr-defined]
+
+    handles = [m.register_forward_pre_hook(enter) for m in targets]
+    try:
+        with output_hooks(targets, hook) as n, mode:
+            yield n
+    finally:
+        mode.module_input = None  # type: ignore[attr-defined]
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
 def relu_rule(model: ModelLike, rule: str, *, report: dict | None = None) -> Iterator[int]:
     """Within the block, every ReLU/ReLU6 of ``model`` back-propagates with ``rule``: its modules, and the ReLUs
     its ``forward`` calls as functions.
@@ -182,20 +200,11 @@ def relu_rule(model: ModelLike, rule: str, *, report: dict | None = None) -> Ite
     targets = [m for _, m in relu_modules(module)]
     mode = _FunctionalRule(rule)
 
-    def enter(mod: nn.Module, inputs: tuple) -> None:
-        mode.module_input = inputs[0]
-
     def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         return _RuleReLU.apply(inputs[0], rule, _upper(mod))
 
-    handles = [m.register_forward_pre_hook(enter) for m in targets]
-    try:
-        with output_hooks(targets, hook) as n, mode:
-            yield n
-    finally:
-        mode.module_input = None
-        for h in handles:
-            h.remove()
+    with swapped_activations(targets, hook, mode) as n:
+        yield n
     others = other_activations(module)
     if report is not None:
         report.update(modules=len(targets), functional_calls=mode.calls, other_activations=others)
