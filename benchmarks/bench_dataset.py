@@ -7,8 +7,13 @@
    NCHW forward a user would write (shown too). Runs alternate and repeat after one warm-up each; medians are
    reported, in wall-clock and process CPU time.
 2. Peak memory (max RSS of a fresh process) of the pass over N and 4N images: it should not grow with N.
+3. Sources: images/s of the statistics pass over JPEGs at Lite0's input size (224 px) read from a folder and from
+   WebDataset tar shards with ``--workers`` DataLoader workers (default: the cores), against a bare forward over the
+   same images already decoded into tensors; the pass is limited by the model, not by decoding, when its rate is
+   close to the bare forward's. Decoding alone (the loader without a model) is shown too.
 
-    python benchmarks/bench_dataset.py [--images 96] [--repeats 3] [--threads N] [--append-results]
+    python benchmarks/bench_dataset.py [--images 96] [--repeats 3] [--threads N] [--workers N] [--append-results]
+    python benchmarks/bench_dataset.py --quick     # a few images, one repeat: checks that the script runs
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ import resource
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -77,6 +85,84 @@ def peak_memory(n_images: int, batch_size: int) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
 
 
+def write_jpegs(n_images: int, root: Path, n_shards: int = 2) -> tuple[str, str]:
+    """``n_images`` 224x224 JPEGs (crops of the sample photos) as a folder and as ``n_shards`` tar shards; returns
+    the folder and the shards' brace pattern."""
+    from PIL import Image
+
+    from cnnscope.dataset.sources import SampleSource
+    from cnnscope.images import resize
+
+    src = SampleSource(crops=max(1, -(-n_images // 8))).subset(range(n_images))
+    folder = root / "jpegs"
+    folder.mkdir(parents=True)
+    paths = []
+    for i in src.ids():
+        path = folder / f"{i:06d}.jpg"
+        Image.fromarray(resize(src.load(i), (224, 224))).save(path, quality=90)
+        paths.append(path)
+    per = -(-len(paths) // n_shards)
+    for s in range(n_shards):
+        with tarfile.open(root / f"shard-{s:04d}.tar", "w") as tf:
+            for path in paths[s * per:(s + 1) * per]:
+                tf.add(path, arcname=path.name)
+    return str(folder), str(root / f"shard-{{0000..{n_shards - 1:04d}}}.tar")
+
+
+def decode_pass(model, source, batch_size: int, workers: int) -> tuple[float, float]:
+    """``(wall, CPU)`` seconds of reading and fitting every image (the loader alone, no model)."""
+    from cnnscope.dataset.sources import iterate_batches
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in iterate_batches(model, source, batch_size=batch_size, num_workers=workers):
+        pass
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def sources_section(model, n_images: int, batch_size: int, workers: int, repeats: int) -> list[str]:
+    """Images/s of the statistics pass over a JPEG folder and tar shards vs a bare forward over decoded tensors."""
+    from cnnscope.capture import evaluating
+    from cnnscope.dataset import collect_statistics
+    from cnnscope.dataset.sources import iterate_batches, open_source
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, shards = write_jpegs(n_images, Path(tmp))
+        sources = {"folder": open_source(folder), "tar shards": open_source(shards)}
+        decoded = [b.tensor(model).contiguous(memory_format=torch.channels_last)
+                   for b in iterate_batches(model, sources["folder"], batch_size=batch_size)]
+
+        def bare() -> tuple[float, float]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            with torch.no_grad(), evaluating(model.module):
+                for x in decoded:
+                    model.module(x)
+            return time.perf_counter() - t0, time.process_time() - c0
+
+        def stats(src) -> tuple[float, float]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            collect_statistics(model, src, LAYERS, batch_size=batch_size, num_workers=workers)
+            return time.perf_counter() - t0, time.process_time() - c0
+
+        runs: dict[str, list[tuple[float, float]]] = {"bare": []}
+        for name in sources:
+            runs[f"stats {name}"], runs[f"decode {name}"] = [], []
+        bare()
+        for _ in range(repeats):
+            runs["bare"].append(bare())
+            for name, src in sources.items():
+                runs[f"stats {name}"].append(stats(src))
+                runs[f"decode {name}"].append(decode_pass(model, src, batch_size, workers))
+    rate = {k: n_images / statistics.median(r[0] for r in v) for k, v in runs.items()}
+    lines = [f"sources: {n_images} JPEGs of 224x224, batch {batch_size}, {workers} DataLoader workers, "
+             f"{torch.get_num_threads()} torch threads, {repeats} repeats (medians)",
+             f"- bare forward over decoded channels-last tensors: {rate['bare']:.2f} images/s"]
+    for name in sources:
+        lines.append(f"- statistics pass over the {name}: {rate['stats ' + name]:.2f} images/s "
+                     f"({rate['stats ' + name] / rate['bare']:.2f}x the bare forward's rate); reading and fitting "
+                     f"alone {rate['decode ' + name]:.1f} images/s")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=96)
@@ -84,6 +170,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-images", type=int, default=16, help="N of the memory check (also runs 4N)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="DataLoader workers of the sources section (default: the cores)")
+    ap.add_argument("--quick", action="store_true", help="a few images, one repeat: check that the script runs")
     ap.add_argument("--append-results", action="store_true")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -92,6 +181,8 @@ def main() -> None:
     if args.memory_child is not None:
         memory_child(args.memory_child, args.batch_size)
         return
+    if args.quick:
+        args.images, args.repeats, args.memory_images, args.batch_size = 8, 1, 4, 4
 
     from cnnscope import load_model
     from cnnscope.capture.receptive_field import receptive_fields
@@ -136,9 +227,11 @@ def main() -> None:
         f"- peak RSS of a fresh process: {mem_small:.0f} MiB for {args.memory_images} images, {mem_large:.0f} MiB "
         f"for {4 * args.memory_images} images (ratio {mem_large / mem_small:.2f})",
     ]
-    print("\n".join(lines))
+    source_lines = sources_section(model, args.images, args.batch_size, args.workers, args.repeats)
+    print("\n".join(lines + source_lines))
     if args.append_results:
         append_results("Dataset statistics (#6): bench_dataset.py", "\n".join(lines), "benchmarks/bench_dataset.py")
+        append_results("Dataset sources: bench_dataset.py", "\n".join(source_lines), "benchmarks/bench_dataset.py")
 
 if __name__ == "__main__":
     main()

@@ -27,6 +27,8 @@ from .app import (
 from .demo import DemoContext, demo_section
 
 DEMO_LAYER = "blocks.4.0.bn1.act"
+#: classes listed per channel (ranked by the mean of their images' maxima) in ``examples``' JSON
+TOP_CLASSES = 5
 #: the quick demo's shallower layer: its receptive fields take a fraction of the probes' time
 QUICK_LAYER = "blocks.2.1.bn1.act"
 
@@ -72,16 +74,19 @@ def _listed(out: str, path: str | None) -> str | None:
 
 
 def _statistics(model, layer: str, images: str, k: int, batch_size: int | None, workers: int, rf: str,
-                pre_activation: bool):
-    """One statistics pass over ``--images``; unreadable images are listed on stderr."""
+                pre_activation: bool, class_histograms: bool = False):
+    """One statistics pass over ``--images`` and the source, opened once (the crops read it again); unreadable
+    images are listed on stderr."""
     from ..dataset import collect_statistics
-    from ..dataset.sources import skipped_lines
+    from ..dataset.sources import open_source, skipped_lines
 
-    stats = collect_statistics(model, images, [layer], pre_activation=pre_activation, k=k, batch_size=batch_size,
-                               num_workers=workers, progress=show_progress(), receptive_field=rf)
+    source = open_source(images)
+    stats = collect_statistics(model, source, [layer], pre_activation=pre_activation, k=k, batch_size=batch_size,
+                               num_workers=workers, progress=show_progress(), receptive_field=rf,
+                               class_histograms=class_histograms)
     for line in skipped_lines(stats.skipped, stats.n_skipped):
         click.echo(line, err=True)
-    return stats
+    return stats, source
 
 
 def _pass_options(f):
@@ -93,7 +98,9 @@ def _pass_options(f):
     f = click.option("--stats", "stats_file", type=click.Path(dir_okay=False, exists=True), default=None,
                      help="Reuse a statistics file written by `cnnscope examples` instead of a new pass.")(f)
     f = click.option("--images", default="samples:4", show_default=True,
-                     help="Folder, glob, image file, 'samples' or 'samples:N' (N random crops per sample photo).")(f)
+                     help="Folder, glob, image file, classes:FOLDER (a subfolder per class), a .csv/.jsonl manifest "
+                          "(path, label), WebDataset shards ('shards/train-{0000..0146}.tar'), hf:PATH (a Hugging "
+                          "Face dataset on disk), 'samples' or 'samples:N' (N random crops per sample photo).")(f)
     return f
 
 
@@ -105,16 +112,20 @@ def _pass_options(f):
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=9, show_default=True, help="Examples per channel.")
 @click.option("--channels", default="top:8", show_default=True,
               help="Channels to draw: top:N (largest maxima), all, 0-7 or 0,4,8-11.")
+@click.option("--class-histograms", is_flag=True,
+              help="On a labelled source, also keep each channel's histogram per class (in stats.npz).")
+@click.option("--json", "as_json", is_flag=True, help="Print examples.json instead of the table.")
 @click.option("--out", metavar="FOLDER", default="examples-out", show_default=True)
 def examples_cmd(model: str, layer: str, weights: str | None, device: str, images: str, stats_file: str | None,
                  pre_activation: bool, batch_size: int | None, workers: int, rf: str, k: int, channels: str,
-                 out: str) -> None:
+                 class_histograms: bool, as_json: bool, out: str) -> None:
     """Top-k and bottom-k dataset examples of LAYER's channels (receptive-field crops), with statistics.
 
     Writes OUT/stats.npz (every channel: examples, histograms, mean/std, band samples; reusable with --stats; the
     --stats file's contents when one is given),
-    one OUT/<layer>_cNNNN.png contact sheet per drawn channel, OUT/examples.json (with the images skipped as
-    unreadable) and OUT/manifest.json (the run's files; absent while it runs or after it failed).
+    one OUT/<layer>_cNNNN.png contact sheet per drawn channel, OUT/examples.json (each example with its image's
+    class on a labelled source, the classes that fire each channel most, the images skipped as unreadable) and
+    OUT/manifest.json (the run's files; absent while it runs or after it failed).
     """
     from ..batching import track
     from ..dataset import crops
@@ -125,12 +136,11 @@ def examples_cmd(model: str, layer: str, weights: str | None, device: str, image
     saved = _saved_statistics(stats_file, layer, pre_activation) if stats_file else None  # read before --out
     with run_output(out, "examples") as output:  # an unwritable --out fails before the model loads
         m = open_model(model, weights, device)
-        stats = saved if saved is not None else _statistics(m, layer, images, k, batch_size, workers, rf,
-                                                             pre_activation)
+        stats, source = (saved, None) if saved is not None else _statistics(
+            m, layer, images, k, batch_size, workers, rf, pre_activation, class_histograms)
         ls = stats[layer]
         output.write("stats.npz", stats.save)  # a --stats file too: it may be a file the last run here listed
         chosen = _channels(channels, ls)
-        source = None if stats_file else images
         numbers, rows = {}, []
         for c in track(chosen, show_progress(), "contact sheets", total=len(chosen), unit="sheet"):
             top, bottom = stats.examples(layer, c, "top"), stats.examples(layer, c, "bottom")
@@ -139,18 +149,24 @@ def examples_cmd(model: str, layer: str, weights: str | None, device: str, image
                                       crops(m, stats, layer, channel=c, source=source, which="bottom"),
                                       [e.value for e in bottom], title=f"{layer}:{c}  ({stats.images} images)")
                 output.write(f"{_safe(layer)}_c{c:04d}.png", partial(save_figure, fig))
+            classes = stats.top_classes(layer, c, TOP_CLASSES) if ls.by_class is not None else None
             numbers[c] = {"mean": float(ls.mean[c]), "std": float(ls.std[c]),
                           "fraction_positive": float(ls.fraction_positive[c]), "max": float(ls.maximum[c]),
                           "min": float(ls.minimum[c]), "top": [e.to_dict() for e in top],
-                          "bottom": [e.to_dict() for e in bottom]}
+                          "bottom": [e.to_dict() for e in bottom], "classes": classes}
             rows.append((c, f"{numbers[c]['max']:.3g}", f"{numbers[c]['mean']:.3g}", f"{numbers[c]['std']:.3g}",
-                         f"{numbers[c]['fraction_positive']:.1%}", top[0].name if top else "-"))
-        output.write_json("examples.json", {"model": m.describe(), "layer": layer, "images": stats.images,
-                                            "skipped": skipped_dicts(stats.skipped), "n_skipped": stats.n_skipped,
-                                            "pre_activation": ls.pre_activation,
-                                            "receptive_field": list(ls.rf.size) if ls.rf else None,
-                                            "channels": numbers})
-    print_table(rows, ("channel", "max", "mean", "std", "> 0", "best image"))
+                         f"{numbers[c]['fraction_positive']:.1%}", top[0].name if top else "-")
+                        + ((", ".join(r["class"] for r in classes[:3]) or "-",) if classes is not None else ()))
+        report = {"model": m.describe(), "layer": layer, "images": stats.images, "source": stats.source,
+                  "skipped": skipped_dicts(stats.skipped), "n_skipped": stats.n_skipped,
+                  "pre_activation": ls.pre_activation, "receptive_field": list(ls.rf.size) if ls.rf else None,
+                  "channels": numbers}
+        output.write_json("examples.json", report)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    print_table(rows, ("channel", "max", "mean", "std", "> 0", "best image")
+                + (("top classes",) if ls.by_class is not None else ()))
     if source is None:
         click.echo("(no crops drawn: --stats files do not know their images; run without --stats for crops)")
     click.echo(f"wrote {output.folder}/")
@@ -180,8 +196,8 @@ def spectrum_cmd(model: str, layer: str, weights: str | None, device: str, image
     keep = _listed(out, stats_file)  # a --stats file the last run in --out listed is written again, not lost
     with run_output(out, "spectrum") as output:
         m = open_model(model, weights, device)
-        stats = saved if saved is not None else _statistics(m, layer, images, 9, batch_size, workers, rf,
-                                                             pre_activation)
+        stats, source = (saved, None) if saved is not None else _statistics(m, layer, images, 9, batch_size,
+                                                                             workers, rf, pre_activation)
         if keep:
             output.write(keep, stats.save)
         ls = stats[layer]
@@ -189,8 +205,8 @@ def spectrum_cmd(model: str, layer: str, weights: str | None, device: str, image
         for c in track(chosen, show_progress(), "spectra", total=len(chosen), unit="unit"):
             spec = spectrum(stats, layer, c, examples=n_examples)
             band_crops = None
-            if not stats_file and n_examples:
-                band_crops = [example_crops(m, b.examples, source=images, rf=ls.rf) for b in spec.bands]
+            if source is not None and n_examples:
+                band_crops = [example_crops(m, b.examples, source=source, rf=ls.rf) for b in spec.bands]
             stem = f"spectrum_{_safe(layer)}_c{c:04d}"
             output.write(f"{stem}.png", partial(save_figure, spectrum_figure(spec, band_crops)))
             output.write_json(f"{stem}.json", spec.to_dict())

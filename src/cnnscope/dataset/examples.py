@@ -31,6 +31,7 @@ from ..capture.receptive_field import ReceptiveField, receptive_fields
 from ..errors import CnnscopeError, LayerError
 from ..models import ModelLike, as_model
 from .accumulate import LayerAccumulator
+from .classes import ClassAccumulator
 from .histograms import LogBins
 from .results import MAX_SKIPPED, DatasetStats, Example, merge_ranges, used_ids
 from .sources import ImageSource, SkippedImage, iterate_batches, open_source
@@ -56,15 +57,17 @@ class StatisticsAccumulator:
 
     Use it directly to add statistics to a loop of your own: call :meth:`add` with the image ids and each layer's
     values (``[B, C, h, w]``) and, with ``pre_activation`` for activation modules other than ReLU/ReLU6/Hardtanh,
-    their outputs.
+    their outputs. With ``classes`` (the class names of a labelled source) :meth:`add` also takes each image's class
+    index and the result has statistics per class (:class:`~.classes.ClassStats`; with ``class_histograms`` their
+    histograms too).
 
     Raises:
         LayerError: ``pre_activation`` and a layer that is not an activation module.
     """
 
     def __init__(self, model: ModelLike, layers: Iterable[str], *, pre_activation: bool = False, k: int = 9,
-                 bottom_k: int | None = None, band_samples: int = 6, bins: LogBins | None = None, seed: int = 0
-                 ) -> None:
+                 bottom_k: int | None = None, band_samples: int = 6, bins: LogBins | None = None, seed: int = 0,
+                 classes: list[str] | None = None, class_histograms: bool = False) -> None:
         if k < 1 or (bottom_k is not None and bottom_k < 1) or band_samples < 1:
             raise CnnscopeError("k, bottom_k and band_samples must be >= 1")
         self.model = as_model(model)
@@ -80,17 +83,20 @@ class StatisticsAccumulator:
         self.k, self.bottom_k = k, bottom_k or k
         self.band_samples, self.bins, self.seed = band_samples, bins or LogBins(), seed
         self._acc: dict[str, LayerAccumulator] = {}
+        self.classes, self.class_histograms = (list(classes) if classes else None), bool(class_histograms)
+        self._by_class: dict[str, ClassAccumulator] = {}
         self.images = 0
         self.ranges: list[tuple[int, int]] = []
         self.skipped: list[SkippedImage] = []
         self.n_skipped = 0
 
-    def add(self, ids: torch.Tensor, values: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor] | None = None
-            ) -> None:
-        """Add a batch: ``values[layer]`` and, where the output statistics need them, ``outputs[layer]``.
+    def add(self, ids: torch.Tensor, values: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor] | None = None,
+            labels: torch.Tensor | None = None) -> None:
+        """Add a batch: ``values[layer]`` and, where the output statistics need them, ``outputs[layer]``; with
+        ``classes``, the images' class indices ``labels`` (``-1``: no class).
 
         Shape:
-            - ids: ``[B]`` image ids; values / outputs: ``[B, C, h, w]``.
+            - ids, labels: ``[B]``; values / outputs: ``[B, C, h, w]``.
         """
         ids = ids.to(torch.int64)
         new = merge_ranges([(int(i), int(i) + 1) for i in ids.tolist()])
@@ -112,6 +118,11 @@ class StatisticsAccumulator:
             pos = torch.arange(h * w, device=v.device, dtype=torch.int64)
             keys = (ids.to(v.device)[:, None] * (h * w) + pos[None, :]).reshape(-1)
             acc.update(keys, v, None if outputs is None else outputs.get(name))
+            if self.classes is not None and labels is not None:
+                if name not in self._by_class:
+                    self._by_class[name] = ClassAccumulator(name, self.classes, c, self.bins if self.class_histograms
+                                                            else None, v.device)
+                self._by_class[name].update(labels, v)
         self.images += int(ids.numel())
         self.ranges = merge_ranges(self.ranges + new)
 
@@ -122,20 +133,26 @@ class StatisticsAccumulator:
 
     def result(self, source: ImageSource | None = None, receptive: dict[str, ReceptiveField] | None = None
                ) -> DatasetStats:
-        """The statistics so far; ``source`` names the example images, ``receptive`` gives their boxes."""
+        """The statistics so far; ``source`` names the example images (and gives their classes), ``receptive``
+        gives their boxes."""
         if not self._acc:
             raise CnnscopeError("no image was processed (all were unreadable or the source is empty)"
                                 + (f"; first problem: {self.skipped[0][0]}: {self.skipped[0][1]}"
                                    if self.skipped else ""))
         receptive = receptive or {}
         layers = {n: self._acc[n].result(receptive.get(n)) for n in self.layers}
-        names = {i: source.name(i) if source is not None else f"image {i}" for i in sorted(used_ids(layers.values()))}
+        for n, by_class in self._by_class.items():
+            layers[n].by_class = by_class.result()
+        used = sorted(used_ids(layers.values()))
+        names = {i: source.name(i) if source is not None else f"image {i}" for i in used}
+        labels = {i: lab for i in used if (lab := source.label(i)) is not None} if source is not None else {}
         m = self.model
         return DatasetStats(model=m.name, input_size=tuple(m.input_size), resize_mode=m.resize_mode,
                             source=source.describe() if source is not None else {"kind": "batches"},
                             images=self.images, id_ranges=self.ranges, names=names, skipped=self.skipped,
                             n_skipped=self.n_skipped, k=self.k, bottom_k=self.bottom_k,
-                            band_samples=self.band_samples, seed=self.seed, bins=self.bins, layers=layers)
+                            band_samples=self.band_samples, seed=self.seed, bins=self.bins, layers=layers,
+                            labels=labels)
 
 
 def _overlaps(new: list[tuple[int, int]], ranges: list[tuple[int, int]]) -> bool:
@@ -151,8 +168,8 @@ def _overlaps(new: list[tuple[int, int]], ranges: list[tuple[int, int]]) -> bool
 def collect_statistics(model: ModelLike, source: object, layers: str | Iterable[str], *,
                        pre_activation: bool = False, k: int = 9, bottom_k: int | None = None, band_samples: int = 6,
                        bins: LogBins | None = None, seed: int = 0, batch_size: int | None = None, num_workers: int = 0,
-                       progress: bool = False, receptive_field: str | None = "auto", channels_last: bool = True
-                       ) -> DatasetStats:
+                       progress: bool = False, receptive_field: str | None = "auto", channels_last: bool = True,
+                       by_class: bool = True, class_histograms: bool = False) -> DatasetStats:
     """One pass over a source of images collecting per-channel statistics of several layers.
 
     The model runs without gradients in temporary eval mode; forward passes stop after the deepest requested
@@ -177,6 +194,12 @@ def collect_statistics(model: ModelLike, source: object, layers: str | Iterable[
             and the statistics read such activations without copies); ``False``: contiguous ``NCHW`` batches, for
             models that need them. The statistics are exact either way (the two formats' convolutions may round
             differently in the last bits).
+        by_class: on a labelled source (class folders, a manifest with labels, ...), keep statistics per class
+            (``stats[layer].by_class``: images, mean of each image's maximum, largest value; see
+            :meth:`DatasetStats.top_classes`) and each example's class. ``False``: the examples still carry their
+            class, no per-class statistics are kept.
+        class_histograms: with ``by_class``, also a histogram of the values per class and channel (memory
+            ``classes x channels x bins x 8`` bytes per layer; refused above 1 GiB).
 
     Returns:
         :class:`DatasetStats` (every number a CPU tensor); unreadable images are skipped and listed in ``skipped``
@@ -185,8 +208,10 @@ def collect_statistics(model: ModelLike, source: object, layers: str | Iterable[
     """
     m = as_model(model)
     src = open_source(source)
+    classes = src.classes if by_class else None
     acc = StatisticsAccumulator(m, layers, pre_activation=pre_activation, k=k, bottom_k=bottom_k,
-                                band_samples=band_samples, bins=bins, seed=seed)
+                                band_samples=band_samples, bins=bins, seed=seed, classes=classes,
+                                class_histograms=class_histograms)
     receptive = None
     if receptive_field is not None:
         receptive = receptive_fields(m.module, acc.layers, m.input_size, method=receptive_field, progress=progress)
@@ -212,11 +237,13 @@ def collect_statistics(model: ModelLike, source: object, layers: str | Iterable[
                 if cap is not None:
                     cap.reset()
             driver.run(batch.tensor(m).contiguous(memory_format=fmt))
+            labels = torch.tensor([src.label_index(i) for i in batch.ids.tolist()], dtype=torch.int64) \
+                if src.classes is not None else None
             if pre_cap is None:
-                acc.add(batch.ids, {n: out_cap[n] for n in acc.layers})  # type: ignore[index]
+                acc.add(batch.ids, {n: out_cap[n] for n in acc.layers}, labels=labels)  # type: ignore[index]
             else:
                 acc.add(batch.ids, {n: pre_cap[n] for n in acc.layers},
-                        {n: out_cap[n] for n in outputs})  # type: ignore[index]
+                        {n: out_cap[n] for n in outputs}, labels=labels)  # type: ignore[index]
     return acc.result(src, receptive)
 
 

@@ -18,9 +18,10 @@ import torch
 from ..capture.receptive_field import ReceptiveField
 from ..errors import CnnscopeError, LayerError, unknown
 from ..outputs import atomic_path
+from .classes import ClassStats
 from .histograms import LogBins
 from .ranking import Kept, select
-from .sources import SkippedImage
+from .sources import SkippedImage, identity_of
 
 FORMAT = "cnnscope.dataset-stats/2"
 MAX_SKIPPED = 100
@@ -36,6 +37,7 @@ class Example:
         y, x: position in the layer's grid.
         value: the unit's value there (the layer's output, or its input with ``pre_activation``).
         box: ``(top, left, bottom, right)`` receptive-field box in the fitted input image (bottom/right exclusive).
+        label: the image's class in a labelled source, else ``None``.
     """
 
     image_id: int
@@ -44,10 +46,11 @@ class Example:
     x: int
     value: float
     box: tuple[int, int, int, int]
+    label: str | None = None
 
     def to_dict(self) -> dict:
-        return {"image_id": self.image_id, "name": self.name, "y": self.y, "x": self.x, "value": self.value,
-                "box": list(self.box)}
+        return {"image_id": self.image_id, "name": self.name, "label": self.label, "y": self.y, "x": self.x,
+                "value": self.value, "box": list(self.box)}
 
 
 @dataclass
@@ -149,6 +152,7 @@ class LayerStats:
         minimum, maximum: ``float32 [C]``.
         bands: uniform samples per channel and sampling band (``[C, n_bands, m]``).
         rf: the layer's receptive-field boxes (``None`` when not measured).
+        by_class: statistics per class of a labelled source (:class:`~.classes.ClassStats`), or ``None``.
     """
 
     layer: str
@@ -165,6 +169,7 @@ class LayerStats:
     maximum: torch.Tensor
     bands: Examples
     rf: ReceptiveField | None = None
+    by_class: ClassStats | None = None
 
     @property
     def channels(self) -> int:
@@ -210,6 +215,7 @@ class DatasetStats:
         skipped: :class:`~.sources.SkippedImage` ``(path, reason)`` of unreadable images (the first 100) and
             ``n_skipped`` in all.
         k, bottom_k, band_samples, seed, bins: the settings of the pass (results merge only with equal ones).
+        labels: image id -> class for every example image of a labelled source.
     """
 
     model: str
@@ -227,6 +233,7 @@ class DatasetStats:
     seed: int
     bins: LogBins
     layers: dict[str, LayerStats] = field(default_factory=dict)
+    labels: dict[int, str] = field(default_factory=dict)
 
     def __getitem__(self, layer: str) -> LayerStats:
         if layer not in self.layers:
@@ -245,7 +252,8 @@ class DatasetStats:
 
     def _records(self, ids: torch.Tensor, vals: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
                  boxes: torch.Tensor) -> list[Example]:
-        return [Example(i, self.names.get(i, f"image {i}"), y, x, v, tuple(box))  # type: ignore[arg-type]
+        return [Example(i, self.names.get(i, f"image {i}"), y, x, v, tuple(box),  # type: ignore[arg-type]
+                        self.labels.get(i))
                 for i, v, y, x, box in zip(ids.tolist(), vals.tolist(), ys.tolist(), xs.tolist(), boxes.tolist())
                 if i >= 0]
 
@@ -276,6 +284,33 @@ class DatasetStats:
         inside = torch.from_numpy((lower >= low) & (upper <= high))
         return int(ls.hist[c][inside].sum())
 
+    def top_classes(self, layer: str, channel: int, n: int | None = None) -> list[dict]:
+        """The classes that fire a channel most (a labelled source): ranked by the mean over each class's images of
+        the channel's maximum in the image, each ``{"class", "images", "mean_max", "mean", "max", "top"}`` (``top``:
+        how many of the channel's top-k examples come from that class).
+
+        Raises:
+            CnnscopeError: the statistics have no classes (an unlabelled source, or ``by_class=False``).
+        """
+        ls = self[layer]
+        c = ls.check_channel(channel)
+        if ls.by_class is None:
+            raise CnnscopeError(f"these statistics of {layer!r} have no classes: collect them from a labelled source "
+                                "(classes:FOLDER, a manifest with labels, shards with .cls members, hf:PATH)")
+        counts: dict[str, int] = {}
+        for ex in self.examples(layer, c):
+            if ex.label is not None:
+                counts[ex.label] = counts.get(ex.label, 0) + 1
+        return [{**row, "top": counts.get(row["class"], 0)} for row in ls.by_class.ranked(c, n)]
+
+    def examples_by_class(self, layer: str, channel: int, which: str = "top") -> dict[str | None, list[Example]]:
+        """A channel's ``top`` or ``bottom`` examples grouped by class (``None``: unlabelled), each group best
+        first, groups in the order of their best example."""
+        groups: dict[str | None, list[Example]] = {}
+        for ex in self.examples(layer, channel, which):
+            groups.setdefault(ex.label, []).append(ex)
+        return groups
+
     # -- merging ---------------------------------------------------------------------------------------
     def merge(self, other: DatasetStats) -> DatasetStats:
         """Combine two passes over disjoint images into exactly the result of one pass over both."""
@@ -284,6 +319,10 @@ class DatasetStats:
             if getattr(self, name) != getattr(other, name):
                 raise CnnscopeError(f"cannot merge statistics with different {name}: {getattr(self, name)!r} vs "
                                     f"{getattr(other, name)!r}")
+        mine, theirs = identity_of(self.source), identity_of(other.source)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise CnnscopeError(f"cannot merge statistics of two image sets (identities {mine[:19]} and "
+                                f"{theirs[:19]}); merge passes over parts of one source")
         if list(self.layers) != list(other.layers):
             raise CnnscopeError(f"cannot merge statistics of different layers: {list(self.layers)} vs "
                                 f"{list(other.layers)}")
@@ -295,7 +334,11 @@ class DatasetStats:
         layers = {name: _merge_layer(ls, other.layers[name]) for name, ls in self.layers.items()}
         used = used_ids(layers.values())
         names = {i: n for i, n in {**self.names, **other.names}.items() if i in used}
-        return replace(self, source={"kind": "merged", "parts": [self.source, other.source]},
+        source = {"kind": "merged", "parts": [self.source, other.source]}
+        if mine is not None and mine == theirs:
+            source["identity"] = mine
+        return replace(self, source=source, labels={i: lab for i, lab in {**self.labels, **other.labels}.items()
+                                                    if i in used},
                        images=self.images + other.images, id_ranges=merge_ranges(self.id_ranges + other.id_ranges),
                        names=names, skipped=(self.skipped + other.skipped)[:MAX_SKIPPED],
                        n_skipped=self.n_skipped + other.n_skipped, layers=layers)
@@ -321,16 +364,22 @@ class DatasetStats:
                 arrays[p + part + "_mean"], arrays[p + part + "_m2"] = m.mean.numpy(), m.m2.numpy()
             if ls.rf is not None:
                 arrays[p + "rf_boxes"] = ls.rf.boxes
+            bc = ls.by_class
+            if bc is not None:
+                for part in ("images", "max_sum", "mean_sum", "maximum") + (("hist",) if bc.hist is not None else ()):
+                    arrays[p + "class_" + part] = getattr(bc, part).numpy()
             layer_meta[name] = {"prefix": p, "pre_activation": ls.pre_activation, "grid": list(ls.grid),
                                 "count": ls.moments.count, "count_output": ls.moments_output.count,
                                 "rf": None if ls.rf is None else {"method": ls.rf.method,
-                                                                  "input_size": list(ls.rf.input_size)}}
+                                                                  "input_size": list(ls.rf.input_size)},
+                                "classes": None if ls.by_class is None else ls.by_class.classes}
         meta = {"format": FORMAT, "model": self.model, "input_size": list(self.input_size),
                 "resize_mode": self.resize_mode, "source": self.source, "images": self.images,
                 "id_ranges": [list(r) for r in self.id_ranges], "names": {str(k): v for k, v in self.names.items()},
                 "skipped": [list(s) for s in self.skipped], "n_skipped": self.n_skipped, "k": self.k,
                 "bottom_k": self.bottom_k, "band_samples": self.band_samples, "seed": self.seed,
-                "bins": self.bins.to_dict(), "layers": layer_meta}
+                "bins": self.bins.to_dict(), "layers": layer_meta,
+                "labels": {str(k): v for k, v in self.labels.items()}}
         arrays["meta"] = np.array(json.dumps(meta))
         path = Path(path)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # an interrupted save leaves no partial file
@@ -374,13 +423,23 @@ class DatasetStats:
                 moments=Moments(lm["count"], t(p + "moments_mean"), t(p + "moments_m2")),
                 moments_output=Moments(lm["count_output"], t(p + "moments_output_mean"), t(p + "moments_output_m2")),
                 positive=t(p + "positive"), minimum=t(p + "minimum"), maximum=t(p + "maximum"),
-                bands=ex("bands"), rf=rf)
+                bands=ex("bands"), rf=rf, by_class=_load_classes(lm.get("classes"), p, data))
         return cls(model=meta["model"], input_size=tuple(meta["input_size"]), resize_mode=meta["resize_mode"],
                    source=meta["source"], images=meta["images"], id_ranges=[tuple(r) for r in meta["id_ranges"]],
                    names={int(k): v for k, v in meta["names"].items()},
                    skipped=[SkippedImage(*s) for s in meta["skipped"]], n_skipped=meta["n_skipped"], k=meta["k"],
                    bottom_k=meta["bottom_k"],
-                   band_samples=meta["band_samples"], seed=meta["seed"], bins=LogBins(**meta["bins"]), layers=layers)
+                   band_samples=meta["band_samples"], seed=meta["seed"], bins=LogBins(**meta["bins"]), layers=layers,
+                   labels={int(k): v for k, v in meta.get("labels", {}).items()})
+
+
+def _load_classes(classes: list[str] | None, prefix: str, data) -> ClassStats | None:
+    if classes is None:
+        return None
+    p = prefix + "class_"
+    hist = torch.from_numpy(data[p + "hist"]) if p + "hist" in data else None
+    return ClassStats(list(classes), *(torch.from_numpy(data[p + part]) for part in
+                                       ("images", "max_sum", "mean_sum", "maximum")), hist=hist)
 
 
 def used_ids(layers: Iterable[LayerStats]) -> set[int]:
@@ -414,6 +473,8 @@ def _merge_examples(a: Examples, b: Examples, grid: tuple[int, int], rf: Recepti
 def _merge_layer(a: LayerStats, b: LayerStats) -> LayerStats:
     if a.grid != b.grid or a.channels != b.channels or a.pre_activation != b.pre_activation:
         raise CnnscopeError(f"layer {a.layer!r} has different shapes in the two statistics")
+    if (a.by_class is None) != (b.by_class is None):
+        raise CnnscopeError(f"layer {a.layer!r} has statistics per class in one of the two statistics only")
     rf = a.rf or b.rf
     return replace(
         a, top=_merge_examples(a.top, b.top, a.grid, rf, False, False),
@@ -422,4 +483,5 @@ def _merge_layer(a: LayerStats, b: LayerStats) -> LayerStats:
         hist=a.hist + b.hist, hist_output=a.hist_output + b.hist_output,
         moments=a.moments.merge(b.moments), moments_output=a.moments_output.merge(b.moments_output),
         positive=a.positive + b.positive, minimum=torch.minimum(a.minimum, b.minimum),
-        maximum=torch.maximum(a.maximum, b.maximum), rf=rf)
+        maximum=torch.maximum(a.maximum, b.maximum), rf=rf,
+        by_class=None if a.by_class is None or b.by_class is None else a.by_class.merge(b.by_class))
