@@ -105,7 +105,8 @@ def _brief(images: dict | None) -> str:
     if not images:
         return "none"
     origin = f": {images['origin']}" if "origin" in images else ""
-    return f"{images.get('images')} images ({images.get('kind')}{origin})"
+    ident = f", identity {images['identity'][:12]}" if images.get("identity") else ""
+    return f"{images.get('images')} images ({images.get('kind')}{origin}{ident})"
 
 
 def build_atlas(model: ModelLike, out: str | Path, layers: Sequence[str], *,

@@ -1,6 +1,8 @@
 """Dataset and circuit analysis (Cammarata et al., *Curve Detectors*, Distill 2020; OpenAI Microscope).
 
-- :mod:`.sources`: image sources (folders, globs, lists, ``Dataset``s, the sample photos) and batched loading.
+- :mod:`.sources`: image sources (folders, globs, lists, class folders ``classes:DIR``, CSV/JSONL manifests, tar
+  shards, Hugging Face datasets on disk ``hf:PATH``, ``Dataset``s, the sample photos), their identities and batched
+  loading; :mod:`.classes`: per-class statistics when a source has labels.
 - :mod:`.examples`: the streaming statistics pass (top/bottom-k examples with receptive-field boxes, mergeable
   histograms, moments, band samples) and example crops; results in :mod:`.results`.
 - :mod:`.spectrum`: activation spectrum (density, contribution to the expected value, examples per band).
@@ -12,6 +14,7 @@ tensors, crops are ``uint8 [N, h, w, 3]`` pictures.
 """
 
 from .circuits import attribution, connection, expanded_weights, feeding_layer, render_attribution
+from .classes import ClassStats
 from .examples import StatisticsAccumulator, collect_statistics, crop, crops, example_crops
 from .factorize import factorize_dataset, factorize_image
 from .histograms import LogBins
@@ -19,7 +22,7 @@ from .results import DatasetStats, Example, Examples, LayerStats
 from .sources import ImageSource, SampleSource, iterate_batches, open_source
 from .spectrum import spectrum
 
-__all__ = ["DatasetStats", "Example", "Examples", "ImageSource", "LayerStats", "LogBins", "SampleSource",
+__all__ = ["ClassStats", "DatasetStats", "Example", "Examples", "ImageSource", "LayerStats", "LogBins", "SampleSource",
            "StatisticsAccumulator", "attribution", "collect_statistics", "connection", "crop", "crops",
            "example_crops", "expanded_weights", "factorize_dataset", "factorize_image", "feeding_layer",
            "iterate_batches", "open_source", "render_attribution", "spectrum"]
