@@ -13,7 +13,7 @@ import pytest
 
 from cnnscope.cli import main
 from cnnscope.errors import CnnscopeError
-from cnnscope.outputs import MANIFEST, OutputError, atomic_path, check_folder, run_output, write_text
+from cnnscope.outputs import FORMAT, MANIFEST, OutputError, atomic_path, check_folder, run_output, write_text
 
 
 def _files(folder) -> list[str]:
@@ -119,18 +119,19 @@ def test_manifest_is_written_last_and_lists_the_runs_files(tmp_path):
     assert json.loads((out.folder / "a.json").read_text()) == {"x": 1}
 
 
-def test_failed_run_leaves_no_manifest(tmp_path):
+def test_failed_run_leaves_no_manifest_and_the_next_run_cleans_up(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         with run_output(tmp_path, "render") as out:
             out.write_json("a.json", {})
             raise KeyboardInterrupt
     assert _files(tmp_path) == [".manifest.partial.json", "a.json"]  # no manifest: an unfinished run
-    with run_output(tmp_path, "render") as out:  # the next run removes the unfinished run's files too
+    with run_output(tmp_path, "render") as out:  # the next run of the command removes the unfinished run's files
         out.write_json("b.json", {})
+        assert (tmp_path / "a.json").exists()  # ... only once it has succeeded
     assert _files(tmp_path) == ["b.json", MANIFEST]
 
 
-def test_a_new_run_removes_only_the_files_the_previous_run_listed(tmp_path):
+def test_stale_files_go_only_after_a_run_of_the_same_command_succeeds(tmp_path):
     (tmp_path / "notes.txt").write_text("the user's")
     with run_output(tmp_path, "examples") as out:
         for name in ("old_c0001.png", "old_c0002.png", "examples.json", "sub/x.png"):
@@ -138,15 +139,29 @@ def test_a_new_run_removes_only_the_files_the_previous_run_listed(tmp_path):
     assert len(_files(tmp_path)) == 6
     with pytest.raises(RuntimeError):
         with run_output(tmp_path, "examples") as out:
-            # the previous run's files are gone before any new one is written, and so is its manifest
-            assert _files(tmp_path) == ["notes.txt"]
+            assert not (tmp_path / MANIFEST).exists()  # no finished run in the folder from now on
             out.write_json("examples.json", {"new": True})
             raise RuntimeError("failed half-way")
-    assert _files(tmp_path) == [".manifest.partial.json", "examples.json", "notes.txt"]
-    with run_output(tmp_path, "examples") as out:  # the failed run's files go too, the user's stay
+    # a failed run destroys nothing: the earlier results are all still there
+    assert _files(tmp_path) == [".manifest.partial.json", "examples.json", "notes.txt", "old_c0001.png",
+                                "old_c0002.png", "sub/x.png"]
+    with run_output(tmp_path, "examples") as out:
         out.write("c0003.png", lambda p: p.write_bytes(b"3"))
     assert _files(tmp_path) == ["c0003.png", MANIFEST, "notes.txt"]
     assert json.loads((tmp_path / MANIFEST).read_text())["files"] == ["c0003.png"]
+
+
+def test_another_commands_files_are_never_removed(tmp_path):
+    """A training run's checkpoints, read by a later command writing to the same folder, survive it."""
+    with run_output(tmp_path, "train") as out:
+        out.write("epoch_1.pt", lambda p: p.write_bytes(b"1"))
+    with run_output(tmp_path, "evolution") as out:
+        assert (tmp_path / "epoch_1.pt").read_bytes() == b"1"
+        out.write("evolution.png", lambda p: p.write_bytes(b"2"))
+    assert _files(tmp_path) == ["epoch_1.pt", "evolution.png", MANIFEST]
+    with run_output(tmp_path, "evolution") as out:
+        out.write("evolution.png", lambda p: p.write_bytes(b"3"))
+    assert _files(tmp_path) == ["epoch_1.pt", "evolution.png", MANIFEST]
 
 
 def test_a_manifest_never_removes_files_outside_its_folder(tmp_path):
@@ -154,18 +169,21 @@ def test_a_manifest_never_removes_files_outside_its_folder(tmp_path):
     folder.mkdir()
     outside.write_text("keep")
     (folder / "listed.txt").write_text("1")
-    (folder / MANIFEST).write_text(json.dumps({"files": ["../precious.txt", str(outside), "listed.txt", "missing"]}))
+    listing = {"format": FORMAT, "command": "x", "files": ["../precious.txt", str(outside), "listed.txt", "missing"]}
+    (folder / MANIFEST).write_text(json.dumps(listing))
     with run_output(folder, "x"):
         pass
     assert outside.read_text() == "keep" and _files(folder) == [MANIFEST]
 
 
-def test_a_broken_manifest_is_replaced(tmp_path):
-    (tmp_path / MANIFEST).write_text("{not json")
-    (tmp_path / "kept.png").write_text("1")
-    with run_output(tmp_path, "x") as out:
-        out.write_json("r.json", [])
-    assert _files(tmp_path) == ["kept.png", MANIFEST, "r.json"]
+def test_a_foreign_or_broken_manifest_is_never_read_or_replaced(tmp_path):
+    for text in ('{"name": "web app", "files": ["kept.png"]}', "{not json"):
+        (tmp_path / MANIFEST).write_text(text)
+        (tmp_path / "kept.png").write_text("1")
+        with pytest.raises(OutputError, match="cnnscope did not write"):
+            with run_output(tmp_path, "x"):
+                pass
+        assert _files(tmp_path) == ["kept.png", MANIFEST] and (tmp_path / MANIFEST).read_text() == text
 
 
 # -- every command that writes a folder checks it first ------------------------------------------------------

@@ -3,11 +3,14 @@
 A command that writes a folder of results opens it with :func:`run_output` *before* it loads a model or reads
 images, so an unwritable or invalid ``--out`` costs nothing. Every file is written to a temporary name in the same
 folder and renamed into place when complete (an interrupted write leaves no truncated file under the real name).
-The folder's ``manifest.json`` lists the files of the last run that finished; it is removed when a run starts and
-written when it ends, so a folder without a manifest holds no finished run, and the files a previous run listed are
-removed when a new run starts (nothing stale sits beside new results). A run in progress keeps the names of its
-files in a hidden ``.manifest.partial.json``, so the files of a run that was interrupted are removed by the next
-one too. Files neither list names are never touched.
+
+The folder's ``manifest.json`` lists the files of the last run that finished. It is removed when a run starts and
+written when the run ends without an error, so a folder without a manifest holds no finished run. While a run is in
+progress its files (and the listings of the runs before it) are kept in a hidden ``.manifest.partial.json``. When a
+run finishes, the files that earlier runs *of the same command* listed and this run did not write again are removed,
+so no stale result sits beside new ones; nothing is removed before the work succeeded, nothing another command
+wrote (a training run's checkpoints that ``evolution`` reads from the same folder) and nothing no cnnscope listing
+names (a listing must carry :data:`FORMAT`; another tool's ``manifest.json`` is left alone).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from .errors import CnnscopeError
 
 MANIFEST = "manifest.json"
 PARTIAL = ".manifest.partial.json"
+#: Marks cnnscope's listings: a ``manifest.json`` without it (another tool's) is never read or removed.
+FORMAT = "cnnscope-run/1"
 
 
 class OutputError(CnnscopeError):
@@ -79,13 +84,14 @@ class RunOutput:
     def __init__(self, folder: Path, command: str) -> None:
         self.folder, self.command = folder, command
         self.files: list[str] = []
+        self.previous: list[dict] = []
 
     def path(self, name: str) -> Path:
         """The path of ``name`` in the folder, listed in the manifest (write it atomically yourself, e.g. with
         :func:`atomic_path`, or use :meth:`write`)."""
         if name not in self.files:
             self.files.append(name)
-            write_text(self.folder / PARTIAL, json.dumps({"command": self.command, "files": self.files}))
+            self._write_partial()
         return self.folder / name
 
     def write(self, name: str, writer: Callable[[Path], object]) -> Path:
@@ -98,39 +104,66 @@ class RunOutput:
     def write_json(self, name: str, data: object) -> Path:
         return self.write(name, lambda p: p.write_text(json.dumps(data, indent=2, default=str)))
 
-    def _clear_previous(self) -> None:
-        old: list[object] = []
+    def _write_partial(self) -> None:
+        data = {"format": FORMAT, "command": self.command, "files": self.files, "previous": self.previous}
+        write_text(self.folder / PARTIAL, json.dumps(data))
+
+    def _start(self) -> None:
+        """Take over the listings of earlier runs (cnnscope's own only: they carry :data:`FORMAT`) and remove the
+        manifest: from now on the folder holds no finished run. No file is removed here."""
         for listing in (self.folder / MANIFEST, self.folder / PARTIAL):
-            if not listing.exists():
+            data = _read_listing(listing)
+            if data is None:
+                if listing.name == MANIFEST and listing.exists():
+                    raise OutputError(f"{str(self.folder)!r} holds a {MANIFEST} that cnnscope did not write; choose "
+                                      "another output folder")
                 continue
-            try:
-                files = json.loads(listing.read_text()).get("files", [])
-                old += files if isinstance(files, list) else []
-            except (OSError, ValueError, AttributeError):
-                pass
+            self.previous += [{"command": data.get("command"), "files": data.get("files", [])},
+                              *data.get("previous", [])]
             listing.unlink()
-        root = self.folder.resolve()
-        for name in old:
-            p = (self.folder / str(name)).resolve()
-            if p.is_file() and root in p.parents:
-                p.unlink()
+        if self.previous:
+            self._write_partial()
 
     def _finish(self) -> None:
-        data = {"command": self.command, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        """After a run that ended without an error: the files earlier runs *of the same command* listed and this
+        one did not write are removed (so no stale result sits beside new ones), then the manifest is written.
+        Files of other commands (a training run's checkpoints that this run read) are never removed."""
+        root = self.folder.resolve()
+        for entry in self.previous:
+            if entry.get("command") != self.command:
+                continue
+            for name in entry.get("files", []):
+                p = (self.folder / str(name)).resolve()
+                if str(name) not in self.files and p.is_file() and root in p.parents:
+                    p.unlink()
+        data = {"format": FORMAT, "command": self.command, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "files": [f for f in self.files if (self.folder / f).exists()]}
         write_text(self.folder / MANIFEST, json.dumps(data, indent=2))
         (self.folder / PARTIAL).unlink(missing_ok=True)
 
 
+def _read_listing(path: Path) -> dict | None:
+    """A manifest or partial listing written by cnnscope (``None`` for anything else, which is left alone)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("files"), list):
+        return None
+    data["previous"] = [e for e in data.get("previous", []) if isinstance(e, dict)]
+    return data
+
+
 @contextmanager
 def run_output(folder: str | Path, command: str) -> Iterator[RunOutput]:
-    """Open ``folder`` for one run of ``command``: checked writable now, the previous run's listed files removed,
-    ``manifest.json`` written when the block ends without an error (see the module docstring).
+    """Open ``folder`` for one run of ``command``: checked writable now; when the block ends without an error, the
+    stale files of earlier runs of the same command removed and ``manifest.json`` written (see the module
+    docstring).
 
     Raises:
         OutputError: the folder cannot be written.
     """
     out = RunOutput(check_folder(folder), command)
-    out._clear_previous()
+    out._start()
     yield out
     out._finish()

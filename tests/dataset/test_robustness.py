@@ -199,10 +199,15 @@ def test_an_interrupted_examples_run_leaves_no_partial_file_and_no_manifest(tiny
     rc = main(base + ["--channels", "3,4,5"])
     assert rc == 130 and capsys.readouterr().err.strip() in ("aborted", "interrupted")
     left = sorted(p.name for p in out.iterdir())
-    # the previous run's listed files are gone, the first new sheet is complete, nothing half-written remains
-    assert left == [".manifest.partial.json", "act2_c0003.png", "stats.npz"]  # no manifest: unfinished
+    # no manifest (an unfinished run), the first new sheet is complete, nothing half-written remains, and the
+    # earlier finished run's files are still there (they go only when a run of the command succeeds)
+    assert left == [".manifest.partial.json", "act2_c0000.png", "act2_c0001.png", "act2_c0002.png",
+                    "act2_c0003.png", "examples.json", "stats.npz"]
     assert Image.open(out / "act2_c0003.png").size[0] > 100
     assert DatasetStats.load(out / "stats.npz").images == 8
+    monkeypatch.setattr(Figure, "savefig", real)
+    assert main(base + ["--channels", "3"]) == 0  # a run that succeeds removes what earlier runs left
+    assert sorted(p.name for p in out.iterdir()) == ["act2_c0003.png", "examples.json", MANIFEST, "stats.npz"]
 
 
 def test_a_stats_file_in_the_out_folder_survives_a_new_run_there(tiny_cli, tmp_path, capsys):
@@ -214,7 +219,8 @@ def test_a_stats_file_in_the_out_folder_survives_a_new_run_there(tiny_cli, tmp_p
     assert main(["spectrum", "tiny", LAYER, "--stats", str(out / "stats.npz"), "-c", "1", "--out", str(out)]) == 0
     files = json.loads((out / MANIFEST).read_text())["files"]
     assert files == ["stats.npz", "spectrum_act2_c0001.png", "spectrum_act2_c0001.json"]
-    assert not (out / "act2_c0000.png").exists() and not (out / "examples.json").exists()  # the old run's files
+    # another command's files stay (they go when a later run of that command succeeds)
+    assert (out / "act2_c0000.png").exists() and (out / "examples.json").exists()
     assert main(["examples", "tiny", LAYER, "--stats", str(out / "stats.npz"), "--channels", "2", "--out",
                  str(out)]) == 0
     again = DatasetStats.load(out / "stats.npz")

@@ -12,6 +12,7 @@ from PIL import Image
 from cnnscope.cli import main
 from cnnscope.featurevis import OBJECTIVES, describe_objectives, register_objective
 from cnnscope.featurevis.objectives import LayerObjective
+from cnnscope.outputs import FORMAT
 
 
 def test_render_writes_images_grid_and_sidecar(tmp_path, capsys):
@@ -108,7 +109,7 @@ def test_demo_section(tmp_path, capsys):
     (tmp_path / "atlas").mkdir()
     (tmp_path / "atlas" / "atlas.sqlite").write_text("an earlier demo's atlas")
     (tmp_path / "stale.png").write_text("an earlier demo's picture")
-    (tmp_path / "manifest.json").write_text(json.dumps({"files": ["stale.png"]}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": FORMAT, "command": "demo", "files": ["stale.png"]}))
     assert main(["demo", "--quick", "--only", "30", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "textures -> patterns -> parts" in out

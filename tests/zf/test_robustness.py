@@ -182,12 +182,12 @@ def fake_open(monkeypatch):
     """Every zf command opens a wrapped ResidualNet; ``opened`` counts the loads."""
     state = {"opened": 0}
 
-    def open_any(model, weights, device):
+    def open_model(model, weights, device):
         state["opened"] += 1
         return wrap(ResidualNet().eval(), input_size=12)
 
-    monkeypatch.setattr("cnnscope.cli.zf.open_any", open_any)
-    monkeypatch.setattr("cnnscope.cli.zf_train.open_any", open_any)
+    monkeypatch.setattr("cnnscope.cli.zf.open_model", open_model)
+    monkeypatch.setattr("cnnscope.cli.zf_train.open_model", open_model)
     return state
 
 
@@ -234,13 +234,13 @@ def test_top9_methods_on_the_command_line(capsys, tmp_path, fake_open):
         data = json.loads((out / "top9.json").read_text())
         assert data["method"] == method and len(data["entries"]["1"]) == 2
         assert json.loads((out / "manifest.json").read_text())["files"] == ["top9.json", "top9.png"]
-    # another command into the same folder: the previous run's files go, the new ones are listed
+    # another command into the same folder: the new files are listed, the other command's files stay
     code, text, err = run(capsys, "deconv", "M", "sample:chelsea", "--layer", "layer1", "--channel", "1",
                           "--method", "guided", "--out", out)
     assert code == 0, err and "(guided)" in text
     files = json.loads((out / "manifest.json").read_text())["files"]
     assert sorted(files) == ["deconv.json", "deconv.npy", "deconv.png"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(files + ["manifest.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(files + ["manifest.json", "top9.json", "top9.png"])
     assert np.load(out / "deconv.npy").shape == (3, 12, 12)
 
 

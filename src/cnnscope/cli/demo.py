@@ -30,16 +30,16 @@ class DemoContext:
 ATLAS_FOLDER = "atlas"
 
 
-def _written_since(folder: Path, since: float) -> list[str]:
-    """Files below ``folder`` written at or after ``since`` (the run's own), relative, except the atlas's and
-    temporary ones."""
-    names = []
+def _files_now(folder: Path) -> dict[str, int]:
+    """``relative path -> modification time (ns)`` of the files below ``folder`` that a tour lists: not the atlas's,
+    not temporary ones, not the manifest."""
+    out = {}
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
         if (p.is_file() and rel.parts[0] != ATLAS_FOLDER and not any(part.startswith(".") for part in rel.parts)
-                and rel.name != MANIFEST and p.stat().st_mtime >= since):
-            names.append(rel.as_posix())
-    return names
+                and rel.name != MANIFEST):
+            out[rel.as_posix()] = p.stat().st_mtime_ns
+    return out
 
 
 _SECTIONS: list[tuple[int, str, Callable[[DemoContext], None]]] = []
@@ -93,7 +93,7 @@ def demo_cmd(out: str, device: str, quick: bool, only: str | None, serve: bool) 
         raise CnnscopeError(f"--only takes section numbers like 10,20, got {only!r}") from None
     dev = resolve_device(device)
     with run_output(out, "demo") as output:  # an unwritable --out fails before the model loads
-        started = time.time() - 2.0  # margin for file systems with coarse timestamps
+        before = _files_now(output.folder)
         model = load_model(device=dev)
         click.echo(f"model: {model.name} ({model.weights_note}), input {model.input_size}, device {model.device}")
         ctx = DemoContext(model=model, images=sample_images(), out=output.folder, quick=quick, extra={})
@@ -104,8 +104,9 @@ def demo_cmd(out: str, device: str, quick: bool, only: str | None, serve: bool) 
             t0 = time.perf_counter()
             fn(ctx)
             click.echo(f"   ({time.perf_counter() - t0:.1f}s)")
-        for name in _written_since(output.folder, started):
-            output.path(name)
+        for name, mtime in _files_now(output.folder).items():  # the tour's own files: new or written again
+            if before.get(name) != mtime:
+                output.path(name)
     click.echo(f"\noutputs in {ctx.out}/")
     if serve:
         from .atlas import serve_demo

@@ -88,8 +88,12 @@ class FastForward:
                     plan = err
                 except CnnscopeError:  # the user's mistake (an unknown split layer): said as it is
                     raise
-                except Exception as err:  # noqa: BLE001 - e.g. a model that asserts its input size: full forwards
-                    plan = IncrementalUnavailable(f"the model cannot run the planning probes ({_brief(err)})")
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - e.g. a model that asserts its input size: full forwards,
+                    # for this call only (not remembered: the next call plans again, so nothing transient sticks)
+                    reasons.append(f"the model cannot run the planning probes ({_brief(err)})")
+                    break
                 remember(self.model, key, plan)
             if isinstance(plan, IncrementalUnavailable):
                 reasons.append(str(plan))
