@@ -81,9 +81,14 @@ def file_entry(path: str | Path, member: str = "") -> str:
 
 
 def hash_entries(entries: Iterable[str]) -> str:
-    """The identity of an image set: ``sha256:`` of its sorted member lines (:func:`file_entry`)."""
+    """The identity of an image set: ``sha256:`` of its member lines (:func:`file_entry`) **in image-id order**.
+
+    Image ids are positions, so the order is part of what a result refers to: a manifest whose rows were reordered
+    (or relabelled: sources add each image's class to its line) is another image set. A folder lists its images
+    sorted by path, so its identity is that of the sorted list of its files.
+    """
     h = hashlib.sha256()
-    for line in sorted(entries):
+    for line in entries:
         h.update(line.encode("utf-8", "surrogateescape") + b"\n")
     return "sha256:" + h.hexdigest()
 

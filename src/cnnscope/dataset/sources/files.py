@@ -51,9 +51,11 @@ class FileSource(Labelled):
         return load_image(self._absolute[index])
 
     def identity(self) -> str:
-        """``sha256`` of the sorted resolved paths with their sizes and modification times (computed once)."""
+        """``sha256`` of the resolved paths in id order with their sizes, modification times and classes (computed
+        once)."""
         if self._identity is None:
-            self._identity = hash_entries(file_entry(p) for p in self._absolute)
+            labels = [self.classes[t] if self.classes is not None and t >= 0 else "" for t in self.targets]
+            self._identity = hash_entries(f"{file_entry(p)}\t{lab}" for p, lab in zip(self._absolute, labels))
         return self._identity
 
     def problems(self) -> list[SkippedImage]:
