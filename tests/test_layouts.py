@@ -262,6 +262,32 @@ def test_undetermined_layout_is_one_error_naming_layout_and_the_override_works()
         Capture(net, "opaque", layout="chw")
 
 
+def test_a_declared_layout_reaches_every_reader_of_the_model():
+    """The error names declare_layout; once declared, functions without a layout= option (a render, a unit read
+    through Capture's default) read the layer in that layout, and an explicit layout= still wins."""
+    from cnnscope.capture import declare_layout, declared_layouts
+    from cnnscope.featurevis import channel, render
+
+    net = PermuteNet()
+    x = torch.randn(2, 3, 10, 12)
+    with pytest.raises(LayerError, match=r"declare_layout\(model, \{'opaque': 'nhwc'\}\)"):
+        render(net, channel("opaque", 1), steps=1, size=16)
+    declare_layout(net, {"opaque": "nhwc"})
+    assert declared_layouts(net) == {"opaque": "nhwc"} and declared_layouts(PermuteNet()) == {}
+    raw = raw_output(net, "opaque", x)
+    with torch.no_grad(), Capture(net, "opaque") as cap:
+        cap.run(x)
+    assert torch.equal(cap["opaque"], raw.permute(0, 3, 1, 2))
+    with torch.no_grad(), Capture(net, "opaque", layout="raw") as cap:
+        cap.run(x)
+    assert torch.equal(cap["opaque"], raw)
+    assert render(net, channel("opaque", 1), steps=1, size=16).images.shape[0] == 1
+    with pytest.raises(LayerError):
+        declare_layout(net, {"opaqe": "nhwc"})
+    with pytest.raises(LayerError, match="layout must be one of"):
+        declare_layout(net, {"opaque": "chw"})
+
+
 def test_a_layer_that_did_not_run_is_reported_before_its_layout():
     class Skips(nn.Module):
         def __init__(self) -> None:
@@ -395,7 +421,25 @@ AUTO = [
     pytest.param(CatNet, 16, "block", id="cat_block"),
     pytest.param(tiny_vit, 64, "encoder.layers.encoder_layer_1.ln_1", id="vit"),
     pytest.param(tiny_swin, 224, "norm", id="swin"),
+    pytest.param(lambda: PooledFeaturesNet(), 64, "features.3", id="pool-inside-features"),
+    pytest.param(_tv("squeezenet1_1"), 64, "classifier.1", id="squeezenet-class-map"),
 ]
+
+
+class PooledFeaturesNet(nn.Module):
+    """A stem, then features that end in their own global pool (a common custom layout): the final map is the
+    last ReLU inside ``features``, never the stem before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        seeded(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU())
+        self.features = nn.Sequential(nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(self.stem(x)).flatten(1))
 
 
 @pytest.mark.parametrize("build,size,want", AUTO)
@@ -479,3 +523,33 @@ def test_unit_targets_and_renders_read_the_layout():
     assert res.images.shape == (1, 64, 64, 3) and torch.isfinite(res.activations).all()
     with pytest.raises(LayerError, match="has 32 channels"):
         render(vit, channel("encoder.layers.encoder_layer_1", 32), steps=2, size=64)  # 32 features, not 17 tokens
+
+
+class TinyMixer(nn.Module):
+    """MLP-Mixer's two MLPs: channel mixing reads ``[B, N, C]`` rows, token mixing reads the transposed ``[B, C, N]``
+    rows. With C = 64 a square, ``[B, C, N]`` looks like tokens on an 8x8 grid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        seeded(0)
+        self.patch = nn.Conv2d(3, 64, 8, stride=8)  # 32 px: N = 16 tokens of C = 64
+        self.norm = nn.LayerNorm(64)
+        self.mlp_tokens = nn.Linear(16, 16)
+        self.mlp_channels = nn.Linear(64, 64)
+        self.head = nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.norm(self.patch(x).flatten(2).transpose(1, 2))
+        t = t + self.mlp_tokens(t.transpose(1, 2)).transpose(1, 2)
+        return self.head(self.mlp_channels(t).mean(1))
+
+
+def test_a_token_mixing_tensor_is_never_read_as_tokens():
+    infos = {i.name: i for i in list_layers(TinyMixer(), 32)}
+    assert infos["mlp_tokens"].output_shape == (64, 16)
+    assert infos["mlp_tokens"].layout is None  # not "tokens" with an 8x8 grid of 16 channels
+    assert infos["mlp_channels"].layout is None  # its transpose is read as rows too: which axis is which is unknown
+    assert infos["patch"].layout == "nchw"
+    with pytest.raises(LayerError, match="declare_layout"):
+        with torch.no_grad(), Capture(TinyMixer(), "mlp_tokens") as cap:
+            cap.run(torch.randn(1, 3, 32, 32))

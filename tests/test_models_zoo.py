@@ -90,12 +90,15 @@ def test_checkpoint_that_does_not_fit(tmp_path):
         load_model("resnet18", weights=tmp_path / "missing.pth")
 
 
-def test_list_models_marks_pretrained():
+def test_list_models_marks_pretrained(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache: only embedded weights are here
     rows = list_models(include_timm=False)
-    assert rows[0] == {"name": "efficientnet_lite0", "source": "embedded", "pretrained": True}
+    assert {k: rows[0][k] for k in ("name", "source", "pretrained", "weights")} == {
+        "name": "efficientnet_lite0", "source": "embedded", "pretrained": True, "weights": "embedded"}
     names = {r["name"] for r in rows}
-    assert {"resnet18", "vgg11", "alexnet", "googlenet"} <= names
-    assert not any(r["pretrained"] for r in rows[1:])
+    assert {"resnet18", "vgg11", "alexnet", "inceptionv1", "googlenet", "torchvision:alexnet"} <= names
+    assert {r["name"] for r in rows if r["pretrained"]} <= {"efficientnet_lite0", "efficientnet_lite1",
+                                                            "efficientnet_lite2"}
 
 
 def test_imagenet_labels_offline():

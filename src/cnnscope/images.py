@@ -255,10 +255,21 @@ def sample_images(names: tuple[str, ...] | list[str] | None = None) -> dict[str,
     return out
 
 
-def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an ``uint8`` RGB array to ``(height, width)`` with bilinear filtering (antialiased)."""
+#: ``resample=`` names of :func:`resize` (the interpolations torchvision's and timm's weights ask for)
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+def resize(image: np.ndarray, size: tuple[int, int], *, resample: str = "bilinear") -> np.ndarray:
+    """Resize an ``uint8`` RGB array to ``(height, width)``, antialiased, with ``resample`` filtering
+    (``"bilinear"``, ``"bicubic"`` or ``"nearest"``).
+
+    Raises:
+        ImageError: another ``resample`` name.
+    """
+    if resample not in RESAMPLE:
+        raise ImageError(f"unknown resample {resample!r}; use {', '.join(RESAMPLE)}")
     h, w = size
-    return np.asarray(Image.fromarray(image).resize((int(w), int(h)), Image.BILINEAR), dtype=np.uint8)
+    return np.asarray(Image.fromarray(image).resize((int(w), int(h)), RESAMPLE[resample]), dtype=np.uint8)
 
 
 def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -317,8 +328,10 @@ def to_float(images: np.ndarray | list[np.ndarray] | tuple[np.ndarray, ...], dev
 
 def save_image(image: np.ndarray | torch.Tensor, path: str | Path) -> Path:
     """Write an image (``uint8`` HWC, or floats in [0, 1]) as PNG/JPEG by suffix; returns the path."""
+    from .outputs import atomic_path
+
     arr = image if isinstance(image, np.ndarray) and image.dtype == np.uint8 else to_uint8(image)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
+    with atomic_path(path) as tmp:  # an interrupted write leaves no truncated picture under the real name
+        Image.fromarray(arr).save(tmp)
     return path

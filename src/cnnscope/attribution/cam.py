@@ -91,14 +91,17 @@ def auto_layer(model: ModelLike, *, input_size: tuple[int, int] | None = None) -
 
 def _block_inside(info: LayerInfo, table: dict[str, LayerInfo]) -> bool:
     """Whether ``info``'s map is made inside a block that returns another map (one branch of an Inception block
-    whose own output is 1x1 at a small input size): a block's internals are never its final map."""
+    whose own output is 1x1 at a small input size): a block's internals are never its final map. A ``Sequential``
+    is not such a block (``features = Sequential(conv, relu, AdaptiveAvgPool2d(1))``: its last map is the final
+    one)."""
     name = info.name
     while "." in name:
         name = name.rsplit(".", 1)[0]
         parent = table.get(name)
         if parent is None or parent.calls != 1 or parent.output_id == info.output_id:
             continue
-        if parent.layout in ("nchw", "nhwc"):
+        # a Sequential runs its children one after another: a map made inside it flows on to its (pooled) output
+        if parent.layout in ("nchw", "nhwc") and parent.kind != "Sequential":
             return True
     return False
 

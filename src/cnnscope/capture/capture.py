@@ -7,6 +7,7 @@ inside the ``with`` block and are removed in ``finally``. Activations are handed
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import LayerError
-from ..units import LAYOUT_HINT, as_nchw, check_layout
+from ..units import as_nchw, check_layout
 from .layout import LayoutProbe, channels_first_module
 from .state import StopForward, evaluating, first_tensor, is_activation, module_of, resolve_layers
 
@@ -24,6 +25,29 @@ if TYPE_CHECKING:
 
 REUSE_MODES = ("error", "all", "last")
 LayoutOption = str | Mapping[str, str] | None
+
+
+_DECLARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def declare_layout(model: ModelLike, layouts: Mapping[str, str]) -> None:
+    """Say once how layers of ``model`` are laid out (``{layer: "nchw" | "nhwc" | "tokens" | "tokens+cls"}``), for
+    every function that reads them (renders, statistics, attribution, ...) while the model lives: the layouts the
+    detection (:mod:`.layout`) cannot determine, or a correction of it. A ``layout=`` option of :class:`Capture` or
+    :func:`~cnnscope.capture.list_layers` still wins for its call.
+
+    Raises:
+        LayerError: an unknown layer or layout name.
+    """
+    module = module_of(model)
+    resolve_layers(module, list(layouts))
+    checked = {name: check_layout(lay) for name, lay in layouts.items()}
+    _DECLARED.setdefault(module, {}).update(checked)
+
+
+def declared_layouts(model: ModelLike) -> dict[str, str]:
+    """The layouts :func:`declare_layout` recorded for ``model`` (``{}`` when none)."""
+    return dict(_DECLARED.get(module_of(model), {}))
 
 
 def layout_overrides(layout: LayoutOption, names: Iterable[str]) -> dict[str, str]:
@@ -51,7 +75,9 @@ def layout_overrides(layout: LayoutOption, names: Iterable[str]) -> dict[str, st
 def undetermined(layer: str, shape: tuple[int, ...], why: str) -> LayerError:
     """The error for a layer whose layout cannot be determined (one line, naming the ``layout=`` option)."""
     return LayerError(f"the layout of layer {layer!r} (output {list(shape)}) cannot be determined: {why}; "
-                      f"{LAYOUT_HINT} for it (e.g. layout={{{layer!r}: 'nhwc'}}), or choose another layer")
+                      f"declare it once with cnnscope.capture.declare_layout(model, {{{layer!r}: 'nhwc'}}) (layouts: "
+                      "nchw, nhwc, tokens, tokens+cls; Capture and list_layers also take layout=), or choose another "
+                      "layer")
 
 
 class Capture:
@@ -113,7 +139,8 @@ class Capture:
         self.clone = clone
         self.eval_mode = eval_mode
         self.raw = layout == "raw"
-        self.layouts: dict[str, str] = layout_overrides(layout, self.names)
+        declared = {} if self.raw else {k: v for k, v in declared_layouts(module).items() if k in self.names}
+        self.layouts: dict[str, str] = {**declared, **layout_overrides(layout, self.names)}
         self._acts: dict[str, Any] = {}
         self._grads: dict[str, Any] = {}
         self.stopped = False

@@ -117,7 +117,9 @@ def list_layers(model: ModelLike, input_size: int | tuple[int, int] | None = Non
     if in_channels is None and hasattr(model, "mean") and hasattr(model, "module"):
         in_channels = len(model.mean)  # type: ignore[attr-defined]
     module = module_of(model)
-    given = dict(layout or {})
+    from .capture import declared_layouts
+
+    given = {**declared_layouts(module), **dict(layout or {})}
     table = dict(module.named_modules())
     for name, lay in given.items():
         if name not in table or not name:

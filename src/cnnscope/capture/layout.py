@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from ..units import token_grid
-from .state import first_tensor, is_activation, module_of
+from .state import canonical_layer, first_tensor, is_activation, module_of
 
 if TYPE_CHECKING:
     from ..models import ModelLike
@@ -254,6 +254,9 @@ class LayoutProbe:
         facts = self._all
         self._convention = self.complete and not any("last" in f.sides for f in facts)
         self._grids = {f.shape[2:] for f in facts if len(f.shape) == 4 and f.sides == {"first"}}
+        #: (N, C) of every 3-D tensor something reads along its last axis: a token-mixing MLP (MLP-Mixer, gMLP)
+        #: reads the transposed ``[B, C, N]`` that way too, so a shape whose transpose is also read is ambiguous
+        self._last_read = {tuple(f.shape[1:]) for f in facts if len(f.shape) == 3 and "last" in f.sides}
         for f in facts:
             f.layout = _UNSET
         for f in facts:  # in creation order: a parent before its children
@@ -293,6 +296,8 @@ class LayoutProbe:
         return found
 
     def _tokens(self, shape: tuple[int, ...]) -> str | None:
+        if shape[1] != shape[2] and (shape[2], shape[1]) in self._last_read:
+            return None  # [B, N, C] and [B, C, N] are both read as rows of features: which is which is unknown
         if token_grid(shape[1], self.input_size) is not None:
             return "tokens"
         if token_grid(shape[1] - 1, self.input_size) is not None:
@@ -301,12 +306,14 @@ class LayoutProbe:
 
     def output_layout(self, name: str) -> str | None:
         """Layout of module ``name``'s output in the last forward (first call), ``None`` if undetermined."""
+        name = canonical_layer(self.module, name)  # an alias reads its layer
         self._resolve()
         f = self.outputs.get(name)
         return None if f is None else self._layout(f)
 
     def input_layout(self, name: str) -> str | None:
         """Layout of module ``name``'s first tensor input in the last forward (first call)."""
+        name = canonical_layer(self.module, name)  # an alias reads its layer
         self._resolve()
         f = self.inputs.get(name)
         return None if f is None else self._layout(f)
@@ -314,11 +321,13 @@ class LayoutProbe:
     def output_tensor(self, name: str) -> int | None:
         """Index of module ``name``'s output tensor object, in the order the forward made tensors (equal for modules
         returning the same object)."""
+        name = canonical_layer(self.module, name)  # an alias reads its layer
         f = self.outputs.get(name)
         return None if f is None else f.order
 
     def why(self, name: str, *, inputs: bool = False) -> str:
         """A short reason why ``name``'s output (or input) has no layout, for error messages."""
+        name = canonical_layer(self.module, name)
         self._resolve()
         f = (self.inputs if inputs else self.outputs).get(name)
         if f is None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -46,9 +47,68 @@ def layer_names(model: ModelLike) -> list[str]:
     return [n for n, _ in module.named_modules() if n]
 
 
-def resolve_layers(model: ModelLike, names: str | Iterable[str]) -> dict[str, nn.Module]:
-    """Map dotted layer names to submodules; unknown names raise :class:`LayerError` with close matches."""
+#: module -> ``{alias: dotted name}`` (weak: an alias table never keeps a model alive)
+_ALIASES: weakref.WeakKeyDictionary[nn.Module, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def set_layer_aliases(model: ModelLike, aliases: Mapping[str, str]) -> None:
+    """Give layers of ``model`` other names (``{"mixed3b": "inception3b"}``), accepted by :func:`resolve_layers` and
+    so everywhere a layer name is. An alias also stands for the start of a dotted name (``"mixed3b.branch2"``).
+
+    Raises:
+        LayerError: an alias that names no layer, or one that is itself a layer name of another module.
+    """
     module = module_of(model)
+    table = dict(module.named_modules())
+    for alias, name in aliases.items():
+        if name not in table or not name:
+            raise LayerError(f"alias {alias!r} names {name!r}, which is not a layer of {type(module).__name__}")
+        if alias in table and table[alias] is not table[name]:
+            raise LayerError(f"alias {alias!r} is already the name of another layer")
+    _ALIASES[module] = {**_ALIASES.get(module, {}), **dict(aliases)}
+
+
+def layer_aliases(model: ModelLike) -> dict[str, str]:
+    """``{alias: dotted name}`` of ``model``'s layers (empty when it has none)."""
+    return dict(_ALIASES.get(module_of(model), {}))
+
+
+def canonical_layer(model: ModelLike, name: str) -> str:
+    """The dotted ``named_modules()`` name that ``name`` stands for: itself, or what an alias (or an alias followed by
+    ``.child``) names. Unknown names are returned unchanged (:func:`resolve_layers` reports them)."""
+    aliases = _ALIASES.get(module_of(model))
+    if not aliases or not isinstance(name, str):
+        return name
+    if name in aliases:
+        return aliases[name]
+    head, dot, rest = name.partition(".")
+    return f"{aliases[head]}.{rest}" if dot and head in aliases else name
+
+
+def check_hookable(model: ModelLike, name: str | None = None) -> None:
+    """Raise when ``model`` is TorchScript, which runs no Python hooks (so no layer can be read inside it).
+
+    Raises:
+        LayerError: naming the model and how to load its weights into the Python architecture instead.
+    """
+    module = module_of(model)
+    if isinstance(module, torch.jit.ScriptModule):
+        what = name or getattr(module, "original_name", None) or type(module).__name__
+        raise LayerError(f"{what} is a TorchScript module: PyTorch runs no Python hooks inside it; load its weights "
+                         "into the Python architecture (MODEL=NAME --weights FILE) for layer analyses")
+
+
+def resolve_layers(model: ModelLike, names: str | Iterable[str]) -> dict[str, nn.Module]:
+    """Map layer names to submodules; unknown names raise :class:`LayerError` with close matches.
+
+    A name is a dotted ``named_modules()`` name or an alias of one (:func:`set_layer_aliases`); the result is keyed
+    by the names as given, so a caller finds its own names again.
+
+    Raises:
+        LayerError: an unknown or empty name, or a TorchScript model (:func:`check_hookable`).
+    """
+    module = module_of(model)
+    check_hookable(module)
     wanted = [names] if isinstance(names, str) else list(dict.fromkeys(names))
     if not wanted:
         raise LayerError("no layer names given")
@@ -57,9 +117,10 @@ def resolve_layers(model: ModelLike, names: str | Iterable[str]) -> dict[str, nn
     for name in wanted:
         if not isinstance(name, str) or not name:
             raise LayerError(f"layer names are non-empty dotted strings like 'blocks.4.0', got {name!r}")
-        if name not in table:
-            raise LayerError(unknown("layer", name, [n for n in table if n]))
-        out[name] = table[name]
+        real = canonical_layer(module, name)
+        if real not in table or not real:
+            raise LayerError(unknown("layer", name, [n for n in table if n] + list(_ALIASES.get(module, {}))))
+        out[name] = table[real]
     return out
 
 

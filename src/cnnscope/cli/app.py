@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -21,9 +23,10 @@ SAMPLE_PREFIX = "sample:"
 def cli(debug: bool, quiet: bool) -> None:
     """cnnscope: see what a convolutional network sees and learns.
 
-    MODEL is a name from `cnnscope models` (default embedded model: efficientnet_lite0) or a model file
-    (TorchScript, or a pickled model with --trust-pickle). IMAGE is a file path or sample:NAME for a photo
-    shipped with scikit-image (sample:chelsea, sample:coffee, ...). --debug (anywhere) shows tracebacks.
+    MODEL is a name from `cnnscope models` (default embedded model: efficientnet_lite0; presets inceptionv1,
+    alexnet, vgg16, vgg19, resnet50 load their pretrained weights) or a model file (a `cnnscope train`
+    checkpoint, TorchScript, or a pickled model with --trust-pickle). IMAGE is a file path or sample:NAME for a
+    photo shipped with scikit-image (sample:chelsea, sample:coffee, ...). --debug (anywhere) shows tracebacks.
     """
 
 
@@ -47,8 +50,10 @@ def model_options(f):
                      help="Output classes of a torchvision/timm architecture (default: read off --weights).")(f)
     f = click.option("--device", default="auto", show_default=True,
                      help="cpu, cuda, cuda:N or mps ('auto' = cuda when available).")(f)
-    f = click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                     help="Local state_dict/checkpoint file (torchvision/timm models are random without it).")(f)
+    f = click.option("--weights", default=None, metavar="FILE|NAME",
+                     help="A state_dict/checkpoint file, or weights by name from the library's cache: DEFAULT, "
+                          "IMAGENET1K_V1, ... (torchvision), DEFAULT or a tag (timm). torchvision/timm "
+                          "architectures are random without it; presets use DEFAULT.")(f)
     return f
 
 
@@ -110,8 +115,9 @@ def resolve_device(device: str):
 
 
 def open_model(name: str, weights: str | None, device: str):
-    """Load a model for a command (a registry name, a model file, or a ``cnnscope train`` checkpoint) and say on
-    stderr, one ``note:`` line each, what the user should know: random weights, what was read or assumed.
+    """Load a model for a command (a registry name, a model file, or a ``cnnscope train`` checkpoint: all through
+    :func:`~cnnscope.models.load_model`) and say on stderr, one ``note:`` line each, what the user should know:
+    random weights, what was read or assumed.
 
     ``--num-classes`` and ``--trust-pickle`` (see :func:`model_options`) come from the click context. The model is
     remembered there, so :func:`read_image_arg` reads large pictures straight at the size this model needs.
@@ -122,10 +128,8 @@ def open_model(name: str, weights: str | None, device: str):
     ctx = click.get_current_context(silent=True)
     meta = ctx.meta if ctx is not None else {}
     dev = resolve_device(device)
-    m = _train_checkpoint(name, dev)
-    if m is None:
-        m = load_model(name, weights=weights, device=dev, num_classes=meta.get("cnnscope.num_classes"),
-                       trust_pickle=bool(meta.get("cnnscope.trust_pickle")))
+    m = load_model(name, weights=weights, device=dev, num_classes=meta.get("cnnscope.num_classes"),
+                   trust_pickle=bool(meta.get("cnnscope.trust_pickle")))
     if not m.pretrained:
         click.echo(f"note: {m.name} has {m.weights_note}", err=True)
     for note in m.notes:
@@ -135,23 +139,6 @@ def open_model(name: str, weights: str | None, device: str):
         click.echo(f"note: {m.assumed}", err=True)
     meta["cnnscope.model"] = m
     return m
-
-
-def _train_checkpoint(name: str, device):
-    """The model of a ``cnnscope train`` checkpoint named as MODEL, or ``None`` for anything else."""
-    from ..models.checkpoints import file_kind
-    from ..models.registry import is_model_file
-
-    if not is_model_file(name) or file_kind(name) not in ("torch", "legacy"):
-        return None
-    from ..models.registry import read_checkpoint
-    from ..zf.train import FORMAT, load_checkpoint
-
-    try:
-        ck = read_checkpoint(name)
-    except CnnscopeError:
-        return None  # not a plain checkpoint: load_model says what it is
-    return load_checkpoint(name, device=device) if isinstance(ck, dict) and ck.get("format") == FORMAT else None
 
 
 def read_image_arg(arg: str):
@@ -184,9 +171,24 @@ def print_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> None
 
 
 def write_json(path: Path, data: object) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str))
-    return path
+    """``data`` as indented JSON in ``path``, written atomically (:func:`cnnscope.outputs.write_text`)."""
+    from ..outputs import write_text
+
+    return write_text(path, json.dumps(data, indent=2, default=str))
+
+
+@contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Within the block, each Python warning is printed on stderr as one line ``warning: MESSAGE`` (no file, no
+    line of code: the CLI's contract is one line per message)."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings' API
+        text = " ".join(str(message).split())
+        click.echo(f"warning: {text}", err=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def _debug_first(args: list[str]) -> list[str]:
@@ -202,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _debug_first(list(sys.argv[1:] if argv is None else argv))
     debug = bool(args) and args[0] == "--debug"
     try:
-        rv = cli.main(args=args, prog_name="cnnscope", standalone_mode=False)
+        with one_line_warnings():
+            rv = cli.main(args=args, prog_name="cnnscope", standalone_mode=False)
         return int(rv) if isinstance(rv, int) else 0
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

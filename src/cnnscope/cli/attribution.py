@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from .app import (
     batch_size_option,
     cli,
     model_options,
+    one_line_warnings,
     open_model,
     read_image_arg,
     show_progress,
@@ -134,18 +132,6 @@ def explain_cmd(model: str, images: tuple[str, ...], weights: str | None, device
             click.echo(f"{stem}: {label} {prob:.1%}; explained {expl.target} -> {panel}")
     ran = len(names) - len(expls[0].skipped)
     click.echo(f"{len(expls)} image(s), {ran} method(s): panels, .npy maps and .json in {folder.folder}/")
-
-
-@contextmanager
-def one_line_warnings() -> Iterator[None]:
-    """Within the block, each warning is printed on stderr as one line ``warning: MESSAGE``."""
-
-    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings' API
-        click.echo(f"warning: {message}", err=True)
-
-    with warnings.catch_warnings():
-        warnings.showwarning = show
-        yield
 
 
 @cli.command("explain-methods")

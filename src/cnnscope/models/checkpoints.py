@@ -74,6 +74,8 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> object:
     """
     p = Path(path)
     kind = file_kind(p)
+    if kind == "other" and p.suffix.lower() == ".safetensors":
+        return _read_safetensors(p)
     if kind == "other":
         raise _not_torch(p)
     if kind == "torchscript":
@@ -96,6 +98,45 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> object:
     except Exception as exc:  # noqa: BLE001 - a missing class, a damaged file: one line either way
         raise ModelError(f"cannot unpickle {p}: {_first_line(exc)} (the code that defined its classes must be "
                          "importable; or save a state_dict instead)") from None
+
+
+def _read_safetensors(p: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file (tensors only, nothing to unpickle: the format timm's Hugging Face weights use)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ModelError(f"{p} is a safetensors file; reading it needs the package safetensors (pip install "
+                         "safetensors)") from None
+    try:
+        return load_file(str(p), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - a damaged header or a truncated file: one line
+        raise ModelError(f"cannot read {p}: it is damaged or not a safetensors file ({_first_line(exc)})") from None
+
+
+#: ``format`` values of training checkpoints that hold their architecture -> the reader that rebuilds the model
+#: (imported only when such a file is met; the reader lives with the code that writes the format)
+CHECKPOINT_FORMATS: dict[str, str] = {"cnnscope-zf-smallconvnet-1": "cnnscope.zf.train:load_checkpoint"}
+
+
+def checkpoint_format(path: str | Path) -> str | None:
+    """The ``format`` of a training checkpoint that holds its architecture (:data:`CHECKPOINT_FORMATS`), or
+    ``None`` for any other file (whatever it is: :func:`read_model_file` says)."""
+    try:
+        if file_kind(path) not in ("torch", "legacy"):
+            return None
+        obj = read_checkpoint(path)
+    except ModelError:
+        return None
+    fmt = obj.get("format") if isinstance(obj, dict) else None
+    return fmt if isinstance(fmt, str) and fmt in CHECKPOINT_FORMATS else None
+
+
+def read_training_checkpoint(path: str | Path, fmt: str, device: torch.device | str = "cpu"):
+    """The ``LoadedModel`` of a training checkpoint in format ``fmt`` (see :data:`CHECKPOINT_FORMATS`)."""
+    import importlib
+
+    module, _, func = CHECKPOINT_FORMATS[fmt].partition(":")
+    return getattr(importlib.import_module(module), func)(path, device=device)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -39,9 +39,18 @@ class LoadedModel:
         pretrained: ``True`` when real trained weights were loaded; ``False`` means random initialisation.
         weights: where the weights came from (a path, ``"embedded"`` or ``None`` for random).
         resize_mode: ``"resize"`` (whole image squashed to ``input_size``, so maps align with the full photo) or
-            ``"center_crop"`` (shorter side to ``input_size / 0.875``, then a centre crop, the ImageNet protocol).
+            ``"center_crop"`` (shorter side to :attr:`resize_size`, then a centre crop of ``input_size``, the
+            ImageNet protocol).
+        resize_size: the shorter side before the centre crop (torchvision's ``resize_size``, timm's
+            ``input_size / crop_pct``); ``None``: the larger side of ``input_size`` / 0.875.
+        interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``: how pictures are resized (from the weights'
+            metadata where they say it).
         notes: what was set or read on the user's behalf while loading (a class count read off a checkpoint, ...);
             the CLI prints each as a ``note:`` line.
+        study_layers: the layers worth studying (a preset's list; the default of commands that need layers and
+            were given none), empty when nobody chose them.
+        aliases: other names for layers, ``{alias: dotted name}`` (the Lucid/Microscope names of InceptionV1);
+            accepted everywhere a layer name is (:func:`cnnscope.capture.resolve_layers`).
 
     Raises:
         ModelError: (when built) ``mean`` and ``std`` of different lengths, non-finite values or a ``std`` that is
@@ -62,9 +71,27 @@ class LoadedModel:
     #: what cnnscope assumed about a plain module (see :func:`~cnnscope.models.as_model`), or ``None``
     assumed: str | None = None
     notes: list[str] = field(default_factory=list)
+    resize_size: int | None = None
+    interpolation: str = "bilinear"
+    study_layers: list[str] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_normalization(self.mean, self.std)
+        if self.aliases:  # a copy around another module (dataclasses.replace) keeps only the aliases that fit it
+            from ..capture import set_layer_aliases
+            from ..errors import LayerError
+
+            table = dict(self.module.named_modules())
+            try:
+                set_layer_aliases(self.module, {a: n for a, n in self.aliases.items() if n in table and n})
+            except LayerError:
+                pass
+
+    @property
+    def is_script(self) -> bool:
+        """Whether the module is TorchScript (it runs no Python hooks: predictions only, no layer analyses)."""
+        return isinstance(self.module, torch.jit.ScriptModule)
 
     def _note_assumption(self) -> None:
         """Warn once per module, the first time an assumed normalisation turns pictures into inputs or back."""
@@ -97,7 +124,7 @@ class LoadedModel:
             return f"pretrained ({self.weights})"
         if self.weights:
             return f"weights from {self.weights}"
-        return "RANDOM weights (untrained; pass weights=PATH for a checkpoint)"
+        return "RANDOM weights (untrained; pass weights=PATH, or weights='DEFAULT' for the library's pretrained ones)"
 
     # -- images <-> tensors -------------------------------------------------------------------------
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
@@ -116,13 +143,22 @@ class LoadedModel:
 
     def fit_needs(self, size: tuple[int, int] | None = None) -> tuple[int, int]:
         """``(height, width)`` that :meth:`fit_image` resizes a picture to before any crop (for ``load_image``'s
-        ``at_least``): ``size`` (default ``input_size``), or for ``"center_crop"`` a square of its larger side / 0.875.
+        ``at_least``): ``size`` (default ``input_size``), or for ``"center_crop"`` a square of the shorter side it is
+        resized to (:meth:`crop_side`).
         """
         h, w = size or self.input_size
         if self.resize_mode == "center_crop":
-            side = math.ceil(max(h, w) / 0.875)
+            side = math.ceil(self.crop_side(size))
             return side, side
         return h, w
+
+    def crop_side(self, size: tuple[int, int] | None = None) -> float:
+        """The shorter side a picture is resized to before the centre crop to ``size`` (default ``input_size``):
+        :attr:`resize_size` scaled with ``size``, or the larger side of ``size`` / 0.875."""
+        h, w = size or self.input_size
+        if self.resize_size is None:
+            return max(h, w) / 0.875
+        return max(h, w, self.resize_size * max(h, w) / max(self.input_size))
 
     def fit_image(self, image: ImageLike, size: tuple[int, int] | None = None) -> np.ndarray:
         """Load ``image`` and bring it to ``size`` (default ``input_size``) by :attr:`resize_mode`.
@@ -135,14 +171,22 @@ class LoadedModel:
         h, w = size or self.input_size
         if self.resize_mode == "center_crop":  # planned on the full picture's size, so a reduction changes nothing
             full = picture_size(image) or arr.shape[:2]
-            scale = max(h, w) / 0.875 / min(full)
-            nh, nw = max(h, round(full[0] * scale)), max(w, round(full[1] * scale))
-            arr = resize(arr, (nh, nw))
-            top, left = (nh - h) // 2, (nw - w) // 2
+            side = self.crop_side(size)
+            if self.resize_size is None:
+                scale = side / min(full)
+                nh, nw = max(h, round(full[0] * scale)), max(w, round(full[1] * scale))
+                top, left = (nh - h) // 2, (nw - w) // 2
+            else:  # torchvision's Resize(int) and CenterCrop, to the pixel
+                short = int(round(side))
+                long = int(short * max(full) / min(full))
+                nh, nw = (short, long) if full[0] <= full[1] else (long, short)
+                nh, nw = max(h, nh), max(w, nw)
+                top, left = int(round((nh - h) / 2.0)), int(round((nw - w) / 2.0))
+            arr = resize(arr, (nh, nw), resample=self.interpolation)
             return np.ascontiguousarray(arr[top:top + h, left:left + w])
         if self.resize_mode != "resize":
             raise CnnscopeError(f"unknown resize_mode {self.resize_mode!r}; use 'resize' or 'center_crop'")
-        return arr if arr.shape[:2] == (h, w) else resize(arr, (h, w))
+        return arr if arr.shape[:2] == (h, w) else resize(arr, (h, w), resample=self.interpolation)
 
     def to_input(self, x01: torch.Tensor) -> torch.Tensor:
         """RGB pictures in [0, 1] ``[B, 3, H, W]`` -> the model's input (luma first for one-channel models), on the
@@ -294,7 +338,9 @@ class LoadedModel:
         return {"name": self.name, "source": self.source, "input_size": list(self.input_size),
                 "mean": list(self.mean), "std": list(self.std), "pretrained": self.pretrained,
                 "weights": self.weights, "weights_note": self.weights_note, "parameters": n_params,
-                "num_labels": len(self.labels) if self.labels is not None else None, "notes": list(self.notes)}
+                "num_labels": len(self.labels) if self.labels is not None else None, "notes": list(self.notes),
+                "resize_mode": self.resize_mode, "resize_size": self.resize_size, "interpolation": self.interpolation,
+                "study_layers": list(self.study_layers), "aliases": dict(self.aliases)}
 
 
 def check_normalization(mean: Sequence[float], std: Sequence[float]) -> None:
