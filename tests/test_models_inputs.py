@@ -288,19 +288,29 @@ def test_a_state_dict_given_as_model_says_how_to_use_it(capsys, tmp_path, resnet
     pytest.param("inception_v3", "AuxLogits.", 96, marks=pytest.mark.slow),
 ])
 def test_official_torchvision_state_dicts_with_aux_heads_load(tmp_path, arch, aux, size):
+    """Under torchvision's own file name the model is built as torchvision builds it for that file
+    (transform_input=True); under another name it is not (a state dict does not say), and a note says which."""
+    from cnnscope.models import weights as named
+
     seeded(6)
     source = torchvision.models.get_model(arch, weights=None, aux_logits=True, transform_input=True,
                                           init_weights=False).eval()
     sd = source.state_dict()
     assert any(k.startswith(aux) for k in sd)  # what the official files hold
-    path = tmp_path / f"{arch}.pth"
-    torch.save(sd, path)
-    m = load_model(arch, weights=path)
-    assert not any(k.startswith(aux) for k in m.module.state_dict())
-    assert m.notes == [f"{arch} built with transform_input=True, as torchvision does for trained weights"]
+    official = named.torchvision_files(arch)[0].file
     x = torch.randn(2, 3, size, size)
-    with torch.no_grad():
-        assert torch.allclose(m.module(x), source(x), atol=1e-5)  # eval: the aux heads never change the output
+    for name, transform in ((official, True), (f"{arch}.pth", False)):
+        path = tmp_path / name
+        torch.save(sd, path)
+        m = load_model(arch, weights=path)
+        assert not any(k.startswith(aux) for k in m.module.state_dict())
+        assert m.module.transform_input is transform
+        assert len(m.notes) == 1 and f"transform_input={transform}" in m.notes[0]
+        plain = torchvision.models.get_model(arch, weights=None, aux_logits=False, transform_input=transform,
+                                             init_weights=False).eval()
+        plain.load_state_dict({k: v for k, v in sd.items() if not k.startswith(("aux1.", "aux2.", "AuxLogits."))})
+        with torch.no_grad():  # eval: the aux heads never change the output
+            assert torch.allclose(m.module(x), plain(x), atol=1e-5)
 
 
 def test_num_classes_from_the_cli_and_python(capsys, tmp_path):

@@ -206,9 +206,14 @@ def is_model_file(name: str | Path) -> bool:
     return True
 
 
-def _build(source: str, arch: str, num_classes: int | None, trained: bool
+def _build(source: str, arch: str, num_classes: int | None, trained: bool, official: bool = False
            ) -> tuple[nn.Module, tuple[int, int], tuple[float, ...], tuple[float, ...], list[str]]:
-    """The module of a registry architecture, its input size, mean, std and what was set on its behalf."""
+    """The module of a registry architecture, its input size, mean, std and what was set on its behalf.
+
+    GoogLeNet and Inception-v3 re-normalise their input when built with ``transform_input=True``, as torchvision
+    builds them for its own trained files; a state dict does not record it, so it is set only for a file that
+    carries the name of one of torchvision's own weights files (``official``), and said in a note either way.
+    """
     size, mean, std = (224, 224), IMAGENET_MEAN, IMAGENET_STD
     notes: list[str] = []
     if source == "embedded":
@@ -223,9 +228,14 @@ def _build(source: str, arch: str, num_classes: int | None, trained: bool
         if arch in ("googlenet", "inception_v3"):
             kwargs["init_weights"] = not trained
             kwargs["aux_logits"] = False
-            if trained:  # torchvision.models.googlenet(weights=...) does the same: its trained files expect it
+            if trained and official:  # torchvision.models.googlenet(weights=...) does the same for its own files
                 kwargs["transform_input"] = True
-                notes.append(f"{arch} built with transform_input=True, as torchvision does for trained weights")
+                notes.append(f"{arch} built with transform_input=True, as torchvision does for its own weights files")
+            elif trained:
+                kwargs["transform_input"] = False
+                notes.append(f"{arch} built with transform_input=False (the weights file is not one of torchvision's "
+                             "own, whose names it keeps; a model trained from torchvision's weights expects True: "
+                             "load it under the official file name)")
         try:
             module = torchvision.models.get_model(arch, weights=None, **kwargs)
         except (TypeError, ValueError) as exc:
@@ -383,6 +393,14 @@ def _load_named(source: str, arch: str, name: str, num_classes: int | None, dev:
     return m
 
 
+def _is_official_file(arch: str, path: Path) -> bool:
+    """Whether ``path`` carries the file name of one of torchvision's weights files of ``arch``."""
+    try:
+        return path.name in {f.file for f in named.torchvision_files(arch)}
+    except Exception:  # noqa: BLE001 - an architecture without a weights enum has no official files
+        return False
+
+
 def _load_built(source: str, arch: str, weights: str | Path | None, num_classes: int | None, dev: torch.device,
                 trust_pickle: bool) -> LoadedModel:
     """A model built by cnnscope: embedded, or random / a local weights file."""
@@ -396,12 +414,13 @@ def _load_built(source: str, arch: str, weights: str | Path | None, num_classes:
         raise ModelError(f"weights {weights!r} is neither a file nor a weights name (DEFAULT, IMAGENET1K_V1, a timm "
                          "tag)")
     sd = None if weights is None else read_state_dict(weights, trust_pickle=trust_pickle)
-    module, size, mean, std, notes = _build(source, arch, num_classes, trained=sd is not None)
+    official = sd is not None and source == "torchvision" and _is_official_file(arch, Path(weights))
+    module, size, mean, std, notes = _build(source, arch, num_classes, trained=sd is not None, official=official)
     key = classifier_key(module)
     if sd is not None and num_classes is None and key in sd and sd[key].ndim >= 1:
         found, own = int(sd[key].shape[0]), int(module.state_dict()[key].shape[0])
         if found != own:
-            module, size, mean, std, notes = _build(source, arch, found, trained=True)
+            module, size, mean, std, notes = _build(source, arch, found, trained=True, official=official)
             notes.append(f"{found} classes, read from the shape of {key} in {weights}")
     if sd is not None:
         load_weights(module, sd, where=str(weights))
