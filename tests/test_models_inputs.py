@@ -472,3 +472,19 @@ def test_pillow_decompression_bomb_limit_is_an_image_error(tmp_path, monkeypatch
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 3600 pixels is over twice the limit: Pillow refuses
     with pytest.raises(ImageError, match="wide.png: Image size .3600 pixels. exceeds limit.*MAX_IMAGE_PIXELS"):
         load_image(path)
+
+
+def test_a_32_bit_picture_reads_the_same_reduced_or_not(tmp_path):
+    """A 32-bit TIFF is scaled by its own maximum: a reduction that averaged one bright pixel away would brighten
+    the whole picture, so such pictures are read at full size."""
+    from PIL import Image
+
+    from cnnscope.images import load_image
+
+    arr = np.random.default_rng(0).integers(1000, 4000, (600, 600)).astype(np.int32)
+    arr[10, 10] = 60000
+    path = tmp_path / "deep.tif"
+    Image.fromarray(arr, mode="I").save(path)
+    full, small = load_image(path), load_image(path, at_least=(10, 10))
+    assert small.shape == full.shape and np.array_equal(small, full)
+    assert abs(float(full.mean()) - float(arr.mean()) / 60000 * 255) < 1

@@ -135,6 +135,8 @@ def _orientation(img: Image.Image) -> int | None:
 
 def _reduced(img: Image.Image, at_least: tuple[int, int] | None, draft: bool = True) -> tuple[Image.Image, bool]:
     """``img`` loaded; when it is much larger than ``at_least``, shrunk by a whole factor ``f`` (``(image, 16-bit)``).
+    32-bit integer and float pictures (modes ``I`` and ``F``) are never shrunk: their grey scale comes from their own
+    range, which averaging changes.
 
     The shrunk picture is an antialiased bilinear resize of the whole picture to ``round(size / f)``: JPEG files are
     decoded at a reduced scale first (``draft``, only for files cnnscope opened: it changes the image object), and
@@ -152,6 +154,8 @@ def _reduced(img: Image.Image, at_least: tuple[int, int] | None, draft: bool = T
         if drafted is not None:
             box = tuple(float(v) for v in drafted[1])  # type: ignore[assignment]
     img.load()
+    if img.mode in ("I", "F"):  # 32-bit pictures are scaled by their own maximum, which a reduction would lower
+        return img, False
     sixteen = img.mode.startswith("I;16")
     if sixteen:
         img = img.convert("I")
