@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..batching import chunks, resolve_batch_size
-from ..capture import LayerInfo, list_layers
+from ..capture import LayerInfo, canonical_layer, list_layers, resolve_layers
 from ..errors import CnnscopeError, LayerError, MethodError, unknown
 from ..models import ModelLike, as_model
 from ..models import fingerprint as model_fingerprint
@@ -52,9 +52,14 @@ class BuildReport:
 
 
 def _resolve_layers(model, names: Sequence[str]) -> list[LayerInfo]:
+    """The layers' infos under their dotted names: an alias and its layer are one layer of the atlas (the model's
+    aliases are kept in its meta, ``model.aliases``, for display)."""
+    if not names:
+        raise LayerError("no layer names given")
+    resolve_layers(model.module, names)  # unknown names and aliases: one line with close matches
     infos = {i.name: i for i in list_layers(model.module, model.input_size)}
     out = []
-    for name in names:
+    for name in dict.fromkeys(canonical_layer(model.module, n) for n in names):
         if name not in infos:
             raise LayerError(unknown("layer", name, list(infos)))
         info = infos[name]
@@ -63,6 +68,13 @@ def _resolve_layers(model, names: Sequence[str]) -> list[LayerInfo]:
                              "(convolutional) or [C] outputs")
         out.append(info)
     return out
+
+
+def _study_layers(m, how: str) -> list[str]:
+    """The model's preset study layers (``LoadedModel.study_layers``), the default of ``layers``."""
+    if not m.study_layers:
+        raise LayerError(f"give {how}; this model has no preset study layers")
+    return list(m.study_layers)
 
 
 def _resolve_kinds(kinds: Sequence[str] | None, with_images: bool) -> list[ArtifactKind]:
@@ -109,7 +121,7 @@ def _brief(images: dict | None) -> str:
     return f"{images.get('images')} images ({images.get('kind')}{origin}{ident})"
 
 
-def build_atlas(model: ModelLike, out: str | Path, layers: Sequence[str], *,
+def build_atlas(model: ModelLike, out: str | Path, layers: str | Sequence[str] | None = None, *,
                 channels: str | int | Iterable[int] | None = None, source: object = None,
                 kinds: Sequence[str] | None = None, options: BuildOptions | None = None, progress: bool = False,
                 inline_max: int = 256 * 1024, max_units: int | None = None) -> BuildReport:
@@ -119,7 +131,8 @@ def build_atlas(model: ModelLike, out: str | Path, layers: Sequence[str], *,
         model: a ``LoadedModel`` or an image ``nn.Module`` (``cnnscope.models.as_model``); it is not changed.
         out: the atlas folder (created when missing; an existing atlas of the same model and settings is
             completed).
-        layers: dotted layer names.
+        layers: layer names (dotted names or aliases; the atlas keeps the dotted names, so ``mixed3b`` and
+            ``inception3b`` are one layer). ``None``: the model's ``study_layers`` (a preset's).
         channels: the units of every layer: ``None``/``"all"``, ``"0-31"``, ``"0,4,8-11"``, an int or a list
             (``cnnscope.parse_channels``; ``None`` follows each layer's channel count).
         source: the images of the dataset kinds (top-k examples, histograms): a folder, a glob, ``"samples"``,
@@ -134,7 +147,7 @@ def build_atlas(model: ModelLike, out: str | Path, layers: Sequence[str], *,
         :class:`BuildReport`.
 
     Raises:
-        LayerError: unknown layer or a layer without channels.
+        LayerError: unknown layer or a layer without channels; no ``layers`` and no study layers.
         MethodError: unknown or unavailable artifact kind.
         AtlasError: the folder holds an atlas of another model or other settings.
     """
@@ -145,7 +158,9 @@ def build_atlas(model: ModelLike, out: str | Path, layers: Sequence[str], *,
             or options.units_per_chunk < 1:
         raise CnnscopeError(f"units_per_chunk must be a positive int, got {options.units_per_chunk!r}")
     batch_size = resolve_batch_size(options.batch_size, m.device)
-    infos = _resolve_layers(m, list(dict.fromkeys(layers)))
+    if layers is None:
+        layers = _study_layers(m, "layers=[...]")
+    infos = _resolve_layers(m, [layers] if isinstance(layers, str) else list(layers))
     chosen = _resolve_kinds(kinds, source is not None)
     kind_names = [k.name for k in chosen]  # page order, so the same set of kinds always compares equal
     plans = {i.name: parse_channels(channels, i.output_shape[0]) for i in infos}

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import LayerError
 from ..units import as_nchw, check_layout
 from .layout import LayoutProbe, channels_first_module
-from .state import StopForward, evaluating, first_tensor, is_activation, module_of, resolve_layers
+from .state import StopForward, canonical_layer, evaluating, first_tensor, is_activation, module_of, resolve_layers
 
 if TYPE_CHECKING:
     from ..models import ModelLike
@@ -34,14 +34,16 @@ def declare_layout(model: ModelLike, layouts: Mapping[str, str]) -> None:
     """Say once how layers of ``model`` are laid out (``{layer: "nchw" | "nhwc" | "tokens" | "tokens+cls"}``), for
     every function that reads them (renders, statistics, attribution, ...) while the model lives: the layouts the
     detection (:mod:`.layout`) cannot determine, or a correction of it. A ``layout=`` option of :class:`Capture` or
-    :func:`~cnnscope.capture.list_layers` still wins for its call.
+    :func:`~cnnscope.capture.list_layers` still wins for its call. A layer may be named by an alias (it is
+    recorded under its dotted name).
 
     Raises:
         LayerError: an unknown layer or layout name.
     """
     module = module_of(model)
     resolve_layers(module, list(layouts))
-    checked = {name: check_layout(lay) for name, lay in layouts.items()}
+    # stored under the dotted names, so an alias and its layer are one layer for every later reader
+    checked = {canonical_layer(module, name): check_layout(lay) for name, lay in layouts.items()}
     _DECLARED.setdefault(module, {}).update(checked)
 
 
@@ -139,7 +141,8 @@ class Capture:
         self.clone = clone
         self.eval_mode = eval_mode
         self.raw = layout == "raw"
-        declared = {} if self.raw else {k: v for k, v in declared_layouts(module).items() if k in self.names}
+        known = {} if self.raw else declared_layouts(module)
+        declared = {n: known[c] for n in self.names if (c := canonical_layer(module, n)) in known}
         self.layouts: dict[str, str] = {**declared, **layout_overrides(layout, self.names)}
         self._acts: dict[str, Any] = {}
         self._grads: dict[str, Any] = {}

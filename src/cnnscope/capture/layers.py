@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import CnnscopeError, LayerError, unknown
 from ..units import check_layout, layout_grid
 from .layout import LayoutProbe
-from .state import evaluating, first_tensor, module_device, module_dtype, module_of
+from .state import canonical_layer, check_hookable, evaluating, first_tensor, module_device, module_dtype, module_of
 
 if TYPE_CHECKING:
     from ..models import ModelLike
@@ -105,11 +105,12 @@ def list_layers(model: ModelLike, input_size: int | tuple[int, int] | None = Non
         input_size: probe size; default: the ``LoadedModel``'s input size, 224 for a plain module.
         in_channels: probe channels; default: the model's (first convolution's) channel count.
         layout: ``{layer: layout}`` for layers whose layout is known to the user (``"nchw"``, ``"nhwc"``,
-            ``"tokens"``, ``"tokens+cls"``); it replaces the detected one.
+            ``"tokens"``, ``"tokens+cls"``); it replaces the detected one. A layer may be named by an alias.
 
     Raises:
         CnnscopeError: a size that is not positive.
-        LayerError: ``layout`` names an unknown layer or layout, or one that does not fit the layer's output.
+        LayerError: ``layout`` names an unknown layer or layout, or one that does not fit the layer's output; a
+            TorchScript model (no hooks run inside it).
     """
     if input_size is None:
         input_size = tuple(getattr(model, "input_size", (224, 224)))  # type: ignore[assignment]
@@ -117,9 +118,10 @@ def list_layers(model: ModelLike, input_size: int | tuple[int, int] | None = Non
     if in_channels is None and hasattr(model, "mean") and hasattr(model, "module"):
         in_channels = len(model.mean)  # type: ignore[attr-defined]
     module = module_of(model)
+    check_hookable(module)
     from .capture import declared_layouts
 
-    given = {**declared_layouts(module), **dict(layout or {})}
+    given = {**declared_layouts(module), **{canonical_layer(module, k): v for k, v in dict(layout or {}).items()}}
     table = dict(module.named_modules())
     for name, lay in given.items():
         if name not in table or not name:

@@ -10,6 +10,7 @@ import click
 from ..errors import CnnscopeError
 from .app import batch_size_option, cli, model_options, open_model, pre_activation_option, print_table, show_progress
 from .demo import ATLAS_FOLDER, DemoContext, demo_section
+from .study import layers_or_study
 
 #: Demo atlas: the expansion activations of a shallow, a middle and a deep block of EfficientNet-Lite0 (units of a
 #: convolution + batch norm + ReLU6, so every kind applies), read before the ReLU6 as in *Curve Detectors*.
@@ -24,7 +25,8 @@ def atlas_group() -> None:
 @atlas_group.command("build")
 @click.argument("model")
 @model_options
-@click.option("--layers", required=True, help="Comma-separated layer names (see `cnnscope layers MODEL`).")
+@click.option("--layers", default=None, help="Comma-separated layer names or aliases (see `cnnscope layers MODEL`; "
+                                             "default: the model's study layers, marked * there).")
 @click.option("--channels", default="all", show_default=True, help="Units of every layer: all, 0-31 or 0,4,8-11.")
 @click.option("--images", "images_src", default=None,
               help="Images for dataset examples/histograms: samples, sample:chelsea,coffee, a folder or a glob.")
@@ -44,7 +46,7 @@ def atlas_group() -> None:
               help="Units computed together (one render batch, one dataset pass) and committed one by one.")
 @batch_size_option
 @click.option("--max-units", type=click.IntRange(1), default=None, help="Stop after this many units (resume later).")
-def build_cmd(model: str, weights: str | None, device: str, layers: str, channels: str, images_src: str | None,
+def build_cmd(model: str, weights: str | None, device: str, layers: str | None, channels: str, images_src: str | None,
               out: str, kinds: str | None, neuron: bool, negative: bool, tuning: bool, steps: int, size: int,
               recipe: str | None, seed: int, top_k: int, pre_activation: bool, units_per_chunk: int,
               batch_size: int | None, max_units: int | None) -> None:
@@ -69,7 +71,8 @@ def build_cmd(model: str, weights: str | None, device: str, layers: str, channel
     m = open_model(model, weights, device)
     opts = BuildOptions(steps=steps, size=size, recipe=recipe, seed=seed, top_k=top_k, pre_activation=pre_activation,
                         units_per_chunk=units_per_chunk, batch_size=batch_size)
-    report = build_atlas(m, out, [s.strip() for s in layers.split(",") if s.strip()], channels=channels,
+    chosen = layers_or_study(m, [s.strip() for s in (layers or "").split(",") if s.strip()], "--layers")
+    report = build_atlas(m, out, chosen, channels=channels,
                          source=source, kinds=names, options=opts, progress=show_progress(), max_units=max_units)
     for line in skipped_lines(report.skipped_images, report.n_skipped_images):
         click.echo(line, err=True)

@@ -25,6 +25,7 @@ from .app import (
     show_progress,
 )
 from .demo import DemoContext, demo_section
+from .study import layers_or_study
 
 DEMO_LAYER = "blocks.4.0.bn1.act"
 #: classes listed per channel (ranked by the mean of their images' maxima) in ``examples``' JSON
@@ -48,17 +49,18 @@ def _channels(spec: str | None, ls) -> list[int]:
     return parse_channels(text, ls.channels)
 
 
-def _saved_statistics(stats_file: str, layer: str, pre_activation: bool):
-    """A ``--stats`` file, checked against LAYER and ``--pre-activation``."""
+def _saved_statistics(stats_file: str, layer: str | list[str], pre_activation: bool):
+    """A ``--stats`` file, checked against LAYER (or each of several layers) and ``--pre-activation``."""
     from ..dataset import DatasetStats
 
     stats = DatasetStats.load(stats_file)
-    if layer not in stats.layers:
-        raise CnnscopeError(f"{stats_file} has no statistics of {layer!r} (it has: {', '.join(stats.layers)})")
-    if stats[layer].pre_activation != pre_activation:
-        raise CnnscopeError(f"{stats_file} holds {'pre-activation' if stats[layer].pre_activation else 'output'} "
-                            f"values of {layer!r}; " + ("add" if stats[layer].pre_activation else "drop")
-                            + " --pre-activation")
+    for name in [layer] if isinstance(layer, str) else layer:
+        if name not in stats.layers:
+            raise CnnscopeError(f"{stats_file} has no statistics of {name!r} (it has: {', '.join(stats.layers)})")
+        if stats[name].pre_activation != pre_activation:
+            raise CnnscopeError(f"{stats_file} holds {'pre-activation' if stats[name].pre_activation else 'output'} "
+                                f"values of {name!r}; " + ("add" if stats[name].pre_activation else "drop")
+                                + " --pre-activation")
     return stats
 
 
@@ -73,15 +75,16 @@ def _listed(out: str, path: str | None) -> str | None:
     return next((str(n) for n in names if (folder / str(n)).resolve() == target), None)
 
 
-def _statistics(model, layer: str, images: str, k: int, batch_size: int | None, workers: int, rf: str,
+def _statistics(model, layer: str | list[str], images: str, k: int, batch_size: int | None, workers: int, rf: str,
                 pre_activation: bool, class_histograms: bool = False):
-    """One statistics pass over ``--images`` and the source, opened once (the crops read it again); unreadable
-    images are listed on stderr."""
+    """One statistics pass over ``--images`` (for one layer or several) and the source, opened once (the crops
+    read it again); unreadable images are listed on stderr."""
     from ..dataset import collect_statistics
     from ..dataset.sources import open_source, skipped_lines
 
     source = open_source(images)
-    stats = collect_statistics(model, source, [layer], pre_activation=pre_activation, k=k, batch_size=batch_size,
+    stats = collect_statistics(model, source, [layer] if isinstance(layer, str) else list(layer),
+                               pre_activation=pre_activation, k=k, batch_size=batch_size,
                                num_workers=workers, progress=show_progress(), receptive_field=rf,
                                class_histograms=class_histograms)
     for line in skipped_lines(stats.skipped, stats.n_skipped):
@@ -106,7 +109,7 @@ def _pass_options(f):
 
 @cli.command("examples")
 @click.argument("model")
-@click.argument("layer")
+@click.argument("layer", required=False)
 @model_options
 @_pass_options
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=9, show_default=True, help="Examples per channel.")
@@ -116,7 +119,7 @@ def _pass_options(f):
               help="On a labelled source, also keep each channel's histogram per class (in stats.npz).")
 @click.option("--json", "as_json", is_flag=True, help="Print examples.json instead of the table.")
 @click.option("--out", metavar="FOLDER", default="examples-out", show_default=True)
-def examples_cmd(model: str, layer: str, weights: str | None, device: str, images: str, stats_file: str | None,
+def examples_cmd(model: str, layer: str | None, weights: str | None, device: str, images: str, stats_file: str | None,
                  pre_activation: bool, batch_size: int | None, workers: int, rf: str, k: int, channels: str,
                  class_histograms: bool, as_json: bool, out: str) -> None:
     """Top-k and bottom-k dataset examples of LAYER's channels (receptive-field crops), with statistics.
@@ -126,50 +129,73 @@ def examples_cmd(model: str, layer: str, weights: str | None, device: str, image
     one OUT/<layer>_cNNNN.png contact sheet per drawn channel, OUT/examples.json (each example with its image's
     class on a labelled source, the classes that fire each channel most, the images skipped as unreadable) and
     OUT/manifest.json (the run's files; absent while it runs or after it failed).
-    """
-    from ..batching import track
-    from ..dataset import crops
-    from ..dataset.sources import skipped_dicts
-    from ..plot.common import save_figure
-    from ..plot.dataset import examples_figure
 
-    saved = _saved_statistics(stats_file, layer, pre_activation) if stats_file else None  # read before --out
+    LAYER is a layer name or alias; without it, the model's study layers (a preset's, marked * by `cnnscope
+    layers`) go through one pass, and examples.json holds {"layers": [...], "by_layer": {layer: {...}}}.
+    """
+    from ..dataset.sources import skipped_dicts
+
+    saved = _saved_statistics(stats_file, layer, pre_activation) if stats_file and layer else None  # before --out
     with run_output(out, "examples") as output:  # an unwritable --out fails before the model loads
         m = open_model(model, weights, device)
+        layers = layers_or_study(m, [layer] if layer else [], "LAYER")
+        if stats_file and not layer:
+            saved = _saved_statistics(stats_file, layers, pre_activation)
         stats, source = (saved, None) if saved is not None else _statistics(
-            m, layer, images, k, batch_size, workers, rf, pre_activation, class_histograms)
-        ls = stats[layer]
+            m, layers, images, k, batch_size, workers, rf, pre_activation, class_histograms)
         output.write("stats.npz", stats.save)  # a --stats file too: it may be a file the last run here listed
-        chosen = _channels(channels, ls)
-        numbers, rows = {}, []
-        for c in track(chosen, show_progress(), "contact sheets", total=len(chosen), unit="sheet"):
-            top, bottom = stats.examples(layer, c, "top"), stats.examples(layer, c, "bottom")
-            if source is not None:
-                fig = examples_figure(crops(m, stats, layer, channel=c, source=source), [e.value for e in top],
-                                      crops(m, stats, layer, channel=c, source=source, which="bottom"),
-                                      [e.value for e in bottom], title=f"{layer}:{c}  ({stats.images} images)")
-                output.write(f"{_safe(layer)}_c{c:04d}.png", partial(save_figure, fig))
-            classes = stats.top_classes(layer, c, TOP_CLASSES) if ls.by_class is not None else None
-            numbers[c] = {"mean": float(ls.mean[c]), "std": float(ls.std[c]),
-                          "fraction_positive": float(ls.fraction_positive[c]), "max": float(ls.maximum[c]),
-                          "min": float(ls.minimum[c]), "top": [e.to_dict() for e in top],
-                          "bottom": [e.to_dict() for e in bottom], "classes": classes}
-            rows.append((c, f"{numbers[c]['max']:.3g}", f"{numbers[c]['mean']:.3g}", f"{numbers[c]['std']:.3g}",
-                         f"{numbers[c]['fraction_positive']:.1%}", top[0].name if top else "-")
-                        + ((", ".join(r["class"] for r in classes[:3]) or "-",) if classes is not None else ()))
-        report = {"model": m.describe(), "layer": layer, "images": stats.images, "source": stats.source,
-                  "skipped": skipped_dicts(stats.skipped), "n_skipped": stats.n_skipped,
-                  "pre_activation": ls.pre_activation, "receptive_field": list(ls.rf.size) if ls.rf else None,
-                  "channels": numbers}
+        parts = {name: _layer_examples(m, stats, name, source, channels, output) for name in layers}
+        common = {"model": m.describe(), "images": stats.images, "source": stats.source,
+                  "skipped": skipped_dicts(stats.skipped), "n_skipped": stats.n_skipped}
+        if layer:
+            report = {**common, **parts[layer][0]}
+            report = {k: report[k] for k in ("model", "layer", "images", "source", "skipped", "n_skipped",
+                                             "pre_activation", "receptive_field", "channels")}
+        else:
+            report = {**common, "layers": layers, "by_layer": {n: p[0] for n, p in parts.items()}}
         output.write_json("examples.json", report)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
-    print_table(rows, ("channel", "max", "mean", "std", "> 0", "best image")
-                + (("top classes",) if ls.by_class is not None else ()))
+    for name, (_, rows, labelled) in parts.items():
+        if len(parts) > 1:
+            click.echo(f"{name}:")
+        print_table(rows, ("channel", "max", "mean", "std", "> 0", "best image") + (("top classes",) if labelled
+                                                                                     else ()))
     if source is None:
         click.echo("(no crops drawn: --stats files do not know their images; run without --stats for crops)")
     click.echo(f"wrote {output.folder}/")
+
+
+def _layer_examples(m, stats, layer: str, source, channels: str, output) -> tuple[dict, list[tuple], bool]:
+    """One layer's part of ``examples``: its contact sheets written into ``output`` (with a source), its numbers
+    (``examples.json``'s per-layer keys), its table rows and whether the source is labelled."""
+    from ..batching import track
+    from ..dataset import crops
+    from ..plot.common import save_figure
+    from ..plot.dataset import examples_figure
+
+    ls = stats[layer]
+    chosen = _channels(channels, ls)
+    numbers, rows = {}, []
+    for c in track(chosen, show_progress(), f"contact sheets {layer}", total=len(chosen), unit="sheet"):
+        top, bottom = stats.examples(layer, c, "top"), stats.examples(layer, c, "bottom")
+        if source is not None:
+            fig = examples_figure(crops(m, stats, layer, channel=c, source=source), [e.value for e in top],
+                                  crops(m, stats, layer, channel=c, source=source, which="bottom"),
+                                  [e.value for e in bottom], title=f"{layer}:{c}  ({stats.images} images)")
+            output.write(f"{_safe(layer)}_c{c:04d}.png", partial(save_figure, fig))
+        classes = stats.top_classes(layer, c, TOP_CLASSES) if ls.by_class is not None else None
+        numbers[c] = {"mean": float(ls.mean[c]), "std": float(ls.std[c]),
+                      "fraction_positive": float(ls.fraction_positive[c]), "max": float(ls.maximum[c]),
+                      "min": float(ls.minimum[c]), "top": [e.to_dict() for e in top],
+                      "bottom": [e.to_dict() for e in bottom], "classes": classes}
+        rows.append((c, f"{numbers[c]['max']:.3g}", f"{numbers[c]['mean']:.3g}", f"{numbers[c]['std']:.3g}",
+                     f"{numbers[c]['fraction_positive']:.1%}", top[0].name if top else "-")
+                    + ((", ".join(r["class"] for r in classes[:3]) or "-",) if classes is not None else ()))
+    part = {"layer": layer, "pre_activation": ls.pre_activation,
+            "receptive_field": list(ls.rf.size) if ls.rf else None, "channels": numbers}
+    return part, rows, ls.by_class is not None
 
 
 @cli.command("spectrum")

@@ -5,6 +5,7 @@ tuning curves, orientation families; :func:`cnnscope.stimuli.tuning_report`) and
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -25,9 +26,15 @@ from .app import (
     show_progress,
 )
 from .demo import DemoContext, demo_section
+from .study import layers_or_study
 
 #: the demo's layer: expansion activations of EfficientNet-Lite0's 4th stage hold a clear curve family
 DEMO_LAYER = "blocks.3.1.bn1.act"
+
+
+def _safe(text: str) -> str:
+    """A layer name as a folder name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
 class KindType(click.ParamType):
@@ -136,9 +143,9 @@ def stimuli_cmd(kind: str, levels: str | None, param: str | None, width: float |
     click.echo(f"{len(stims)} {kind} stimuli ({len(lev)} {param} x {n_orient} orientations, {size}px) -> {sheet}")
 
 
-def _write(report, out: Path, output: RunOutput | None = None) -> list[Path]:
+def _write(report, out: Path, output: RunOutput | None = None, sub: str = "") -> list[Path]:
     """Save the report's figures and numbers into ``out`` (each file atomically), listed in ``output``'s
-    manifest when given."""
+    manifest when given (under ``sub/``: ``out`` is that subfolder of the run's folder)."""
     from ..plot import save_figure
     from ..plot.stimuli import tuning_report_figures
 
@@ -150,7 +157,7 @@ def _write(report, out: Path, output: RunOutput | None = None) -> list[Path]:
             files.append(out / p.name)
     if output is not None:
         for f in files:
-            output.path(f.name)
+            output.path(f"{sub}/{f.name}" if sub else f.name)
     return files
 
 
@@ -164,7 +171,7 @@ def _print_family(report) -> None:
 
 @cli.command("tuning")
 @click.argument("model")
-@click.argument("layer")
+@click.argument("layer", required=False)
 @model_options
 @stimulus_options
 @channels_option
@@ -186,13 +193,16 @@ def _print_family(report) -> None:
 @click.option("--joint-step", type=click.FloatRange(0), default=5.0, show_default=True,
               help="Rotation step of the joint tuning curves in degrees (the article uses 1; 0 = skip).")
 @click.option("--out", required=True, metavar="FOLDER", help="Folder for figures and numbers.")
-def tuning_cmd(model: str, layer: str, weights: str | None, device: str, kind: str, levels: str | None,
+def tuning_cmd(model: str, layer: str | None, weights: str | None, device: str, kind: str, levels: str | None,
                param: str | None, width: float | None, color: str | None, background: str | None,
                sets: tuple[str, ...], channels: str | None, pre_activation: bool, batch_size: int | None,
                family_k: int, min_selectivity: float, step: float, size: int | None, images: str, examples: int,
                joint_step: float, out: str) -> None:
     """Tuning of LAYER's channels to synthetic stimuli: heatmaps in std above the dataset mean, radial tuning,
-    the orientation family and joint tuning curves from rotated dataset examples."""
+    the orientation family and joint tuning curves from rotated dataset examples.
+
+    LAYER is a layer name or alias; without it, each of the model's study layers (a preset's, marked * by
+    `cnnscope layers`) is measured into OUT/<layer>/."""
     from ..dataset.sources import skipped_lines
     from ..stimuli import tuning_report
 
@@ -200,17 +210,25 @@ def tuning_cmd(model: str, layer: str, weights: str | None, device: str, kind: s
     levels_list = _number_list(levels, "--levels")
     with run_output(out, "tuning") as output:  # an unwritable --out fails before the model loads
         m = open_model(model, weights, device)
-        report = tuning_report(m, layer, channels=channels, family=family_k, min_selectivity=min_selectivity,
-                               kind=kind, step=step, levels=levels_list, param=param, size=size,
-                               source=None if images.lower() == "none" else images, pre_activation=pre_activation,
-                               examples=examples, joint_step=joint_step, batch_size=batch_size,
-                               progress=show_progress(), **stimulus)
-        files = _write(report, output.folder, output)
-    dataset = report.dataset or {}
-    for line in skipped_lines(dataset.get("skipped", []), dataset.get("n_skipped")):  # unreadable --images files
-        click.echo(line, err=True)
-    _print_family(report)
-    click.echo(f"figures and numbers in {out}/ ({', '.join(f.name for f in files)})")
+        layers = layers_or_study(m, [layer] if layer else [], "LAYER")
+        done = []
+        for name in layers:
+            report = tuning_report(m, name, channels=channels, family=family_k, min_selectivity=min_selectivity,
+                                   kind=kind, step=step, levels=levels_list, param=param, size=size,
+                                   source=None if images.lower() == "none" else images,
+                                   pre_activation=pre_activation, examples=examples, joint_step=joint_step,
+                                   batch_size=batch_size, progress=show_progress(), **stimulus)
+            sub = "" if layer else _safe(name)  # one subfolder per study layer
+            done.append((name, report, _write(report, output.folder / sub if sub else output.folder, output, sub)))
+    for name, report, files in done:
+        dataset = report.dataset or {}
+        for line in skipped_lines(dataset.get("skipped", []), dataset.get("n_skipped")):  # unreadable --images
+            click.echo(line, err=True)
+        if len(done) > 1:
+            click.echo(f"{name}:")
+        _print_family(report)
+        where = f"{out}/{files[0].parent.name}" if len(done) > 1 else out
+        click.echo(f"figures and numbers in {where}/ ({', '.join(f.name for f in files)})")
 
 
 @demo_section(65, "Curve detectors: synthetic stimuli and tuning")

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..capture import (
     Capture,
+    canonical_layer,
     evaluating,
     input_channels,
     is_activation,
@@ -99,8 +100,10 @@ def _previous(module: nn.Module, name: str, kind: type | tuple[type, ...]) -> st
 
 
 def _locate(module: nn.Module, layer: str) -> tuple[str, str | None, str, bool]:
-    """``(conv, norm, value_layer, value_is_input)``: where the unit's pre-activation is read."""
+    """``(conv, norm, value_layer, value_is_input)``: where the unit's pre-activation is read (dotted names, an
+    alias resolved)."""
     target = resolve_layers(module, layer)[layer]
+    layer = canonical_layer(module, layer)  # the names below are found by their dotted parents and siblings
     if isinstance(target, nn.Conv2d):
         return layer, None, layer, False
     norm = None
@@ -108,12 +111,12 @@ def _locate(module: nn.Module, layer: str) -> tuple[str, str | None, str, bool]:
         norm = layer
     elif is_activation(target):
         parent = layer.rsplit(".", 1)[0] if "." in layer else ""
-        parent_mod = dict(module.named_modules())[parent]
-        if parent and isinstance(parent_mod, nn.BatchNorm2d):  # timm's BatchNormAct2d: bn then act inside
+        # timm's BatchNormAct2d: bn then act inside
+        if parent and isinstance(resolve_layers(module, parent)[parent], nn.BatchNorm2d):
             norm = parent
         else:  # the closest conv or batch norm registered before the activation
             before = _previous(module, layer, (nn.Conv2d, nn.BatchNorm2d))
-            norm = before if before is not None and isinstance(dict(module.named_modules())[before],
+            norm = before if before is not None and isinstance(resolve_layers(module, before)[before],
                                                                 nn.BatchNorm2d) else None
     else:
         raise LayerError(f"{layer!r} is a {type(target).__name__}; circuits need a Conv2d, a BatchNorm2d after one, "
@@ -347,8 +350,7 @@ def expanded_weights(model: ModelLike, layer: str, *, channel: int, from_layer: 
     pos = check_position(position, allow=("center",))
     if pos is None:
         raise LayerError("expanded_weights() needs one neuron: position='center' or (row, col)")
-    resolve_layers(module, [from_layer, layer])
-    is_input = is_activation(dict(module.named_modules())[layer])
+    is_input = is_activation(resolve_layers(module, [from_layer, layer])[layer])
     size = m.input_size if input_size is None else (input_size, input_size) if isinstance(input_size, int) \
         else tuple(input_size)
     gen = torch.Generator().manual_seed(0)
@@ -397,6 +399,7 @@ def feeding_layer(model: ModelLike, conv: str, *, input_size: int = 64) -> str:
     from ..capture import list_layers
 
     module = as_model(model).module
+    conv = canonical_layer(module, conv)
     x = _probe(module, input_size)
     with torch.no_grad(), evaluating(module), InputCapture(module, conv) as cin:
         cin.run(x)
@@ -451,7 +454,7 @@ def render_attribution(model: ModelLike, attr: Attribution, *, from_layer: str |
         if not same:
             raise LayerError(f"{from_layer!r} does not output the input of {conv!r}; the attribution's channels are "
                              f"{conv!r}'s input channels (try {feeding_layer(m, conv)!r})")
-    vector = attr.vector(int(dict(module.named_modules())[conv].in_channels), absolute=absolute)
+    vector = attr.vector(int(resolve_layers(module, conv)[conv].in_channels), absolute=absolute)
     if not bool(vector.any()):
         raise CnnscopeError("the attribution vector is zero (the unit receives nothing at this position)")
     return render(m, direction(from_layer, vector.cpu()), **render_options)

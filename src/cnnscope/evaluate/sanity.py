@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..batching import chunks, resolve_batch_size, track
-from ..capture import list_layers
+from ..capture import canonical_layer, list_layers
 from ..errors import CnnscopeError, LayerError, unknown
 from ..models import LoadedModel, ModelLike, as_model
 from .common import Explainer, TargetLike, as_maps, make_generator, resolve_targets
@@ -61,7 +61,7 @@ def randomization_units(model: ModelLike, images: object, *, layers: Sequence[st
     m = as_model(model)
     module = m.module
     if layers is not None:
-        names = list(dict.fromkeys(layers))
+        names = list(dict.fromkeys(canonical_layer(module, n) for n in layers))  # an alias is its layer
         table = dict(module.named_modules())
         for n in names:
             if n not in table:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..capture import Capture, evaluating, list_layers, resolve_layers
+from ..capture import Capture, canonical_layer, evaluating, list_layers, resolve_layers
 from ..errors import CnnscopeError
 from .steps import Step, step_for, supported
 
@@ -109,6 +109,7 @@ def build_chain(module: nn.Module, layer: str, input_size: tuple[int, int], in_c
             backward-rule deconvnet).
     """
     resolve_layers(module, layer)
+    layer = canonical_layer(module, layer)  # the chain walks dotted names
     infos = list_layers(module, input_size, in_channels=in_channels)
     entered = [i.name for i in infos if i.calls > 0]
     if layer not in entered:
@@ -190,7 +191,7 @@ def _broken(module: nn.Module, before: str | None, step: str) -> str:
 
 
 def table_kind(module: nn.Module, name: str) -> str:
-    return type(dict(module.named_modules())[name]).__name__
+    return type(resolve_layers(module, name)[name]).__name__ if name else type(module).__name__
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..batching import chunks, resolve_batch_size
-from ..capture import Capture, evaluating, relu_rule
+from ..capture import Capture, evaluating, relu_rule, resolve_layers
 from ..errors import CnnscopeError, ImageError, LayerError
 from ..models import ModelLike, as_model
 from ..units import POSITION_NAMES, check_position, grid_position, read_unit
@@ -107,9 +107,9 @@ class DeconvNet:
         chain = build_chain(m.module, layer, self.input_size, len(m.mean))
         if self.pre_activation:
             last = chain.steps[-1]
-            if not (isinstance(last, ReLUStep) and last.name == layer):
+            if not (isinstance(last, ReLUStep) and last.name == chain.layer):
                 raise LayerError(f"pre_activation=True projects the input of an activation module; {layer!r} is "
-                                 f"{type(dict(m.module.named_modules())[layer]).__name__}, not a ReLU/ReLU6")
+                                 f"{type(resolve_layers(m.module, layer)[layer]).__name__}, not a ReLU/ReLU6")
             chain = Chain(layer, chain.steps[:-1], chain.containers)
         self.chain: Chain = chain
 

@@ -72,7 +72,9 @@ class _Collate:
 
 def fitter_of(model: ModelLike) -> object:
     """A light, picklable copy of a model's ``LoadedModel`` that only fits images (for ``DataLoader`` workers)."""
-    return dataclasses.replace(as_model(model), module=nn.Identity(), labels=None, extra={})
+    # no aliases or study layers: they name layers of the model, and an Identity has none
+    return dataclasses.replace(as_model(model), module=nn.Identity(), labels=None, extra={}, aliases={},
+                               study_layers=[], notes=[])
 
 
 def iterate_batches(model: ModelLike, source: object, *, batch_size: int | None = None, num_workers: int = 0,
