@@ -71,11 +71,16 @@ def build_objectives(model, target: str, channels: str | None, position, pre_act
 @click.option("--diversity", type=click.IntRange(min=1), default=1, show_default=True,
               help="Images per objective, pushed apart by the diversity term.")
 @batch_size_option
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the chunks of units run: this process, or Ray actors (pip install 'cnnscope[ray]'; "
+                   "docs/scale.md). Same images either way.")
+@click.option("--address", metavar="auto|HOST:PORT", default=None,
+              help="With --engine ray: the cluster to join (default: start a local Ray on this machine).")
 @click.option("--out", metavar="FOLDER", default="render-out", show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on in a terminal).")
 def render_cmd(model: str, target: str, weights: str | None, device: str, channels: str | None, position,
                pre_activation: bool, negative: bool, recipe: str, steps: int, size: int, seed: int, diversity: int,
-               batch_size: int | None, out: str, progress: bool | None) -> None:
+               batch_size: int | None, engine: str, address: str | None, out: str, progress: bool | None) -> None:
     """Feature visualization: images that maximise units of MODEL.
 
     TARGET is a LAYER (one image per channel of --channels; the neuron at --position instead of the channel's
@@ -85,6 +90,8 @@ def render_cmd(model: str, target: str, weights: str | None, device: str, channe
     model's images are saved grey (what the model sees).
 
     Example: cnnscope render efficientnet_lite0 blocks.4.0 --channels 0-7 --steps 256 --out fv
+
+    Many units on a Ray cluster: ... --channels 0-255 --engine ray --address auto
     """
     from ..featurevis import get_recipe, render
     from ..images import save_image
@@ -97,7 +104,7 @@ def render_cmd(model: str, target: str, weights: str | None, device: str, channe
         objs, stems = build_objectives(m, target, channels, position, pre_activation, negative)
         show = show_progress() if progress is None else progress
         res = render(m, objs, recipe=recipe, steps=steps, size=size, seed=seed, batch_size=batch_size,
-                     diversity=diversity, progress=show)
+                     diversity=diversity, progress=show, engine=engine, address=address)
         files = []
         for k, img in enumerate(res.images):
             stem = stems[k // diversity] + (f"_d{k % diversity}" if diversity > 1 else "")

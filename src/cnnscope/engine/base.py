@@ -32,6 +32,9 @@ class Engine:
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "workers": self.workers}
 
+    def close(self) -> None:
+        """Release the engine's workers (a caller that made the engine from its name closes it when done)."""
+
 
 class LocalEngine(Engine):
     """This process, one piece after another (the default)."""

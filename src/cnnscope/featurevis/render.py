@@ -21,6 +21,7 @@ from torch import nn
 
 from ..batching import chunks, resolve_batch_size
 from ..capture import Capture, evaluating, first_tensor
+from ..engine import Engine, LocalEngine, get_engine
 from ..errors import CnnscopeError, LayerError, MethodError
 from ..images import luma, to_uint8
 from ..models import LoadedModel, ModelLike, as_model
@@ -256,13 +257,25 @@ def _render_chunk(m: LoadedModel, objs: Sequence[Objective], measured: Sequence[
             "snapshots": snaps}
 
 
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+
+def _render_piece(m: LoadedModel, piece: dict[str, Any]) -> dict[str, Any]:
+    """One chunk of a render on an engine's worker (the same computation as the in-process loop's chunk)."""
+    with evaluating(m.module), torch.enable_grad():
+        return _render_chunk(m, bar=_NoBar(), **piece)
+
+
 def render(model: ModelLike, objectives: ObjectivesLike, *, recipe: str | Recipe | None = "lucid",
            steps: int = 512, size: int | Sequence[int] = 128, seed: int | Sequence[int] = 0,
            batch_size: int | None = None, thresholds: Sequence[int] | None = None, progress: bool = False,
            diversity: int = 1, diversity_layer: str | None = None, diversity_weight: float = DIVERSITY_WEIGHT,
            param: Any = None, param_options: Mapping | None = None, transforms: Any = None, filters: Any = None,
            optimizer: str | None = None, lr: float | None = None, truncate: bool = True, amp: bool = False,
-           channels_last: bool | None = None) -> RenderResult:
+           channels_last: bool | None = None, engine: str | Engine | None = None, address: str | None = None
+           ) -> RenderResult:
     """Render one image per objective by gradient ascent.
 
     Args:
@@ -289,6 +302,11 @@ def render(model: ModelLike, objectives: ObjectivesLike, *, recipe: str | Recipe
         amp: run the model under bfloat16 autocast (faster on recent GPUs; values differ slightly).
         channels_last: feed channels-last inputs (default ``None``: on; oneDNN and cuDNN run convolutions faster
             in that layout; float summation order differs from contiguous inputs, about 1e-6 relative).
+        engine: where the chunks run: ``None``/``"local"`` (this process, one after another), ``"ray"`` (each
+            chunk a piece on a Ray actor holding the model, docs/scale.md) or a :class:`~cnnscope.engine.Engine`.
+            The chunks and seeds are the same, so the results are too (bit for bit with one torch thread here,
+            as on the workers).
+        address: with ``engine="ray"``: ``"auto"``, ``"HOST:PORT"`` or ``None`` (a local Ray).
 
     Returns:
         :class:`RenderResult`.
@@ -296,7 +314,7 @@ def render(model: ModelLike, objectives: ObjectivesLike, *, recipe: str | Recipe
     Raises:
         LayerError: unknown layer (with close matches), channel or position out of range, ``pre_activation`` on
             a layer that is not an activation module.
-        CnnscopeError: bad steps/size/seeds, or a size too small for the model.
+        CnnscopeError: bad steps/size/seeds, or a size too small for the model; an engine that cannot start.
         MethodError: unknown recipe, parameterization, transform preset, optimiser or objective.
     """
     m = as_model(model)
@@ -335,13 +353,26 @@ def render(model: ModelLike, objectives: ObjectivesLike, *, recipe: str | Recipe
     parts_of = list(chunks(len(base), max(1, images_per_batch // diversity)))
     from tqdm.auto import tqdm
 
+    eng = get_engine(engine, address=address)
     parts = []
     t0 = time.perf_counter()
-    with evaluating(m.module), torch.enable_grad(), \
-            tqdm(total=steps * len(parts_of), disable=not progress, desc="render", unit="step", leave=False) as bar:
-        for ch in parts_of:
-            parts.append(_render_chunk(m, maximised[ch], base[ch], seeds[ch], diversity, chosen, steps, hw,
-                                       thresholds, truncate, amp, cl, bar))
+    if not isinstance(eng, LocalEngine):
+        pieces = [{"objs": maximised[ch], "measured": base[ch], "seeds": seeds[ch], "group": diversity,
+                   "recipe": chosen, "steps": steps, "size": hw, "thresholds": thresholds, "truncate": truncate,
+                   "amp": amp, "channels_last": cl} for ch in parts_of]
+        try:
+            done = dict(eng.map_with_model(m, _render_piece, pieces, progress=progress, desc="render"))
+        finally:
+            if not isinstance(engine, Engine):
+                eng.close()  # made here from its name: its workers go with this call
+        parts = [done[i] for i in range(len(pieces))]
+    else:
+        with evaluating(m.module), torch.enable_grad(), \
+                tqdm(total=steps * len(parts_of), disable=not progress, desc="render", unit="step",
+                     leave=False) as bar:
+            for ch in parts_of:
+                parts.append(_render_chunk(m, maximised[ch], base[ch], seeds[ch], diversity, chosen, steps, hw,
+                                           thresholds, truncate, amp, cl, bar))
     seconds = time.perf_counter() - t0
     n = len(base) * diversity
     spec = {"objectives": [o.spec() for o in base], "recipe": chosen.spec(), "steps": int(steps),
@@ -356,7 +387,8 @@ def render(model: ModelLike, objectives: ObjectivesLike, *, recipe: str | Recipe
         labels=[repr(o) for o in base for _ in range(diversity)],
         snapshots={t: np.concatenate([p["snapshots"][t] for p in parts]) for t in thresholds},
         timing={"seconds": seconds, "ms_per_step": 1000 * seconds / steps,
-                "ms_per_image_step": 1000 * seconds / (steps * n), "chunks": len(parts_of), "device": str(device)},
+                "ms_per_image_step": 1000 * seconds / (steps * n), "chunks": len(parts_of), "device": str(device),
+                "engine": eng.name},
     )
 
 
