@@ -193,3 +193,17 @@ def test_the_memory_cache_does_not_outlive_the_model():
     del net
     gc.collect()
     assert len(plan_cache._MEMORY) == n - 1
+
+
+def test_a_plan_asked_for_by_alias_is_the_plan_of_its_layer(single_thread, plan_cache):
+    """Split layers given by alias are planned, cached and read back under their dotted names."""
+    from cnnscope.capture import set_layer_aliases
+
+    net = DeepNet().eval()
+    set_layer_aliases(net, {"first": "blocks.0"})
+    x = _images()
+    a = attribute(net, x, "occlusion", window=8, stride=4, split_layer="first")
+    assert a.spec["incremental"]["used"] and a.spec["incremental"]["layers"] == ["blocks.0"]
+    b = attribute(net, x, "occlusion", window=8, stride=4, split_layer="blocks.0")
+    assert b.spec["incremental"]["plan"] in ("memory", "disk")  # the same key: no planning again
+    torch.testing.assert_close(a.values, b.values, rtol=0, atol=0)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..capture import first_tensor, patch_outputs
+from ..capture import canonical_layer, first_tensor, patch_outputs
 from ..errors import CnnscopeError
 from ..models import ModelLike, as_model
 from .approximate import check_tau
@@ -70,6 +70,8 @@ class FastForward:
         """
         tau = check_tau(approximate)
         layers = _layers(split_layer)
+        if layers is not None:  # plans (and the disk cache) use dotted names: an alias is its layer
+            layers = tuple(canonical_layer(self.model, n) for n in layers)
         # the split is planned (timed) in the memory format the model will see
         xp = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         key = plan_key(x, windows, batch=batch_size, layers=layers, tau=tau, folded=self.folded,
