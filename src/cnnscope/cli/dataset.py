@@ -76,9 +76,10 @@ def _listed(out: str, path: str | None) -> str | None:
 
 
 def _statistics(model, layer: str | list[str], images: str, k: int, batch_size: int | None, workers: int, rf: str,
-                pre_activation: bool, class_histograms: bool = False):
+                pre_activation: bool, class_histograms: bool = False, scale: dict | None = None):
     """One statistics pass over ``--images`` (for one layer or several) and the source, opened once (the crops
-    read it again); unreadable images are listed on stderr."""
+    read it again); unreadable images are listed on stderr. ``scale``: the work-folder and engine options
+    (:func:`_scale`)."""
     from ..dataset import collect_statistics
     from ..dataset.sources import open_source, skipped_lines
 
@@ -86,13 +87,34 @@ def _statistics(model, layer: str | list[str], images: str, k: int, batch_size: 
     stats = collect_statistics(model, source, [layer] if isinstance(layer, str) else list(layer),
                                pre_activation=pre_activation, k=k, batch_size=batch_size,
                                num_workers=workers, progress=show_progress(), receptive_field=rf,
-                               class_histograms=class_histograms)
+                               class_histograms=class_histograms, **(scale or {}))
     for line in skipped_lines(stats.skipped, stats.n_skipped):
         click.echo(line, err=True)
     return stats, source
 
 
+def _scale(work: str | None, shard_size: int | None, engine: str, address: str | None, stats_file: str | None
+           ) -> dict:
+    """``collect_statistics``' work-folder and engine arguments from ``--work``, ``--shard-size``, ``--engine`` and
+    ``--address``."""
+    if work is None and (shard_size is not None or engine != "local" or address is not None):
+        raise CnnscopeError("--shard-size, --engine and --address need --work DIR (the folder of the pass's shards)")
+    if work is not None and stats_file:
+        raise CnnscopeError("--work runs a new pass; --stats reuses a saved one: give one of them")
+    if work is None:
+        return {}
+    return {"workdir": work, "shard_size": shard_size, "engine": engine, "address": address}
+
+
 def _pass_options(f):
+    f = click.option("--address", default=None, help="With --engine ray: 'auto' or HOST:PORT of a running Ray "
+                     "cluster (default: a local Ray started here).")(f)
+    f = click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="Where the shards of a --work pass run (ray: the extra cnnscope[ray]).")(f)
+    f = click.option("--shard-size", type=click.IntRange(1), default=None,
+                     help="Images per shard of a --work pass (default 256, a multiple of the batch size).")(f)
+    f = click.option("--work", metavar="DIR", default=None,
+                     help="Work folder: the pass is saved shard by shard there; run again to resume a killed pass.")(f)
     f = click.option("--rf", "rf", type=click.Choice(["auto", "fast", "exact"]), default="auto", show_default=True,
                      help="How to measure receptive-field boxes.")(f)
     f = click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")(f)
@@ -120,7 +142,8 @@ def _pass_options(f):
 @click.option("--json", "as_json", is_flag=True, help="Print examples.json instead of the table.")
 @click.option("--out", metavar="FOLDER", default="examples-out", show_default=True)
 def examples_cmd(model: str, layer: str | None, weights: str | None, device: str, images: str, stats_file: str | None,
-                 pre_activation: bool, batch_size: int | None, workers: int, rf: str, k: int, channels: str,
+                 pre_activation: bool, batch_size: int | None, workers: int, rf: str, work: str | None,
+                 shard_size: int | None, engine: str, address: str | None, k: int, channels: str,
                  class_histograms: bool, as_json: bool, out: str) -> None:
     """Top-k and bottom-k dataset examples of LAYER's channels (receptive-field crops), with statistics.
 
@@ -135,6 +158,7 @@ def examples_cmd(model: str, layer: str | None, weights: str | None, device: str
     """
     from ..dataset.sources import skipped_dicts
 
+    scale = _scale(work, shard_size, engine, address, stats_file)
     saved = _saved_statistics(stats_file, layer, pre_activation) if stats_file and layer else None  # before --out
     with run_output(out, "examples") as output:  # an unwritable --out fails before the model loads
         m = open_model(model, weights, device)
@@ -142,7 +166,7 @@ def examples_cmd(model: str, layer: str | None, weights: str | None, device: str
         if stats_file and not layer:
             saved = _saved_statistics(stats_file, layers, pre_activation)
         stats, source = (saved, None) if saved is not None else _statistics(
-            m, layers, images, k, batch_size, workers, rf, pre_activation, class_histograms)
+            m, layers, images, k, batch_size, workers, rf, pre_activation, class_histograms, scale)
         output.write("stats.npz", stats.save)  # a --stats file too: it may be a file the last run here listed
         parts = {name: _layer_examples(m, stats, name, source, channels, output) for name in layers}
         common = {"model": m.describe(), "images": stats.images, "source": stats.source,
@@ -208,7 +232,8 @@ def _layer_examples(m, stats, layer: str, source, channels: str, output) -> tupl
               help="Random example crops per band.")
 @click.option("--out", metavar="FOLDER", default="spectrum-out", show_default=True)
 def spectrum_cmd(model: str, layer: str, weights: str | None, device: str, images: str, stats_file: str | None,
-                 pre_activation: bool, batch_size: int | None, workers: int, rf: str, channels: str, n_examples: int,
+                 pre_activation: bool, batch_size: int | None, workers: int, rf: str, work: str | None,
+                 shard_size: int | None, engine: str, address: str | None, channels: str, n_examples: int,
                  out: str) -> None:
     """Activation spectrum of units: log density of the pre-activations, contribution x*p(x) to the expected value
     per band, and random examples of each band (the Curve Detectors article's Figs. 6, 7 and 12)."""
@@ -218,12 +243,14 @@ def spectrum_cmd(model: str, layer: str, weights: str | None, device: str, image
     from ..plot.common import save_figure
     from ..plot.dataset import spectrum_figure
 
+    scale = _scale(work, shard_size, engine, address, stats_file)
     saved = _saved_statistics(stats_file, layer, pre_activation) if stats_file else None
     keep = _listed(out, stats_file)  # a --stats file the last run in --out listed is written again, not lost
     with run_output(out, "spectrum") as output:
         m = open_model(model, weights, device)
         stats, source = (saved, None) if saved is not None else _statistics(m, layer, images, 9, batch_size,
-                                                                             workers, rf, pre_activation)
+                                                                             workers, rf, pre_activation,
+                                                                             scale=scale)
         if keep:
             output.write(keep, stats.save)
         ls = stats[layer]

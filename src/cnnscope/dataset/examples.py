@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,8 +29,9 @@ import torch
 from ..batching import resolve_batch_size
 from ..capture import Capture, evaluating, is_activation, resolve_layers
 from ..capture.receptive_field import ReceptiveField, receptive_fields
+from ..engine import Engine
 from ..errors import CnnscopeError, LayerError
-from ..models import ModelLike, as_model
+from ..models import ModelLike, as_model, fingerprint
 from .accumulate import LayerAccumulator
 from .classes import ClassAccumulator
 from .histograms import LogBins
@@ -136,11 +138,15 @@ class StatisticsAccumulator:
         """The statistics so far; ``source`` names the example images (and gives their classes), ``receptive``
         gives their boxes."""
         if not self._acc:
-            raise CnnscopeError("no image was processed (all were unreadable or the source is empty)"
-                                + (f"; first problem: {self.skipped[0][0]}: {self.skipped[0][1]}"
-                                   if self.skipped else ""))
+            raise CnnscopeError(nothing_processed(self.skipped))
+        return self.partial(source, receptive)
+
+    def partial(self, source: ImageSource | None = None, receptive: dict[str, ReceptiveField] | None = None
+                ) -> DatasetStats:
+        """Like :meth:`result`, but with no layers instead of an error when no image was processed yet (a shard
+        of unreadable images still records them)."""
         receptive = receptive or {}
-        layers = {n: self._acc[n].result(receptive.get(n)) for n in self.layers}
+        layers = {n: self._acc[n].result(receptive.get(n)) for n in self.layers if n in self._acc}
         for n, by_class in self._by_class.items():
             layers[n].by_class = by_class.result()
         used = sorted(used_ids(layers.values()))
@@ -152,7 +158,13 @@ class StatisticsAccumulator:
                             images=self.images, id_ranges=self.ranges, names=names, skipped=self.skipped,
                             n_skipped=self.n_skipped, k=self.k, bottom_k=self.bottom_k,
                             band_samples=self.band_samples, seed=self.seed, bins=self.bins, layers=layers,
-                            labels=labels)
+                            labels=labels, fingerprint=fingerprint(m))
+
+
+def nothing_processed(skipped: list[SkippedImage]) -> str:
+    """The error of a pass that could read no image."""
+    return ("no image was processed (all were unreadable or the source is empty)"
+            + (f"; first problem: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""))
 
 
 def _overlaps(new: list[tuple[int, int]], ranges: list[tuple[int, int]]) -> bool:
@@ -169,7 +181,9 @@ def collect_statistics(model: ModelLike, source: object, layers: str | Iterable[
                        pre_activation: bool = False, k: int = 9, bottom_k: int | None = None, band_samples: int = 6,
                        bins: LogBins | None = None, seed: int = 0, batch_size: int | None = None, num_workers: int = 0,
                        progress: bool = False, receptive_field: str | None = "auto", channels_last: bool = True,
-                       by_class: bool = True, class_histograms: bool = False) -> DatasetStats:
+                       by_class: bool = True, class_histograms: bool = False, workdir: str | Path | None = None,
+                       shard_size: int | None = None, engine: str | Engine | None = None, address: str | None = None
+                       ) -> DatasetStats:
     """One pass over a source of images collecting per-channel statistics of several layers.
 
     The model runs without gradients in temporary eval mode; forward passes stop after the deepest requested
@@ -200,21 +214,52 @@ def collect_statistics(model: ModelLike, source: object, layers: str | Iterable[
             class, no per-class statistics are kept.
         class_histograms: with ``by_class``, also a histogram of the values per class and channel (memory
             ``classes x channels x bins x 8`` bytes per layer; refused above 1 GiB).
+        workdir: a work folder that persists the pass shard by shard (:mod:`.shards`): a rerun with the same
+            model, layers, settings and images loads the finished shards and computes only the rest; the result
+            equals one uninterrupted pass. ``None``: in memory only.
+        shard_size: images per shard with ``workdir`` (default :data:`~.shards.SHARD_IMAGES`, rounded up to a
+            multiple of the batch size).
+        engine, address: where the shards run with ``workdir`` (:func:`cnnscope.engine.get_engine`: ``"local"``,
+            the default, or ``"ray"`` with ``address`` ``"auto"`` / ``HOST:PORT``).
 
     Returns:
         :class:`DatasetStats` (every number a CPU tensor); unreadable images are skipped and listed in ``skipped``
         (:class:`~.sources.SkippedImage`, the first 100) and counted in ``n_skipped``. The global random state
         (torch, numpy, ``random``) is not touched.
+
+    Raises:
+        CnnscopeError: ``workdir`` holds a pass of another model, layers, settings or image set (named), or the
+            source has no identity; ``shard_size`` / ``engine`` / ``address`` without ``workdir``.
     """
+    if workdir is not None:
+        from .shards import sharded_statistics
+
+        return sharded_statistics(model, source, layers, workdir=workdir, shard_size=shard_size, engine=engine,
+                                  address=address, pre_activation=pre_activation, k=k, bottom_k=bottom_k,
+                                  band_samples=band_samples, bins=bins, seed=seed, batch_size=batch_size,
+                                  num_workers=num_workers, progress=progress, receptive_field=receptive_field,
+                                  channels_last=channels_last, by_class=by_class, class_histograms=class_histograms)
+    if shard_size is not None or engine not in (None, "local") or address is not None:
+        raise CnnscopeError("shard_size, engine and address need a work folder (workdir=...) for the shards")
     m = as_model(model)
     src = open_source(source)
-    classes = src.classes if by_class else None
     acc = StatisticsAccumulator(m, layers, pre_activation=pre_activation, k=k, bottom_k=bottom_k,
-                                band_samples=band_samples, bins=bins, seed=seed, classes=classes,
-                                class_histograms=class_histograms)
+                                band_samples=band_samples, bins=bins, seed=seed,
+                                classes=src.classes if by_class else None, class_histograms=class_histograms)
     receptive = None
     if receptive_field is not None:
         receptive = receptive_fields(m.module, acc.layers, m.input_size, method=receptive_field, progress=progress)
+    run_pass(acc, src, batch_size=batch_size, num_workers=num_workers, progress=progress,
+             channels_last=channels_last)
+    return acc.result(src, receptive)
+
+
+def run_pass(acc: StatisticsAccumulator, source: ImageSource, *, batch_size: int | None = None,
+             num_workers: int = 0, progress: bool = False, channels_last: bool = True) -> None:
+    """Feed every image of ``source`` to ``acc`` (its model, layers and settings), batch by batch; unreadable
+    images are recorded with :meth:`StatisticsAccumulator.skip`. The loop of :func:`collect_statistics` and of
+    each shard of a pass in a work folder."""
+    m, src, pre_activation = acc.model, source, acc.pre_activation
     outputs = [n for n in acc.layers if not pre_activation or acc.post[n] == "captured"]  # outputs that are read
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     with ExitStack() as stack:
@@ -238,13 +283,12 @@ def collect_statistics(model: ModelLike, source: object, layers: str | Iterable[
                     cap.reset()
             driver.run(batch.tensor(m).contiguous(memory_format=fmt))
             labels = torch.tensor([src.label_index(i) for i in batch.ids.tolist()], dtype=torch.int64) \
-                if src.classes is not None else None
+                if acc.classes is not None else None
             if pre_cap is None:
                 acc.add(batch.ids, {n: out_cap[n] for n in acc.layers}, labels=labels)  # type: ignore[index]
             else:
                 acc.add(batch.ids, {n: pre_cap[n] for n in acc.layers},
                         {n: out_cap[n] for n in outputs}, labels=labels)  # type: ignore[index]
-    return acc.result(src, receptive)
 
 
 def crop(image: np.ndarray, box: tuple[int, int, int, int], *, size: tuple[int, int] | None = None,

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 from collections.abc import Iterable
@@ -216,6 +218,8 @@ class DatasetStats:
             ``n_skipped`` in all.
         k, bottom_k, band_samples, seed, bins: the settings of the pass (results merge only with equal ones).
         labels: image id -> class for every example image of a labelled source.
+        fingerprint: the model's :func:`~cnnscope.models.fingerprint` (class and weights), ``None`` when unknown
+            (files written before it was recorded); merging refuses two different ones.
     """
 
     model: str
@@ -234,6 +238,7 @@ class DatasetStats:
     bins: LogBins
     layers: dict[str, LayerStats] = field(default_factory=dict)
     labels: dict[int, str] = field(default_factory=dict)
+    fingerprint: str | None = None
 
     def __getitem__(self, layer: str) -> LayerStats:
         if layer not in self.layers:
@@ -319,6 +324,9 @@ class DatasetStats:
             if getattr(self, name) != getattr(other, name):
                 raise CnnscopeError(f"cannot merge statistics with different {name}: {getattr(self, name)!r} vs "
                                     f"{getattr(other, name)!r}")
+        if self.fingerprint is not None and other.fingerprint is not None and self.fingerprint != other.fingerprint:
+            raise CnnscopeError(f"cannot merge statistics of two models with the same name {self.model!r} (weights "
+                                f"fingerprints {self.fingerprint[:12]} and {other.fingerprint[:12]})")
         mine, theirs = identity_of(self.source), identity_of(other.source)
         if mine is not None and theirs is not None and mine != theirs:
             raise CnnscopeError(f"cannot merge statistics of two image sets (identities {mine[:19]} and "
@@ -341,12 +349,21 @@ class DatasetStats:
                                                     if i in used},
                        images=self.images + other.images, id_ranges=merge_ranges(self.id_ranges + other.id_ranges),
                        names=names, skipped=(self.skipped + other.skipped)[:MAX_SKIPPED],
-                       n_skipped=self.n_skipped + other.n_skipped, layers=layers)
+                       n_skipped=self.n_skipped + other.n_skipped, layers=layers,
+                       fingerprint=self.fingerprint if self.fingerprint == other.fingerprint else None)
 
     # -- files -----------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write everything to one ``.npz`` file (arrays + JSON metadata; atomically: a temporary file renamed into
         place); :meth:`load` reads it back."""
+        data = self.to_bytes()
+        path = Path(path)
+        with atomic_path(path) as tmp:  # an interrupted save leaves no partial file
+            tmp.write_bytes(data)
+        return path
+
+    def to_bytes(self) -> bytes:
+        """The contents of the ``.npz`` file :meth:`save` writes (:meth:`from_bytes` reads them)."""
         arrays: dict[str, np.ndarray] = {}
         layer_meta = {}
         for i, (name, ls) in enumerate(self.layers.items()):
@@ -379,12 +396,11 @@ class DatasetStats:
                 "skipped": [list(s) for s in self.skipped], "n_skipped": self.n_skipped, "k": self.k,
                 "bottom_k": self.bottom_k, "band_samples": self.band_samples, "seed": self.seed,
                 "bins": self.bins.to_dict(), "layers": layer_meta,
-                "labels": {str(k): v for k, v in self.labels.items()}}
+                "labels": {str(k): v for k, v in self.labels.items()}, "fingerprint": self.fingerprint}
         arrays["meta"] = np.array(json.dumps(meta))
-        path = Path(path)
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # an interrupted save leaves no partial file
-            np.savez_compressed(fh, **arrays)
-        return path
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path: str | Path) -> DatasetStats:
@@ -392,13 +408,25 @@ class DatasetStats:
         path = Path(path)
         if not path.is_file():
             raise CnnscopeError(f"{path}: no such statistics file")
+        return cls.from_bytes(path.read_bytes(), str(path))
+
+    @classmethod
+    def from_bytes(cls, contents: bytes, name: str = "statistics", sha256: str | None = None) -> DatasetStats:
+        """Read the contents of a file written by :meth:`save` (``name`` names it in errors); with ``sha256``
+        (hex digest) the contents are first checked against it.
+
+        Raises:
+            CnnscopeError: a checksum that does not match (a truncated or altered file), or not a statistics file.
+        """
+        if sha256 is not None and hashlib.sha256(contents).hexdigest() != sha256:
+            raise CnnscopeError(f"{name}: checksum mismatch (the file is truncated or corrupt)")
         try:
-            data = np.load(path, allow_pickle=False)
+            data = np.load(io.BytesIO(contents), allow_pickle=False)
             meta = json.loads(str(data["meta"]))
         except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
-            raise CnnscopeError(f"{path}: not a cnnscope statistics file ({exc})") from None
+            raise CnnscopeError(f"{name}: not a cnnscope statistics file ({exc})") from None
         if meta.get("format") != FORMAT:
-            raise CnnscopeError(f"{path}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
+            raise CnnscopeError(f"{name}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
 
         def t(key: str) -> torch.Tensor:
             return torch.from_numpy(data[key])
@@ -430,7 +458,7 @@ class DatasetStats:
                    skipped=[SkippedImage(*s) for s in meta["skipped"]], n_skipped=meta["n_skipped"], k=meta["k"],
                    bottom_k=meta["bottom_k"],
                    band_samples=meta["band_samples"], seed=meta["seed"], bins=LogBins(**meta["bins"]), layers=layers,
-                   labels={int(k): v for k, v in meta.get("labels", {}).items()})
+                   labels={int(k): v for k, v in meta.get("labels", {}).items()}, fingerprint=meta.get("fingerprint"))
 
 
 def _load_classes(classes: list[str] | None, prefix: str, data) -> ClassStats | None:
