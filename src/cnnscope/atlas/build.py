@@ -124,7 +124,8 @@ def _brief(images: dict | None) -> str:
 def build_atlas(model: ModelLike, out: str | Path, layers: str | Sequence[str] | None = None, *,
                 channels: str | int | Iterable[int] | None = None, source: object = None,
                 kinds: Sequence[str] | None = None, options: BuildOptions | None = None, progress: bool = False,
-                inline_max: int = 256 * 1024, max_units: int | None = None) -> BuildReport:
+                inline_max: int = 256 * 1024, max_units: int | None = None, engine: object = None,
+                address: str | None = None) -> BuildReport:
     """Build (or finish building) the atlas of ``model`` in the folder ``out``.
 
     Args:
@@ -142,6 +143,8 @@ def build_atlas(model: ModelLike, out: str | Path, layers: str | Sequence[str] |
         progress: show a tqdm progress bar with ETA.
         inline_max: artifacts larger than this many bytes are stored as files beside the database.
         max_units: stop after computing this many units (the rest is left for a later run).
+        engine, address: where the dataset pass's image shards run (``"local"``, ``"ray"``; docs/scale.md). The
+            pass keeps its shards in ``out/work/``, so a killed build resumes it at the last finished shard.
 
     Returns:
         :class:`BuildReport`.
@@ -188,7 +191,9 @@ def build_atlas(model: ModelLike, out: str | Path, layers: str | Sequence[str] |
             report.skipped += len(plans[info.name]) - len(pending)
             jobs += [(info, pending[sl]) for sl in chunks(len(pending), options.units_per_chunk)]
         cache: dict = {}
-        _run_jobs(store, m, jobs, chosen, skipped, options, batch_size, source, report, progress, max_units, cache)
+        where = {"workdir": Path(out) / "work" if source is not None else None, "engine": engine, "address": address}
+        _run_jobs(store, m, jobs, chosen, skipped, options, batch_size, source, report, progress, max_units, cache,
+                  where)
         report.skipped_images = list(cache.get("skipped_images", {}).values())
         report.n_skipped_images = int(cache.get("n_skipped", 0))
         if report.skipped_images:
@@ -229,7 +234,7 @@ def _check_declared(kind: ArtifactKind, a: Artifact) -> None:
 
 def _run_jobs(store: AtlasStore, model, jobs: list[tuple[LayerInfo, list[int]]], chosen: list[ArtifactKind],
               skipped: dict[str, dict[str, str]], options: BuildOptions, batch_size: int, source,
-              report: BuildReport, progress: bool, max_units: int | None, cache: dict) -> None:
+              report: BuildReport, progress: bool, max_units: int | None, cache: dict, where: dict) -> None:
     from tqdm.auto import tqdm
 
     total = sum(len(u) for _, u in jobs)
@@ -245,7 +250,7 @@ def _run_jobs(store: AtlasStore, model, jobs: list[tuple[LayerInfo, list[int]]],
                     break
             bar.set_postfix_str(f"{info.name} {chunk[0]}-{chunk[-1]}")
             ctx = BuildContext(model=model, layer=info, options=options, batch_size=batch_size, source=source,
-                               cache=cache, layers=layers)
+                               cache=cache, layers=layers, **where)
             per_unit: dict[int, list[Artifact]] = {u: [] for u in chunk}
             t_chunk = time.perf_counter()
             for kind in chosen:

@@ -7,6 +7,10 @@ build options) the pre-activation distributions of Cammarata et al., *Curve Dete
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
 
 from .encode import figure_artifact, image_artifact
@@ -28,8 +32,15 @@ def layer_stats(ctx: BuildContext):
         o = ctx.options
         layers = [n for n in ctx.layers if n == ctx.layer.name or ctx.layers.index(n) > ctx.layers.index(
             ctx.layer.name)] if ctx.layer.name in ctx.layers else [ctx.layer.name]
+        work = None  # in memory: pictures given as arrays have no identity to resume a pass by
+        if ctx.workdir is not None and ctx.source.identity() is not None:
+            # one work folder per layer set and settings (a build that later adds layers runs another pass)
+            key = json.dumps([layers, o.pre_activation, o.top_k, o.seed], sort_keys=True)
+            work = Path(ctx.workdir) / f"dataset-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         stats = collect_statistics(ctx.model, ctx.source, layers, pre_activation=o.pre_activation, k=o.top_k,
-                                   bottom_k=1, band_samples=1, seed=o.seed, batch_size=ctx.batch_size)
+                                   bottom_k=1, band_samples=1, seed=o.seed, batch_size=ctx.batch_size,
+                                   workdir=work, engine=ctx.engine if work is not None else None,
+                                   address=ctx.address if work is not None else None)
         ctx.cache["dataset_stats"] = stats
         seen = ctx.cache.setdefault("skipped_images", {})  # every pass meets the same unreadable images
         seen.update({s.path: s for s in stats.skipped})

@@ -81,6 +81,9 @@ class BuildContext:
         source: the build's images (a :class:`~cnnscope.dataset.sources.ImageSource`), or ``None``.
         cache: scratch space shared by every chunk of this run (e.g. one dataset pass for all its layers).
         layers: the layers this run still builds units of, in order.
+        workdir: the folder where a dataset pass keeps its shards (inside the atlas folder: a killed build resumes
+            the pass at its last finished shard), ``None`` to keep it in memory.
+        engine, address: where the pass's shards run (:func:`cnnscope.engine.get_engine`).
     """
 
     model: object
@@ -90,6 +93,9 @@ class BuildContext:
     source: object = None
     cache: dict = field(default_factory=dict)
     layers: list[str] = field(default_factory=list)
+    workdir: object = None
+    engine: object = None
+    address: str | None = None
 
 
 class ArtifactKind:

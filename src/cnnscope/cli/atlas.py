@@ -46,11 +46,21 @@ def atlas_group() -> None:
               help="Units computed together (one render batch, one dataset pass) and committed one by one.")
 @batch_size_option
 @click.option("--max-units", type=click.IntRange(1), default=None, help="Stop after this many units (resume later).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the image shards of the dataset pass run (ray: the extra cnnscope[ray]; docs/scale.md).")
+@click.option("--address", default=None, help="With --engine ray: 'auto' or HOST:PORT of a running Ray cluster.")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Time a sample and print the expected units, storage and time (here and on --workers workers); "
+                   "build nothing.")
+@click.option("--workers", type=click.IntRange(1), default=8, show_default=True,
+              help="With --plan: the workers of the per-worker estimate.")
 def build_cmd(model: str, weights: str | None, device: str, layers: str | None, channels: str, images_src: str | None,
               out: str, kinds: str | None, neuron: bool, negative: bool, tuning: bool, steps: int, size: int,
               recipe: str | None, seed: int, top_k: int, pre_activation: bool, units_per_chunk: int,
-              batch_size: int | None, max_units: int | None) -> None:
-    """Build (or finish) the atlas of MODEL in --out; interrupted builds resume where they stopped.
+              batch_size: int | None, max_units: int | None, engine: str, address: str | None, plan_only: bool,
+              workers: int) -> None:
+    """Build (or finish) the atlas of MODEL in --out; interrupted builds resume where they stopped (the dataset
+    pass too: its shards are kept in OUT/work/).
 
     Images of --images that cannot be read are skipped, listed on stderr and in the atlas's meta.
     """
@@ -72,8 +82,17 @@ def build_cmd(model: str, weights: str | None, device: str, layers: str | None, 
     opts = BuildOptions(steps=steps, size=size, recipe=recipe, seed=seed, top_k=top_k, pre_activation=pre_activation,
                         units_per_chunk=units_per_chunk, batch_size=batch_size)
     chosen = layers_or_study(m, [s.strip() for s in (layers or "").split(",") if s.strip()], "--layers")
-    report = build_atlas(m, out, chosen, channels=channels,
-                         source=source, kinds=names, options=opts, progress=show_progress(), max_units=max_units)
+    if plan_only:
+        from ..engine.plan import plan_build
+
+        plan = plan_build(m, chosen, names, channels=channels, source=source, options=opts, workers=workers)
+        for line in plan.lines():
+            click.echo(line)
+        return
+    if address is not None and engine != "ray":
+        raise CnnscopeError("--address applies to --engine ray")
+    report = build_atlas(m, out, chosen, channels=channels, source=source, kinds=names, options=opts,
+                         progress=show_progress(), max_units=max_units, engine=engine, address=address)
     for line in skipped_lines(report.skipped_images, report.n_skipped_images):
         click.echo(line, err=True)
     click.echo(f"built {len(report.built)} units ({report.skipped} already there) with {', '.join(report.kinds)} "
