@@ -87,3 +87,17 @@ def test_a_build_on_ray_is_the_same_atlas(tmp_path, image_folder):
     assert _contents(remote) == _contents(local)
     meta = json.loads(next((remote / "work").glob("dataset-*/pass.json")).read_text())
     assert meta
+
+
+@pytest.mark.slow
+def test_unit_chunks_on_ray_give_the_same_atlas(tmp_path, image_folder, single_thread):
+    """Each chunk of units is a piece on a Ray actor (one torch thread, as here); the driver alone writes the atlas,
+    and the atlas equals the in-process one, renders included."""
+    pytest.importorskip("ray", reason="the Ray engine needs the extra cnnscope[ray]")
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    opts = BuildOptions(units_per_chunk=1, seed=0, batch_size=2, steps=3, size=32)
+    for out, engine in ((local, None), (remote, "ray")):
+        report = build_atlas(helpers.tiny_model(), out, helpers.TINY_LAYERS, channels=[0, 1], source=str(image_folder),
+                             kinds=["featurevis", "examples"], options=opts, engine=engine)
+        assert len(report.built) == 4
+    assert _contents(remote) == _contents(local)

@@ -235,42 +235,38 @@ def _check_declared(kind: ArtifactKind, a: Artifact) -> None:
 def _run_jobs(store: AtlasStore, model, jobs: list[tuple[LayerInfo, list[int]]], chosen: list[ArtifactKind],
               skipped: dict[str, dict[str, str]], options: BuildOptions, batch_size: int, source,
               report: BuildReport, progress: bool, max_units: int | None, cache: dict, where: dict) -> None:
+    """Produce every chunk of units through the engine (``where["engine"]``: in process by default, or Ray actors,
+    each chunk one piece) and commit each unit as its chunk comes back: the driver alone writes the atlas."""
     from tqdm.auto import tqdm
 
-    total = sum(len(u) for _, u in jobs)
+    from ..engine import LocalEngine, get_engine
+
     if max_units is not None:
-        total = min(total, max_units)
+        kept, left = [], max_units
+        for info, chunk in jobs:
+            if left > 0:
+                kept.append((info, chunk[:left]))
+                left -= len(kept[-1][1])
+        jobs = kept
+    if not jobs:
+        return
     env = {"torch_version": torch.__version__, "device": str(model.device), "python": platform.python_version()}
     layers = list(dict.fromkeys(info.name for info, _ in jobs))
-    with tqdm(total=total, unit="unit", disable=not progress, desc="atlas") as bar:
-        for info, chunk in jobs:
-            if max_units is not None:
-                chunk = chunk[:max_units - len(report.built)]
-                if not chunk:
-                    break
-            bar.set_postfix_str(f"{info.name} {chunk[0]}-{chunk[-1]}")
-            ctx = BuildContext(model=model, layer=info, options=options, batch_size=batch_size, source=source,
-                               cache=cache, layers=layers, **where)
-            per_unit: dict[int, list[Artifact]] = {u: [] for u in chunk}
-            t_chunk = time.perf_counter()
-            for kind in chosen:
-                if kind.name in skipped.get(info.name, {}):
-                    continue
-                t0 = time.perf_counter()
-                made = kind.produce(ctx, list(chunk))
-                secs = time.perf_counter() - t0
-                missing = [u for u in chunk if not made.get(u)]
-                if missing:
-                    raise AtlasError(f"artifact kind {kind.name!r} produced nothing for units {missing} of "
-                                     f"{info.name!r}")
-                timing = {"seconds_per_unit": secs / len(chunk), "chunk_seconds": secs, "chunk_units": len(chunk)}
-                for u in chunk:
-                    for a in made[u]:
-                        _check_declared(kind, a)
-                        prov = {**env, **a.provenance, "timing": timing}
-                        per_unit[u].append(Artifact(a.kind, a.name, a.mime, a.data, a.numbers, prov))
-            unit_secs = (time.perf_counter() - t_chunk) / len(chunk)
-            for u in chunk:
+    engine = get_engine(where.get("engine"), address=where.get("address"))
+    remote = not isinstance(engine, LocalEngine)
+    if remote and source is not None and any(k.needs_images for k in chosen):
+        # the dataset pass runs once, here (its shards through the engine); the pieces carry its statistics
+        from .dataset_kind import layer_stats
+
+        layer_stats(BuildContext(model=model, layer=jobs[0][0], options=options, batch_size=batch_size,
+                                 source=source, cache=cache, layers=layers, **where))
+    pieces = [_Piece(info, chunk, [k for k in chosen if k.name not in skipped.get(info.name, {})], options,
+                     batch_size, source, cache, layers, {**where, "engine": None, "address": None} if remote
+                     else where, env) for info, chunk in jobs]
+    with tqdm(total=sum(len(c) for _, c in jobs), unit="unit", disable=not progress, desc="atlas") as bar:
+        for j, (per_unit, unit_secs) in engine.map_with_model(model, _produce, pieces):
+            info = pieces[j].info
+            for u in pieces[j].chunk:
                 try:
                     store.write_unit(info.name, u, per_unit[u], unit_secs)
                 except AtlasError:
@@ -280,3 +276,45 @@ def _run_jobs(store: AtlasStore, model, jobs: list[tuple[LayerInfo, list[int]]],
                 else:
                     report.built.append((info.name, u))
                 bar.update(1)
+    if remote:
+        engine.close()
+
+
+@dataclass
+class _Piece:
+    """One chunk of units of one layer, as an engine ships it."""
+
+    info: LayerInfo
+    chunk: list[int]
+    kinds: list[ArtifactKind]
+    options: BuildOptions
+    batch_size: int
+    source: object
+    cache: dict
+    layers: list[str]
+    where: dict
+    env: dict
+
+
+def _produce(model, piece: _Piece) -> tuple[dict[int, list[Artifact]], float]:
+    """Every chosen kind's artifacts of one chunk (the engine's piece function): ``(unit -> artifacts, seconds per
+    unit)``."""
+    info, chunk = piece.info, piece.chunk
+    ctx = BuildContext(model=model, layer=info, options=piece.options, batch_size=piece.batch_size,
+                       source=piece.source, cache=piece.cache, layers=piece.layers, **piece.where)
+    per_unit: dict[int, list[Artifact]] = {u: [] for u in chunk}
+    t_chunk = time.perf_counter()
+    for kind in piece.kinds:
+        t0 = time.perf_counter()
+        made = kind.produce(ctx, list(chunk))
+        secs = time.perf_counter() - t0
+        missing = [u for u in chunk if not made.get(u)]
+        if missing:
+            raise AtlasError(f"artifact kind {kind.name!r} produced nothing for units {missing} of {info.name!r}")
+        timing = {"seconds_per_unit": secs / len(chunk), "chunk_seconds": secs, "chunk_units": len(chunk)}
+        for u in chunk:
+            for a in made[u]:
+                _check_declared(kind, a)
+                prov = {**piece.env, **a.provenance, "timing": timing}
+                per_unit[u].append(Artifact(a.kind, a.name, a.mime, a.data, a.numbers, prov))
+    return per_unit, (time.perf_counter() - t_chunk) / len(chunk)
