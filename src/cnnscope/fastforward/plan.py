@@ -292,6 +292,8 @@ def make_plan(module: nn.Module, x: torch.Tensor, windows: Windows, *, batch: in
         if bad:
             names = [n for n in names if n not in bad]
             continue
+        if splices is not None:  # the summary lists only alternatives made of layers known to splice
+            plan.candidates = {k: v for k, v in plan.candidates.items() if all(spliced.get(n) for n in k.split(", "))}
         if verify is None:
             return plan
         try:
