@@ -4,15 +4,18 @@ one policy for unreadable images (skip, record a :class:`SkippedImage`, report).
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ...errors import CnnscopeError, ImageError
+from ...images import load_image
 
 #: skipped images a command lists on stderr before summing up the rest
 SHOWN_SKIPPED = 5
@@ -66,6 +69,22 @@ def skipped_lines(skipped: Sequence[tuple[str, str] | dict], total: int | None =
     if n > len(lines):
         lines.append(f"... and {n - len(lines)} more unreadable images")
     return lines
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """An encoded picture held in memory (a tar member, a dataset row's bytes) as ``uint8 [H, W, 3]``.
+
+    Raises:
+        ImageError: the bytes are no picture, or a damaged one (``where`` names it).
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return load_image(img)
+    except UnidentifiedImageError:
+        raise ImageError(f"{where}: not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{where}: unreadable image ({exc})") from None
 
 
 def file_entry(path: str | Path, member: str = "") -> str:

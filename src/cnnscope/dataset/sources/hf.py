@@ -17,16 +17,14 @@ decoded here, one row at a time, so an undecodable row is skipped and reported l
 from __future__ import annotations
 
 import glob as globlib
-import io
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ...errors import ImageError
 from ...images import load_image
-from .base import Labelled, class_table, file_entry, hash_entries
+from .base import Labelled, class_table, decode_image, file_entry, hash_entries
 
 EXTRA = "pip install 'cnnscope[hf]'"
 
@@ -129,14 +127,7 @@ class HFSource(Labelled):
         where = self.name(index)
         if isinstance(item, dict):
             if item.get("bytes"):
-                try:
-                    with Image.open(io.BytesIO(item["bytes"])) as img:
-                        img.load()
-                        return load_image(img)
-                except UnidentifiedImageError:
-                    raise ImageError(f"{where}: not an image (unrecognised format)") from None
-                except (OSError, SyntaxError, ValueError) as exc:
-                    raise ImageError(f"{where}: unreadable image ({exc})") from None
+                return decode_image(item["bytes"], where)
             if item.get("path"):
                 return load_image(item["path"])
             raise ImageError(f"{where}: the row holds no image")

@@ -16,17 +16,15 @@ reported as skipped.
 from __future__ import annotations
 
 import glob as globlib
-import io
 import re
 import tarfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ...errors import ImageError
-from ...images import IMAGE_SUFFIXES, load_image
-from .base import Labelled, SkippedImage, class_table, file_entry, hash_entries
+from ...images import IMAGE_SUFFIXES
+from .base import Labelled, SkippedImage, class_table, decode_image, file_entry, hash_entries
 
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 
@@ -192,14 +190,7 @@ class TarShards(Labelled):
             raise ImageError(f"{where}: unreadable ({exc})") from None
         if len(data) != size:
             raise ImageError(f"{where}: truncated member ({len(data)} of {size} bytes)")
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                return load_image(img)
-        except UnidentifiedImageError:
-            raise ImageError(f"{where}: not an image (unrecognised format)") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(f"{where}: unreadable image ({exc})") from None
+        return decode_image(data, where)
 
     def identity(self) -> str:
         """``sha256`` of the shards (resolved path, size, modification time) and their members (name, size,
