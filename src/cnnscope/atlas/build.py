@@ -104,7 +104,9 @@ def _check_compatible(store: AtlasStore, fingerprint: str, kinds: list[str], opt
                          f"{model_desc.get('weights')}. Choose another --out folder")
     old_kinds, old_opts = store.get_meta("kinds", []), store.get_meta("options", {})
     diffs = [f"kinds {old_kinds} -> {kinds}"] if old_kinds != kinds else []
-    diffs += [f"{k} {old_opts.get(k)!r} -> {v!r}" for k, v in options.items() if old_opts.get(k) != v]
+    defaults = BuildOptions().to_dict()  # an option added since the atlas was made counts with its default
+    diffs += [f"{k} {old_opts.get(k, defaults.get(k))!r} -> {v!r}" for k, v in options.items()
+              if old_opts.get(k, defaults.get(k)) != v]
     old_images = store.get_meta("images")
     if old_images != json.loads(dumps(images)):  # dataset kinds would mix statistics of two image sets
         diffs.append(f"images {_brief(old_images)} -> {_brief(images)}")

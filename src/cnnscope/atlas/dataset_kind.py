@@ -1,4 +1,6 @@
-"""Dataset artifact kinds: top-k examples with receptive-field crops, and the activation histogram.
+"""Dataset artifact kinds: the dataset examples (receptive-field crops, one per image: a ``top`` panel of positive
+values, a ``bottom`` panel of negative ones, each crop's value, image name, class and box in the numbers) and the
+activation histogram.
 
 Both come from one :func:`cnnscope.dataset.collect_statistics` pass over the build's images per layer (kept in
 the build's per-layer cache), as in OpenAI Microscope's dataset examples and (with ``pre_activation=True`` in the
@@ -17,8 +19,11 @@ from .encode import figure_artifact, image_artifact
 from .kinds import ArtifactKind, BuildContext, register_kind
 from .records import Artifact, AtlasError
 
-#: crops are shown at this size (pixels a side) at most, and at least at ``MIN_CROP``
-MAX_CROP, MIN_CROP = 96, 48
+#: every crop is stored at this size (pixels a side): the receptive field scaled up or down to it
+CROP = 128
+#: positions kept per shown example: one example per image is picked from the ``top_k * CANDIDATES`` strongest
+#: (and weakest) positions, so an image that holds many of them does not crowd the others out
+CANDIDATES = 8
 
 
 def layer_stats(ctx: BuildContext):
@@ -35,10 +40,11 @@ def layer_stats(ctx: BuildContext):
         work = None  # in memory: pictures given as arrays have no identity to resume a pass by
         if ctx.workdir is not None and ctx.source.identity() is not None:
             # one work folder per layer set and settings (a build that later adds layers runs another pass)
-            key = json.dumps([layers, o.pre_activation, o.top_k, o.seed], sort_keys=True)
+            key = json.dumps([layers, o.pre_activation, o.top_k, o.seed, CANDIDATES], sort_keys=True)
             work = Path(ctx.workdir) / f"dataset-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-        stats = collect_statistics(ctx.model, ctx.source, layers, pre_activation=o.pre_activation, k=o.top_k,
-                                   bottom_k=1, band_samples=1, seed=o.seed, batch_size=ctx.batch_size,
+        pool = o.top_k * CANDIDATES
+        stats = collect_statistics(ctx.model, ctx.source, layers, pre_activation=o.pre_activation, k=pool,
+                                   bottom_k=pool, band_samples=1, seed=o.seed, batch_size=ctx.batch_size,
                                    workdir=work, engine=ctx.engine if work is not None else None,
                                    address=ctx.address if work is not None else None)
         ctx.cache["dataset_stats"] = stats
@@ -49,7 +55,8 @@ def layer_stats(ctx: BuildContext):
 
 
 def _provenance(ctx: BuildContext, stats) -> dict:
-    return {"spec": {"source": stats.source, "images": stats.images, "k": stats.k, "bins": stats.bins.to_dict(),
+    return {"spec": {"source": stats.source, "images": stats.images, "k": ctx.options.top_k, "candidates": stats.k,
+                     "bins": stats.bins.to_dict(),
                      "pre_activation": stats[ctx.layer.name].pre_activation, "skipped": stats.n_skipped},
             "seed": stats.seed}
 
@@ -69,30 +76,88 @@ class _DatasetKind(ArtifactKind):
         raise NotImplementedError
 
 
+def one_per_image(examples: list, k: int, keep, pool: int) -> tuple[list, bool]:
+    """The first ``k`` examples of distinct images among ranked ``examples`` (each image's first, i.e. strongest,
+    position) whose value passes ``keep``, and whether the ranking may hide more images: the pool of ``pool``
+    candidates was full, all passed ``keep`` and fewer than ``k`` distinct images came out of them.
+
+    The distinct images of the ``n`` strongest positions are exactly the ``n``-position prefix of the ranking of
+    images by their strongest position, so what is returned is always correct; at most it is short.
+    """
+    seen: set[int] = set()
+    out = []
+    for ex in examples:
+        if ex.image_id not in seen and keep(ex.value):
+            seen.add(ex.image_id)
+            out.append(ex)
+            if len(out) == k:
+                return out, False
+    return out, len(examples) >= pool and all(keep(ex.value) for ex in examples)
+
+
+def _panel(ctx: BuildContext, ls, which: str, chosen: list, note: str) -> tuple[np.ndarray | None, dict]:
+    """The contact sheet of ``chosen`` examples (``None`` when there are none) and its numbers: each example with
+    its cell in the sheet (``[top, left, height, width]`` pixels) and its receptive-field box in the fitted image."""
+    from ..dataset import example_crops
+    from ..images import resize
+    from ..plot.common import grid_image
+
+    numbers = {"which": which, "examples": [], "receptive_field": list(ls.rf.size) if ls.rf else None,
+               "input_size": list(ctx.model.input_size), "pre_activation": ls.pre_activation,
+               "crop_display_size": CROP, "note": note}
+    if not chosen:
+        return None, numbers
+    patches = example_crops(ctx.model, chosen, source=ctx.source, rf=ls.rf)
+    cols, pad = min(len(chosen), 3 if len(chosen) <= 9 else 4), 2
+    resample = "nearest" if patches.shape[1] * 2 <= CROP else "bilinear"  # a few pixels stay pixels when enlarged
+    sheet = grid_image([resize(p, (CROP, CROP), resample=resample) for p in patches], cols=cols, pad=pad)
+    numbers["sheet_size"] = [int(sheet.shape[1]), int(sheet.shape[0])]
+    for n, ex in enumerate(chosen):
+        r, c = divmod(n, cols)
+        numbers["examples"].append(ex.to_dict() | {"rank": n + 1, "cell": [pad + r * (CROP + pad),
+                                                                        pad + c * (CROP + pad), CROP, CROP]})
+    return sheet, numbers
+
+
 @register_kind
 class Examples(_DatasetKind):
     name = "examples"
     title = "Dataset examples (receptive-field crops)"
-    artifacts = {"top": "image/png"}
+    artifacts = {"top": "image/png", "bottom": "image/png"}
     order = 20
-    description = "top-k positions over the images, cropped to the unit's receptive field"
+    description = ("the images that excite the unit most (one position per image, positive values only) and, "
+                   "in their own panel, those that inhibit it most, cropped to the unit's receptive field")
 
-    def artifact(self, ctx: BuildContext, stats, u: int, prov: dict) -> Artifact:
-        from ..dataset import crops
-        from ..images import resize
-        from ..plot.common import grid_image
+    def produce(self, ctx: BuildContext, units: list[int]) -> dict:
+        stats = layer_stats(ctx)
+        prov = _provenance(ctx, stats)
+        return {u: self.panels(ctx, stats, u, prov) for u in units}
 
+    def panels(self, ctx: BuildContext, stats, u: int, prov: dict) -> list[Artifact]:
         ls = stats[ctx.layer.name]
-        ex = stats.examples(ctx.layer.name, u, "top")
-        if not ex:
-            raise AtlasError(f"no dataset examples for unit {u} of {ctx.layer.name!r} (no readable images?)")
-        patches = crops(ctx.model, stats, ctx.layer.name, channel=u, source=ctx.source, which="top")
-        side = int(np.clip(max(patches[0].shape[:2]), MIN_CROP, MAX_CROP))
-        cols = min(len(patches), 3 if len(patches) <= 9 else 4)
-        sheet = grid_image([resize(p, (side, side)) for p in patches], cols=cols)
-        numbers = {"examples": [e.to_dict() for e in ex], "receptive_field": list(ls.rf.size) if ls.rf else None,
-                   "pre_activation": ls.pre_activation, "crop_display_size": side}
-        return image_artifact(self.name, "top", sheet, numbers, **prov)
+        k, what = ctx.options.top_k, "pre-activation" if ls.pre_activation else "activation"
+        out = []
+        for which, keep, sign in (("top", lambda v: v > 0, "positive"), ("bottom", lambda v: v < 0, "negative")):
+            ranked = stats.examples(ctx.layer.name, u, which)
+            if which == "top" and not ranked:
+                raise AtlasError(f"no dataset examples for unit {u} of {ctx.layer.name!r} (no readable images?)")
+            chosen, short = one_per_image(ranked, k, keep, stats.k if which == "top" else stats.bottom_k)
+            extreme = float(ls.maximum[u] if which == "top" else ls.minimum[u])
+            if not chosen:
+                word = "largest" if which == "top" else "smallest"
+                note = f"the unit's {what} is never {sign} on the {stats.images} images ({word} value {extreme:.4g})"
+            elif short:
+                word = "strongest" if which == "top" else "weakest"
+                note = f"only {len(chosen)} distinct images among the {len(ranked)} {word} positions"
+            else:
+                note = ""
+            sheet, numbers = _panel(ctx, ls, which, chosen, note)
+            if sheet is None:
+                out.append(Artifact(kind=self.name, name=which, mime="image/png", data=None, numbers=numbers,
+                                    provenance=dict(prov)))
+            else:
+                out.append(image_artifact(self.name, which, sheet, numbers, **prov))
+        return out
 
 
 @register_kind

@@ -45,6 +45,7 @@ class BuildOptions:
         size: feature-visualization image size in pixels.
         recipe: feature-visualization recipe name (``None``: the featurevis default).
         seed: base seed; every random draw comes from a ``torch.Generator`` seeded from it.
+        diversity: pictures per unit of the ``featurevis_diversity`` kind (2..8; Olah et al. 2017, "Diversity").
         top_k: dataset examples kept per unit.
         circuit_k: strongest incoming channels shown per unit.
         pre_activation: every kind reads the input of each layer (an activation module: pre-ReLU values, as in
@@ -59,6 +60,7 @@ class BuildOptions:
     size: int = 128
     recipe: str | None = None
     seed: int = 0
+    diversity: int = 4
     top_k: int = 9
     circuit_k: int = 8
     pre_activation: bool = False

@@ -7,7 +7,12 @@ provenance (cnnscope version, spec/recipe, seed, timings).
 
 A unit row exists only when all of its artifacts exist: :meth:`AtlasStore.write_unit` inserts them in one
 transaction, so killing a writer at any moment leaves either the whole unit or nothing. Readers (the web
-viewer) open the file read-only and see consistent snapshots while a build is writing (WAL).
+viewer) open the file read-only and see consistent snapshots while a build is writing (WAL). A reader never
+creates files in the atlas folder: while no writer holds the atlas (no ``atlas.sqlite-wal``) it opens the file as
+immutable (read-only storage works too) and switches to a shared read-only connection once a writer appears.
+
+``artifact_counts`` keeps the artifact count and bytes per layer and kind, updated in the transaction that writes
+a unit, so summaries never scan the artifacts table (atlases written before it existed are scanned once per open).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ DB_NAME = "atlas.sqlite"
 BLOB_DIR = "blobs"
 _BLOB_RE = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{64}\.[a-z0-9]{1,8}$")
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/svg+xml": "svg", "application/json": "json"}
+#: MIME types the viewer serves artifacts as (anything else is refused there and reported by the integrity check)
+SERVED_MIME = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "application/json"})
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,6 +65,8 @@ CREATE TABLE artifacts (
     FOREIGN KEY (layer, unit) REFERENCES units(layer, unit));
 CREATE INDEX artifacts_by_kind ON artifacts(layer, kind, name, unit);
 """
+_COUNTS = """CREATE TABLE IF NOT EXISTS artifact_counts (
+    layer TEXT NOT NULL, kind TEXT NOT NULL, n INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY (layer, kind))"""
 
 
 class AtlasStore:
@@ -96,28 +105,52 @@ class AtlasStore:
         self._check_version()
 
     # -- connections ----------------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
+    @property
+    def _wal(self) -> Path:
+        return self.db_path.with_name(DB_NAME + "-wal")
+
+    def _stamp(self) -> tuple[int, int]:
+        """The database file's modification time and size (an immutable reader reopens when they change)."""
+        try:
+            st = self.db_path.stat()
+        except OSError:
+            return (0, 0)
+        return (st.st_mtime_ns, st.st_size)
+
+    def _connect(self) -> tuple[sqlite3.Connection, bool]:
+        """A new connection and whether it is immutable (a reader with no writer around: nothing is created)."""
+        immutable = False
         if self.writable:
             con = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=30)
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
         else:
-            con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, isolation_level=None,
-                                  check_same_thread=False, timeout=30)
+            # a shared read-only connection creates -wal/-shm files, so it is used only while they exist
+            immutable = not self._wal.exists()
+            uri = self.db_path.resolve().as_uri() + ("?immutable=1" if immutable else "?mode=ro")
+            con = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
         con.execute("PRAGMA busy_timeout=30000")
         con.execute("PRAGMA foreign_keys=ON")
-        return con
+        return con, immutable
 
     @property
     def con(self) -> sqlite3.Connection:
-        """This thread's connection (opened on first use)."""
+        """This thread's connection (opened on first use; an immutable one is replaced when a writer appears)."""
         con = getattr(self._local, "con", None)
+        if con is not None and self._local.immutable and (self._wal.exists() or self._stamp() != self._local.stamp):
+            with self._lock:
+                if con in self._connections:
+                    self._connections.remove(con)
+            con.close()
+            con = None
         if con is None:
             try:
-                con = self._connect()
+                con, self._local.immutable = self._connect()
             except sqlite3.DatabaseError as exc:
                 raise AtlasError(f"cannot open the atlas database {self.db_path}: {exc}") from None
             self._local.con = con
+            self._local.summary = None
+            self._local.stamp = self._stamp()
             with self._lock:
                 self._connections.append(con)
         return con
@@ -160,11 +193,17 @@ class AtlasStore:
         except sqlite3.DatabaseError as exc:
             raise AtlasError(f"{self.db_path} is not a cnnscope atlas ({exc})") from None
         if tables or version:
+            if "meta" in tables and "artifact_counts" not in tables and version == SCHEMA_VERSION:
+                with self.transaction() as c:  # an atlas written before the counts table: fill it once
+                    c.execute(_COUNTS)
+                    c.execute("INSERT INTO artifact_counts SELECT layer, kind, COUNT(*), COALESCE(SUM(size), 0) "
+                              "FROM artifacts GROUP BY layer, kind")
             return  # existing file; _check_version decides
         with self.transaction() as c:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     c.execute(stmt)
+            c.execute(_COUNTS)
             now = time.time()
             for key, value in (("schema_version", SCHEMA_VERSION), ("cnnscope_version", cnnscope_version()),
                                ("created", now), ("updated", now)):
@@ -276,7 +315,7 @@ class AtlasStore:
             AtlasError: the unit is already in the atlas, or its layer was never added.
         """
         self._require_writable()
-        rows = []
+        rows, counts = [], {}
         for a in artifacts:
             data = a.data or b""
             sha = hashlib.sha256(data).hexdigest() if data else None
@@ -285,11 +324,16 @@ class AtlasStore:
             rows.append((layer, int(unit), a.kind, a.name, a.mime, sha, len(data),
                          None if file or not data else data, file,
                          None if a.numbers is None else dumps(a.numbers), dumps(prov)))
+            n, size = counts.get(a.kind, (0, 0))
+            counts[a.kind] = (n + 1, size + len(data))
         try:
             with self.transaction() as c:
                 c.execute("INSERT INTO units VALUES (?, ?, ?, ?)", (layer, int(unit), float(seconds), time.time()))
                 c.executemany("INSERT INTO artifacts (layer, unit, kind, name, mime, sha256, size, data, file, "
                               "numbers, provenance) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                c.executemany("INSERT INTO artifact_counts VALUES (?, ?, ?, ?) ON CONFLICT (layer, kind) DO UPDATE "
+                              "SET n = n + excluded.n, bytes = bytes + excluded.bytes",
+                              [(layer, k, n, b) for k, (n, b) in counts.items()])
         except sqlite3.IntegrityError as exc:
             raise AtlasError(f"cannot store unit {unit} of layer {layer!r}: {exc} (already built, or duplicate "
                              "artifact names)") from None
@@ -351,7 +395,25 @@ class AtlasStore:
         return {r[0]: r[1] for r in rows}
 
     def kinds_present(self) -> list[str]:
-        return [r[0] for r in self.con.execute("SELECT DISTINCT kind FROM artifacts ORDER BY kind")]
+        """The artifact kinds stored for at least one unit (from the cached counts)."""
+        return sorted(self._counts()["kinds"])
+
+    def _counts(self) -> dict:
+        """Artifact count, bytes and kinds: from ``artifact_counts`` (one scan of the artifacts table for atlases
+        written before it), cached per connection until another connection commits (``PRAGMA data_version``)."""
+        con = self.con
+        version = con.execute("PRAGMA data_version").fetchone()[0]
+        cached = getattr(self._local, "summary", None)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        has_table = con.execute("SELECT 1 FROM sqlite_master WHERE name='artifact_counts'").fetchone() is not None
+        sql = ("SELECT kind, SUM(n), SUM(bytes) FROM artifact_counts GROUP BY kind" if has_table else
+               "SELECT kind, COUNT(*), COALESCE(SUM(size), 0) FROM artifacts GROUP BY kind")
+        rows = con.execute(sql).fetchall()
+        counts = {"artifacts": sum(r[1] for r in rows), "artifact_bytes": sum(r[2] for r in rows),
+                  "kinds": [r[0] for r in rows if r[1]]}
+        self._local.summary = (version, counts)
+        return counts
 
     # -- checks ---------------------------------------------------------------------------------------
     def integrity_check(self) -> list[str]:
@@ -359,7 +421,9 @@ class AtlasStore:
 
         Checks SQLite's own ``integrity_check`` and foreign keys, that every kind of the atlas exists for every
         finished unit (except kinds recorded as not applicable to its layer), that blob files exist with the
-        recorded SHA-256, and that no unit row is duplicated.
+        recorded SHA-256, that artifacts stored inside the database match their recorded SHA-256 and size, that every
+        artifact has a type the viewer serves (:data:`SERVED_MIME`), that the cached counts match the artifacts, and
+        that no unit row is duplicated.
         """
         problems: list[str] = []
         res = [r[0] for r in self.con.execute("PRAGMA integrity_check")]
@@ -383,14 +447,31 @@ class AtlasStore:
                 problems.append(f"artifact {aid}: blob {file} is missing")
             elif hashlib.sha256(path.read_bytes()).hexdigest() != sha:
                 problems.append(f"artifact {aid}: blob {file} does not match its SHA-256")
+        for aid, sha, size, data in self.con.execute("SELECT id, sha256, size, data FROM artifacts "
+                                                     "WHERE file IS NULL AND data IS NOT NULL"):
+            data = bytes(data)
+            if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
+                problems.append(f"artifact {aid}: its bytes in the database do not match the recorded SHA-256/size")
+        for aid, mime in self.con.execute("SELECT id, mime FROM artifacts WHERE size > 0"):
+            if mime not in SERVED_MIME:
+                problems.append(f"artifact {aid}: type {mime[:60]!r} is not served by the viewer (images and JSON "
+                                "only)")
+        if self.con.execute("SELECT 1 FROM sqlite_master WHERE name='artifact_counts'").fetchone():
+            actual = set(self.con.execute("SELECT layer, kind, COUNT(*), COALESCE(SUM(size), 0) FROM artifacts "
+                                          "GROUP BY layer, kind"))
+            cached = set(self.con.execute("SELECT layer, kind, n, bytes FROM artifact_counts WHERE n > 0"))
+            if actual != cached:
+                problems.append("the artifact counts table does not match the artifacts table")
         return problems
 
     def summary(self) -> dict:
-        """Counts for ``cnnscope atlas info`` and the JSON API."""
-        n_art, n_bytes = self.con.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM artifacts").fetchone()
-        return {"root": str(self.root), "schema_version": SCHEMA_VERSION, "layers": len(self.layers()),
-                "units": self.con.execute("SELECT COUNT(*) FROM units").fetchone()[0], "artifacts": n_art,
-                "artifact_bytes": n_bytes, "kinds": self.kinds_present()}
+        """Counts for ``cnnscope atlas info`` and the JSON API (from the cached counts: no artifact scan)."""
+        counts = self._counts()
+        return {"root": str(self.root), "schema_version": SCHEMA_VERSION,
+                "layers": self.con.execute("SELECT COUNT(*) FROM layers").fetchone()[0],
+                "units": self.con.execute("SELECT COUNT(*) FROM units").fetchone()[0],
+                "artifacts": counts["artifacts"], "artifact_bytes": counts["artifact_bytes"],
+                "kinds": sorted(counts["kinds"])}
 
 
 def open_atlas(path: str | Path) -> AtlasStore:
@@ -398,5 +479,5 @@ def open_atlas(path: str | Path) -> AtlasStore:
     return AtlasStore(path, writable=False)
 
 
-__all__ = ["DB_NAME", "SCHEMA_VERSION", "Artifact", "ArtifactRecord", "AtlasError", "AtlasStore", "AtlasVersionError",
-           "LayerRecord", "NotInAtlas", "format_units", "open_atlas"]
+__all__ = ["DB_NAME", "SCHEMA_VERSION", "SERVED_MIME", "Artifact", "ArtifactRecord", "AtlasError", "AtlasStore",
+           "AtlasVersionError", "LayerRecord", "NotInAtlas", "format_units", "open_atlas"]

@@ -33,7 +33,9 @@ def atlas_group() -> None:
 @click.option("--out", required=True, metavar="FOLDER", help="Atlas folder (resumed if it exists).")
 @click.option("--kinds", default=None, help="Comma-separated artifact kinds (default: every available one; "
                                             "see `cnnscope atlas kinds`).")
-@click.option("--neuron", is_flag=True, help="Also visualize the centre neuron of each channel.")
+@click.option("--neuron", is_flag=True, help="Visualize the centre neuron of each channel (built by default).")
+@click.option("--diversity", type=click.IntRange(2, 8), default=4, show_default=True,
+              help="Diversity renders per unit (the featurevis_diversity kind).")
 @click.option("--negative", is_flag=True, help="Also visualize what minimises each channel.")
 @click.option("--tuning", is_flag=True, help="Also measure orientation tuning on synthetic stimuli.")
 @click.option("--steps", type=click.IntRange(1), default=128, show_default=True, help="Feature-vis steps.")
@@ -55,7 +57,8 @@ def atlas_group() -> None:
 @click.option("--workers", type=click.IntRange(1), default=8, show_default=True,
               help="With --plan: the workers of the per-worker estimate.")
 def build_cmd(model: str, weights: str | None, device: str, layers: str | None, channels: str, images_src: str | None,
-              out: str, kinds: str | None, neuron: bool, negative: bool, tuning: bool, steps: int, size: int,
+              out: str, kinds: str | None, neuron: bool, diversity: int, negative: bool, tuning: bool, steps: int,
+              size: int,
               recipe: str | None, seed: int, top_k: int, pre_activation: bool, units_per_chunk: int,
               batch_size: int | None, max_units: int | None, engine: str, address: str | None, plan_only: bool,
               workers: int) -> None:
@@ -80,7 +83,7 @@ def build_cmd(model: str, weights: str | None, device: str, layers: str | None, 
     check_folder(out)
     m = open_model(model, weights, device)
     opts = BuildOptions(steps=steps, size=size, recipe=recipe, seed=seed, top_k=top_k, pre_activation=pre_activation,
-                        units_per_chunk=units_per_chunk, batch_size=batch_size)
+                        units_per_chunk=units_per_chunk, batch_size=batch_size, diversity=diversity)
     chosen = layers_or_study(m, [s.strip() for s in (layers or "").split(",") if s.strip()], "--layers")
     if plan_only:
         from ..engine.plan import plan_build
@@ -144,11 +147,21 @@ def kinds_cmd() -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--no-explain", is_flag=True, help="Do not offer the explain-an-image page.")
 @click.option("--max-upload-mb", type=click.FloatRange(0.01, 512), default=8.0, show_default=True)
-def serve_cmd(atlas: str, host: str, port: int, no_explain: bool, max_upload_mb: float) -> None:
-    """Serve the atlas in ATLAS as a read-only website (Ctrl-C stops it)."""
-    from ..web import create_app, serve
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="A host name the server answers to besides the address it listens on (repeatable).")
+def serve_cmd(atlas: str, host: str, port: int, no_explain: bool, max_upload_mb: float,
+              allow_hosts: tuple[str, ...]) -> None:
+    """Serve the atlas in ATLAS as a read-only website (Ctrl-C stops it).
 
-    app = create_app(Path(atlas), explain=not no_explain, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+    Requests naming another host (``Host`` header) than the address it listens on or an --allow-host name are
+    refused (DNS rebinding); a port in use is reported before anything is served.
+    """
+    from ..web import create_app, serve
+    from ..web.server import check_port
+
+    app = create_app(Path(atlas), explain=not no_explain, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                     allowed_hosts=allow_hosts)
+    check_port(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"note: listening on {host}: anyone who can reach this machine can browse the atlas", err=True)
     click.echo(f"serving {atlas} at http://{host}:{port}/ (Ctrl-C to stop)")
@@ -163,7 +176,7 @@ def _demo_atlas(ctx: DemoContext) -> None:
     out = ctx.out / ATLAS_FOLDER
     channels = "0-1" if ctx.quick else "0-3"
     opts = BuildOptions(steps=8 if ctx.quick else 32, size=64 if ctx.quick else 96, top_k=4 if ctx.quick else 6,
-                        units_per_chunk=4, pre_activation=True, seed=0)
+                        units_per_chunk=4, pre_activation=True, seed=0, diversity=2)  # a tour: two diverse renders
     kinds = default_kinds(with_images=True)
     report = build_atlas(ctx.model, out, DEMO_LAYERS, channels=channels, source=list(ctx.images.items()), kinds=kinds,
                          options=opts)
@@ -181,6 +194,9 @@ def serve_demo(ctx: DemoContext, host: str = "127.0.0.1", port: int = 8000) -> N
     out = Path(ctx.extra.get("atlas") or ctx.out / ATLAS_FOLDER)
     if not (out / "atlas.sqlite").is_file():
         raise CnnscopeError(f"no demo atlas in {out}; run `cnnscope demo` with section 80 (no --only, or --only 80)")
+    from ..web.server import check_port
+
     app = create_app(AtlasStore(out), model=ctx.model)
+    check_port(host, port)
     click.echo(f"\nserving the demo atlas {out} at http://{host}:{port}/ (Ctrl-C to stop)")
     serve(app, host=host, port=port)

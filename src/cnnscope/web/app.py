@@ -3,7 +3,9 @@
 Pages: ``/`` (model and layers) -> ``/layer/{layer}`` (thumbnail grid, paginated, lazy-loaded) ->
 ``/layer/{layer}/unit/{unit}`` (every artifact, previous/next), ``/search?q=``, ``/explain`` (upload an image,
 see an attribution panel computed on the fly; nothing is written). ``/api/...`` returns the same views as
-JSON. Artifacts are served by numeric id from the database only; no URL ever names a file.
+JSON. Artifacts are served by numeric id from the database only; no URL ever names a file, and only as images
+or JSON, sandboxed. Requests must name the server (``Host``: the bound address or a configured name) and POSTs
+must come from the viewer's own pages (docs/ARCHITECTURE.md, the web viewer).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..atlas.records import AtlasError, NotInAtlas
-from ..atlas.store import AtlasStore
+from ..atlas.store import SERVED_MIME, AtlasStore
 from . import views
-from .explain import Explainer, UploadError
+from .explain import MAX_QUEUE, Explainer, UploadError
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -32,37 +34,81 @@ _HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-r
             (b"x-frame-options", b"DENY"),
             (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; style-src 'self'; "
                                          b"script-src 'self'; form-action 'self'; frame-ancestors 'none'")]
+#: the policy of artifact bytes opened on their own: nothing runs, nothing loads (``sandbox``)
+ARTIFACT_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox"
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+_DIGITS = re.compile(r"[0-9]{1,9}")
 
 
-class _SecurityHeaders:
-    """Pure ASGI middleware adding security headers to every response."""
+def _host_name(value: str) -> str:
+    """The name part of a ``Host`` or origin authority, lower case: ``[::1]:8000`` -> ``::1``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
-    def __init__(self, app) -> None:
+
+class _Guard:
+    """Pure ASGI middleware: refuses requests whose ``Host`` is not the address the connection reached or a
+    configured name (DNS rebinding), refuses cross-origin POSTs, and adds security headers to every response."""
+
+    def __init__(self, app, allowed_hosts: frozenset[str]) -> None:
         self.app = app
+        self.allowed_hosts = allowed_hosts
+
+    def refusal(self, scope) -> tuple[int, str] | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        host = headers.get("host", "")
+        name = _host_name(host)
+        bound = _host_name(str((scope.get("server") or ("",))[0] or ""))
+        allowed = self.allowed_hosts | {bound} | (_LOOPBACK if bound in _LOOPBACK else set())
+        if not name or name not in allowed:
+            return 400, (f"this server does not answer to the host name {host[:80]!r}; start it with --allow-host "
+                         "NAME to use that name")
+        if scope.get("method") == "POST":
+            origin = headers.get("origin")
+            if headers.get("sec-fetch-site") == "cross-site" or (origin is not None and origin.split("://", 1)[-1]
+                                                                  .lower() != host.lower()):
+                return 403, "cross-origin POST refused: upload images from this viewer's own explain page"
+        return None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        refused = self.refusal(scope)
+        if refused:
+            body = refused[1].encode()
+            await send({"type": "http.response.start", "status": refused[0],
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                    (b"content-length", str(len(body)).encode())] + _HEADERS})
+            await send({"type": "http.response.body", "body": body})
+            return
 
         async def send_with_headers(message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + _HEADERS
+                own = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [h for h in _HEADERS if h[0] not in own]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
 
 def _parse_int(text: str, what: str) -> int:
-    if not text.isdigit() or len(text) > 9:
-        raise NotInAtlas(f"{what} must be a number, got {text[:40]!r}")
+    """An id or page number from a URL: ASCII digits only (``²``, ``٣`` and ``３`` are not numbers here)."""
+    if not _DIGITS.fullmatch(text):
+        raise NotInAtlas(f"{what} must be a number (digits 0-9), got {text[:40]!r}")
     return int(text)
+
+
+def _non_ascii_digits(text: str) -> bool:
+    return any(c.isdigit() and not c.isascii() for c in text)
 
 
 def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = True,
                max_upload_bytes: int = 8 * 1024 * 1024, max_pixels: int = 40_000_000,
-               page_size: int = views.PAGE_SIZE) -> FastAPI:
+               page_size: int = views.PAGE_SIZE, allowed_hosts: tuple[str, ...] = (),
+               explain_queue: int = MAX_QUEUE) -> FastAPI:
     """The viewer application for the atlas at ``atlas`` (opened read-only).
 
     Args:
@@ -73,6 +119,9 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
         max_upload_bytes: larger uploads get HTTP 413.
         max_pixels: images with more pixels get HTTP 413.
         page_size: units per layer page.
+        explain_queue: explanations running or waiting at once; more requests get HTTP 429 with ``Retry-After``.
+        allowed_hosts: host names the server answers to besides the address a request reached (and, on a
+            loopback address, ``localhost``); requests naming any other ``Host`` get HTTP 400.
 
     Raises:
         AtlasError: no atlas at ``atlas`` or another schema version.
@@ -82,7 +131,8 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
                       trim_blocks=True, lstrip_blocks=True)
     static = {p.name: (p.read_bytes(), _MIME.get(p.suffix, "application/octet-stream"))
               for p in STATIC.iterdir() if p.is_file() and not p.name.startswith(".")}
-    explainer = Explainer(store, model=model, enabled=explain, max_bytes=max_upload_bytes, max_pixels=max_pixels)
+    explainer = Explainer(store, model=model, enabled=explain, max_bytes=max_upload_bytes, max_pixels=max_pixels,
+                          max_queue=explain_queue)
     app = FastAPI(title="cnnscope atlas", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.store = store
     app.state.explainer = explainer
@@ -110,9 +160,12 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
 
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, exc: UploadError) -> Response:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         if is_api(request):
-            return JSONResponse({"detail": exc.message}, status_code=exc.status)
-        return render("explain.html", status=exc.status, error=exc.message, **explainer.form())
+            return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
+        page = render("explain.html", status=exc.status, error=exc.message, **explainer.form())
+        page.headers.update(headers or {})
+        return page
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -131,7 +184,8 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
     # -- HTML pages ---------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse)
     async def model_page() -> Response:
-        return render("model.html", v=views.model_view(store))
+        return render("model.html", v=views.model_view(store), skipped=store.get_meta("skipped_images") or [],
+                      n_skipped=store.get_meta("n_skipped_images") or 0)
 
     @app.get("/layer/{layer}", response_class=HTMLResponse)
     async def layer_page(layer: str, page: str = "1") -> Response:
@@ -143,7 +197,7 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
 
     @app.get("/search", response_class=HTMLResponse)
     async def search_page(q: str = "") -> Response:
-        v = views.search_view(store, q[:200])
+        v = _search(store, q)
         if v["redirect"]:
             return RedirectResponse(v["redirect"], status_code=303)
         return render("search.html", status=200 if v["found"] or not q else 404, v=v)
@@ -164,8 +218,12 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
         rec, data = store.artifact_bytes(_parse_int(artifact_id.removesuffix(".png"), "artifact id"))
         if not data:
             raise NotInAtlas(f"artifact {rec.id} is numbers only; see /api/artifacts/{rec.id}")
+        if rec.mime not in SERVED_MIME:
+            raise StarletteHTTPException(415, f"artifact {rec.id} is stored as {rec.mime[:60]!r}, which the viewer "
+                                              "does not serve (images and JSON only); check the atlas with "
+                                              "`cnnscope atlas info --check`")
         etag = f'"{rec.sha256}"'
-        headers = {"ETag": etag, "Cache-Control": "public, max-age=300"}
+        headers = {"ETag": etag, "Cache-Control": "public, max-age=300", "Content-Security-Policy": ARTIFACT_CSP}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
         return Response(data, media_type=rec.mime, headers=headers)
@@ -205,7 +263,7 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
 
     @app.get("/api/search")
     async def api_search(q: str = "") -> Response:
-        v = views.search_view(store, q[:200])
+        v = _search(store, q)
         return JSONResponse(v, status_code=200 if v["found"] or not q else 404)
 
     @app.get("/api/explain")
@@ -220,10 +278,19 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
 
     @app.get("/api/health")
     async def health() -> dict:
-        return {"ok": True, "units": store.summary()["units"]}
+        return {"ok": True, "units": store.summary()["units"], "explain": explainer.queue_state()}
 
-    app.add_middleware(_SecurityHeaders)
+    app.add_middleware(_Guard, allowed_hosts=frozenset(_host_name(h) for h in allowed_hosts))
     return app
+
+
+def _search(store: AtlasStore, query: str) -> dict:
+    """The search view; a query with digits other than 0-9 finds nothing (``٣`` is not unit 3)."""
+    q = query[:200]
+    if _non_ascii_digits(q):
+        return {"query": q.strip(), "redirect": None, "matches": [], "found": False,
+                "message": "unit numbers are written with the digits 0-9"}
+    return views.search_view(store, q)
 
 
 def _suggest(store: AtlasStore, message: str) -> list[dict]:

@@ -1,12 +1,17 @@
 """The "explain an image" page: validate an upload, run attribution methods on it, return the panel.
 
 Nothing is written anywhere: the upload is decoded in memory, the panel is rendered to PNG bytes and sent back.
-Uploads are bounded (bytes, pixels, image formats); one explanation runs at a time.
+Uploads are bounded (bytes, and pixels read from the image header before decoding, image formats). Decoding and
+explaining run in worker threads, never on the event loop; one explanation runs at a time and at most
+``max_queue`` requests wait or run (more get HTTP 429 with ``Retry-After``). A job whose client disconnected while
+it waited is skipped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
+import re
 import threading
 
 import numpy as np
@@ -24,15 +29,28 @@ DEFAULT_METHODS = ("saliency", "gradcam", "integrated_gradients")
 MAX_METHODS = 4
 #: bytes a multipart request may carry beyond the image (boundaries, headers, the other fields)
 FORM_OVERHEAD = 64 * 1024
+#: requests running or waiting for an explanation at once (more get HTTP 429)
+MAX_QUEUE = 4
+#: seconds a client is told to wait (``Retry-After``) when the queue is full
+RETRY_AFTER = 10
 
 
 class UploadError(CnnscopeError):
-    """A request the explain page refuses, with its HTTP status (400, 413, 415, 503)."""
+    """A request the explain page refuses, with its HTTP status (400, 413, 415, 429, 503) and, for 429, the
+    seconds to wait (``Retry-After``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
+
+
+class _Job:
+    """One admitted explanation: ``cancelled`` is set when its client goes away."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
 
 
 def decode_upload(data: bytes, filename: str, max_bytes: int, max_pixels: int) -> np.ndarray:
@@ -87,17 +105,39 @@ class Explainer:
         model: a ``LoadedModel`` or ``nn.Module`` to use instead of reloading the atlas's model.
         enabled: whether the page is offered at all.
         max_bytes, max_pixels: upload limits.
+        max_queue: explanations running or waiting at once; more requests get HTTP 429.
     """
 
     def __init__(self, store: AtlasStore, model=None, enabled: bool = True, max_bytes: int = 8 * 1024 * 1024,
-                 max_pixels: int = 40_000_000) -> None:
+                 max_pixels: int = 40_000_000, max_queue: int = MAX_QUEUE) -> None:
         self.store = store
         self.model = None if model is None else as_model(model)
         self.enabled = enabled
         self.max_bytes = int(max_bytes)
         self.max_pixels = int(max_pixels)
+        self.max_queue = max(1, int(max_queue))
         self._lock = threading.Lock()
+        self._admitted = 0
+        self._count_lock = threading.Lock()
         self._model_error: str | None = None
+        self.skipped = 0  # jobs dropped because their client disconnected before they ran
+
+    def queue_state(self) -> dict:
+        """``{"queued" (running or waiting), "max_queue", "running", "skipped"}`` for ``/api/health``."""
+        return {"queued": self._admitted, "max_queue": self.max_queue, "running": self._lock.locked(),
+                "skipped": self.skipped}
+
+    def _admit(self) -> _Job:
+        with self._count_lock:
+            if self._admitted >= self.max_queue:
+                raise UploadError(429, f"{self._admitted} explanations are running or waiting (the limit is "
+                                       f"{self.max_queue}); try again in {RETRY_AFTER} s", retry_after=RETRY_AFTER)
+            self._admitted += 1
+        return _Job()
+
+    def _release(self) -> None:
+        with self._count_lock:
+            self._admitted -= 1
 
     # -- what is offered ----------------------------------------------------------------------------
     def methods(self) -> list[str]:
@@ -161,15 +201,46 @@ class Explainer:
             if not isinstance(upload, UploadFile):
                 raise UploadError(400, "no image in the upload (send the file in the form field 'image')")
             data = await upload.read(self.max_bytes + 1)
-            image = decode_upload(data, upload.filename or "upload", self.max_bytes, self.max_pixels)
-            why = self.unavailable()  # checked after the upload, so bad uploads get their 4xx in any case
-            if why:
-                raise UploadError(503, why)
-            methods = self._methods([str(v) for v in form.getlist("methods")])
+            filename = upload.filename or "upload"
+            methods = [str(v) for v in form.getlist("methods")]
             target = str(form.get("target") or "").strip()
         finally:
             await form.close()
-        return await run_in_threadpool(self._run, image, methods, target, upload.filename or "upload")
+        job = self._admit()
+        try:
+            task = asyncio.ensure_future(run_in_threadpool(self._job, job, data, filename, methods, target))
+        except BaseException:
+            self._release()
+            raise
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.2)
+            if not task.done() and await request.is_disconnected():
+                job.cancelled.set()  # skipped if still waiting; nobody reads the answer
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+                raise UploadError(499, "the client disconnected")
+        return task.result()
+
+    def _job(self, job: _Job, data: bytes, filename: str, methods: list[str], target: str) -> dict:
+        """Decode and explain in a worker thread; the queue slot is given back when it ends."""
+        try:
+            image = decode_upload(data, filename, self.max_bytes, self.max_pixels)
+            why = self.unavailable()  # checked after the upload, so bad uploads get their 4xx in any case
+            if why:
+                raise UploadError(503, why)
+            chosen = self._methods(methods)
+            while not self._lock.acquire(timeout=0.1):
+                if job.cancelled.is_set():
+                    self.skipped += 1
+                    raise UploadError(499, "the client disconnected")
+            try:
+                if job.cancelled.is_set():
+                    self.skipped += 1
+                    raise UploadError(499, "the client disconnected")
+                return self._run(image, chosen, target, filename)
+            finally:
+                self._lock.release()
+        finally:
+            self._release()
 
     def _methods(self, asked: list[str]) -> list[str]:
         known = self.methods()
@@ -187,7 +258,7 @@ class Explainer:
     def _target(self, model, target: str) -> int | None:
         if not target:
             return None
-        if target.isdigit():
+        if re.fullmatch(r"[0-9]{1,9}", target):
             n = len(model.labels) if model.labels is not None else None
             if n is not None and int(target) >= n:
                 raise UploadError(400, f"class index {target} is out of range (the model has {n} classes)")
@@ -198,9 +269,9 @@ class Explainer:
             raise UploadError(400, str(exc)) from None
 
     def _run(self, image: np.ndarray, methods: list[str], target: str, filename: str) -> dict:
-        with self._lock:  # one explanation at a time bounds memory
-            model = self._get_model()
-            cls = self._target(model, target)
-            from .explain_panel import explain_panel
+        """One explanation; the caller holds the lock (one explanation at a time bounds memory)."""
+        model = self._get_model()
+        cls = self._target(model, target)
+        from .explain_panel import explain_panel
 
-            return explain_panel(model, image, methods, target=cls) | {"filename": filename[:80]}
+        return explain_panel(model, image, methods, target=cls) | {"filename": filename[:80]}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +26,26 @@ def _config(app, host: str, port: int, log_level: str, workers_limit: int | None
                           limit_concurrency=workers_limit, timeout_keep_alive=5, server_header=False)
 
 
+def check_port(host: str, port: int) -> None:
+    """Raise a one-line :class:`CnnscopeError` naming the port and ``--port`` when ``host:port`` cannot be bound
+    (bound the way uvicorn binds: ``SO_REUSEADDR``, so connections closing on the port do not count)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise CnnscopeError(f"cannot listen on {host!r}: {exc.strerror or exc}; check --host") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CnnscopeError(f"port {port} on {host} is in use; choose another with --port (--port 0 picks a "
+                                    "free one)") from None
+            raise CnnscopeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port or "
+                                "--host") from None
+
+
 def _app(atlas, **app_options):
     from .app import create_app
 
@@ -42,10 +64,14 @@ def serve(atlas: str | Path | FastAPI, *, host: str = DEFAULT_HOST, port: int = 
     """
     import uvicorn
 
+    check_port(host, port)
     server = uvicorn.Server(_config(_app(atlas, **app_options), host, port, log_level, 256))
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind (the port was taken after the check)
+        server.started = False
     if not server.started:
-        raise CnnscopeError(f"the server could not listen on {host}:{port} (port in use? try --port)")
+        raise CnnscopeError(f"the server could not listen on {host}:{port} (port in use? choose another with --port)")
 
 
 @dataclass

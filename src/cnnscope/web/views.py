@@ -94,10 +94,55 @@ def layer_view(store: AtlasStore, layer: str, page: int = 1, page_size: int = PA
 
 def _artifact(rec: ArtifactRecord) -> dict:
     """The record plus its URL and how the unit page shows it: ``"image"`` (a picture the page embeds),
-    ``"file"`` (other bytes, linked) or ``"numbers"`` (numbers only)."""
+    ``"file"`` (other bytes, linked), ``"numbers"`` (numbers only) or ``"examples"`` (a contact sheet of dataset
+    examples, shown tile by tile with captions, see :func:`example_tiles`)."""
     url = artifact_url(rec.id) if rec.size else None
     show = "numbers" if url is None else "image" if rec.mime.startswith("image/") else "file"
-    return rec.to_dict() | {"url": url, "show": show}
+    out = rec.to_dict() | {"url": url, "show": show}
+    tiles = example_tiles(rec.numbers) if show in ("image", "numbers") else None
+    if tiles is not None:
+        nums = rec.numbers
+        out |= {"show": "examples" if url else "numbers", "tiles": tiles if url else [],
+                "note": nums.get("note") or "", "which": nums.get("which") or rec.name}
+    return out
+
+
+def _number(v: object) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _pixels(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def example_tiles(numbers: object) -> list[dict] | None:
+    """The tiles of a dataset-examples sheet, read from its numbers (``{"sheet_size": [width, height], "examples":
+    [{"value", "name", "label", "cell": [top, left, height, width], "box", ...}]}``): each with its caption parts
+    and the SVG ``viewBox`` that shows its cell of the sheet. ``None`` when the numbers do not describe a sheet (a
+    malformed entry leaves the whole artifact to the plain picture view rather than showing a tile at the wrong
+    place)."""
+    if not isinstance(numbers, dict) or not isinstance(numbers.get("examples"), list):
+        return None
+    sheet = numbers.get("sheet_size")
+    sized = isinstance(sheet, list) and len(sheet) == 2 and all(_pixels(v) for v in sheet)
+    if numbers["examples"] and not sized:
+        return None
+    tiles = []
+    for ex in numbers["examples"]:
+        if not isinstance(ex, dict):
+            return None
+        cell, value = ex.get("cell"), _number(ex.get("value"))
+        if value is None or not isinstance(cell, list) or len(cell) != 4 or not all(_pixels(c) for c in cell):
+            return None
+        top, left, h, w = cell
+        if top + h > sheet[1] or left + w > sheet[0]:
+            return None
+        label = ex.get("label")
+        tiles.append({"value": value, "value_text": f"{value:.4g}", "name": str(ex.get("name", "")),
+                      "label": str(label) if label is not None else None,
+                      "image_id": ex.get("image_id"), "box": ex.get("box"), "size": [w, h],
+                      "viewbox": f"{left} {top} {w} {h}", "sheet": list(sheet)})
+    return tiles
 
 
 def unit_view(store: AtlasStore, layer: str, unit: int) -> dict:
@@ -148,7 +193,7 @@ def _circuit_links(store: AtlasStore, sections: dict[str, dict]) -> list[dict]:
     return out
 
 
-_QUERY = re.compile(r"^\s*(?P<layer>[^\s:/#]+?)?\s*(?:[\s:/#]+\s*(?P<unit>\d+))?\s*$")
+_QUERY = re.compile(r"^\s*(?P<layer>[^\s:/#]+?)?\s*(?:[\s:/#]+\s*(?P<unit>\d+))?\s*$", re.ASCII)
 
 
 def search_view(store: AtlasStore, query: str) -> dict:
@@ -165,7 +210,8 @@ def search_view(store: AtlasStore, query: str) -> dict:
         return out
     m = _QUERY.match(q)
     layer, unit = (m.group("layer"), m.group("unit")) if m else (q, None)
-    if layer is not None and layer.isdigit() and unit is None:  # a bare unit number: that unit in every layer
+    # a bare unit number (ASCII digits only: '٣' is not 3): that unit in every layer
+    if layer is not None and layer.isascii() and layer.isdigit() and unit is None:
         u = int(layer)
         hits = [name for name in layers if store.has_unit(name, u)]
         out["matches"] = [{"label": f"{name}:{u}", "url": unit_url(name, u)} for name in hits]
