@@ -52,9 +52,13 @@ def test_unit_page_of_every_kind_loads(demo_server, page, demo_atlas):
     n, broken = all_images_loaded(page)
     with AtlasStore(demo_atlas) as st:
         kinds = st.get_meta("kinds")
-    assert broken == [] and n == len(kinds)  # one picture per kind
+        # one picture per kind, but these: the diversity renders; the examples as tiles cut from their sheet (SVG)
+        pictures = {"featurevis_diversity": st.get_meta("options")["diversity"], "examples": 0}
+    assert broken == [] and n == sum(pictures.get(k, 1) for k in kinds)
     for kind in kinds:
-        assert page.locator(f"#kind-{kind} img").count() == 1, kind
+        assert page.locator(f"#kind-{kind} img").count() == pictures.get(kind, 1), kind
+    tiles = page.locator("#kind-examples svg.tile")
+    assert tiles.count() >= 1 and "value" in tiles.first.get_attribute("aria-label")
 
 
 def test_explain_chelsea(demo_server, page, samples, tmp_path):

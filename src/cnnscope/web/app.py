@@ -30,7 +30,9 @@ TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 _MIME = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml",
          ".png": "image/png", ".ico": "image/x-icon"}
-_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+# referrer policy same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on the explain form's
+# POST, which the cross-origin check must refuse
+_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
             (b"x-frame-options", b"DENY"),
             (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; style-src 'self'; "
                                          b"script-src 'self'; form-action 'self'; frame-ancestors 'none'")]
