@@ -13,6 +13,21 @@ def seeded(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
+class GuidedReLU(torch.autograd.Function):
+    """A ReLU with the guided-backprop backward rule, written out independently of cnnscope's (for reference
+    computations in tests): the gradient passes where both the input and the incoming gradient are positive."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g.clamp(min=0) * (x > 0)
+
+
 class InplaceReLUNet(nn.Module):
     """conv-bn-relu(inplace)-maxpool-conv-relu(inplace)-gap-linear."""
 

@@ -7,7 +7,7 @@ import torch
 
 from cnnscope import relu_rule
 from cnnscope.errors import CnnscopeError, MethodError
-from tests.models import FunctionalReLUNet, OneReLUNet, ResidualNet
+from tests.models import FunctionalReLUNet, GuidedReLU, OneReLUNet, ResidualNet
 
 
 def input_grad(net, x, rule=None):
@@ -44,20 +44,8 @@ def test_closed_forms_on_one_relu_net(inplace, relu6):
         assert torch.allclose(net(x), (h.clamp(0, 6) if relu6 else h.clamp(min=0)) @ w2[:, None])
 
 
-class _Guided(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g.clamp(min=0) * (x > 0)
-
-
 def manual_guided_residual(net: ResidualNet, x: torch.Tensor) -> torch.Tensor:
-    g = _Guided.apply
+    g = GuidedReLU.apply
     h = g(net.stem(x))
     for b in (net.layer1, net.layer2):
         r = g(b.bn1(b.conv1(h)))

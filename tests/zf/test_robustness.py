@@ -19,7 +19,7 @@ from cnnscope.errors import CnnscopeError, MethodError
 from cnnscope.zf import DeconvError, DeconvNet, occlusion_study, project, top_projections
 from cnnscope.zf.rule_projector import PROJECTION_METHODS
 from tests.conformance import assert_unchanged
-from tests.models import ResidualNet, seeded
+from tests.models import GuidedReLU, ResidualNet, seeded
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,21 +115,9 @@ def test_rule_projections_equal_the_true_deconvnet_on_a_plain_stack(digits_run, 
             torch.testing.assert_close(b.values, a.values, rtol=1e-4, atol=1e-5 * float(a.values.abs().max()))
 
 
-class _Guided(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g.clamp(min=0) * (x > 0)
-
-
 def guided_layer1(net: ResidualNet, x: torch.Tensor) -> torch.Tensor:
     """Independent forward to ``layer1`` with guided ReLUs."""
-    g = _Guided.apply
+    g = GuidedReLU.apply
     h = g(net.stem(x))
     b = net.layer1
     r = g(b.bn1(b.conv1(h)))
