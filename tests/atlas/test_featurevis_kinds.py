@@ -120,3 +120,16 @@ def test_a_diversity_outside_its_range_is_one_line(tmp_path, k):
     opts = BuildOptions(steps=1, size=16, diversity=k)
     with pytest.raises(CnnscopeError, match=r"diversity must be 2\.\.8 images per unit"):
         build_atlas(_model(), tmp_path / "a", ["act1"], channels=0, kinds=["featurevis_diversity"], options=opts)
+
+
+def test_the_unit_page_says_a_dead_render_is_no_result(atlas):
+    from fastapi.testclient import TestClient
+
+    from cnnscope.web import create_app
+
+    with TestClient(create_app(atlas, explain=False)) as client:
+        dead = client.get(f"/layer/act1/unit/{DEAD}")
+        live = client.get(f"/layer/act1/unit/{LIVE}")
+    assert dead.status_code == live.status_code == 200
+    assert "Dead unit, not a result: " in dead.text and "activation stayed at 0" in dead.text
+    assert "Dead unit" not in live.text
