@@ -422,20 +422,25 @@ AUTO = [
     pytest.param(tiny_vit, 64, "encoder.layers.encoder_layer_1.ln_1", id="vit"),
     pytest.param(tiny_swin, 224, "norm", id="swin"),
     pytest.param(lambda: PooledFeaturesNet(), 64, "features.3", id="pool-inside-features"),
+    pytest.param(lambda: PooledFeaturesNet(PoolingBlock), 64, "features.3", id="pool-inside-a-sequential-subclass"),
     pytest.param(_tv("squeezenet1_1"), 64, "classifier.1", id="squeezenet-class-map"),
 ]
+
+
+class PoolingBlock(nn.Sequential):
+    """A Sequential subclass (as torchvision's Conv2dNormActivation is): still a chain."""
 
 
 class PooledFeaturesNet(nn.Module):
     """A stem, then features that end in their own global pool (a common custom layout): the final map is the
     last ReLU inside ``features``, never the stem before it."""
 
-    def __init__(self) -> None:
+    def __init__(self, container: type[nn.Sequential] = nn.Sequential) -> None:
         super().__init__()
         seeded(0)
         self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU())
-        self.features = nn.Sequential(nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU(),
-                                      nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.features = container(nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
         self.fc = nn.Linear(8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

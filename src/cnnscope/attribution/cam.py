@@ -80,20 +80,21 @@ def auto_layer(model: ModelLike, *, input_size: tuple[int, int] | None = None) -
     cls_maps = [c.name for c in candidates if c.layout == "tokens+cls" and c.channels == width]
     reaching = _reaching(m, infos, cls_maps, size) if cls_maps else set()
     table = {i.name: i for i in infos}
+    modules = dict(m.module.named_modules())
     for c in candidates:
         if c.layout == "tokens+cls" and c.name not in reaching:
             continue
-        if c.layout in ("nchw", "nhwc") and _block_inside(c, table):
+        if c.layout in ("nchw", "nhwc") and _block_inside(c, table, modules):
             continue
         return c.name
     return candidates[0].name
 
 
-def _block_inside(info: LayerInfo, table: dict[str, LayerInfo]) -> bool:
+def _block_inside(info: LayerInfo, table: dict[str, LayerInfo], modules: dict[str, nn.Module]) -> bool:
     """Whether ``info``'s map is made inside a block that returns another map (one branch of an Inception block
     whose own output is 1x1 at a small input size): a block's internals are never its final map. A ``Sequential``
-    is not such a block (``features = Sequential(conv, relu, AdaptiveAvgPool2d(1))``: its last map is the final
-    one)."""
+    (or a subclass, such as torchvision's ``Conv2dNormActivation``) is not such a block (``features =
+    Sequential(conv, relu, AdaptiveAvgPool2d(1))``: its last map is the final one)."""
     name = info.name
     while "." in name:
         name = name.rsplit(".", 1)[0]
@@ -101,7 +102,7 @@ def _block_inside(info: LayerInfo, table: dict[str, LayerInfo]) -> bool:
         if parent is None or parent.calls != 1 or parent.output_id == info.output_id:
             continue
         # a Sequential runs its children one after another: a map made inside it flows on to its (pooled) output
-        if parent.layout in ("nchw", "nhwc") and parent.kind != "Sequential":
+        if parent.layout in ("nchw", "nhwc") and not isinstance(modules.get(name), nn.Sequential):
             return True
     return False
 
