@@ -278,7 +278,7 @@ def _run_jobs(store: AtlasStore, model, jobs: list[tuple[LayerInfo, list[int]]],
                 else:
                     report.built.append((info.name, u))
                 bar.update(1)
-    if remote:
+    if remote and isinstance(where.get("engine"), str):  # an engine made here by name; a given one stays open
         engine.close()
 
 
