@@ -256,30 +256,32 @@ def _run_jobs(store: AtlasStore, model, jobs: list[tuple[LayerInfo, list[int]]],
     layers = list(dict.fromkeys(info.name for info, _ in jobs))
     engine = get_engine(where.get("engine"), address=where.get("address"))
     remote = not isinstance(engine, LocalEngine)
-    if remote and source is not None and any(k.needs_images for k in chosen):
-        # the dataset pass runs once, here (its shards through the engine); the pieces carry its statistics
-        from .dataset_kind import layer_stats
+    try:
+        if remote and source is not None and any(k.needs_images for k in chosen):
+            # the dataset pass runs once, here (its shards through the engine); the pieces carry its statistics
+            from .dataset_kind import layer_stats
 
-        layer_stats(BuildContext(model=model, layer=jobs[0][0], options=options, batch_size=batch_size,
-                                 source=source, cache=cache, layers=layers, **where))
-    pieces = [_Piece(info, chunk, [k for k in chosen if k.name not in skipped.get(info.name, {})], options,
-                     batch_size, source, cache, layers, {**where, "engine": None, "address": None} if remote
-                     else where, env) for info, chunk in jobs]
-    with tqdm(total=sum(len(c) for _, c in jobs), unit="unit", disable=not progress, desc="atlas") as bar:
-        for j, (per_unit, unit_secs) in engine.map_with_model(model, _produce, pieces):
-            info = pieces[j].info
-            for u in pieces[j].chunk:
-                try:
-                    store.write_unit(info.name, u, per_unit[u], unit_secs)
-                except AtlasError:
-                    if not store.has_unit(info.name, u):
-                        raise
-                    report.skipped += 1  # another build process committed it meanwhile
-                else:
-                    report.built.append((info.name, u))
-                bar.update(1)
-    if remote and isinstance(where.get("engine"), str):  # an engine made here by name; a given one stays open
-        engine.close()
+            layer_stats(BuildContext(model=model, layer=jobs[0][0], options=options, batch_size=batch_size,
+                                     source=source, cache=cache, layers=layers, **{**where, "engine": engine}))
+        pieces = [_Piece(info, chunk, [k for k in chosen if k.name not in skipped.get(info.name, {})], options,
+                         batch_size, source, cache, layers, {**where, "engine": None, "address": None} if remote
+                         else where, env) for info, chunk in jobs]
+        with tqdm(total=sum(len(c) for _, c in jobs), unit="unit", disable=not progress, desc="atlas") as bar:
+            for j, (per_unit, unit_secs) in engine.map_with_model(model, _produce, pieces):
+                info = pieces[j].info
+                for u in pieces[j].chunk:
+                    try:
+                        store.write_unit(info.name, u, per_unit[u], unit_secs)
+                    except AtlasError:
+                        if not store.has_unit(info.name, u):
+                            raise
+                        report.skipped += 1  # another build process committed it meanwhile
+                    else:
+                        report.built.append((info.name, u))
+                    bar.update(1)
+    finally:
+        if remote and isinstance(where.get("engine"), str):  # an engine made here by name; a given one stays open
+            engine.close()
 
 
 @dataclass
