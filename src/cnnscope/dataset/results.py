@@ -1,4 +1,4 @@
-"""Results of a statistics pass: per-layer dataclasses, save/load (``.npz``), exact merging, example crops.
+"""Results of a statistics pass: per-layer dataclasses, exact merging, example crops (save/load: :mod:`.results_io`).
 
 :class:`DatasetStats` holds one :class:`LayerStats` per layer; each has, per channel, the top-k and bottom-k
 :class:`Examples` (image id, position, value, receptive-field box), histograms, moments and band samples.
@@ -6,12 +6,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +20,7 @@ from ..outputs import atomic_path
 from .classes import ClassStats
 from .histograms import LogBins
 from .ranking import Kept, select
-from .sources import SkippedImage, identity_of
+from .sources import identity_of
 
 FORMAT = "cnnscope.dataset-stats/2"
 MAX_SKIPPED = 100
@@ -364,43 +361,9 @@ class DatasetStats:
 
     def to_bytes(self) -> bytes:
         """The contents of the ``.npz`` file :meth:`save` writes (:meth:`from_bytes` reads them)."""
-        arrays: dict[str, np.ndarray] = {}
-        layer_meta = {}
-        for i, (name, ls) in enumerate(self.layers.items()):
-            p = f"l{i}_"
-            for part in ("top", "bottom", "bands"):
-                ex = getattr(ls, part)
-                for f in fields(ex):
-                    value = getattr(ex, f.name)
-                    if value is not None:
-                        arrays[p + part + "_" + f.name] = value.numpy()
-            for part in ("hist", "hist_output", "positive", "minimum", "maximum"):
-                arrays[p + part] = getattr(ls, part).numpy()
-            for part in ("moments", "moments_output"):
-                m = getattr(ls, part)
-                arrays[p + part + "_mean"], arrays[p + part + "_m2"] = m.mean.numpy(), m.m2.numpy()
-            if ls.rf is not None:
-                arrays[p + "rf_boxes"] = ls.rf.boxes
-            bc = ls.by_class
-            if bc is not None:
-                for part in ("images", "max_sum", "mean_sum", "maximum") + (("hist",) if bc.hist is not None else ()):
-                    arrays[p + "class_" + part] = getattr(bc, part).numpy()
-            layer_meta[name] = {"prefix": p, "pre_activation": ls.pre_activation, "grid": list(ls.grid),
-                                "count": ls.moments.count, "count_output": ls.moments_output.count,
-                                "rf": None if ls.rf is None else {"method": ls.rf.method,
-                                                                  "input_size": list(ls.rf.input_size)},
-                                "classes": None if ls.by_class is None else ls.by_class.classes}
-        meta = {"format": FORMAT, "model": self.model, "input_size": list(self.input_size),
-                "resize_mode": self.resize_mode, "source": self.source, "images": self.images,
-                "id_ranges": [list(r) for r in self.id_ranges], "names": {str(k): v for k, v in self.names.items()},
-                "skipped": [list(s) for s in self.skipped], "n_skipped": self.n_skipped, "k": self.k,
-                "bottom_k": self.bottom_k, "band_samples": self.band_samples, "seed": self.seed,
-                "bins": self.bins.to_dict(), "layers": layer_meta,
-                "labels": {str(k): v for k, v in self.labels.items()}, "fingerprint": self.fingerprint}
-        arrays["meta"] = np.array(json.dumps(meta))
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
-        return buffer.getvalue()
+        from .results_io import stats_to_bytes
+
+        return stats_to_bytes(self)
 
     @classmethod
     def load(cls, path: str | Path) -> DatasetStats:
@@ -418,56 +381,9 @@ class DatasetStats:
         Raises:
             CnnscopeError: a checksum that does not match (a truncated or altered file), or not a statistics file.
         """
-        if sha256 is not None and hashlib.sha256(contents).hexdigest() != sha256:
-            raise CnnscopeError(f"{name}: checksum mismatch (the file is truncated or corrupt)")
-        try:
-            data = np.load(io.BytesIO(contents), allow_pickle=False)
-            meta = json.loads(str(data["meta"]))
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
-            raise CnnscopeError(f"{name}: not a cnnscope statistics file ({exc})") from None
-        if meta.get("format") != FORMAT:
-            raise CnnscopeError(f"{name}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
+        from .results_io import stats_from_bytes
 
-        def t(key: str) -> torch.Tensor:
-            return torch.from_numpy(data[key])
-
-        layers = {}
-        for name, lm in meta["layers"].items():
-            p = lm["prefix"]
-            grid = tuple(lm["grid"])
-
-            def ex(part: str, p: str = p) -> Examples:
-                pr = p + part + "_priority"
-                return Examples(*(t(p + part + "_" + f) for f in ("values", "image_ids", "ys", "xs", "boxes")),
-                                priority=t(pr) if pr in data else None)
-
-            rf = None
-            if lm["rf"] is not None:
-                rf = ReceptiveField(layer=name, input_size=tuple(lm["rf"]["input_size"]), output_size=grid,
-                                    boxes=data[p + "rf_boxes"], method=lm["rf"]["method"])
-            layers[name] = LayerStats(
-                layer=name, pre_activation=lm["pre_activation"], grid=grid, top=ex("top"), bottom=ex("bottom"),
-                hist=t(p + "hist"), hist_output=t(p + "hist_output"),
-                moments=Moments(lm["count"], t(p + "moments_mean"), t(p + "moments_m2")),
-                moments_output=Moments(lm["count_output"], t(p + "moments_output_mean"), t(p + "moments_output_m2")),
-                positive=t(p + "positive"), minimum=t(p + "minimum"), maximum=t(p + "maximum"),
-                bands=ex("bands"), rf=rf, by_class=_load_classes(lm.get("classes"), p, data))
-        return cls(model=meta["model"], input_size=tuple(meta["input_size"]), resize_mode=meta["resize_mode"],
-                   source=meta["source"], images=meta["images"], id_ranges=[tuple(r) for r in meta["id_ranges"]],
-                   names={int(k): v for k, v in meta["names"].items()},
-                   skipped=[SkippedImage(*s) for s in meta["skipped"]], n_skipped=meta["n_skipped"], k=meta["k"],
-                   bottom_k=meta["bottom_k"],
-                   band_samples=meta["band_samples"], seed=meta["seed"], bins=LogBins(**meta["bins"]), layers=layers,
-                   labels={int(k): v for k, v in meta.get("labels", {}).items()}, fingerprint=meta.get("fingerprint"))
-
-
-def _load_classes(classes: list[str] | None, prefix: str, data) -> ClassStats | None:
-    if classes is None:
-        return None
-    p = prefix + "class_"
-    hist = torch.from_numpy(data[p + "hist"]) if p + "hist" in data else None
-    return ClassStats(list(classes), *(torch.from_numpy(data[p + part]) for part in
-                                       ("images", "max_sum", "mean_sum", "maximum")), hist=hist)
+        return stats_from_bytes(contents, name, sha256)
 
 
 def used_ids(layers: Iterable[LayerStats]) -> set[int]:
