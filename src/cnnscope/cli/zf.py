@@ -1,6 +1,7 @@
-"""Zeiler & Fergus commands: ``deconv``, ``top9``, ``occlude``, ``invariance``, ``correspond``, ``boundary``.
+"""Zeiler & Fergus commands: ``deconv``, ``top9``, ``occlude``, ``invariance``, ``correspond``.
 
-(``train``, ``evolution``, ``filters``, ``featuremaps`` and the demo section live in :mod:`.zf_train`.)
+(``boundary`` lives in :mod:`.zf_tutorial`; ``train``, ``evolution``, ``filters``, ``featuremaps`` and the demo
+section in :mod:`.zf_train`.)
 Every command writes PNG figures and the numbers behind them (JSON, NPY) into ``--out``, which is checked before
 any work (:func:`cnnscope.outputs.run_output`: atomic files and a ``manifest.json`` once the run is complete).
 """
@@ -286,27 +287,3 @@ def correspond_cmd(model: str, images: tuple[str, ...], weights: str | None, dev
         if r.random:
             line += f"; random {r.random[n].mean:.4f} +- {r.random[n].std:.4f}"
         click.echo(line)
-
-
-@model_command("boundary", IMAGES)
-@click.option("--resolution", type=click.IntRange(2), default=41, show_default=True, help="Points per axis.")
-@click.option("--span", default=None, help="LO,HI of both coordinates (default -0.5,1.5 or -1,1).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random directions.")
-@batch_size_option
-@out_option("zf-boundary")
-def boundary_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, resolution: int,
-                 span: str | None, seed: int, batch_size: int | None, out: str) -> None:
-    """Predicted class over the plane through three IMAGES (or one image and two random directions)."""
-    from ..plot.zf import boundary_figure
-    from ..zf.boundary import decision_plane
-
-    lohi = numbers(span)
-    if lohi is not None and len(lohi) != 2:
-        raise CnnscopeError(f"--span is LO,HI, got {span!r}")
-    with run_output(out, "boundary") as folder:
-        m = open_model(model, weights, device)
-        p = decision_plane(m, read_images(images), resolution=resolution, span=tuple(lohi) if lohi else None,
-                           seed=seed, batch_size=batch_size, progress=show_progress())
-        folder.write_json("boundary.json", p.to_dict())
-        save(boundary_figure(p), folder.path("boundary.png"))
-    click.echo(f"{len(p.labels)} classes on the plane: " + ", ".join(list(p.labels.values())[:8]))
