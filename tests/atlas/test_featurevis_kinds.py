@@ -35,10 +35,10 @@ def _model():
 
 
 def _pictures(out, layer: str, unit: int) -> dict:
-    """``(kind, name) -> (numbers, uint8 picture)`` of one unit."""
+    """``(kind, name) -> (numbers, uint8 picture)`` of one unit's renders (thumbnails left out)."""
     with AtlasStore(out) as st:
         return {(a.kind, a.name): (a.numbers, decode_png(st.artifact_bytes(a.id)[1]))
-                for a in st.artifacts(layer, unit)}
+                for a in st.artifacts(layer, unit) if a.name != "thumbnail"}
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import json
 import platform
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -40,6 +40,7 @@ class BuildReport:
         kinds: artifact kinds of the atlas.
         skipped_images: images of the dataset kinds' pass that could not be read (``SkippedImage``: path,
             reason; at most the first 100) and ``n_skipped_images`` in all; also recorded in the atlas's meta.
+        advice: the kinds' lines about the chosen layers (e.g. the layer to add so a layer's circuits link).
     """
 
     root: Path
@@ -49,6 +50,7 @@ class BuildReport:
     kinds: list[str] = field(default_factory=list)
     skipped_images: list = field(default_factory=list)
     n_skipped_images: int = 0
+    advice: list[str] = field(default_factory=list)
 
 
 def _resolve_layers(model, names: Sequence[str]) -> list[LayerInfo]:
@@ -192,7 +194,9 @@ def build_atlas(model: ModelLike, out: str | Path, layers: str | Sequence[str] |
             pending = [u for u in plans[info.name] if u not in done]
             report.skipped += len(plans[info.name]) - len(pending)
             jobs += [(info, pending[sl]) for sl in chunks(len(pending), options.units_per_chunk)]
-        cache: dict = {}
+        cache: dict = {"atlas_layers": store.layer_names()}
+        report.advice = [line for k in chosen for line in k.advice(m, [i.name for i in infos if k.name not in
+                                                                       skipped.get(i.name, {})], cache["atlas_layers"])]
         where = {"workdir": Path(out) / "work" if source is not None else None, "engine": engine, "address": address}
         _run_jobs(store, m, jobs, chosen, skipped, options, batch_size, source, report, progress, max_units, cache,
                   where)
@@ -320,5 +324,5 @@ def _produce(model, piece: _Piece) -> tuple[dict[int, list[Artifact]], float]:
             for a in made[u]:
                 _check_declared(kind, a)
                 prov = {**piece.env, **a.provenance, "timing": timing}
-                per_unit[u].append(Artifact(a.kind, a.name, a.mime, a.data, a.numbers, prov))
+                per_unit[u].append(replace(a, provenance=prov))
     return per_unit, (time.perf_counter() - t_chunk) / len(chunk)

@@ -1,6 +1,7 @@
 """Dataset artifact kinds: the dataset examples (receptive-field crops, one per image: a ``top`` panel of positive
-values, a ``bottom`` panel of negative ones, each crop's value, image name, class and box in the numbers) and the
-activation histogram.
+values, a ``bottom`` panel of negative ones, each crop's value, image name, class and box in the numbers, and the
+examples' whole images, as the model saw them, for the viewer's click-through) and the activation histogram (whose
+mean, maximum and fraction positive are the unit's facts the layer page sorts by).
 
 Both come from one :func:`cnnscope.dataset.collect_statistics` pass over the build's images per layer (kept in
 the build's per-layer cache), as in OpenAI Microscope's dataset examples and (with ``pre_activation=True`` in the
@@ -11,19 +12,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from .encode import figure_artifact, image_artifact
+from .encode import figure_artifact, image_artifact, jpeg_bytes
 from .kinds import ArtifactKind, BuildContext, register_kind
-from .records import Artifact, AtlasError
+from .records import Artifact, AtlasError, AtlasImage
 
 #: every crop is stored at this size (pixels a side): the receptive field scaled up or down to it
 CROP = 128
 #: positions kept per shown example: one example per image is picked from the ``top_k * CANDIDATES`` strongest
 #: (and weakest) positions, so an image that holds many of them does not crowd the others out
 CANDIDATES = 8
+#: fitted source images a run keeps decoded (each example panel reads a few; neighbouring units share many)
+FITTED_CACHE = 256
 
 
 def layer_stats(ctx: BuildContext):
@@ -95,10 +100,43 @@ def one_per_image(examples: list, k: int, keep, pool: int) -> tuple[list, bool]:
     return out, len(examples) >= pool and all(keep(ex.value) for ex in examples)
 
 
-def _panel(ctx: BuildContext, ls, which: str, chosen: list, note: str) -> tuple[np.ndarray | None, dict]:
-    """The contact sheet of ``chosen`` examples (``None`` when there are none) and its numbers: each example with
-    its cell in the sheet (``[top, left, height, width]`` pixels) and its receptive-field box in the fitted image."""
-    from ..dataset import example_crops
+def _fitted(ctx: BuildContext, ids: list[int]) -> dict[int, np.ndarray]:
+    """The source images ``ids`` fitted to the model's input (as the pass saw them), through a small cache shared by
+    the run's chunks (the same images are examples of many units)."""
+    from ..dataset.sources import open_source
+
+    cache = ctx.cache.setdefault("fitted_images", OrderedDict())
+    src = None
+    out = {}
+    for i in ids:
+        if i in cache:
+            cache.move_to_end(i)
+        else:
+            src = src or open_source(ctx.source)
+            cache[i] = ctx.model.fit_image(src.load(i))
+            while len(cache) > FITTED_CACHE:
+                cache.popitem(last=False)
+        out[i] = cache[i]
+    return out
+
+
+def _whole_image(ctx: BuildContext, ex, fitted: np.ndarray) -> AtlasImage:
+    """The atlas record of an example's whole (fitted) image, encoded once per run."""
+    encoded = ctx.cache.setdefault("whole_images", {})
+    if ex.image_id not in encoded:
+        encoded[ex.image_id] = AtlasImage(image_id=int(ex.image_id), name=str(ex.name),
+                                          label=None if ex.label is None else str(ex.label), mime="image/jpeg",
+                                          data=jpeg_bytes(fitted), width=int(fitted.shape[1]),
+                                          height=int(fitted.shape[0]))
+    return encoded[ex.image_id]
+
+
+def _panel(ctx: BuildContext, ls, which: str, chosen: list, note: str
+           ) -> tuple[np.ndarray | None, dict, tuple[AtlasImage, ...]]:
+    """The contact sheet of ``chosen`` examples (``None`` when there are none), its numbers (each example with its
+    cell in the sheet, ``[top, left, height, width]`` pixels, and its receptive-field box in the fitted image) and
+    the examples' whole images."""
+    from ..dataset.examples import crop
     from ..images import resize
     from ..plot.common import grid_image
 
@@ -106,17 +144,21 @@ def _panel(ctx: BuildContext, ls, which: str, chosen: list, note: str) -> tuple[
                "input_size": list(ctx.model.input_size), "pre_activation": ls.pre_activation,
                "crop_display_size": CROP, "note": note}
     if not chosen:
-        return None, numbers
-    patches = example_crops(ctx.model, chosen, source=ctx.source, rf=ls.rf)
+        return None, numbers, ()
+    if ls.rf is None:
+        raise AtlasError(f"the dataset pass of {ctx.layer.name!r} found no receptive field: no crops to show")
+    fitted = _fitted(ctx, list(dict.fromkeys(ex.image_id for ex in chosen)))
+    patches = [crop(fitted[ex.image_id], ex.box, size=ls.rf.size) for ex in chosen]
     cols, pad = min(len(chosen), 3 if len(chosen) <= 9 else 4), 2
-    resample = "nearest" if patches.shape[1] * 2 <= CROP else "bilinear"  # a few pixels stay pixels when enlarged
+    resample = "nearest" if patches[0].shape[0] * 2 <= CROP else "bilinear"  # a few pixels stay pixels enlarged
     sheet = grid_image([resize(p, (CROP, CROP), resample=resample) for p in patches], cols=cols, pad=pad)
     numbers["sheet_size"] = [int(sheet.shape[1]), int(sheet.shape[0])]
     for n, ex in enumerate(chosen):
         r, c = divmod(n, cols)
         numbers["examples"].append(ex.to_dict() | {"rank": n + 1, "cell": [pad + r * (CROP + pad),
                                                                         pad + c * (CROP + pad), CROP, CROP]})
-    return sheet, numbers
+    images = tuple(_whole_image(ctx, ex, fitted[ex.image_id]) for ex in chosen)
+    return sheet, numbers, images
 
 
 @register_kind
@@ -151,12 +193,12 @@ class Examples(_DatasetKind):
                 note = f"only {len(chosen)} distinct images among the {len(ranked)} {word} positions"
             else:
                 note = ""
-            sheet, numbers = _panel(ctx, ls, which, chosen, note)
+            sheet, numbers, images = _panel(ctx, ls, which, chosen, note)
             if sheet is None:
                 out.append(Artifact(kind=self.name, name=which, mime="image/png", data=None, numbers=numbers,
                                     provenance=dict(prov)))
             else:
-                out.append(image_artifact(self.name, which, sheet, numbers, **prov))
+                out.append(replace(image_artifact(self.name, which, sheet, numbers, **prov), images=images))
         return out
 
 
@@ -184,4 +226,6 @@ class Histogram(_DatasetKind):
                    "bins": [[float(lower[i]), float(upper[i]), int(counts[i])] for i in nz]}
         fig = unit_histogram(centers, widths, dens * widths, title=f"{ctx.layer.name}:{u} {what}s over "
                              f"{stats.images} images", mean=float(ls.mean[u]), xlabel=what)
-        return figure_artifact(self.name, "histogram", fig, numbers, total=max(int(counts.sum()), 1), **prov)
+        art = figure_artifact(self.name, "histogram", fig, numbers, total=max(int(counts.sum()), 1), **prov)
+        return replace(art, facts={"mean": numbers["mean"], "max": numbers["max"],
+                                   "fraction_positive": numbers["fraction_positive"]})

@@ -24,6 +24,21 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def jpeg_bytes(image: np.ndarray, quality: int = 88) -> bytes:
+    """Encode an ``uint8`` ``[H, W, 3]`` array as JPEG bytes (whole source images and thumbnails: photos and
+    renders compress 5-10x better than as PNG, and nothing reads their exact pixels back)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(np.asarray(image, dtype=np.uint8))).save(buf, format="JPEG",
+                                                                                 quality=quality)
+    return buf.getvalue()
+
+
+def thumbnail_bytes(image: np.ndarray, size: int) -> bytes:
+    """A ``size`` x ``size`` JPEG thumbnail of an ``uint8`` ``[H, W, 3]`` picture (Lanczos filter)."""
+    img = Image.fromarray(np.ascontiguousarray(np.asarray(image, dtype=np.uint8))).convert("RGB")
+    return jpeg_bytes(np.asarray(img.resize((size, size), Image.Resampling.LANCZOS)), quality=85)
+
+
 def figure_png(fig, dpi: int = 80) -> bytes:
     """Render a matplotlib ``Figure`` (Agg) to PNG bytes."""
     buf = io.BytesIO()

@@ -12,19 +12,23 @@ it. With ``BuildOptions.pre_activation`` the unit *is* the pre-activation and no
 Every picture's numbers carry the objective's own value (a negative render reports the channel's value, not its
 negation), a trace measured on the untransformed picture at up to :data:`TRACE_POINTS` steps, and ``"dead"``:
 ``True`` with a ``"dead_reason"`` when the watched value (the activation; the objective where nothing else is
-reported) stayed at zero over the whole trace, so the picture is not a result to be read as one.
+reported) stayed at zero over the whole trace, so the picture is not a result to be read as one (also the unit's
+``dead`` fact, 1 or 0, which the layer page filters by). The channel kind adds a :data:`THUMBNAIL`-pixel JPEG of
+its render for the layer page's grid.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np
 import torch
 
 from ..errors import CnnscopeError
-from .encode import image_artifact
+from .encode import image_artifact, thumbnail_bytes
 from .kinds import ArtifactKind, BuildContext, register_kind
+from .records import Artifact
 
 #: steps of the optimisation at which the stored trace measures the picture
 TRACE_POINTS = 16
@@ -32,6 +36,8 @@ TRACE_POINTS = 16
 MAX_DIVERSITY = 8
 #: a value at most this far from zero counts as zero for ``"dead"``
 DEAD_TOLERANCE = 1e-6
+#: pixels a side of the channel render's thumbnail (the layer page's grid)
+THUMBNAIL = 96
 
 
 def _optimises_input(ctx: BuildContext) -> bool:
@@ -138,8 +144,14 @@ class _FeatureVis(ArtifactKind):
                 numbers["dead"] = reason is not None
                 if reason:
                     numbers["dead_reason"] = reason
-                out[u].append(image_artifact(self.name, name, res.images[n], numbers, spec=spec,
-                                             seed=int(res.spec["seeds"][i]) + j, render_timing=res.timing))
+                art = image_artifact(self.name, name, res.images[n], numbers, spec=spec,
+                                     seed=int(res.spec["seeds"][i]) + j, render_timing=res.timing)
+                out[u].append(replace(art, facts={"dead": float(numbers["dead"])}) if j == 0 else art)
+                if j == 0 and "thumbnail" in self.artifacts:
+                    out[u].append(Artifact(kind=self.name, name="thumbnail", mime="image/jpeg",
+                                           data=thumbnail_bytes(res.images[n], THUMBNAIL),
+                                           numbers={"of": name, "size": THUMBNAIL},
+                                           provenance={**art.provenance, "of": name}))
         return out
 
 
@@ -147,6 +159,8 @@ class _FeatureVis(ArtifactKind):
 class FeatureVisChannel(_FeatureVis):
     name = "featurevis"
     title = "Feature visualization (channel)"
+    artifacts = {"image": "image/png", "thumbnail": "image/jpeg"}
+    thumbnail = "thumbnail"
     order = 10
     description = "image that maximises the channel's mean activation (Olah et al. 2017)"
 

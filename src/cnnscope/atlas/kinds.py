@@ -136,6 +136,11 @@ class ArtifactKind:
         convolution); the build then leaves the kind out for that layer and records why."""
         return None
 
+    def advice(self, model, layers: list[str], atlas_layers: list[str]) -> list[str]:
+        """Lines the build prints about the chosen ``layers`` given every layer the atlas holds (e.g. a layer to add
+        so circuits link); none by default."""
+        return []
+
     def unavailable(self) -> str | None:
         """Why the kind cannot run here, or ``None`` when it can."""
         if self.requires is None:

@@ -36,6 +36,12 @@ class Artifact:
         data: the bytes (PNG), or ``None`` when the artifact is only numbers.
         numbers: the JSON-ready numbers behind it (scores, bin counts, weights, ...).
         provenance: spec/recipe, seed, timings; :meth:`AtlasStore.write_unit` adds the cnnscope version.
+        facts: numbers the viewer sorts and filters a layer's units by (``{"mean": 0.4, "dead": 0.0}``), stored
+            per unit in their own table (the first artifact that names a fact wins).
+        images: whole images the artifact refers to (:class:`AtlasImage`: the dataset examples' source images),
+            stored once per atlas.
+        links: the unit's strongest inputs, ``({"layer", "unit", "weight", "norm"}, ...)``, stored as edges so the
+            viewer lists a unit's outgoing units too (``layer`` ``None`` when the input is not an atlas layer).
     """
 
     kind: str
@@ -44,6 +50,29 @@ class Artifact:
     data: bytes | None = None
     numbers: object = None
     provenance: dict = field(default_factory=dict)
+    facts: dict = field(default_factory=dict)
+    images: tuple = ()
+    links: tuple = ()
+
+
+@dataclass(frozen=True)
+class AtlasImage:
+    """A whole image of the build's source as the model saw it (fitted to its input size), stored once per atlas
+    so the viewer can show a dataset example in its image with the receptive-field box drawn.
+
+    Attributes:
+        image_id: the image's index in the build's source (the examples' ``image_id``).
+        name: its name in the source; label: its class in a labelled source, else ``None``.
+        mime: ``"image/jpeg"``; data: the encoded bytes; width, height: pixels.
+    """
+
+    image_id: int
+    name: str
+    label: str | None
+    mime: str
+    data: bytes
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)

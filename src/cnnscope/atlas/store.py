@@ -11,6 +11,10 @@ viewer) open the file read-only and see consistent snapshots while a build is wr
 creates files in the atlas folder: while no writer holds the atlas (no ``atlas.sqlite-wal``) it opens the file as
 immutable (read-only storage works too) and switches to a shared read-only connection once a writer appears.
 
+``images`` (whole source images of the dataset examples), ``unit_facts`` (numbers to sort and filter units by) and
+``unit_links`` (each unit's strongest inputs, so outgoing units are one indexed query) are written in the same
+transaction as their unit.
+
 ``artifact_counts`` keeps the artifact count and bytes per layer and kind, updated in the transaction that writes
 a unit, so summaries never scan the artifacts table (atlases written before it existed are scanned once per open).
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import sqlite3
@@ -67,6 +72,21 @@ CREATE INDEX artifacts_by_kind ON artifacts(layer, kind, name, unit);
 """
 _COUNTS = """CREATE TABLE IF NOT EXISTS artifact_counts (
     layer TEXT NOT NULL, kind TEXT NOT NULL, n INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY (layer, kind))"""
+#: tables added within schema version 1: a writer creates them in an older atlas (empty), readers treat a missing
+#: one as empty
+_EXTRA = """
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL, label TEXT, mime TEXT NOT NULL, sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS unit_facts (
+    layer TEXT NOT NULL, unit INTEGER NOT NULL, name TEXT NOT NULL, value REAL NOT NULL,
+    PRIMARY KEY (layer, unit, name));
+CREATE INDEX IF NOT EXISTS facts_by_value ON unit_facts(layer, name, value);
+CREATE TABLE IF NOT EXISTS unit_links (
+    src_layer TEXT NOT NULL, src_unit INTEGER NOT NULL, dst_layer TEXT NOT NULL, dst_unit INTEGER NOT NULL,
+    weight REAL NOT NULL, norm REAL NOT NULL, PRIMARY KEY (dst_layer, dst_unit, src_layer, src_unit));
+CREATE INDEX IF NOT EXISTS links_by_source ON unit_links(src_layer, src_unit, norm);
+"""
 
 
 class AtlasStore:
@@ -198,12 +218,20 @@ class AtlasStore:
                     c.execute(_COUNTS)
                     c.execute("INSERT INTO artifact_counts SELECT layer, kind, COUNT(*), COALESCE(SUM(size), 0) "
                               "FROM artifacts GROUP BY layer, kind")
+            if "meta" in tables and version == SCHEMA_VERSION and not {"images", "unit_facts"} <= tables:
+                with self.transaction() as c:
+                    for stmt in _EXTRA.split(";"):
+                        if stmt.strip():
+                            c.execute(stmt)
             return  # existing file; _check_version decides
         with self.transaction() as c:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     c.execute(stmt)
             c.execute(_COUNTS)
+            for stmt in _EXTRA.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
             now = time.time()
             for key, value in (("schema_version", SCHEMA_VERSION), ("cnnscope_version", cnnscope_version()),
                                ("created", now), ("updated", now)):
@@ -315,8 +343,17 @@ class AtlasStore:
             AtlasError: the unit is already in the atlas, or its layer was never added.
         """
         self._require_writable()
-        rows, counts = [], {}
+        rows, counts, facts, images, links = [], {}, {}, {}, {}
         for a in artifacts:
+            for name, value in (a.facts or {}).items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    facts.setdefault(str(name), float(value))
+            for img in a.images:
+                images.setdefault(int(img.image_id), img)
+            for link in a.links:
+                finite = all(math.isfinite(float(link[k])) for k in ("weight", "norm"))
+                if isinstance(link.get("layer"), str) and finite:
+                    links[(link["layer"], int(link["unit"]))] = (float(link["weight"]), float(link["norm"]))
             data = a.data or b""
             sha = hashlib.sha256(data).hexdigest() if data else None
             file = self._write_blob(data, sha, a.mime) if len(data) > self.inline_max else None
@@ -334,6 +371,13 @@ class AtlasStore:
                 c.executemany("INSERT INTO artifact_counts VALUES (?, ?, ?, ?) ON CONFLICT (layer, kind) DO UPDATE "
                               "SET n = n + excluded.n, bytes = bytes + excluded.bytes",
                               [(layer, k, n, b) for k, (n, b) in counts.items()])
+                c.executemany("INSERT INTO unit_facts VALUES (?, ?, ?, ?)",
+                              [(layer, int(unit), k, v) for k, v in facts.items()])
+                c.executemany("INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              [(i, img.name, img.label, img.mime, hashlib.sha256(img.data).hexdigest(), len(img.data),
+                                int(img.width), int(img.height), img.data) for i, img in images.items()])
+                c.executemany("INSERT OR REPLACE INTO unit_links VALUES (?, ?, ?, ?, ?, ?)",
+                              [(src, su, layer, int(unit), w, n) for (src, su), (w, n) in links.items()])
         except sqlite3.IntegrityError as exc:
             raise AtlasError(f"cannot store unit {unit} of layer {layer!r}: {exc} (already built, or duplicate "
                              "artifact names)") from None
@@ -394,6 +438,65 @@ class AtlasStore:
                                 f"AND unit IN ({marks})", (layer, kind, name, *[int(u) for u in units]))
         return {r[0]: r[1] for r in rows}
 
+    # -- whole images, facts, links -----------------------------------------------------------------------
+    def _has_table(self, name: str) -> bool:
+        known = self.__dict__.setdefault("_tables_seen", set())
+        if name not in known and self.con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                                                  (name,)).fetchone():
+            known.add(name)
+        return name in known
+
+    def image(self, image_id: int) -> tuple[dict, bytes]:
+        """A stored whole image: ``({"id", "name", "label", "mime", "width", "height", "sha256"}, bytes)``.
+
+        Raises:
+            NotInAtlas: the atlas holds no such image (built before whole images were stored, or never an example).
+        """
+        row = None
+        if self._has_table("images"):
+            row = self.con.execute("SELECT id, name, label, mime, width, height, sha256, data FROM images WHERE id=?",
+                                   (int(image_id),)).fetchone()
+        if row is None:
+            raise NotInAtlas(f"image {image_id} is not stored in this atlas")
+        keys = ("id", "name", "label", "mime", "width", "height", "sha256")
+        return dict(zip(keys, row[:-1], strict=True)), bytes(row[-1])
+
+    def facts(self, layer: str, unit: int) -> dict[str, float]:
+        """The sortable numbers of one unit (``{}`` in an atlas without them)."""
+        if not self._has_table("unit_facts"):
+            return {}
+        return dict(self.con.execute("SELECT name, value FROM unit_facts WHERE layer=? AND unit=? ORDER BY name",
+                                     (layer, int(unit))).fetchall())
+
+    def fact_names(self, layer: str) -> list[str]:
+        """The facts stored for units of ``layer``."""
+        if not self._has_table("unit_facts"):
+            return []
+        return [r[0] for r in self.con.execute("SELECT DISTINCT name FROM unit_facts WHERE layer=? ORDER BY name",
+                                               (layer,))]
+
+    def fact_values(self, layer: str, name: str) -> dict[int, float]:
+        """``unit -> value`` of one fact over a layer's units (units without it are left out)."""
+        if not self._has_table("unit_facts"):
+            return {}
+        return dict(self.con.execute("SELECT unit, value FROM unit_facts WHERE layer=? AND name=?", (layer, name)))
+
+    def incoming(self, layer: str, unit: int) -> list[dict]:
+        """The unit's stored inputs, strongest (largest norm) first: ``[{"layer", "unit", "weight", "norm"}]``."""
+        if not self._has_table("unit_links"):
+            return []
+        rows = self.con.execute("SELECT src_layer, src_unit, weight, norm FROM unit_links WHERE dst_layer=? AND "
+                                "dst_unit=? ORDER BY norm DESC", (layer, int(unit)))
+        return [{"layer": r[0], "unit": r[1], "weight": r[2], "norm": r[3]} for r in rows]
+
+    def outgoing(self, layer: str, unit: int, limit: int = 12) -> list[dict]:
+        """The units that list this unit among their strongest inputs, strongest first (``limit`` at most)."""
+        if not self._has_table("unit_links"):
+            return []
+        rows = self.con.execute("SELECT dst_layer, dst_unit, weight, norm FROM unit_links WHERE src_layer=? AND "
+                                "src_unit=? ORDER BY norm DESC LIMIT ?", (layer, int(unit), int(limit)))
+        return [{"layer": r[0], "unit": r[1], "weight": r[2], "norm": r[3]} for r in rows]
+
     def kinds_present(self) -> list[str]:
         """The artifact kinds stored for at least one unit (from the cached counts)."""
         return sorted(self._counts()["kinds"])
@@ -452,6 +555,13 @@ class AtlasStore:
             data = bytes(data)
             if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
                 problems.append(f"artifact {aid}: its bytes in the database do not match the recorded SHA-256/size")
+        if self._has_table("images"):
+            for iid, sha, size, mime, data in self.con.execute("SELECT id, sha256, size, mime, data FROM images"):
+                data = bytes(data)
+                if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
+                    problems.append(f"image {iid}: its bytes do not match the recorded SHA-256/size")
+                if mime not in SERVED_MIME or mime == "application/json":
+                    problems.append(f"image {iid}: type {mime[:60]!r} is not an image type the viewer serves")
         for aid, mime in self.con.execute("SELECT id, mime FROM artifacts WHERE size > 0"):
             if mime not in SERVED_MIME:
                 problems.append(f"artifact {aid}: type {mime[:60]!r} is not served by the viewer (images and JSON "

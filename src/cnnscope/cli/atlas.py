@@ -98,6 +98,8 @@ def build_cmd(model: str, weights: str | None, device: str, layers: str | None, 
                          progress=show_progress(), max_units=max_units, engine=engine, address=address)
     for line in skipped_lines(report.skipped_images, report.n_skipped_images):
         click.echo(line, err=True)
+    for line in report.advice:
+        click.echo(f"note: {line}", err=True)
     click.echo(f"built {len(report.built)} units ({report.skipped} already there) with {', '.join(report.kinds)} "
                f"in {report.seconds:.1f}s -> {report.root}")
     click.echo(f"view it: cnnscope serve {report.root}")

@@ -391,7 +391,17 @@ def feeding_layer(model: ModelLike, conv: str, *, input_size: int = 64) -> str:
     """The named layer whose output is ``conv``'s input (``h_prev``), found on a probe forward.
 
     Among several names for the same tensor (a ``Sequential`` and its last child) the first in ``named_modules``
-    order is returned (``"blocks.3"`` rather than ``"blocks.3.2"``).
+    order is returned (``"blocks.3"`` rather than ``"blocks.3.2"``); :func:`feeding_layers` gives them all.
+
+    Raises:
+        LayerError: no named module produces that input (it is computed inside a ``forward``).
+    """
+    return feeding_layers(model, conv, input_size=input_size)[0]
+
+
+def feeding_layers(model: ModelLike, conv: str, *, input_size: int = 64) -> list[str]:
+    """Every named layer whose output equals ``conv``'s input on a probe forward, in ``named_modules`` order (a
+    block and its last child, an activation and the module that wraps it, ...).
 
     Raises:
         LayerError: no named module produces that input (it is computed inside a ``forward``).
@@ -413,7 +423,7 @@ def feeding_layer(model: ModelLike, conv: str, *, input_size: int = 64) -> str:
             cap.run(x)
             hits = [n for n in names if torch.equal(cap[n], h)]
         if hits:
-            return min(hits, key=lambda n: order[n])
+            return sorted(hits, key=lambda n: order[n])
     raise LayerError(f"no named layer outputs the input of {conv!r} (it is computed inside a forward); "
                      "the attribution cannot be visualised through a layer objective")
 
