@@ -1,0 +1,412 @@
+"""Per-unit text labels and notes, kept in a labels file beside (never inside) an atlas.
+
+The viewer writes labels only when it runs in annotate mode (``cnnscope atlas serve ATLAS --annotate FILE``); the
+atlas stays read-only (docs/ARCHITECTURE.md, the web viewer). A labels file is one SQLite file with a ``meta`` table
+that marks it (``format``), records its schema version and the fingerprint of the atlas's model, and a ``labels``
+table of ``(layer, unit, label, note, updated)``. Opening refuses a path inside the atlas folder, an SQLite file that
+is not a labels file and a labels file made for another model. :class:`LabelStore` is safe to share between
+threads (one connection behind a lock); :func:`label_router` adds the ``/api/labels`` routes to the viewer.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from ..atlas.store import AtlasStore
+from ..errors import CnnscopeError
+from . import views
+
+#: Marks a cnnscope labels file (its ``meta`` table) and a JSON export.
+FORMAT = "cnnscope-labels"
+SCHEMA_VERSION = 1
+MAX_LABEL = 200
+MAX_NOTE = 4000
+#: the longest layer name a label may name (a layer name from a URL; the atlas check comes first in the viewer)
+MAX_LAYER = 300
+#: bytes a label POST may carry (both fields at their limits, UTF-8, form-encoded, with room to spare)
+MAX_BODY = 64 * 1024
+EXPORT_FORMATS = ("json", "csv")
+CSV_COLUMNS = ("layer", "unit", "label", "note", "updated")
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE labels (
+    layer TEXT NOT NULL, unit INTEGER NOT NULL, label TEXT NOT NULL, note TEXT NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (layer, unit));
+"""
+
+
+class LabelError(CnnscopeError, ValueError):
+    """A labels file that cannot be used with this atlas, or a label or note that cannot be stored."""
+
+
+class LabelFileError(LabelError):
+    """The labels file cannot be opened, read or written now (read-only storage, another program holding it)."""
+
+
+def _iso(seconds: float) -> str:
+    """``2026-12-06T21:02:12Z`` (UTC, whole seconds)."""
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _clean(text: object, what: str, limit: int, newlines: bool) -> str:
+    """``text`` without surrounding white space, checked: at most ``limit`` characters, no control characters
+    (a newline only where ``newlines``; a browser's CR LF counts as one newline)."""
+    if not isinstance(text, str):
+        raise LabelError(f"the {what} must be text, got {type(text).__name__}")
+    if newlines:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    for c in text:
+        if (c == "\n" and newlines) or unicodedata.category(c) not in ("Cc", "Cs"):
+            continue
+        where = "" if newlines else " (and no line breaks)"
+        raise LabelError(f"the {what} contains the control character {c!r}; write plain text{where}")
+    text = text.strip()
+    if len(text) > limit:
+        raise LabelError(f"the {what} has {len(text)} characters; at most {limit} are allowed")
+    return text
+
+
+def _check_unit(layer: object, unit: object) -> tuple[str, int]:
+    if not isinstance(layer, str) or not layer or len(layer) > MAX_LAYER:
+        raise LabelError(f"a label needs a layer name of 1 to {MAX_LAYER} characters, got {str(layer)[:60]!r}")
+    if isinstance(unit, bool) or not isinstance(unit, int) or unit < 0:
+        raise LabelError(f"a label needs a unit number 0 or more, got {unit!r}")
+    return layer, unit
+
+
+class LabelStore:
+    """The labels file at ``path`` for the atlas in ``atlas_root`` (created when missing).
+
+    Args:
+        path: the labels file (an SQLite file); its folder must exist and must not be the atlas folder or inside it.
+        atlas_root: the atlas folder (``AtlasStore.root``), or ``None`` when no atlas is at hand (exports).
+        fingerprint: the fingerprint of the atlas's model (``store.get_meta("fingerprint")``), or ``None``. A file
+            made for another fingerprint is refused; an atlas or a file without one is accepted (and a file without
+            one takes the atlas's).
+        readonly: open an existing file without writing anything (exports); a missing file is an error.
+
+    Raises:
+        LabelError: the folder is missing, the path is inside the atlas folder, the file is not a cnnscope labels
+            file, has another schema version, or was made for another atlas.
+    """
+
+    def __init__(self, path: str | Path, *, atlas_root: str | Path | None, fingerprint: str | None,
+                 readonly: bool = False) -> None:
+        self.path = Path(path).expanduser()
+        self.readonly = readonly
+        self._lock = threading.Lock()
+        self._check_path(atlas_root)
+        target = self.path.resolve().as_uri() + "?mode=ro" if readonly else self.path
+        try:
+            con = sqlite3.connect(target, uri=readonly, isolation_level=None, check_same_thread=False, timeout=30)
+        except sqlite3.Error as exc:
+            raise LabelFileError(f"cannot open the labels file {self.path} ({exc}); check that its folder is "
+                                 "writable") from None
+        con.create_function("casefold", 1, lambda s: s.casefold() if isinstance(s, str) else s, deterministic=True)
+        self._con = con
+        try:
+            self._open(fingerprint, atlas_root)
+        except sqlite3.DatabaseError as exc:
+            con.close()
+            raise LabelError(f"{self.path} is not a cnnscope labels file ({exc}); pass a labels file, or a new "
+                             "file name to --annotate") from None
+        except BaseException:
+            con.close()
+            raise
+        self.fingerprint: str | None = self._meta().get("fingerprint")
+
+    # -- opening --------------------------------------------------------------------------------------
+    def _check_path(self, atlas_root: str | Path | None) -> None:
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise LabelError(f"the folder of the labels file {self.path} does not exist; create {folder} first or "
+                             "pass another file")
+        if self.path.is_dir():
+            raise LabelError(f"{self.path} is a folder; pass a file name for the labels, such as {self.path}/"
+                             "labels.sqlite")
+        if self.readonly and not self.path.is_file():
+            raise LabelError(f"no labels file at {self.path}; labels are written by `cnnscope atlas serve ATLAS "
+                             "--annotate FILE`")
+        if atlas_root is not None:
+            root = Path(atlas_root).expanduser().resolve()
+            target = self.path.resolve()  # through links, to a file that may not exist yet
+            if target == root or root in target.parents:
+                raise LabelError(f"the labels file {self.path} is inside the atlas folder {root}, which the viewer "
+                                 "never writes; put it outside, e.g. beside the atlas folder")
+
+    def _open(self, fingerprint: str | None, atlas_root: str | Path | None) -> None:
+        con = self._con
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables and not self.readonly:
+            self._create(fingerprint, atlas_root)
+            return
+        meta = self._meta() if "meta" in tables else {}
+        if meta.get("format") != FORMAT or "labels" not in tables:
+            raise LabelError(f"{self.path} is an SQLite file but not a cnnscope labels file; pass a new file name "
+                             "(it is created) or an existing labels file")
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            raise LabelError(f"the labels file {self.path} has schema version {meta.get('schema_version')}, but "
+                             f"this cnnscope reads version {SCHEMA_VERSION}; open it with the cnnscope that wrote it")
+        theirs = meta.get("fingerprint")
+        if fingerprint and theirs and theirs != fingerprint:
+            raise LabelError(f"the labels file {self.path} was made for the model with fingerprint {theirs}, but "
+                             f"this atlas has fingerprint {fingerprint}; pass another --annotate file")
+        if fingerprint and not theirs and not self.readonly:
+            with self._write() as c:
+                c.execute("INSERT OR REPLACE INTO meta VALUES ('fingerprint', ?)", (json.dumps(fingerprint),))
+
+    def _create(self, fingerprint: str | None, atlas_root: str | Path | None) -> None:
+        with self._write() as c:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+            meta = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "fingerprint": fingerprint,
+                    "atlas": str(Path(atlas_root).resolve()) if atlas_root is not None else None,
+                    "created": time.time()}
+            c.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+            c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _meta(self) -> dict:
+        out = {}
+        for key, value in self._con.execute("SELECT key, value FROM meta"):
+            try:
+                out[key] = json.loads(value)
+            except (TypeError, ValueError):
+                out[key] = value
+        return out
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, ``ROLLBACK`` on any exception)."""
+        if self.readonly:
+            raise LabelError(f"the labels file {self.path} was opened read-only")
+        with self._lock:
+            try:
+                self._con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._con
+                except BaseException:
+                    self._con.execute("ROLLBACK")
+                    raise
+                self._con.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if self._con.in_transaction:
+                    self._con.execute("ROLLBACK")
+                raise LabelFileError(f"cannot write the labels file {self.path} ({exc}); check that it is writable "
+                                     "and that no other program holds it open") from None
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._con.execute(sql, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise LabelFileError(f"cannot read the labels file {self.path} ({exc}); check that no other program "
+                                     "holds it open") from None
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        with self._lock:
+            self._con.close()
+
+    def __enter__(self) -> LabelStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading --------------------------------------------------------------------------------------
+    _COLUMNS = "layer, unit, label, note, updated"
+
+    @staticmethod
+    def _entry(r: tuple) -> dict:
+        return {"layer": r[0], "unit": r[1], "label": r[2], "note": r[3], "updated": _iso(r[4])}
+
+    def get(self, layer: str, unit: int) -> dict | None:
+        """``{"label", "note", "updated"}`` of one unit (``updated`` in UTC, ISO 8601), or ``None``."""
+        rows = self._rows("SELECT label, note, updated FROM labels WHERE layer=? AND unit=?", (layer, int(unit)))
+        return {"label": rows[0][0], "note": rows[0][1], "updated": _iso(rows[0][2])} if rows else None
+
+    def search(self, query: str, limit: int = 50) -> list[dict]:
+        """Labelled units whose label or note contains ``query`` (case-insensitive, any script), and every labelled
+        unit of the layer named exactly ``query``: ``[{"layer", "unit", "label", "note"}]`` by layer and unit."""
+        q = (query or "").strip()[:MAX_LABEL]
+        if not q:
+            return []
+        rows = self._rows("SELECT layer, unit, label, note FROM labels WHERE layer = ? OR instr(casefold(label), ?) "
+                          "OR instr(casefold(note), ?) ORDER BY layer, unit LIMIT ?",
+                          (q, q.casefold(), q.casefold(), max(0, int(limit))))
+        return [{"layer": r[0], "unit": r[1], "label": r[2], "note": r[3]} for r in rows]
+
+    def for_layer(self, layer: str) -> dict[int, str]:
+        """``unit -> label`` of the units of ``layer`` that have a label (entries with only a note are left out)."""
+        return dict(self._rows("SELECT unit, label FROM labels WHERE layer=? AND label != '' ORDER BY unit",
+                               (layer,)))
+
+    def all(self) -> list[dict]:
+        """Every entry, ``{"layer", "unit", "label", "note", "updated"}``, by layer name and unit (the labels file
+        does not know the model's layer order)."""
+        return [self._entry(r) for r in self._rows(f"SELECT {self._COLUMNS} FROM labels ORDER BY layer, unit")]
+
+    def __len__(self) -> int:
+        return self._rows("SELECT COUNT(*) FROM labels")[0][0]
+
+    def export(self, format: str = "json") -> str:
+        """Every entry as text: ``"json"`` (an object with ``format``, ``fingerprint`` and ``labels``) or ``"csv"``
+        (a header ``layer,unit,label,note,updated``, then one row per entry; fields with commas, quotes or line
+        breaks are quoted)."""
+        if format not in EXPORT_FORMATS:
+            raise LabelError(f"unknown export format {format!r}; use one of {', '.join(EXPORT_FORMATS)}")
+        entries = self.all()
+        if format == "json":
+            return json.dumps({"format": f"{FORMAT}/{SCHEMA_VERSION}", "fingerprint": self.fingerprint,
+                               "labels": entries}, ensure_ascii=False, indent=1) + "\n"
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(entries)
+        return buf.getvalue()
+
+    # -- writing --------------------------------------------------------------------------------------
+    def set(self, layer: str, unit: int, label: str | None = None, note: str | None = None) -> dict | None:
+        """Set the label and/or note of one unit (``None`` keeps the stored value); both empty deletes the entry.
+
+        Returns the entry as :meth:`get` does, or ``None`` when it was deleted.
+
+        Raises:
+            LabelError: a label over :data:`MAX_LABEL` or a note over :data:`MAX_NOTE` characters, control
+                characters (a newline is allowed in notes), a bad layer name or unit number.
+        """
+        layer, unit = _check_unit(layer, unit)
+        new_label = None if label is None else _clean(label, "label", MAX_LABEL, newlines=False)
+        new_note = None if note is None else _clean(note, "note", MAX_NOTE, newlines=True)
+        with self._write() as c:
+            row = c.execute("SELECT label, note FROM labels WHERE layer=? AND unit=?", (layer, unit)).fetchone()
+            old_label, old_note = row if row else ("", "")
+            new_label = old_label if new_label is None else new_label
+            new_note = old_note if new_note is None else new_note
+            if not new_label and not new_note:
+                c.execute("DELETE FROM labels WHERE layer=? AND unit=?", (layer, unit))
+                return None
+            now = time.time()
+            c.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?)", (layer, unit, new_label, new_note, now))
+        return {"label": new_label, "note": new_note, "updated": _iso(now)}
+
+    def delete(self, layer: str, unit: int) -> bool:
+        """Remove the entry of one unit; whether there was one."""
+        layer, unit = _check_unit(layer, unit)
+        with self._write() as c:
+            return c.execute("DELETE FROM labels WHERE layer=? AND unit=?", (layer, unit)).rowcount > 0
+
+
+# -- the viewer's routes --------------------------------------------------------------------------------------
+def label_router(labels: LabelStore, store: AtlasStore) -> APIRouter:
+    """The annotate-mode routes of the viewer over ``labels`` for the atlas ``store``.
+
+    ``GET /api/labels`` (JSON list; ``?format=csv`` a CSV download; ``?q=`` a search), ``GET /api/labels/{layer}/
+    {unit}`` and ``POST /api/labels/{layer}/{unit}`` (form fields ``label`` and ``note``; a missing field keeps its
+    value, both empty delete the entry). A POST answers 303 to the unit page, or JSON when the request accepts
+    ``application/json``. Units must be built in the atlas (404 otherwise); bad text gets 400, a body over
+    :data:`MAX_BODY` bytes 413.
+    """
+    from .app import _parse_int  # here, not at the top: the app imports this module
+
+    router = APIRouter()
+
+    def answer(fn: Callable[..., Any], *args: object) -> Any:
+        """``fn(*args)``; a bad label is HTTP 400, a labels file that cannot be used now 503."""
+        try:
+            return fn(*args)
+        except LabelError as exc:
+            raise HTTPException(503 if isinstance(exc, LabelFileError) else 400, str(exc)) from None
+
+    def unit_of(layer: str, unit: str) -> int:
+        u = _parse_int(unit, "unit")
+        store.require_unit(layer, u)  # NotInAtlas (404) naming what exists
+        return u
+
+    @router.get("/api/labels")
+    def api_labels(format: str = "json", q: str = "") -> Response:
+        if format not in EXPORT_FORMATS:
+            raise HTTPException(400, f"unknown format {format[:20]!r}; use json or csv")
+        if format == "csv":
+            return Response(answer(labels.export, "csv"), media_type="text/csv; charset=utf-8",
+                            headers={"Content-Disposition": 'attachment; filename="labels.csv"'})
+        return JSONResponse(answer(labels.search, q, 500) if q.strip() else answer(labels.all))
+
+    @router.get("/api/labels/{layer}/{unit}")
+    def api_label(layer: str, unit: str) -> dict:
+        u = unit_of(layer, unit)
+        entry = answer(labels.get, layer, u) or {"label": "", "note": "", "updated": None}
+        return {"layer": layer, "unit": u, "url": views.unit_url(layer, u)} | entry
+
+    @router.post("/api/labels/{layer}/{unit}")
+    async def api_set_label(layer: str, unit: str, request: Request) -> Response:
+        u = await run_in_threadpool(unit_of, layer, unit)
+        fields = await _form_fields(request)
+        entry = await run_in_threadpool(answer, labels.set, layer, u, fields.get("label"), fields.get("note"))
+        if "application/json" in request.headers.get("accept", ""):
+            return JSONResponse({"layer": layer, "unit": u, "url": views.unit_url(layer, u), "deleted": entry is None}
+                                | (entry or {"label": "", "note": "", "updated": None}))
+        return RedirectResponse(views.unit_url(layer, u), status_code=303)
+
+    return router
+
+
+async def _form_fields(request: Request) -> dict[str, str]:
+    """``label`` and ``note`` of a form POST (URL-encoded or multipart), the body capped at :data:`MAX_BODY`."""
+    too_big = f"a label POST is limited to {MAX_BODY:,} bytes"
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        raise HTTPException(413, too_big)
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > MAX_BODY:
+            raise HTTPException(413, too_big)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+
+        async def replay() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=0, max_fields=8, max_part_size=MAX_BODY)
+        except Exception as exc:  # noqa: BLE001 - multipart parser errors become one clear 400
+            raise HTTPException(400, f"cannot read the form: {exc}") from None
+        pairs = list(form.multi_items())
+    elif kind in ("application/x-www-form-urlencoded", ""):
+        try:
+            text = body.decode("utf-8")
+            pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=8, errors="strict")
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise HTTPException(400, f"cannot read the form: {exc}") from None
+    else:
+        raise HTTPException(415, f"send the fields label and note as a form, not {kind[:40]!r}")
+    fields: dict[str, str] = {}
+    for key, value in pairs:
+        if key in ("label", "note"):
+            if not isinstance(value, str) or key in fields:
+                raise HTTPException(400, f"send one text field {key!r}")
+            fields[key] = value
+    if not fields:
+        raise HTTPException(400, "send the form fields label and/or note")
+    return fields
