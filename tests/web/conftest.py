@@ -93,3 +93,20 @@ def all_images_loaded(pg) -> tuple[int, list[str]]:
     pg.wait_for_function("Array.from(document.images).every(i => i.complete)")
     broken = pg.evaluate("Array.from(document.images).filter(i => !(i.naturalWidth > 0)).map(i => i.src)")
     return pg.evaluate("document.images.length"), broken
+
+
+RICH_LAYERS = ["features.3", "features.5"]
+
+
+@pytest.fixture(scope="session")
+def rich_atlas(tmp_path_factory):
+    """The tiny net with the real kinds: channel and four diversity renders, examples with whole images,
+    histograms (facts) and circuits; ``features.5``'s circuits read ``features.3`` (the max-pool), so they link."""
+    from cnnscope.atlas import BuildOptions, build_atlas
+
+    out = tmp_path_factory.mktemp("rich_atlas")
+    build_atlas(helpers.tiny_model(), out, RICH_LAYERS, channels=list(range(8)), source=helpers.tiny_images(6),
+                kinds=["featurevis", "featurevis_diversity", "examples", "histogram", "circuit"],
+                options=BuildOptions(steps=4, size=32, top_k=3, units_per_chunk=8, batch_size=6, circuit_k=3,
+                                     diversity=4, seed=2))
+    return out

@@ -461,6 +461,13 @@ class AtlasStore:
         keys = ("id", "name", "label", "mime", "width", "height", "sha256")
         return dict(zip(keys, row[:-1], strict=True)), bytes(row[-1])
 
+    def image_ids(self, ids: Sequence[int]) -> set[int]:
+        """Which of ``ids`` the atlas holds whole images of."""
+        if not ids or not self._has_table("images"):
+            return set()
+        marks = ",".join("?" * len(ids))
+        return {r[0] for r in self.con.execute(f"SELECT id FROM images WHERE id IN ({marks})", [int(i) for i in ids])}
+
     def facts(self, layer: str, unit: int) -> dict[str, float]:
         """The sortable numbers of one unit (``{}`` in an atlas without them)."""
         if not self._has_table("unit_facts"):

@@ -151,18 +151,21 @@ def kinds_cmd() -> None:
 @click.option("--max-upload-mb", type=click.FloatRange(0.01, 512), default=8.0, show_default=True)
 @click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
               help="A host name the server answers to besides the address it listens on (repeatable).")
+@click.option("--annotate", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Let unit pages write labels and notes to FILE (SQLite, outside the atlas; created when missing).")
 def serve_cmd(atlas: str, host: str, port: int, no_explain: bool, max_upload_mb: float,
-              allow_hosts: tuple[str, ...]) -> None:
+              allow_hosts: tuple[str, ...], annotate: str | None) -> None:
     """Serve the atlas in ATLAS as a read-only website (Ctrl-C stops it).
 
     Requests naming another host (``Host`` header) than the address it listens on or an --allow-host name are
-    refused (DNS rebinding); a port in use is reported before anything is served.
+    refused (DNS rebinding); a port in use is reported before anything is served. With --annotate FILE the unit
+    pages take labels and notes (the atlas itself is never written); export them with `cnnscope atlas labels FILE`.
     """
     from ..web import create_app, serve
     from ..web.server import check_port
 
     app = create_app(Path(atlas), explain=not no_explain, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                     allowed_hosts=allow_hosts)
+                     allowed_hosts=allow_hosts, annotate=annotate)
     check_port(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"note: listening on {host}: anyone who can reach this machine can browse the atlas", err=True)

@@ -16,7 +16,7 @@ from .atlas import atlas_group
               help="Export format (default: csv when --out ends in .csv, json otherwise).")
 @click.option("--out", default=None, metavar="PATH", help="Write the export here (atomically) instead of stdout.")
 def labels_cmd(labels_file: str, fmt: str | None, out: str | None) -> None:
-    """Export the unit labels and notes in FILE (written by `cnnscope atlas serve ATLAS --annotate FILE`) as JSON or
+    """Export the unit labels and notes in FILE (written by `cnnscope serve ATLAS --annotate FILE`) as JSON or
     CSV, without starting a server. The file is only read."""
     from ..outputs import atomic_path
     from ..web.labels import LabelStore

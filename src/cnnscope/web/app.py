@@ -71,7 +71,7 @@ class _Guard:
             origin = headers.get("origin")
             if headers.get("sec-fetch-site") == "cross-site" or (origin is not None and origin.split("://", 1)[-1]
                                                                   .lower() != host.lower()):
-                return 403, "cross-origin POST refused: upload images from this viewer's own explain page"
+                return 403, "cross-origin POST refused: send forms from this viewer's own pages"
         return None
 
     async def __call__(self, scope, receive, send) -> None:
@@ -110,7 +110,7 @@ def _non_ascii_digits(text: str) -> bool:
 def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = True,
                max_upload_bytes: int = 8 * 1024 * 1024, max_pixels: int = 40_000_000,
                page_size: int = views.PAGE_SIZE, allowed_hosts: tuple[str, ...] = (),
-               explain_queue: int = MAX_QUEUE) -> FastAPI:
+               explain_queue: int = MAX_QUEUE, annotate: str | Path | None = None) -> FastAPI:
     """The viewer application for the atlas at ``atlas`` (opened read-only).
 
     Args:
@@ -124,6 +124,9 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
         explain_queue: explanations running or waiting at once; more requests get HTTP 429 with ``Retry-After``.
         allowed_hosts: host names the server answers to besides the address a request reached (and, on a
             loopback address, ``localhost``); requests naming any other ``Host`` get HTTP 400.
+        annotate: a labels file (SQLite, outside the atlas folder, created when missing): unit pages then offer a
+            label and note form, search finds labels, the layer page filters labelled units
+            (:mod:`cnnscope.web.labels`). Without it nothing can be written.
 
     Raises:
         AtlasError: no atlas at ``atlas`` or another schema version.
@@ -136,12 +139,18 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
     explainer = Explainer(store, model=model, enabled=explain, max_bytes=max_upload_bytes, max_pixels=max_pixels,
                           max_queue=explain_queue)
     app = FastAPI(title="cnnscope atlas", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    labels = None
+    if annotate is not None:
+        from .labels import LabelStore, label_router
+
+        labels = LabelStore(annotate, atlas_root=store.root, fingerprint=store.get_meta("fingerprint"))
     app.state.store = store
     app.state.explainer = explainer
+    app.state.labels = labels
     def render(name: str, status: int = 200, **ctx) -> HTMLResponse:
         model_desc = store.get_meta("model", {}) or {}
         html = env.get_template(name).render(model_name=model_desc.get("name", "model"), nav_layers=store.layer_names(),
-                                             explain_enabled=explain, **ctx)
+                                             explain_enabled=explain, annotate=labels is not None, **ctx)
         return HTMLResponse(html, status_code=status)
 
     def is_api(request: Request) -> bool:
@@ -155,6 +164,10 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
     @app.exception_handler(NotInAtlas)
     async def not_in_atlas(request: Request, exc: NotInAtlas) -> Response:
         return error(request, 404, str(exc), _suggest(store, str(exc)))
+
+    @app.exception_handler(views.BadQuery)
+    async def bad_query(request: Request, exc: views.BadQuery) -> Response:
+        return error(request, 400, str(exc))
 
     @app.exception_handler(AtlasError)
     async def atlas_error(request: Request, exc: AtlasError) -> Response:
@@ -189,17 +202,48 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
         return render("model.html", v=views.model_view(store), skipped=store.get_meta("skipped_images") or [],
                       n_skipped=store.get_meta("n_skipped_images") or 0)
 
+    def layer_v(layer: str, page: str, sort: str, order: str, show: str) -> dict:
+        return views.layer_view(store, layer, _parse_int(page, "page"), page_size, sort=sort, order=order,
+                                show=show, labels=labels.for_layer(layer) if labels is not None else None)
+
+    def unit_v(layer: str, unit: str) -> dict:
+        u = _parse_int(unit, "unit")
+        return views.unit_view(store, layer, u, label=(labels.get(layer, u) or {}) if labels is not None else None)
+
     @app.get("/layer/{layer}", response_class=HTMLResponse)
-    async def layer_page(layer: str, page: str = "1") -> Response:
-        return render("layer.html", v=views.layer_view(store, layer, _parse_int(page, "page"), page_size))
+    async def layer_page(layer: str, page: str = "1", sort: str = "unit", order: str = "", show: str = "all"
+                         ) -> Response:
+        return render("layer.html", v=layer_v(layer, page, sort, order, show))
 
     @app.get("/layer/{layer}/unit/{unit}", response_class=HTMLResponse)
     async def unit_page(layer: str, unit: str) -> Response:
-        return render("unit.html", v=views.unit_view(store, layer, _parse_int(unit, "unit")))
+        return render("unit.html", v=unit_v(layer, unit))
+
+    @app.get("/image/{image_id}", response_class=HTMLResponse)
+    async def image_page(image_id: str, layer: str | None = None, unit: str | None = None,
+                         which: str | None = None) -> Response:
+        return render("image.html", v=image_v(image_id, layer, unit, which))
+
+    def image_v(image_id: str, layer: str | None, unit: str | None, which: str | None) -> dict:
+        u = None if unit is None else _parse_int(unit, "unit")
+        return views.image_view(store, _parse_int(image_id, "image id"), layer if u is not None else None, u,
+                                which if which in ("top", "bottom") else None)
+
+    @app.get("/image/{image_id}/picture")
+    async def image_bytes(image_id: str, request: Request) -> Response:
+        info, data = store.image(_parse_int(image_id, "image id"))
+        if info["mime"] not in SERVED_MIME or info["mime"] == "application/json":
+            raise StarletteHTTPException(415, f"image {info['id']} is stored as {info['mime'][:60]!r}, which the "
+                                              "viewer does not serve")
+        etag = f'"{info["sha256"]}"'
+        headers = {"ETag": etag, "Cache-Control": "public, max-age=300", "Content-Security-Policy": ARTIFACT_CSP}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type=info["mime"], headers=headers)
 
     @app.get("/search", response_class=HTMLResponse)
     async def search_page(q: str = "") -> Response:
-        v = _search(store, q)
+        v = _search(store, q, labels)
         if v["redirect"]:
             return RedirectResponse(v["redirect"], status_code=303)
         return render("search.html", status=200 if v["found"] or not q else 404, v=v)
@@ -251,12 +295,18 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
         return views.model_view(store)["layers"]
 
     @app.get("/api/layers/{layer}")
-    async def api_layer(layer: str, page: str = "1") -> dict:
-        return views.layer_view(store, layer, _parse_int(page, "page"), page_size)
+    async def api_layer(layer: str, page: str = "1", sort: str = "unit", order: str = "", show: str = "all"
+                        ) -> dict:
+        return layer_v(layer, page, sort, order, show)
 
     @app.get("/api/layers/{layer}/units/{unit}")
     async def api_unit(layer: str, unit: str) -> dict:
-        return views.unit_view(store, layer, _parse_int(unit, "unit"))
+        return unit_v(layer, unit)
+
+    @app.get("/api/images/{image_id}")
+    async def api_image(image_id: str, layer: str | None = None, unit: str | None = None,
+                        which: str | None = None) -> dict:
+        return image_v(image_id, layer, unit, which)
 
     @app.get("/api/artifacts/{artifact_id}")
     async def api_artifact(artifact_id: str) -> dict:
@@ -265,7 +315,7 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
 
     @app.get("/api/search")
     async def api_search(q: str = "") -> Response:
-        v = _search(store, q)
+        v = _search(store, q, labels)
         return JSONResponse(v, status_code=200 if v["found"] or not q else 404)
 
     @app.get("/api/explain")
@@ -282,17 +332,29 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
     async def health() -> dict:
         return {"ok": True, "units": store.summary()["units"], "explain": explainer.queue_state()}
 
+    if labels is not None:
+        app.include_router(label_router(labels, store))
     app.add_middleware(_Guard, allowed_hosts=frozenset(_host_name(h) for h in allowed_hosts))
     return app
 
 
-def _search(store: AtlasStore, query: str) -> dict:
-    """The search view; a query with digits other than 0-9 finds nothing (``٣`` is not unit 3)."""
+def _search(store: AtlasStore, query: str, labels=None) -> dict:
+    """The search view; a query with digits other than 0-9 finds nothing (``٣`` is not unit 3). In annotate mode
+    units whose label or note holds the query are listed too (``"labelled"``), and a layer/unit query that finds
+    nothing else but labels is found."""
     q = query[:200]
     if _non_ascii_digits(q):
-        return {"query": q.strip(), "redirect": None, "matches": [], "found": False,
+        return {"query": q.strip(), "redirect": None, "matches": [], "found": False, "labelled": [],
                 "message": "unit numbers are written with the digits 0-9"}
-    return views.search_view(store, q)
+    v = views.search_view(store, q)
+    v["labelled"] = []
+    if labels is not None and q.strip():
+        v["labelled"] = [{"label": f"{h['layer']}:{h['unit']} {h['label']}", "note": h.get("note") or "",
+                          "url": views.unit_url(h["layer"], h["unit"])}
+                         for h in labels.search(q.strip(), limit=50) if store.has_unit(h["layer"], h["unit"])]
+        if v["labelled"] and not v["found"]:
+            v.update(found=True, redirect=None, message=f"{len(v['labelled'])} labelled unit(s) match {q.strip()!r}")
+    return v
 
 
 def _suggest(store: AtlasStore, message: str) -> list[dict]:

@@ -1,6 +1,6 @@
 """Per-unit text labels and notes, kept in a labels file beside (never inside) an atlas.
 
-The viewer writes labels only when it runs in annotate mode (``cnnscope atlas serve ATLAS --annotate FILE``); the
+The viewer writes labels only when it runs in annotate mode (``cnnscope serve ATLAS --annotate FILE``); the
 atlas stays read-only (docs/ARCHITECTURE.md, the web viewer). A labels file is one SQLite file with a ``meta`` table
 that marks it (``format``), records its schema version and the fingerprint of the atlas's model, and a ``labels``
 table of ``(layer, unit, label, note, updated)``. Opening refuses a path inside the atlas folder, an SQLite file that
@@ -142,7 +142,7 @@ class LabelStore:
             raise LabelError(f"{self.path} is a folder; pass a file name for the labels, such as {self.path}/"
                              "labels.sqlite")
         if self.readonly and not self.path.is_file():
-            raise LabelError(f"no labels file at {self.path}; labels are written by `cnnscope atlas serve ATLAS "
+            raise LabelError(f"no labels file at {self.path}; labels are written by `cnnscope serve ATLAS "
                              "--annotate FILE`")
         if atlas_root is not None:
             root = Path(atlas_root).expanduser().resolve()

@@ -7,7 +7,7 @@ import re
 from urllib.parse import quote
 
 from ..atlas.kinds import list_kinds
-from ..atlas.records import ArtifactRecord, NotInAtlas, format_units
+from ..atlas.records import ArtifactRecord, AtlasError, NotInAtlas, format_units
 from ..atlas.store import AtlasStore
 from ..errors import close_matches
 
@@ -55,6 +55,7 @@ def model_view(store: AtlasStore) -> dict:
         "schema_version": meta.get("schema_version"),
         "summary": store.summary() | {"root": store.root.name},
         "layers": [rec.to_dict() | {"url": layer_url(rec.name)} for rec in store.layers()],
+        "graph": graph_view(store),
     }
 
 
@@ -70,29 +71,91 @@ def thumbnail_source(store: AtlasStore, layer: str) -> tuple[str, str] | None:
     return None
 
 
-def layer_view(store: AtlasStore, layer: str, page: int = 1, page_size: int = PAGE_SIZE) -> dict:
-    """The layer page: one page of its built units with thumbnail URLs (raises :class:`NotInAtlas`)."""
+#: how a layer page can order its units: ``unit`` or a stored fact (``store.fact_names``)
+SORT_FACTS = ("mean", "max", "fraction_positive")
+#: which units a layer page shows
+SHOW = ("all", "alive", "dead", "labelled")
+
+
+class BadQuery(AtlasError):
+    """A query parameter the page cannot use (HTTP 400)."""
+
+
+def layer_view(store: AtlasStore, layer: str, page: int = 1, page_size: int = PAGE_SIZE, *, sort: str = "unit",
+               order: str = "", show: str = "all", labels: dict[int, str] | None = None) -> dict:
+    """The layer page: one page of its built units with thumbnail URLs (raises :class:`NotInAtlas`).
+
+    Args:
+        sort: ``"unit"`` or a fact the layer's units have (``mean``, ``max``, ``fraction_positive``: from the
+            dataset pass's histograms).
+        order: ``"asc"`` or ``"desc"`` (default: ascending units, descending facts).
+        show: ``all``, ``alive`` / ``dead`` (the channel render's ``dead`` fact), ``labelled`` (units with a label
+            in the annotate file, ``labels``).
+        labels: ``unit -> label`` of this layer (annotate mode), shown on the tiles.
+
+    Raises:
+        BadQuery: an unknown ``sort``, ``order`` or ``show``, or a fact the layer's units do not have.
+    """
     rec = store.layer(layer)
-    units = store.units(layer)
+    facts = store.fact_names(layer)
+    sortable = ["unit"] + [f for f in SORT_FACTS if f in facts]
+    if sort not in sortable:
+        raise BadQuery(f"cannot sort {layer!r} by {sort[:40]!r}; choose from {', '.join(sortable)}")
+    if order not in ("", "asc", "desc"):
+        raise BadQuery(f"order is asc or desc, got {order[:20]!r}")
+    if show not in SHOW:
+        raise BadQuery(f"show is one of {', '.join(SHOW)}, got {show[:20]!r}")
+    if show in ("alive", "dead") and "dead" not in facts:
+        raise BadQuery(f"the units of {layer!r} have no dead/alive mark (built without the featurevis kind or "
+                       "before it was recorded)")
+    labels = labels or {}
+    built = store.units(layer)
+    units = built
+    if show in ("alive", "dead"):
+        dead = store.fact_values(layer, "dead")
+        units = [u for u in units if (dead.get(u, 0.0) > 0) == (show == "dead")]
+    elif show == "labelled":
+        units = [u for u in units if u in labels]
+    values = store.fact_values(layer, sort) if sort != "unit" else {}
+    descending = order == "desc" or (order == "" and sort != "unit")
+    if sort != "unit":  # units without the fact go last, in unit order
+        have = sorted((u for u in units if u in values), key=lambda u: (values[u], -u if descending else u),
+                      reverse=descending)
+        units = have + [u for u in units if u not in values]
+    elif descending:
+        units = units[::-1]
     pages = max(1, math.ceil(len(units) / page_size))
     if not 1 <= page <= pages:
         raise NotInAtlas(f"layer {layer!r} has {pages} page(s) of units; page {page} does not exist")
     shown = units[(page - 1) * page_size: page * page_size]
     source = thumbnail_source(store, layer)
     thumbs = store.thumbnails(layer, source[0], source[1], shown) if source else {}
+    query = {"sort": sort if sort != "unit" else "", "order": order, "show": show if show != "all" else ""}
+    suffix = "".join(f"&{k}={v}" for k, v in query.items() if v)
     return {
         "layer": rec.to_dict() | {"url": layer_url(rec.name)},
-        "built_units": format_units(units),
-        "pending": len(set(rec.planned) - set(units)),
-        "page": page, "pages": pages, "page_size": page_size,
+        "built_units": format_units(built),
+        "pending": len(set(rec.planned) - set(built)),
+        "page": page, "pages": pages, "page_size": page_size, "matching": len(units),
         "prev_page": page - 1 if page > 1 else None, "next_page": page + 1 if page < pages else None,
+        "query_suffix": suffix, "sort": sort, "order": "desc" if descending else "asc", "show": show,
+        "sortable": sortable, "filters": [f for f in SHOW if f == "all" or (f in ("alive", "dead") and "dead" in facts)
+                                          or (f == "labelled" and labels)],
         "thumbnail": {"kind": source[0], "name": source[1]} if source else None,
-        "units": [{"unit": u, "url": unit_url(layer, u),
+        "units": [{"unit": u, "url": unit_url(layer, u), "value": values.get(u), "label": labels.get(u),
                    "thumbnail": artifact_url(thumbs[u]) if u in thumbs else None} for u in shown],
     }
 
 
-def _artifact(rec: ArtifactRecord) -> dict:
+def image_url(image_id: int, layer: str | None = None, unit: int | None = None, which: str | None = None) -> str:
+    """The page of a stored whole image (with the example's box when ``layer``/``unit`` name one)."""
+    url = f"/image/{int(image_id)}"
+    if layer is not None and unit is not None:
+        url += f"?layer={quote(layer, safe='')}&unit={int(unit)}" + (f"&which={quote(which)}" if which else "")
+    return url
+
+
+def _artifact(rec: ArtifactRecord, stored_images: set[int] | None = None) -> dict:
     """The record plus its URL and how the unit page shows it: ``"image"`` (a picture the page embeds),
     ``"file"`` (other bytes, linked), ``"numbers"`` (numbers only) or ``"examples"`` (a contact sheet of dataset
     examples, shown tile by tile with captions, see :func:`example_tiles`)."""
@@ -101,6 +164,10 @@ def _artifact(rec: ArtifactRecord) -> dict:
     out = rec.to_dict() | {"url": url, "show": show}
     tiles = example_tiles(rec.numbers) if show in ("image", "numbers") else None
     if tiles is not None:
+        for t in tiles:  # click-through to the whole image with the box, where the atlas stored it
+            iid = t["image_id"]
+            t["image_url"] = (image_url(iid, rec.layer, rec.unit, rec.name) if isinstance(iid, int)
+                              and iid in (stored_images or ()) else None)
         nums = rec.numbers
         out |= {"show": "examples" if url else "numbers", "tiles": tiles if url else [],
                 "note": nums.get("note") or "", "which": nums.get("which") or rec.name}
@@ -145,23 +212,31 @@ def example_tiles(numbers: object) -> list[dict] | None:
     return tiles
 
 
-def unit_view(store: AtlasStore, layer: str, unit: int) -> dict:
-    """The unit page: every artifact grouped by kind (page order), previous/next units (raises NotInAtlas)."""
+def unit_view(store: AtlasStore, layer: str, unit: int, label: dict | None = None) -> dict:
+    """The unit page: every artifact grouped by kind (page order), its circuit (strongest incoming units and the
+    units it feeds most, with signed weights and thumbnails, linked when the atlas holds them), previous/next
+    units and, in annotate mode, its ``label`` (raises NotInAtlas)."""
     rec = store.require_unit(layer, unit)
     prev, nxt = store.neighbors(layer, unit)
     kinds = kind_table(store)
+    records = store.artifacts(layer, unit)
+    ids = {ex.get("image_id") for a in records if isinstance(a.numbers, dict)
+           and isinstance(a.numbers.get("examples"), list) for ex in a.numbers["examples"] if isinstance(ex, dict)}
+    stored = store.image_ids([i for i in ids if isinstance(i, int) and not isinstance(i, bool)])
 
     def section(kind: str) -> dict:
         info = _kind(kinds, kind)
         return {"kind": kind, "title": info["title"], "order": info["order"], "artifacts": []}
 
     sections: dict[str, dict] = {}
-    for a in store.artifacts(layer, unit):
-        sections.setdefault(a.kind, section(a.kind))["artifacts"].append(_artifact(a))
+    for a in records:
+        if a.name == "thumbnail":
+            continue  # the layer page's small copy of a picture shown here in full
+        sections.setdefault(a.kind, section(a.kind))["artifacts"].append(_artifact(a, stored))
     for sec in sections.values():  # in the order the kind declares its artifacts
         declared = [name for name, _ in _kind(kinds, sec["kind"])["artifacts"]]
         sec["artifacts"].sort(key=lambda a: declared.index(a["name"]) if a["name"] in declared else len(declared))
-    links = _circuit_links(store, sections)
+    circuit = circuit_view(store, layer, unit, sections)
     for kind, why in (store.get_meta("not_applicable", {}) or {}).get(layer, {}).items():
         sections[kind] = section(kind) | {"not_applicable": why}
 
@@ -172,24 +247,86 @@ def unit_view(store: AtlasStore, layer: str, unit: int) -> dict:
         "layer": rec.to_dict() | {"url": layer_url(rec.name)},
         "unit": int(unit), "url": unit_url(layer, unit),
         "prev": nav(prev), "next": nav(nxt),
+        "facts": store.facts(layer, unit),
         "sections": sorted(sections.values(), key=lambda s: (s["order"], s["kind"])),
-        "links": links,
+        "circuit": circuit,
+        "links": [i for i in circuit["incoming"] + circuit["outgoing"] if i["url"]],
+        "label": label,
     }
 
 
-def _circuit_links(store: AtlasStore, sections: dict[str, dict]) -> list[dict]:
-    """Units named in a circuit artifact's numbers (``{"inputs": [{"layer", "unit", ...}]}``) that the atlas has."""
-    out = []
-    for sec in sections.values():
-        for a in sec["artifacts"]:
-            nums = a.get("numbers")
-            if not isinstance(nums, dict) or not isinstance(nums.get("inputs"), list):
+def circuit_view(store: AtlasStore, layer: str, unit: int, sections: dict[str, dict] | None = None) -> dict:
+    """``{"incoming", "outgoing", "note"}``: the unit's strongest inputs and the units that count it among theirs,
+    each ``{"layer", "unit", "weight", "norm", "url" (None when not in the atlas), "thumbnail"}``, strongest first.
+
+    Atlases built before links were stored fall back to the inputs named in the circuit artifact's numbers.
+    """
+    incoming = store.incoming(layer, unit)
+    if not incoming and sections:
+        for sec in sections.values():
+            for a in sec["artifacts"]:
+                nums = a.get("numbers")
+                if isinstance(nums, dict) and isinstance(nums.get("inputs"), list):
+                    incoming += [{"layer": i["layer"], "unit": i["unit"], "weight": _number(i.get("weight")),
+                                  "norm": _number(i.get("norm"))} for i in nums["inputs"] if isinstance(i, dict)
+                                 and isinstance(i.get("layer"), str) and isinstance(i.get("unit"), int)]
+    outgoing = store.outgoing(layer, unit, limit=OUTGOING)
+    held = set(store.layer_names())
+    items = incoming + outgoing
+    thumbs: dict[str, dict[int, int]] = {}
+    for name in {i["layer"] for i in items if i["layer"] in held}:
+        src = thumbnail_source(store, name)
+        wanted = [i["unit"] for i in items if i["layer"] == name]
+        thumbs[name] = store.thumbnails(name, src[0], src[1], wanted) if src else {}
+    for i in items:
+        there = i["layer"] in held and store.has_unit(i["layer"], i["unit"])
+        i["url"] = unit_url(i["layer"], i["unit"]) if there else None
+        tid = thumbs.get(i["layer"], {}).get(i["unit"])
+        i["thumbnail"] = artifact_url(tid) if there and tid is not None else None
+    missing = sorted({i["layer"] for i in incoming if i["layer"] not in held})
+    note = (f"the inputs come from {', '.join(missing)}, which this atlas does not hold (build it with that layer "
+            "too to link them)") if missing else ""
+    return {"incoming": incoming, "outgoing": outgoing, "note": note}
+
+
+#: outgoing units listed on a unit page
+OUTGOING = 12
+
+
+def image_view(store: AtlasStore, image_id: int, layer: str | None = None, unit: int | None = None,
+               which: str | None = None) -> dict:
+    """The page of a whole stored image: its name and class and, when ``layer``/``unit`` name a unit whose
+    examples include it, each example's receptive-field box and value (raises NotInAtlas)."""
+    info, _ = store.image(image_id)
+    boxes = []
+    if layer is not None and unit is not None:
+        store.require_unit(layer, unit)
+        for a in store.artifacts(layer, unit):
+            nums = a.numbers
+            if a.kind != "examples" or (which and a.name != which) or not isinstance(nums, dict):
                 continue
-            for item in nums["inputs"]:
-                if isinstance(item, dict) and isinstance(item.get("layer"), str) and isinstance(item.get("unit"), int):
-                    if store.has_unit(item["layer"], item["unit"]):
-                        out.append({"layer": item["layer"], "unit": item["unit"],
-                                    "url": unit_url(item["layer"], item["unit"])})
+            for ex in nums.get("examples") or []:
+                box = ex.get("box") if isinstance(ex, dict) else None
+                if ex.get("image_id") == image_id and isinstance(box, list) and len(box) == 4 and \
+                        all(isinstance(b, int) for b in box) and _number(ex.get("value")) is not None:
+                    top, left, bottom, right = box
+                    boxes.append({"which": a.name, "value": float(ex["value"]), "value_text": f"{ex['value']:.4g}",
+                                  "x": left, "y": top, "width": right - left, "height": bottom - top,
+                                  "position": [ex.get("y"), ex.get("x")]})
+    return {"image": info | {"url": f"/image/{int(image_id)}/picture"}, "boxes": boxes,
+            "unit": None if unit is None else {"layer": layer, "unit": int(unit), "url": unit_url(layer, unit)}}
+
+
+def graph_view(store: AtlasStore) -> list[dict]:
+    """The model page's overview: each atlas layer in model order with its output shape, channels, units built and
+    bar lengths (pixels) for an inline SVG: channels on a log scale, the built fraction of them filled."""
+    layers = store.layers()
+    most = max((rec.channels for rec in layers), default=1)
+    out = []
+    for rec in layers:
+        width = 40 + 200 * math.log2(max(rec.channels, 1)) / max(math.log2(max(most, 2)), 1)
+        out.append(rec.to_dict() | {"url": layer_url(rec.name), "bar": round(width, 1),
+                                    "filled": round(width * rec.built / max(rec.channels, 1), 1)})
     return out
 
 
