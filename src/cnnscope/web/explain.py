@@ -4,7 +4,11 @@ Nothing is written anywhere: the upload is decoded in memory, the panel is rende
 Uploads are bounded (bytes, and pixels read from the image header before decoding, image formats). Decoding and
 explaining run in worker threads, never on the event loop; one explanation runs at a time and at most
 ``max_queue`` requests wait or run (more get HTTP 429 with ``Retry-After``). A job whose client disconnected while
-it waited is skipped.
+it waited is skipped; one that was running stops within one forward pass (:mod:`.explain_panel`) and frees the lock
+and its queue slot.
+
+Besides the attribution panel, a request lists the units of one atlas layer that fire most on the picture
+(:mod:`.image_units`), computed in the same job.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from starlette.requests import Request
 from ..atlas.store import AtlasStore
 from ..errors import CnnscopeError, close_matches
 from ..models import as_model
+from .explain_panel import Cancelled, explain_panel
+from .image_units import TOP_UNITS, image_units
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 DEFAULT_METHODS = ("saliency", "gradcam", "integrated_gradients")
@@ -47,10 +53,12 @@ class UploadError(CnnscopeError):
 
 
 class _Job:
-    """One admitted explanation: ``cancelled`` is set when its client goes away."""
+    """One admitted explanation: ``cancelled`` is set when its client goes away; ``layer`` is the layer whose
+    units it lists."""
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
+        self.layer: str | None = None
 
 
 def decode_upload(data: bytes, filename: str, max_bytes: int, max_pixels: int) -> np.ndarray:
@@ -121,11 +129,14 @@ class Explainer:
         self._count_lock = threading.Lock()
         self._model_error: str | None = None
         self.skipped = 0  # jobs dropped because their client disconnected before they ran
+        self.cancelled = 0  # jobs stopped while running because their client disconnected
+        self._current: _Job | None = None  # the job holding the lock
 
     def queue_state(self) -> dict:
-        """``{"queued" (running or waiting), "max_queue", "running", "skipped"}`` for ``/api/health``."""
+        """``{"queued" (running or waiting), "max_queue", "running", "skipped" (dropped while waiting),
+        "cancelled" (stopped while running)}`` for ``/api/health``."""
         return {"queued": self._admitted, "max_queue": self.max_queue, "running": self._lock.locked(),
-                "skipped": self.skipped}
+                "skipped": self.skipped, "cancelled": self.cancelled}
 
     def _admit(self) -> _Job:
         with self._count_lock:
@@ -157,12 +168,20 @@ class Explainer:
                         "cnnscope.web.create_app")
         return self._model_error
 
+    def default_layer(self) -> str | None:
+        """The layer whose units are listed when none is chosen: the last (in model order) with built units, else
+        the last layer; ``None`` for an atlas without layers."""
+        layers = self.store.layers()
+        built = [rec.name for rec in layers if rec.built]
+        return built[-1] if built else layers[-1].name if layers else None
+
     def form(self) -> dict:
         methods = self.methods()
         return {"available": self.unavailable() is None, "reason": self.unavailable(), "methods": methods,
                 "default_methods": [m for m in DEFAULT_METHODS if m in methods] or methods[:1],
                 "max_upload_bytes": self.max_bytes, "max_pixels": self.max_pixels,
-                "accepted_formats": list(ACCEPTED_FORMATS), "max_methods": MAX_METHODS}
+                "accepted_formats": list(ACCEPTED_FORMATS), "max_methods": MAX_METHODS,
+                "layers": self.store.layer_names(), "default_layer": self.default_layer(), "top_units": TOP_UNITS}
 
     def _get_model(self):
         if self.model is not None:
@@ -204,23 +223,24 @@ class Explainer:
             filename = upload.filename or "upload"
             methods = [str(v) for v in form.getlist("methods")]
             target = str(form.get("target") or "").strip()
+            layer = str(form.get("layer") or "").strip()
         finally:
             await form.close()
         job = self._admit()
         try:
-            task = asyncio.ensure_future(run_in_threadpool(self._job, job, data, filename, methods, target))
+            task = asyncio.ensure_future(run_in_threadpool(self._job, job, data, filename, methods, target, layer))
         except BaseException:
             self._release()
             raise
         while not task.done():
             await asyncio.wait({task}, timeout=0.2)
             if not task.done() and await request.is_disconnected():
-                job.cancelled.set()  # skipped if still waiting; nobody reads the answer
+                job.cancelled.set()  # skipped if still waiting, stopped if running; nobody reads the answer
                 task.add_done_callback(lambda t: t.cancelled() or t.exception())
                 raise UploadError(499, "the client disconnected")
         return task.result()
 
-    def _job(self, job: _Job, data: bytes, filename: str, methods: list[str], target: str) -> dict:
+    def _job(self, job: _Job, data: bytes, filename: str, methods: list[str], target: str, layer: str = "") -> dict:
         """Decode and explain in a worker thread; the queue slot is given back when it ends."""
         try:
             image = decode_upload(data, filename, self.max_bytes, self.max_pixels)
@@ -228,6 +248,7 @@ class Explainer:
             if why:
                 raise UploadError(503, why)
             chosen = self._methods(methods)
+            job.layer = self._layer(layer)
             while not self._lock.acquire(timeout=0.1):
                 if job.cancelled.is_set():
                     self.skipped += 1
@@ -236,11 +257,27 @@ class Explainer:
                 if job.cancelled.is_set():
                     self.skipped += 1
                     raise UploadError(499, "the client disconnected")
+                self._current = job
                 return self._run(image, chosen, target, filename)
+            except Cancelled:
+                self.cancelled += 1
+                raise UploadError(499, "the client disconnected") from None
             finally:
+                self._current = None
                 self._lock.release()
         finally:
             self._release()
+
+    def _layer(self, asked: str) -> str | None:
+        """The layer whose units a request lists (``""``: :meth:`default_layer`); an unknown one is a 400."""
+        if not asked:
+            return self.default_layer()
+        names = self.store.layer_names()
+        if asked not in names:
+            near = close_matches(asked, names)
+            hint = f"; did you mean {', '.join(near)}?" if near else f"; choose from {', '.join(names[:12])}"
+            raise UploadError(400, f"no layer {asked[:80]!r} in this atlas{hint}")
+        return asked
 
     def _methods(self, asked: list[str]) -> list[str]:
         known = self.methods()
@@ -269,9 +306,25 @@ class Explainer:
             raise UploadError(400, str(exc)) from None
 
     def _run(self, image: np.ndarray, methods: list[str], target: str, filename: str) -> dict:
-        """One explanation; the caller holds the lock (one explanation at a time bounds memory)."""
+        """One explanation and the unit listing of the running job's layer (the default layer when called without
+        a job); the caller holds the lock (one explanation at a time bounds memory).
+
+        Raises:
+            Cancelled: the job's client went away (checked within every forward pass).
+        """
+        job = self._current
+        cancelled = job.cancelled if job is not None else None
+        layer = job.layer if job is not None else self.default_layer()
         model = self._get_model()
         cls = self._target(model, target)
-        from .explain_panel import explain_panel
-
-        return explain_panel(model, image, methods, target=cls) | {"filename": filename[:80]}
+        listing = {"layer": None, "layer_url": None, "value": None, "units": [], "error": None}
+        if layer is not None:
+            pre = bool((self.store.get_meta("options", {}) or {}).get("pre_activation", False))
+            try:
+                listing = image_units(model, image, layer, store=self.store, pre_activation=pre,
+                                      cancelled=cancelled) | {"error": None}
+            except CnnscopeError as exc:  # a model handed to the app that cannot read the atlas's layer: say so
+                listing |= {"layer": layer, "error": f"cannot list the units of {layer!r}: {exc}"}
+        result = explain_panel(model, image, methods, target=cls, cancelled=cancelled)
+        return result | {"filename": filename[:80], "layer": listing["layer"], "layer_url": listing["layer_url"],
+                         "units_value": listing["value"], "units": listing["units"], "units_error": listing["error"]}
