@@ -131,7 +131,7 @@ def explain(model: ModelLike, images: object, *, methods: Sequence[str] = DEFAUL
         shown = list(m.deprocess(x).reshape(x.shape[0], x.shape[2], x.shape[3], 3))
     else:
         shown = [m.fit_image(it) for it in (images if isinstance(images, (list, tuple)) else [images])]
-        x = m.batch(shown)
+        x = m.fitted_batch(shown)  # fitted once: the maps are drawn on exactly what the model saw
     names = list(names) if names is not None else [f"image{i}" for i in range(len(shown))]
     if len(names) != len(shown):
         raise CnnscopeError(f"got {len(names)} names for {len(shown)} images")

@@ -128,7 +128,7 @@ def _image_values(model: ModelLike, image: object, layer: str, pre_activation: b
     m = as_model(model)
     fitted = m.fit_image(image)
     with torch.no_grad(), evaluating(m.module), Capture(m.module, layer, pre_activation=pre_activation) as cap:
-        cap.run(m.batch(fitted))
+        cap.run(m.fitted_batch([fitted]))
     v = cap[layer]
     if v.ndim != 4:
         raise LayerError(f"NMF needs a layer with [B, C, H, W] output; {layer!r} gives {tuple(v.shape)}")

@@ -218,6 +218,12 @@ class LoadedModel:
             raise ImageError("preprocess() got an empty list of images")
         return self.to_input(to_float([self.fit_image(it, size) for it in items], device=self.device))
 
+    def fitted_batch(self, pictures: Sequence[np.ndarray]) -> torch.Tensor:
+        """Pictures already brought to the input size by :meth:`fit_image` -> the model's input ``[B, C, H, W]``,
+        without fitting them again (:meth:`batch` would: a ``center_crop`` model would crop the crop, zooming in).
+        """
+        return self.to_input(to_float(list(pictures), device=self.device))
+
     def batch(self, images: object, size: tuple[int, int] | None = None) -> torch.Tensor:
         """The one input check: ``images`` -> a detached model-space ``[B, C, H, W]`` batch on the model's device.
 
