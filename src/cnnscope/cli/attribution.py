@@ -73,6 +73,76 @@ def _stems(names: list[str]) -> list[str]:
     return out
 
 
+def read_explain_images(args: tuple[str, ...]) -> tuple[list[str], list[np.ndarray], list]:
+    """IMAGE arguments -> ``(names, arrays, skipped)``: files and ``sample:NAME`` as :func:`read_image_arg` reads
+    them; anything else (a folder, a glob, ``samples``, a manifest, shards: see
+    :func:`cnnscope.dataset.sources.open_source`) image by image.
+
+    Unreadable images are skipped and reported (``skipped``: :class:`~cnnscope.dataset.sources.SkippedImage`, also
+    printed on stderr, one line each); a path that does not exist, or no readable image at all, is an error. After
+    :func:`open_model`, a picture larger than the model needs is reduced as it is read.
+    """
+    from ..dataset.sources import SkippedImage, load_or_skip, open_source, skipped_lines, unreadable_reason
+    from ..errors import ImageError
+    from ..images import load_image
+
+    ctx = click.get_current_context(silent=True)
+    model = ctx.meta.get("cnnscope.model") if ctx is not None else None
+    names: list[str] = []
+    arrays: list[np.ndarray] = []
+    skipped: list[SkippedImage] = []
+    for arg in args:
+        if Path(arg).is_file() or (arg.startswith("sample:") and "," not in arg):
+            try:
+                name, arr = read_image_arg(arg)
+            except ImageError as exc:
+                if not Path(arg).is_file():
+                    raise
+                skipped.append(SkippedImage(arg, unreadable_reason(exc)))
+                continue
+            names.append(name)
+            arrays.append(arr)
+            continue
+        src = open_source(arg)
+        skipped += src.problems()
+        for i in src.ids():
+            got = load_or_skip(src, i)
+            if isinstance(got, SkippedImage):
+                skipped.append(got)
+                continue
+            names.append(src.name(i))
+            arrays.append(got if model is None else load_image(got, at_least=model.fit_needs()))
+    for line in skipped_lines(skipped):
+        click.echo(line, err=True)
+    if not arrays:
+        raise ImageError("no readable image in " + " ".join(args)
+                         + (f"; first problem: {skipped[0].path}: {skipped[0].reason}" if skipped else ""))
+    return names, arrays, skipped
+
+
+def index_html(title: str, rows: list[dict], skipped: list[dict]) -> str:
+    """The run's ``index.html``: one row per image (its panel, name, top class and probability, target), then the
+    images skipped as unreadable with the reason."""
+    from html import escape
+    from urllib.parse import quote
+
+    body = [f"<h1>{escape(title)}</h1>", "<table>",
+            "<tr><th>image</th><th>top class</th><th>probability</th><th>explained</th><th>panel</th></tr>"]
+    for r in rows:
+        body.append(f"<tr><td>{escape(r['image'])}</td><td>{escape(r['label'])} ({r['index']})</td>"
+                    f"<td>{r['probability']:.1%}</td><td>{escape(r['target'])}</td>"
+                    f"<td><a href=\"{quote(r['panel'])}\"><img src=\"{quote(r['panel'])}\" height=\"160\" "
+                    f"alt=\"{escape(r['image'])}\"></a></td></tr>")
+    body.append("</table>")
+    if skipped:
+        body.append(f"<h2>skipped as unreadable ({len(skipped)})</h2><ul>")
+        body += [f"<li>{escape(s['path'])}: {escape(s['reason'])}</li>" for s in skipped]
+        body.append("</ul>")
+    return ("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>" + escape(title) + "</title><style>"
+            "body{font-family:sans-serif}td,th{padding:4px 8px;text-align:left;vertical-align:middle}</style>"
+            "</head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
 @cli.command("explain")
 @click.argument("model")
 @click.argument("images", nargs=-1, required=True)
@@ -94,14 +164,18 @@ def _stems(names: list[str]) -> list[str]:
 def explain_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, methods: str, target: str,
                 position: tuple[int, int] | str | None, layer: str | None, out: str, batch_size: int | None,
                 option: tuple[str, ...], alpha: float, progress: bool | None) -> None:
-    """Explain MODEL's answer on each IMAGE (path or sample:NAME) with several attribution methods.
+    """Explain MODEL's answer on each of IMAGES (paths, folders, globs, sample:NAME or samples) with several
+    attribution methods.
 
     Writes per image: NAME_panel.png (original + one overlay per method), NAME_METHOD.npy (raw maps) and
-    NAME.json (prediction, target, per-method layer/options/statistics), and manifest.json when done. A method
-    that cannot apply to MODEL (guided backprop without ReLUs, ...) is skipped with a note on stderr and listed
-    under "skipped" in NAME.json.
+    NAME.json (prediction, target, per-method layer/options/statistics); for the run: index.html (every panel with
+    its image's top class; the unreadable images with the reason), index.json (the same as data: "images" and
+    "skipped") and manifest.json when done. Unreadable images are skipped and listed on stderr. A method that
+    cannot apply to MODEL (guided backprop without ReLUs, ...) is skipped with a note on stderr and listed under
+    "skipped" in NAME.json.
     """
     from ..attribution import explain, get_method
+    from ..dataset.sources import skipped_dicts
     from ..outputs import run_output
     from ..plot.attribution import save_panel
 
@@ -112,26 +186,35 @@ def explain_cmd(model: str, images: tuple[str, ...], weights: str | None, device
     tgt = parse_cli_target(target, position)
     with run_output(out, "explain") as folder:
         m = open_model(model, weights, device)
-        loaded = [read_image_arg(arg) for arg in images]
-        stems = _stems([n for n, _ in loaded])
+        image_names, arrays, skipped = read_explain_images(images)
+        stems = _stems(image_names)
         with one_line_warnings():
-            expls = explain(m, [a for _, a in loaded], methods=names, target=tgt, layer=layer, names=stems,
-                            options=opts, batch_size=batch_size,
-                            progress=show_progress() if progress is None else progress)
+            expls = explain(m, arrays, methods=names, target=tgt, layer=layer, names=stems, options=opts,
+                            batch_size=batch_size, progress=show_progress() if progress is None else progress)
         for meth, reason in expls[0].skipped.items():
             click.echo(f"note: skipped {meth}: {reason}", err=True)
-        for stem, expl in zip(stems, expls):
+        rows = []
+        for stem, source, expl in zip(stems, image_names, expls):
             panel = save_panel(expl, folder.path(f"{stem}_panel.png"), alpha=alpha)
             maps = {}
             for meth, res in expl.results.items():
                 arr = res.values[0].detach().float().cpu().numpy()
                 maps[meth] = folder.write(f"{stem}_{meth}.npy", partial(np.save, arr=arr)).name
-            folder.write_json(f"{stem}.json", {"model": m.describe(), **expl.to_dict(), "panel": panel.name,
-                                               "maps": maps})
+            folder.write_json(f"{stem}.json", {"model": m.describe(), **expl.to_dict(), "source": source,
+                                               "panel": panel.name, "maps": maps})
             idx, label, prob = expl.predicted
+            rows.append({"image": stem, "source": source, "index": idx, "label": label, "probability": prob,
+                         "target": expl.target, "panel": panel.name, "json": f"{stem}.json"})
             click.echo(f"{stem}: {label} {prob:.1%}; explained {expl.target} -> {panel}")
+        skipped_list = skipped_dicts(skipped)
+        folder.write_json("index.json", {"model": m.describe(), "methods": names, "images": rows,
+                                         "skipped": skipped_list})
+        folder.write("index.html", lambda p: p.write_text(index_html(f"cnnscope explain: {m.name}", rows,
+                                                                     skipped_list)))
     ran = len(names) - len(expls[0].skipped)
-    click.echo(f"{len(expls)} image(s), {ran} method(s): panels, .npy maps and .json in {folder.folder}/")
+    click.echo(f"{len(expls)} image(s), {ran} method(s)" + (f", {len(skipped)} skipped as unreadable" if skipped
+                                                            else "")
+               + f": panels, .npy maps and .json in {folder.folder}/, index in {folder.folder / 'index.html'}")
 
 
 @cli.command("explain-methods")

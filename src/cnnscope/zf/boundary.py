@@ -4,7 +4,8 @@ The plane is spanned either by three images (``x0 + a (x1 - x0) + b (x2 - x0)``,
 ``(0, 0)``, ``(1, 0)`` and ``(0, 1)``) or by one image and two directions (``x0 + a d1 + b d2``; random
 directions come from a seeded generator and are scaled to the image's norm, so ``a = 1`` is a change as large as
 the image itself). Every grid point is classified (many points per forward batch); the map of predicted classes
-shows where the decision boundaries cross the plane.
+shows where the decision boundaries cross the plane. The images themselves are classified too
+(``mark_classes``), so their own classes are known even when no grid point falls on them.
 
 Example:
     >>> p = decision_plane(model, [cat, dog, car], resolution=41)
@@ -14,7 +15,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,8 +35,9 @@ class DecisionPlane:
         classes: ``[R, R]`` predicted class (row = beta, column = alpha).
         confidence: ``[R, R]`` probability of the predicted class.
         marks: ``(name, alpha, beta)`` of each image on the plane.
-        labels: class index -> name for every class that appears.
+        labels: class index -> name for every class that appears on the grid or at a mark.
         mode: ``"images"`` or ``"directions"``.
+        mark_classes: the predicted class of each image of ``marks`` (the image itself, not the nearest grid point).
     """
 
     alphas: torch.Tensor
@@ -45,11 +47,13 @@ class DecisionPlane:
     marks: list[tuple[str, float, float]]
     labels: dict[int, str]
     mode: str
+    mark_classes: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"alphas": self.alphas.tolist(), "betas": self.betas.tolist(), "classes": self.classes.tolist(),
                 "confidence": self.confidence.tolist(), "marks": [list(m) for m in self.marks],
-                "labels": {str(k): v for k, v in self.labels.items()}, "mode": self.mode}
+                "mark_classes": list(self.mark_classes), "labels": {str(k): v for k, v in self.labels.items()},
+                "mode": self.mode}
 
 
 def plane_points(origin: torch.Tensor, u: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor
@@ -115,12 +119,15 @@ def decision_plane(model: ModelLike, images: object, *, directions: Sequence[tor
     a_all, b_all = a_all.reshape(-1), b_all.reshape(-1)
     bs = resolve_batch_size(batch_size, dev)
     with torch.no_grad(), evaluating(m.module):
+        anchors = x if mode == "images" else x[:1]
+        mark_classes = [int(c) for c in m.module(anchors).float().argmax(1).tolist()]
         for sl in track(chunks(n, bs), progress, "decision plane", total=-(-n // bs)):
             probs = m.module(plane_points(origin, u, v, a_all[sl], b_all[sl])).float().softmax(1)
             best = probs.max(1)
             cls_out.append(best.indices)
             conf_out.append(best.values)
     classes = torch.cat(cls_out).view(resolution, resolution).cpu()
-    labels = {int(c): m.label(int(c)) for c in torch.unique(classes).tolist()}
+    present = sorted(set(torch.unique(classes).tolist()) | set(mark_classes))
+    labels = {int(c): m.label(int(c)) for c in present}
     return DecisionPlane(alphas.float().cpu(), betas.float().cpu(), classes,
-                         torch.cat(conf_out).view(resolution, resolution).cpu(), marks, labels, mode)
+                         torch.cat(conf_out).view(resolution, resolution).cpu(), marks, labels, mode, mark_classes)
