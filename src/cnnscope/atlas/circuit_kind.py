@@ -68,8 +68,8 @@ class Circuit(ArtifactKind):
             inputs = [{"layer": source, "unit": int(conn.inputs[i]), "norm": float(conn.norms[i]),
                        "weight": float(conn.weights[i].sum()), "weights": conn.weights[i].tolist()} for i in order]
             labels = [f"{source or conn.conv + ' in'}:{it['unit']}" for it in inputs]
-            fig = circuit_figure(conn.weights[order].numpy(), labels, title=f"{ctx.layer.name}:{u} strongest inputs "
-                                 f"(of {len(conn.inputs)}) via {conn.conv}")
+            fig = circuit_figure(conn.weights[order].numpy(), labels, title=f"{ctx.layer.name}:{u}: strongest of "
+                                 f"{len(conn.inputs)} inputs from {source or conn.conv + ' in'}")
             numbers = {"conv": conn.conv, "norm": conn.norm, "bias": conn.bias, "source": source,
                        "source_names": names, "kernel": list(conn.weights.shape[1:]),
                        "total_inputs": len(conn.inputs), "inputs": inputs}
