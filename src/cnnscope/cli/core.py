@@ -87,26 +87,39 @@ def layers_cmd(model: str, weights: str | None, device: str, depth: int | None, 
 @click.argument("images", nargs=-1, required=True)
 @model_options
 @click.option("-k", "--top", "k", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option("--ensemble", default=None, metavar="MODEL2,MODEL3,...",
+              help="Average the softmax of MODEL and these models (names or checkpoint files; same classes).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def predict_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, k: int,
+def predict_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, k: int, ensemble: str | None,
                 as_json: bool) -> None:
     """Top-k classes with probabilities for each IMAGE (path or sample:NAME).
 
     MODEL is a name from `cnnscope models` or a model file (a `cnnscope train` checkpoint, TorchScript; a pickled
-    model with --trust-pickle). The JSON says where the weights came from and whether they are pretrained.
+    model with --trust-pickle). The JSON says where the weights came from and whether they are pretrained. With
+    --ensemble the probabilities are the mean of the members' softmax (each member reads the image with its own
+    preprocessing).
     """
     m = open_model(model, weights, device)
+    others = [open_model(n.strip(), None, device) for n in (ensemble or "").split(",") if n.strip()]
     results = []
     for arg in images:
         name, arr = read_image_arg(arg)
-        top = m.predict(arr, k=k)[0]
+        if others:
+            from ..zf.ensemble import ensemble_probabilities, top_classes
+
+            top = top_classes(m, ensemble_probabilities([m, *others], arr), k)[0]
+        else:
+            top = m.predict(arr, k=k)[0]
         if len(top) < k and not results:
             click.echo(f"note: {m.name} has {len(top)} classes; showing all of them", err=True)
         results.append({"image": arg, "top": [{"index": i, "label": lab, "probability": p}
                                               for i, lab, p in top]})
         if not as_json:
-            click.echo(f"{name}:")
+            click.echo(f"{name}:" if not others else f"{name} (ensemble of {1 + len(others)}):")
             for i, lab, p in top:
                 click.echo(f"  {p:7.2%}  {lab} ({i})")
     if as_json:
-        click.echo(json.dumps({"model": m.describe(), "results": results}, indent=2))
+        doc = {"model": m.describe(), "results": results}
+        if others:
+            doc["ensemble"] = [m.describe()] + [o.describe() for o in others]
+        click.echo(json.dumps(doc, indent=2))

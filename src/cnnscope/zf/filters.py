@@ -155,3 +155,25 @@ def filter_spectrum(weights: torch.Tensor, *, size: int = 32, nbins: int = 12) -
     dead = [int(i) for i in torch.nonzero(norms < 0.01 * norms.max().clamp_min(1e-30)).flatten()]
     return FilterSpectrum(power, (edges[1:] + edges[:-1]) / 2, profile / total[:, None], bands / total[:, None],
                           dead)
+
+
+def high_frequency_share(weights: torch.Tensor, *, size: int = 32, cutoff: float = 0.5) -> torch.Tensor:
+    """Share of each filter's energy above ``cutoff`` x Nyquist (radially; 0.5 = half Nyquist, 0.25 cycles/pixel).
+
+    The kernels are zero-padded to ``size x size`` and Fourier transformed; the power of all input channels is
+    summed (as :func:`filter_spectrum`). A filter with no energy has share 0.
+
+    Shape:
+        - weights: ``[N, C, kh, kw]``; output: ``[N]`` float64 on the CPU.
+    """
+    if weights.ndim != 4:
+        raise LayerError(f"high_frequency_share() needs [N, C, kh, kw] kernels, got {tuple(weights.shape)}")
+    kh, kw = weights.shape[-2:]
+    size = max(size, kh, kw)
+    w = weights.detach().to("cpu", torch.float64)
+    power = torch.fft.fft2(w, s=(size, size)).abs().square().sum(1)
+    f = torch.fft.fftfreq(size, dtype=torch.float64) / 0.5
+    radius = torch.sqrt(f.view(-1, 1) ** 2 + f.view(1, -1) ** 2)
+    total = power.flatten(1).sum(1)
+    high = power[:, radius > cutoff].sum(1)
+    return torch.where(total > 0, high / total.clamp_min(1e-300), torch.zeros_like(total))
