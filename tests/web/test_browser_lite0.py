@@ -54,9 +54,17 @@ def test_unit_page_of_every_kind_loads(demo_server, page, demo_atlas):
         kinds = st.get_meta("kinds")
         # one picture per kind, but these: the diversity renders; the examples as tiles cut from their sheet (SVG)
         pictures = {"featurevis_diversity": st.get_meta("options")["diversity"], "examples": 0}
-    assert broken == [] and n == sum(pictures.get(k, 1) for k in kinds)
+    # the kinds' pictures, and the circuit's thumbnail of each linked input and output
+    links = page.locator("#circuit-links img").count()
+    assert broken == [] and n == sum(pictures.get(k, 1) for k in kinds) + links
     for kind in kinds:
         assert page.locator(f"#kind-{kind} img").count() == pictures.get(kind, 1), kind
+    # depthwise: unit 1 reads unit 1 of the layer before, which lists unit 1 among its outputs
+    source = page.locator(f"#incoming a.link[data-layer='{DEMO_LAYERS[-2]}'][data-unit='1']")
+    assert source.count() == 1 and links >= 1
+    source.click()
+    page.wait_for_url(f"**/layer/{DEMO_LAYERS[-2]}/unit/1")
+    assert page.locator(f"#outgoing a.link[data-layer='{deep}'][data-unit='1']").count() == 1
     tiles = page.locator("#kind-examples svg.tile")
     assert tiles.count() >= 1 and "value" in tiles.first.get_attribute("aria-label")
 

@@ -14,7 +14,8 @@ from .study import layers_or_study
 
 #: Demo atlas: the expansion activations of a shallow, a middle and a deep block of EfficientNet-Lite0 (units of a
 #: convolution + batch norm + ReLU6, so every kind applies), read before the ReLU6 as in *Curve Detectors*.
-DEMO_LAYERS = ("blocks.1.1.bn1.act", "blocks.3.2.bn1.act", "blocks.5.3.bn1.act")
+#: the demo atlas's layers; the last one's depthwise circuits read the one before, so its unit pages link both ways
+DEMO_LAYERS = ("blocks.1.1.bn1.act", "blocks.3.2.bn1.act", "blocks.5.3.bn1.act", "blocks.5.3.bn2.act")
 
 
 @cli.group("atlas")
