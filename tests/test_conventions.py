@@ -30,6 +30,8 @@ EXEMPT: dict[str, str] = {
     "models.as_model": "the adapter itself",
     "models.load_weights": "writes weights into a module",
     "zf.train": "trains a new network: batch_size is the SGD batch, fixed so the weights do not depend on the device",
+    "zf.ablate": "trains new networks (zf.train's SGD batch); its subject is the data, not a model",
+    "zf.transfer": "trains a new classifier: batch_size is its SGD batch (fixed: weights independent of the device)",
 }
 
 

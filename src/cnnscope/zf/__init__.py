@@ -13,25 +13,35 @@ instead of one model.
 See docs/zf.md for every analysis, its paper reference, options and limits.
 
 Every analysis returns tensors/arrays in a dataclass; figures are in :mod:`cnnscope.plot.zf`, commands in
-``cnnscope deconv|top9|occlude|invariance|correspond|train|evolution|filters|featuremaps|boundary``.
+``cnnscope deconv|top9|occlude|invariance|correspond|train|evolution|filters|featuremaps|boundary|paramgrads|
+featurespace|ablate|transfer|accuracy``.
 """
 
+from .ablate import Ablation, ablate
+from .architecture import ConvNet, NetSpec
 from .boundary import DecisionPlane, decision_plane
 from .chain import DeconvError
 from .correspondence import Correspondence, DeltaStats, correspondence, sign_consistency
 from .deconvnet import DeconvNet, Projection, display, project, rule_projection
+from .diagnose import FilterDiagnosis, diagnose
+from .ensemble import ensemble_accuracy, ensemble_probabilities
 from .evolution import Evolution, evolution
+from .feature_space import FeatureSpace, feature_space
 from .filters import FilterSpectrum, conv_layers, conv_weights, feature_maps, filter_images, filter_spectrum
 from .invariance import TRANSFORMS, InvarianceStudy, invariance_study, register_transform
 from .occlusion_study import OcclusionStudy, occlusion_study
+from .param_grads import ParameterGradients, parameter_gradients
 from .projections import TopEntry, TopProjections, top_projections
 from .steps import STEP_TYPES, inverts, unpool
 from .train import SmallConvNet, TrainResult, digits_dataset, load_checkpoint, train
+from .transfer import Transfer, transfer
 
-__all__ = ["STEP_TYPES", "TRANSFORMS", "Correspondence", "DecisionPlane", "DeconvError", "DeconvNet", "DeltaStats",
-           "Evolution", "FilterSpectrum", "InvarianceStudy", "OcclusionStudy", "Projection", "SmallConvNet",
-           "TopEntry", "TopProjections", "TrainResult", "conv_layers", "conv_weights", "correspondence",
-           "decision_plane", "digits_dataset", "display", "evolution", "feature_maps",
-           "filter_images", "filter_spectrum", "invariance_study", "inverts", "load_checkpoint", "occlusion_study",
-           "project", "register_transform", "rule_projection", "sign_consistency", "top_projections", "train",
-           "unpool"]
+__all__ = ["STEP_TYPES", "TRANSFORMS", "Ablation", "ConvNet", "Correspondence", "DecisionPlane", "DeconvError",
+           "DeconvNet", "DeltaStats", "Evolution", "FeatureSpace", "FilterDiagnosis", "FilterSpectrum",
+           "InvarianceStudy", "NetSpec", "OcclusionStudy", "ParameterGradients", "Projection", "SmallConvNet",
+           "TopEntry", "TopProjections", "TrainResult", "Transfer", "ablate", "conv_layers", "conv_weights",
+           "correspondence", "decision_plane", "diagnose", "digits_dataset", "display", "ensemble_accuracy",
+           "ensemble_probabilities", "evolution", "feature_maps", "feature_space", "filter_images",
+           "filter_spectrum", "invariance_study", "inverts", "load_checkpoint", "occlusion_study",
+           "parameter_gradients", "project", "register_transform", "rule_projection", "sign_consistency",
+           "top_projections", "train", "transfer", "unpool"]
