@@ -174,9 +174,10 @@ def test_unknown_leaf_and_functional_ops_are_refused():
         project(Normalising(), torch.randn(1, 3, 9, 9), "features.1", channel=0)
 
 
-def test_efficientnet_lite0_is_refused_at_its_first_fused_module(lite0):
+def test_efficientnet_lite0_is_inverted_through_its_fused_modules_and_refused_at_its_first_residual_add(lite0):
     x = torch.zeros(1, 3, 64, 64)
-    with pytest.raises(DeconvError, match=r"'bn1' \(BatchNormAct2d\)"):
+    assert project(lite0, x, "blocks.1.0", channel=0).method == "deconvnet"  # BatchNormAct2d, depthwise convs
+    with pytest.raises(DeconvError, match=r"'blocks.1.1' \(InvertedResidual\)"):
         project(lite0, x, "blocks.2", channel=0)
 
 

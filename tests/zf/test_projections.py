@@ -85,7 +85,7 @@ def test_bad_inputs(digits_run, digits_test_images):
     from cnnscope.models import wrap
 
     res = wrap(ResidualNet(), 16, labels=None)
-    with pytest.raises(DeconvError, match="BasicBlock"):
-        top_projections(res, [np.zeros((16, 16, 3), np.uint8)], "layer2.conv1")
+    with pytest.raises(DeconvError, match="BasicBlock"):  # the default, "auto", falls back to guided backprop
+        top_projections(res, [np.zeros((16, 16, 3), np.uint8)], "layer2.conv1", method="deconvnet")
     assert assert_unchanged(model.module, lambda: top_projections(model, digits_test_images, "features.3",
                                                                   channels=[0], k=2)) is None

@@ -97,7 +97,7 @@ def test_real_architectures_get_one_line_not_a_raw_error(build, layer, size, nam
 
 # -- item 5: top9's projection methods --------------------------------------------------------------------
 def test_projection_methods_are_the_same_everywhere():
-    assert CLI_METHODS == PROJECTION_METHODS == ("deconvnet", "rule", "guided", "gradient")
+    assert CLI_METHODS == PROJECTION_METHODS == ("auto", "deconvnet", "rule", "guided", "gradient")
     with pytest.raises(MethodError, match="unknown projection method 'guidd'; did you mean: guided"):
         top_projections(ResidualNet(), torch.randn(2, 3, 8, 8), "layer1", method="guidd")
 
@@ -211,7 +211,7 @@ def test_an_unwritable_out_fails_first_in_one_line(capsys, tmp_path, fake_open, 
 def test_top9_methods_on_the_command_line(capsys, tmp_path, fake_open):
     out = tmp_path / "o"
     code, _, err = run(capsys, "top9", "M", "digits:6", "--layer", "layer1", "--channels", "0-1", "-k", "2",
-                       "--out", out)
+                       "--method", "deconvnet", "--out", out)
     assert code == 1 and len(err.splitlines()) == 1
     assert "cannot invert the path to 'layer1' (BasicBlock)" in err and "--method rule" in err
     assert not (out / "manifest.json").exists() and not (out / "top9.png").exists()

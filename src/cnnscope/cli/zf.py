@@ -114,17 +114,24 @@ def model_command(name: str, *arguments, help: str | None = None):
 
 #: the projection methods of ``--method`` (``cnnscope.zf.rule_projector.PROJECTION_METHODS``, spelled out here so
 #: that the command line starts without importing torch)
-PROJECTION_METHODS = ("deconvnet", "rule", "guided", "gradient")
+PROJECTION_METHODS = ("auto", "deconvnet", "rule", "guided", "gradient")
 
 
-def method_option(default: str, extra: tuple[str, ...] = (), more: str = ""):
-    """``--method`` of the projection commands: ``deconvnet``, ``rule``, ``guided`` or ``gradient`` (docs/zf.md)."""
+def method_option(default: str = "auto", extra: tuple[str, ...] = (), more: str = ""):
+    """``--method`` of the projection commands: ``auto``, ``deconvnet``, ``rule``, ``guided`` or ``gradient``
+    (docs/zf.md; :mod:`cnnscope.zf.projection_choice`)."""
     return click.option("--method", type=click.Choice([*PROJECTION_METHODS, *extra]), default=default,
                         show_default=True,
-                        help="deconvnet: the true deconvnet (switches + transposed filters; plain stacks only); "
-                             "rule: gradient with the deconvnet rule for ReLUs; guided: guided backprop of the unit "
-                             "(rule and guided: any model with ReLUs); gradient: the plain gradient of the unit "
-                             "(any model)" + more + ".")
+                        help="auto: the true deconvnet where the path is a chain it inverts with max-pooling, else "
+                             "guided backprop (the command prints which and why); deconvnet: the true deconvnet "
+                             "(switches + transposed filters; chains only); rule: gradient with the deconvnet rule "
+                             "for ReLUs; guided: guided backprop of the unit (rule and guided: any model with "
+                             "ReLUs); gradient: the plain gradient of the unit (any model)" + more + ".")
+
+
+def _named(method: str) -> str:
+    """A :class:`~cnnscope.zf.deconvnet.Projection`'s method as ``--method`` spells it."""
+    return "rule" if method == "backward-rule" else method
 
 
 def out_option(default: str):
@@ -138,29 +145,27 @@ def out_option(default: str):
 @click.option("--position", type=POSITION, default="max", show_default=True,
               help="max (the strongest activation), center, ROW,COL, or all (the whole map).")
 @pre_activation_option
-@method_option("deconvnet", extra=("true",), more="; true: the same as deconvnet")
+@method_option(extra=("true",), more="; true: the same as deconvnet")
 @out_option("zf-deconv")
 def deconv_cmd(model: str, image: str, weights: str | None, device: str, layer: str, channel: int,
                position, pre_activation: bool, method: str, out: str) -> None:
-    """Project one activation of MODEL on IMAGE back to pixels with the deconvnet (Zeiler & Fergus 2013)."""
+    """Project one activation of MODEL on IMAGE back to pixels with the deconvnet (Zeiler & Fergus 2013), or, where
+    it cannot apply, guided backprop of the unit (--method auto; the first line says which and why)."""
     from ..plot.zf import projection_figure
-    from ..zf.deconvnet import project, rule_projection
-    from ..zf.rule_projector import RULE_OF
+    from ..zf.projection_choice import describe, project_unit
 
     with run_output(out, "deconv") as folder:
         m = open_model(model, weights, device)
         name, arr = read_image_arg(image)
-        opts = dict(channel=channel, position=position, pre_activation=pre_activation)
-        if method in ("deconvnet", "true"):
-            p = project(m, arr, layer, **opts)
-        else:
-            p = rule_projection(m, arr, layer, rule=RULE_OF[method], **opts)
+        p = project_unit(m, arr, layer, channel=channel, position=position, pre_activation=pre_activation,
+                         method="deconvnet" if method == "true" else method)
+        click.echo(describe(_named(p.method), p.reason))
         where = p.positions[0] if p.positions is not None else None
         save_npy(folder, "deconv.npy", p.values[0].cpu().numpy())
         folder.write_json("deconv.json", {"image": name, "layer": layer, "channel": channel, "position": where,
                                           "activation": float(p.activations[0]),
                                           "box": p.boxes[0] if p.boxes else None, "pre_activation": pre_activation,
-                                          "method": p.method})
+                                          "method": p.method, "reason": p.reason})
         save(projection_figure(m.fit_image(arr), p), folder.path("deconv.png"))
     click.echo(f"{layer} channel {channel} at {where or 'every position'}: activation "
                f"{float(p.activations[0]):.4g} ({p.method})")
@@ -171,7 +176,7 @@ def deconv_cmd(model: str, image: str, weights: str | None, device: str, layer: 
 @partial(channels_option, default="0-7")
 @click.option("-k", "k", type=click.IntRange(1), default=9, show_default=True, help="Activations per channel.")
 @pre_activation_option
-@method_option("deconvnet")
+@method_option()
 @batch_size_option
 @out_option("zf-top9")
 def top9_cmd(model: str, images: tuple[str, ...], weights: str | None, device: str, layer: str, channels: str,
@@ -187,6 +192,7 @@ def top9_cmd(model: str, images: tuple[str, ...], weights: str | None, device: s
             DeconvNet(m, layer, pre_activation=pre_activation)  # refuses a model it cannot invert before any image
         tp = top_projections(m, read_images(images), layer, channels=channels, k=k, pre_activation=pre_activation,
                              method=method, batch_size=batch_size, progress=show_progress())
+        click.echo(tp.line())
         folder.write_json("top9.json", tp.to_dict())
         save(top9_figure(tp), folder.path("top9.png"))
     for c in tp.channels:
@@ -202,20 +208,24 @@ def top9_cmd(model: str, images: tuple[str, ...], weights: str | None, device: s
 @click.option("--stride", type=click.IntRange(1), default=16, show_default=True, help="Square step (pixels).")
 @click.option("--fill", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Grey level.")
 @pre_activation_option
+@method_option(more=" (panel (c))")
 @batch_size_option
 @out_option("zf-occlusion")
 def occlude_cmd(model: str, image: str, layer: str, target: str | None, channel: int | None, size: int, stride: int,
-                fill: float, pre_activation: bool, batch_size: int | None, weights: str | None, device: str,
-                out: str) -> None:
+                fill: float, pre_activation: bool, method: str, batch_size: int | None, weights: str | None,
+                device: str, out: str) -> None:
     """Occlusion study (paper Fig. 7): slide a grey square over IMAGE and map activity and predictions."""
     from ..plot.zf import occlusion_figure
     from ..zf.occlusion_study import occlusion_study
+    from ..zf.projection_choice import describe
 
     with run_output(out, "occlude") as folder:
         m = open_model(model, weights, device)
         _, arr = read_image_arg(image)
         s = occlusion_study(m, arr, layer, target=target, channel=channel, size=size, stride=stride, fill=fill,
-                            pre_activation=pre_activation, batch_size=batch_size, progress=show_progress())
+                            pre_activation=pre_activation, method=method, batch_size=batch_size,
+                            progress=show_progress())
+        click.echo(describe(_named(s.projection.method), s.projection.reason))
         folder.write_json("occlusion.json", s.to_dict())
         save_npy(folder, "occlusion_projection.npy", s.projection.values[0].cpu().numpy())
         save(occlusion_figure(s), folder.path("occlusion.png"))

@@ -78,7 +78,7 @@ def top9_figure(tp, channels: Sequence[int] | None = None, side: int = 48) -> Fi
         proj = grid_image([_tile(tp.projection_image(e, scale), side) for e in entries], cols=k)
         crops = grid_image([_tile(tp.crop(e), side) for e in entries], cols=k)
         axes[row, 0].imshow(proj)
-        axes[row, 0].set_title(f"{tp.layer} ch {c}: projections")
+        axes[row, 0].set_title(f"{tp.layer} ch {c}: {tp.method} projections")
         axes[row, 1].imshow(crops)
         axes[row, 1].set_title("image patches")
         _off(axes[row, 0])

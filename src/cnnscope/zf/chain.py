@@ -5,8 +5,9 @@ from the model in three steps:
 
 1. one probe forward (:func:`cnnscope.capture.list_layers`) gives the order in which submodules run;
 2. walking down the layer's dotted name, every sibling that ran before it is expanded into its submodules
-   (containers) or turned into a :class:`~cnnscope.zf.steps.Step` (conv, ReLU, max-pool, ...); a leaf module of
-   any other kind stops the walk with a :class:`DeconvError` naming it;
+   (containers) or turned into a :class:`~cnnscope.zf.steps.Step` (conv, ReLU, max-pool, ...); a fused module
+   (timm's ``BatchNormAct2d``) becomes the step of its own operation followed by its submodules; a leaf module
+   of any other kind stops the walk with a :class:`DeconvError` naming it;
 3. the chain is replayed on a seeded random probe and compared with the model's own outputs of every container
    it passed through and of the layer itself: a container whose ``forward`` does more than run its children in
    order (a residual add, a squeeze-excite product, a ``torch`` call) is named in the error.
@@ -19,21 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..capture import Capture, canonical_layer, evaluating, list_layers, resolve_layers
-from ..errors import CnnscopeError
-from .steps import Step, step_for, supported
+from ..capture import Capture, canonical_layer, evaluating, is_activation, list_layers, resolve_layers
+from .steps import DeconvError, Step, fused_step_for, hint, step_for
 
-
-def hint() -> str:
-    """What the true deconvnet inverts, and the way out for other models (ends every :class:`DeconvError`)."""
-    return ("the true deconvnet only inverts plain stacks of " + supported() + "; use a backward-rule projection "
-            "instead: `--method rule` (the deconvnet rule) or `--method guided` of `cnnscope deconv` and `cnnscope "
-            "top9` for models with ReLUs, `--method gradient` for any model (cnnscope.zf.rule_projection, "
-            "top_projections(method=...))")
-
-
-class DeconvError(CnnscopeError):
-    """The true deconvnet cannot invert the path to a layer; the message names the first module in the way."""
+__all__ = ["Chain", "DeconvError", "build_chain", "hint"]
 
 
 @dataclass
@@ -87,14 +77,20 @@ def _children_in_order(parent: str, mod: nn.Module, entered: list[str]) -> list[
 
 def _expand(name: str, mod: nn.Module, entered: list[str], table: dict[str, nn.Module], steps: list[Step],
             containers: list[tuple[str, int]]) -> None:
-    step = step_for(name, mod)
+    head = fused_step_for(name, mod)
+    step = step_for(name, mod) if head is None else None
     if step is not None:
         steps.append(step)
         return
     kids = _children_in_order(name, mod, entered)
-    if not kids:
+    if head is not None:
+        steps.append(head)  # a fused module: its own operation, then its submodules
+    elif not kids and is_activation(mod):
+        raise DeconvError(f"cannot invert layer {name!r} ({type(mod).__name__}): the deconvnet's backward rule "
+                          "(rectify the signal) is defined for ReLU and ReLU6 only")
+    elif not kids:
         raise DeconvError(f"cannot invert layer {name!r} ({type(mod).__name__}): it is not one of the modules a "
-                          f"deconvnet knows how to reverse; {hint()}")
+                          "deconvnet knows how to reverse")
     for kid in kids:
         _expand(kid, table[kid], entered, table, steps, containers)
     containers.append((name, len(steps) - 1))
@@ -170,16 +166,16 @@ def _mismatch(module: nn.Module, name: str, is_layer: bool) -> str:
     if is_layer:
         return (f"cannot invert the path to {name!r} ({what}): the model computes something on the way that is "
                 "not a module the deconvnet can see (a residual add, a function call or input normalisation inside "
-                f"forward()); {hint()}")
+                "forward())")
     return (f"cannot invert {name!r} ({what}): its forward() does more than run its submodules one after another "
-            f"(e.g. a residual add, a concatenation, a squeeze-excite gate or a relu called as a function); {hint()}")
+            "(e.g. a residual add, a concatenation, a squeeze-excite gate or a relu called as a function)")
 
 
 def _broken(module: nn.Module, before: str | None, step: str) -> str:
     """The message for a step that cannot run on the previous step's output: name the block where they meet."""
     if before is None:
         return (f"cannot invert the path to {step!r}: it does not take the model's input directly (the model "
-                f"prepares the input in forward()); {hint()}")
+                "prepares the input in forward())")
     a, b = before.split("."), step.split(".")
     k = 0
     while k < min(len(a), len(b)) and a[k] == b[k]:
@@ -187,7 +183,7 @@ def _broken(module: nn.Module, before: str | None, step: str) -> str:
     common = ".".join(a[:k])
     where = f"{common!r} ({table_kind(module, common)})" if common else f"the forward() of {type(module).__name__}"
     return (f"cannot invert {where}: {step!r} does not run on the output of {before!r}, so the block is not a "
-            f"chain of its submodules (branches joined by a residual add or a concatenation); {hint()}")
+            "chain of its submodules (branches joined by a residual add or a concatenation)")
 
 
 def table_kind(module: nn.Module, name: str) -> str:

@@ -6,10 +6,16 @@ The model's forward pass is replayed over the module chain that leads to the lay
 layer: unpool with the switches, rectify, filter with the transposed kernels (:mod:`cnnscope.zf.steps`). The
 result is a picture in the model's input space of the pixels that made that unit fire.
 
-For models whose path contains modules the deconvnet cannot reverse (residual adds, depthwise/squeeze-excite
-blocks, unknown modules) :func:`project` raises :class:`~cnnscope.zf.chain.DeconvError`; :func:`rule_projection`
-computes the same quantity as a gradient with the deconvnet backward rule for ReLUs, which works on any model that
-runs ReLUs (on a plain stack the two agree to float precision; ``rule=None``, the plain gradient, on any model).
+The chain may hold convolutions (depthwise and grouped included), batch-norm (plain ``BatchNorm2d`` and timm's
+fused ``BatchNormAct2d``), ReLU/ReLU6, max-pooling, dropout and identities, inside any containers that only run
+their children in order (torchvision's ``Conv2dNormActivation``, timm's ``ConvNormAct``, ``nn.Sequential``).
+For models whose path contains modules the deconvnet cannot reverse (residual adds, squeeze-excite gates, SiLU
+and other non-ReLU activations, unknown modules) :func:`project` raises :class:`~cnnscope.zf.chain.DeconvError`;
+:func:`rule_projection` computes the same quantity as a gradient with the deconvnet backward rule for ReLUs, which
+works on any model that runs ReLUs (on a plain stack the two agree to float precision), with guided backprop's
+rule, or as the plain gradient (``rule=None``, any model). :func:`cnnscope.zf.projection_choice.project_unit`
+picks between them (``method="auto"``: the true deconvnet where it applies and max-pooling gives it switches,
+else guided backprop) and says why.
 
 Example:
     >>> m = load_model("alexnet")
@@ -57,6 +63,8 @@ class Projection:
         pre_activation: whether the activation module's input was projected.
         method: ``"deconvnet"`` (true, switches + transposed filters), ``"backward-rule"`` (the deconvnet rule
             as a gradient), ``"guided"`` (guided backprop's rule) or ``"gradient"`` (no rule).
+        reason: why that method (set by :func:`cnnscope.zf.projection_choice.project_unit`; empty when the
+            caller chose the function).
     """
 
     values: torch.Tensor
@@ -68,6 +76,7 @@ class Projection:
     boxes: list[Box] | None
     pre_activation: bool = False
     method: str = "deconvnet"
+    reason: str = ""
 
     def pictures(self, scale: float | None = None) -> np.ndarray:
         """The projections as ``uint8 [B, H, W, 3]`` pictures (see :func:`display`)."""
@@ -201,8 +210,10 @@ def project(model: ModelLike, images: object, layer: str, *, channel: int, posit
     """Project one channel's activation of ``layer`` back to pixels with the true deconvnet, for every image.
 
     Args:
-        model: a model made of a feature stack the deconvnet can invert (AlexNet/VGG ``features``, ZF-style
-            nets, :class:`cnnscope.zf.train.SmallConvNet`); not modified.
+        model: a model whose path to ``layer`` is a chain the deconvnet can invert (AlexNet/VGG ``features``,
+            ZF-style nets, :class:`cnnscope.zf.train.SmallConvNet`, conv-BN-ReLU(6) blocks of torchvision and timm,
+            depthwise convolutions; see the module docstring); not modified. For any other model
+            :func:`cnnscope.zf.projection_choice.project_unit` falls back to guided backprop.
         images: anything :meth:`~cnnscope.models.LoadedModel.batch` takes (a model-space tensor keeps its size).
         layer: dotted name of a layer on that stack.
         channel: feature map index.

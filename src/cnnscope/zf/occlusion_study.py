@@ -5,9 +5,10 @@ four maps are recorded, as in the paper's panels:
 
 * (b) the total activation of the strongest feature map of a chosen layer (the channel whose largest
   activation on the unoccluded image is the largest);
-* (c) that map's strongest activation projected to pixels for the unoccluded image (true deconvnet when the
-  model allows it, else the backward-rule deconvnet, else, on a model without ReLUs, the plain gradient;
-  :attr:`OcclusionStudy.projection.method` says which; computed before the occlusion loop);
+* (c) that map's strongest activation projected to pixels for the unoccluded image (``method="auto"``: the true
+  deconvnet where the path is a chain it inverts with max-pooling, else guided backprop, else, on a model without
+  ReLUs, the plain gradient; :mod:`cnnscope.zf.projection_choice`; ``projection.method`` and ``.reason`` say
+  which and why; computed before the occlusion loop);
 * (d) the probability of the correct class;
 * (e) the most probable class.
 
@@ -28,12 +29,12 @@ import torch
 
 from ..batching import chunks, resolve_batch_size, track
 from ..capture import Capture, evaluating, resolve_layers
-from ..capture.relu_rules import NoReLUError
 from ..errors import CnnscopeError, ImageError, LayerError
 from ..models import ModelLike, as_model
-from .chain import DeconvError
 from .common import check_class, class_index, grey, pictures
-from .deconvnet import Projection, project, rule_projection
+from .deconvnet import Projection
+from .projection_choice import project_unit
+from .rule_projector import check_method
 
 
 @dataclass
@@ -87,7 +88,8 @@ class OcclusionStudy:
                 "top_class": self.top_class.tolist(), "top_probability": self.top_probability.tolist(),
                 "base_activation": self.base_activation, "base_probability": self.base_probability,
                 "pre_activation": self.pre_activation,
-                "projection": {"method": self.projection.method, "position": list(self.projection.positions[0]),
+                "projection": {"method": self.projection.method, "reason": self.projection.reason,
+                               "position": list(self.projection.positions[0]),
                                "activation": float(self.projection.activations[0])},
                 "labels": {str(k): v for k, v in self.labels.items()}}
 
@@ -106,8 +108,8 @@ def positions(length: int, size: int, stride: int) -> list[int]:
 
 def occlusion_study(model: ModelLike, images: object, layer: str, *, target: int | str | None = None,
                     channel: int | None = None, size: int = 48, stride: int = 16, fill: float = 0.5,
-                    pre_activation: bool = False, batch_size: int | None = None, progress: bool = False
-                    ) -> OcclusionStudy:
+                    pre_activation: bool = False, method: str = "auto", batch_size: int | None = None,
+                    progress: bool = False) -> OcclusionStudy:
     """Run the occlusion study of the paper's Fig. 7 on one image.
 
     Args:
@@ -120,13 +122,16 @@ def occlusion_study(model: ModelLike, images: object, layer: str, *, target: int
         fill: the square's grey level in [0, 1] picture units (0.5 = mid grey, as in the paper), converted to
             the model's input space.
         pre_activation: panels (b) and (c) read the input of ``layer`` (an activation module).
+        method: panel (c)'s projection: ``"auto"``, ``"deconvnet"``, ``"rule"``, ``"guided"`` or ``"gradient"``
+            (:func:`~cnnscope.zf.projection_choice.choose_projector`).
         batch_size: occluded images per forward (default by device).
         progress: show a progress bar.
 
     Raises:
         ImageError: not exactly one image; LayerError: unknown layer or one without a spatial map;
-        CnnscopeError: bad size/stride/fill/target.
+        CnnscopeError: bad size/stride/fill/target; MethodError: unknown method.
     """
+    check_method(method)
     m = as_model(model)
     module = m.module
     fill_value = grey(m, fill)
@@ -150,7 +155,8 @@ def occlusion_study(model: ModelLike, images: object, layer: str, *, target: int
         if not 0 <= ch < acts.shape[1]:
             raise LayerError(f"channel {ch} is outside layer {layer!r} ({acts.shape[1]} channels)")
         base_act = float(acts[0, ch].sum())
-    proj = _projection(m, x, layer, ch, pre_activation)  # before the loop: a failure costs nothing
+    # before the loop: a failure costs nothing
+    proj = project_unit(m, x, layer, channel=ch, pre_activation=pre_activation, method=method)
     with torch.no_grad(), evaluating(module), \
             Capture(module, layer, stop_early=False, pre_activation=pre_activation) as cap:
         grid = [(top, left) for top in tops for left in lefts]
@@ -176,15 +182,3 @@ def occlusion_study(model: ModelLike, images: object, layer: str, *, target: int
                           base_activation=base_act, base_probability=float(probs[tgt]),
                           labels={c: m.label(c) for c in classes}, pre_activation=bool(pre_activation))
 
-
-def _projection(m: ModelLike, x: torch.Tensor, layer: str, channel: int, pre_activation: bool) -> Projection:
-    """Panel (c): the true deconvnet, else the deconvnet rule, else (no ReLU to apply it to) the plain gradient."""
-    try:
-        return project(m, x, layer, channel=channel, pre_activation=pre_activation)
-    except DeconvError:
-        pass
-    try:
-        return rule_projection(m, x, layer, channel=channel, pre_activation=pre_activation)
-    except NoReLUError:
-        pass
-    return rule_projection(m, x, layer, channel=channel, pre_activation=pre_activation, rule=None)

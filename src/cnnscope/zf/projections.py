@@ -3,9 +3,11 @@
 For every chosen channel of a layer, the ``k`` images whose strongest activation in that channel is largest
 (one activation per image, at its maximum) are found in one streaming pass; each activation is then projected
 to pixels alone and returned next to the image patch under its receptive field. The projection is the true
-deconvnet (``method="deconvnet"``, for plain stacks of the modules it inverts), or a gradient with a ReLU
-backward rule that works on any model with ReLUs (``"rule"``: the deconvnet rule, ``"guided"``: guided backprop),
-or the plain gradient (``"gradient"``, any model); see :mod:`cnnscope.zf.rule_projector`.
+deconvnet (``method="deconvnet"``, for chains of the modules it inverts), or a gradient with a ReLU backward rule
+that works on any model with ReLUs (``"rule"``: the deconvnet rule, ``"guided"``: guided backprop), or the plain
+gradient (``"gradient"``, any model); see :mod:`cnnscope.zf.rule_projector`. The default ``"auto"`` runs the
+true deconvnet where it applies and max-pooling gives it switches, else guided backprop
+(:mod:`cnnscope.zf.projection_choice`); :attr:`TopProjections.method` and ``reason`` say which and why.
 
 Example:
     >>> tp = top_projections(model, images, "features.10", channels="0,5,9", k=9)
@@ -26,8 +28,8 @@ from ..batching import chunks, resolve_batch_size, track
 from ..models import ModelLike, as_model
 from ..units import parse_channels
 from .common import crop_box, image_set, pictures
-from .deconvnet import DeconvNet, display
-from .rule_projector import RULE_OF, RuleProjector, check_method
+from .deconvnet import display
+from .projection_choice import choose_projector, describe
 
 
 @dataclass
@@ -68,6 +70,7 @@ class TopProjections:
         images: the images as the model saw them, ``uint8 [N, H, W, 3]`` at its input size.
         pre_activation: whether the activation module's input was searched and projected.
         method: how the activations were projected: ``"deconvnet"``, ``"rule"``, ``"guided"`` or ``"gradient"``.
+        reason: why that method (``"requested"`` when the caller named it).
     """
 
     layer: str
@@ -77,6 +80,11 @@ class TopProjections:
     images: np.ndarray = field(repr=False)
     pre_activation: bool = False
     method: str = "deconvnet"
+    reason: str = ""
+
+    def line(self) -> str:
+        """``"projection: NAME (REASON; see docs/zf.md)"``: the one line the commands print."""
+        return describe(self.method, self.reason)
 
     def crop(self, entry: TopEntry) -> np.ndarray:
         """The image patch under the entry's receptive field, ``uint8 [h, w, 3]``."""
@@ -88,13 +96,13 @@ class TopProjections:
 
     def to_dict(self) -> dict:
         return {"layer": self.layer, "channels": self.channels, "names": self.names,
-                "pre_activation": self.pre_activation, "method": self.method,
+                "pre_activation": self.pre_activation, "method": self.method, "reason": self.reason,
                 "entries": {str(c): [e.to_dict() for e in es] for c, es in self.entries.items()}}
 
 
 def top_projections(model: ModelLike, images: object, layer: str, *,
                     channels: str | int | Sequence[int] | None = None, k: int = 9, pre_activation: bool = False,
-                    method: str = "deconvnet", batch_size: int | None = None, progress: bool = False
+                    method: str = "auto", batch_size: int | None = None, progress: bool = False
                     ) -> TopProjections:
     """The ``k`` strongest activations of each channel over ``images``, each projected to pixels alone.
 
@@ -102,22 +110,28 @@ def top_projections(model: ModelLike, images: object, layer: str, *,
     of :func:`~cnnscope.zf.project`), as the paper's figures show ``k`` different images.
 
     Args:
-        model: any image model for ``method="gradient"`` (one that runs ReLUs for ``"rule"``/``"guided"``; one
-            whose path to ``layer`` the deconvnet can invert for ``"deconvnet"``); not modified.
+        model: any image model for ``method="auto"`` or ``"gradient"`` (one that runs ReLUs for
+            ``"rule"``/``"guided"``; one whose path to ``layer`` the deconvnet can invert for ``"deconvnet"``); not
+            modified.
         images: the image set: anything :meth:`~cnnscope.models.LoadedModel.batch` takes, or ``name -> image``.
         layer: dotted name of a convolutional layer.
         channels: channels to analyse (``None`` = all, an int, a list or ``"0,4,8-11"``).
         k: activations per channel (the paper shows 9).
         pre_activation: search and project the input of ``layer`` (a ReLU/ReLU6 module).
-        method: ``"deconvnet"`` (the true deconvnet: switches and transposed filters), ``"rule"`` (the gradient
+        method: ``"auto"`` (the true deconvnet where the path is a chain it inverts with max-pooling, else
+            guided backprop, else the plain gradient: :func:`~cnnscope.zf.projection_choice.choose_projector`),
+            ``"deconvnet"`` (the true deconvnet: switches and transposed filters), ``"rule"`` (the gradient
             with the deconvnet rule ``max(g, 0)`` for every ReLU), ``"guided"`` (guided backprop of the unit) or
             ``"gradient"`` (its plain gradient, for models without ReLUs).
-            The deconvnet is checked before the first forward of the image set.
+            The choice is made before the first forward of the image set.
         batch_size: images per forward, and projections per deconvnet backward (default by device).
         progress: show a progress bar.
 
     Returns:
         :class:`TopProjections`; channels whose activation never exceeds zero still get their ``k`` entries.
+
+    Warns:
+        ImageIndependentWarning: ``"deconvnet"`` or ``"rule"`` where no max-pooling runs before ``layer``.
 
     Raises:
         ImageError: empty or unreadable image set.
@@ -126,12 +140,12 @@ def top_projections(model: ModelLike, images: object, layer: str, *,
         CnnscopeError: ``method="guided"``/``"rule"`` on a model that runs no ReLU.
     """
     m = as_model(model)
-    check_method(method)
     names, items = image_set(images)
     bs = resolve_batch_size(batch_size, m.device)
     size = tuple(items[0].shape[-2:]) if isinstance(items[0], torch.Tensor) else tuple(m.input_size)
-    net = (DeconvNet(m, layer, input_size=size, pre_activation=pre_activation) if method == "deconvnet"
-           else RuleProjector(m, layer, rule=RULE_OF[method], input_size=size, pre_activation=pre_activation))
+    choice = choose_projector(m, layer, method=method, input_size=size,  # type: ignore[arg-type]
+                              pre_activation=pre_activation)
+    net = choice.projector
     best_val = best_img = best_pos = None
     chosen: list[int] = []
     seen: list[np.ndarray] = []
@@ -177,4 +191,4 @@ def top_projections(model: ModelLike, images: object, layer: str, *,
                 box = net.receptive_field(pos)
                 entries[ch][rank] = TopEntry(ids[row], ch, pos, val, box, crop_box(proj[n], box).clone())
     return TopProjections(layer, chosen, {c: [e for e in es if e is not None] for c, es in entries.items()},
-                          names, np.concatenate(seen), bool(pre_activation), method)
+                          names, np.concatenate(seen), bool(pre_activation), choice.method, choice.reason)

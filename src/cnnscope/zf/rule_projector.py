@@ -24,9 +24,9 @@ from ..errors import CnnscopeError, LayerError, MethodError, unknown
 from ..models import ModelLike, as_model
 
 #: projection method name -> ReLU backward rule (``"deconvnet"``, the true deconvnet, is not a rule;
-#: ``"gradient"`` is the plain gradient)
+#: ``"gradient"`` is the plain gradient; ``"auto"`` chooses, see :mod:`cnnscope.zf.projection_choice`)
 RULE_OF: dict[str, str | None] = {"rule": "deconv", "guided": "guided", "gradient": None}
-PROJECTION_METHODS = ("deconvnet", *RULE_OF)
+PROJECTION_METHODS = ("auto", "deconvnet", *RULE_OF)
 
 
 def check_method(method: str) -> str:

@@ -7,8 +7,17 @@ hook of the user's model runs and nothing about it changes):
   *switches*, the input size);
 * ``backward(signal, record, rows)`` maps a reconstruction signal one layer down: max-pool -> *unpool* (values
   go to the recorded switch positions), ReLU/ReLU6 -> *rectify* (``max(signal, 0)``), convolution -> *filter*
-  with the transposed kernels (``conv_transpose2d``, bias ignored), batch-norm -> multiply by its per-channel
-  scale ``gamma / sqrt(var + eps)`` (the transpose of the affine map, bias ignored), dropout/identity -> pass.
+  with the transposed kernels (``conv_transpose2d`` with the same ``groups``, so depthwise and grouped
+  convolutions too; bias ignored), batch-norm -> multiply by its per-channel scale ``gamma / sqrt(var + eps)``
+  (the transpose of the eval-mode affine map, bias ignored), dropout/identity -> pass.
+
+ReLU6 rectifies the signal like ReLU on the way back (``max(signal, 0)``, no upper clip): the deconvnet's rule
+only keeps the positive part of the reconstruction, and the forward clip at 6 is not part of it. Other
+activations (SiLU, Hardswish, GELU, ...) have no deconvnet rule and are refused by name.
+
+*Fused* modules run an operation of their own and then their submodules in order; timm's ``BatchNormAct2d``
+(batch-norm, then its ``drop`` and ``act`` submodules) is one: it becomes a batch-norm step followed by the steps
+of its submodules (:data:`FUSED_TYPES`, matched by class path so that timm is not imported here).
 
 ``rows`` maps each signal row to the image of the forward batch whose switches it uses, so many projections of
 one forward batch run as one batch.
@@ -24,8 +33,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import LayerError
+from ..errors import CnnscopeError
 from ..registry import RegistryError
+
+
+def hint() -> str:
+    """What the true deconvnet inverts, and the way out for other models (ends every :class:`DeconvError`)."""
+    return ("the true deconvnet only inverts plain stacks of " + supported() + "; use a backward-rule projection "
+            "instead: `--method auto` (guided backprop where the deconvnet cannot apply), `--method rule` (the "
+            "deconvnet rule) or `--method guided` of `cnnscope deconv` and `cnnscope top9` for models with ReLUs, "
+            "`--method gradient` for any model (cnnscope.zf.rule_projection, top_projections(method=...))")
+
+
+class DeconvError(CnnscopeError):
+    """The true deconvnet cannot invert the path to a layer; the message names the first module in the way.
+
+    Attributes:
+        reason: the message without the way out (:func:`hint`), as the commands print it when they fall back to
+            another projection (:mod:`cnnscope.zf.projection_choice`).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}; {hint()}")
+        self.reason = reason
+
 
 #: module type -> Step class, filled by :func:`inverts`; a type matches exactly, or as a subclass that keeps the
 #: parent's forward.
@@ -96,8 +127,8 @@ class ConvStep(Step):
     def __init__(self, name: str, module: nn.Conv2d) -> None:
         super().__init__(name, module)
         if module.padding_mode != "zeros":
-            raise LayerError(f"{name!r}: the deconvnet only inverts zero-padded convolutions, this one uses "
-                             f"padding_mode={module.padding_mode!r}")
+            raise DeconvError(f"cannot invert {name!r}: the deconvnet only inverts zero-padded convolutions, this "
+                              f"one uses padding_mode={module.padding_mode!r}")
         pad = module.padding
         k, d = _pair(module.kernel_size), _pair(module.dilation)
         if pad == "valid":
@@ -105,8 +136,8 @@ class ConvStep(Step):
         elif pad == "same":
             totals = [dd * (kk - 1) for kk, dd in zip(k, d)]
             if any(t % 2 for t in totals):
-                raise LayerError(f"{name!r}: padding='same' with an even kernel pads asymmetrically, which the "
-                                 "deconvnet does not invert")
+                raise DeconvError(f"cannot invert {name!r}: padding='same' with an even kernel pads asymmetrically, "
+                                  "which the deconvnet does not invert")
             pad = (totals[0] // 2, totals[1] // 2)
         self.padding = _pair(pad)  # type: ignore[arg-type]
 
@@ -184,8 +215,8 @@ class BatchNormStep(Step):
     def __init__(self, name: str, module: nn.BatchNorm2d) -> None:
         super().__init__(name, module)
         if module.running_mean is None or module.running_var is None:
-            raise LayerError(f"{name!r}: batch-norm without running statistics normalises by batch statistics, "
-                             "which the deconvnet cannot invert")
+            raise DeconvError(f"cannot invert {name!r}: batch-norm without running statistics normalises by batch "
+                              "statistics, which the deconvnet cannot invert")
 
     def _scale(self, like: torch.Tensor) -> torch.Tensor:
         m = self.module
@@ -232,6 +263,19 @@ def step_for(name: str, module: nn.Module) -> Step | None:
     return None
 
 
+#: fused module class (``"package.module.Class"``) -> the :class:`Step` of its own operation, which runs before its
+#: submodules (see the module docstring).
+FUSED_TYPES: dict[str, type[Step]] = {"timm.layers.norm_act.BatchNormAct2d": BatchNormStep}
+
+
+def fused_step_for(name: str, module: nn.Module) -> Step | None:
+    """The :class:`Step` of a fused module's own operation (its submodules follow), or ``None``."""
+    cls = type(module)
+    step = FUSED_TYPES.get(f"{cls.__module__}.{cls.__qualname__}")
+    return None if step is None else step(name, module)
+
+
 def supported() -> str:
     """The module kinds the deconvnet inverts, in words (for error messages)."""
-    return ", ".join(t.__name__ for t in STEP_TYPES)
+    fused = [k.rsplit(".", 1)[-1] for k in FUSED_TYPES]
+    return ", ".join([t.__name__ for t in STEP_TYPES] + fused)
