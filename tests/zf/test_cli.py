@@ -72,7 +72,7 @@ def test_studies_on_the_pretrained_model(capsys, tmp_path, one_thread):
     code, text, _ = run(capsys, "occlude", "efficientnet_lite0", "sample:chelsea", "--layer", "blocks.5",
                         "--size", "112", "--stride", "112", "--out", tmp_path / "o")
     s = json.loads((tmp_path / "o" / "occlusion.json").read_text())
-    assert code == 0 and np.asarray(s["probability"]).shape == (2, 2) and s["projection"]["method"] == "backward-rule"
+    assert code == 0 and np.asarray(s["probability"]).shape == (2, 2) and s["projection"]["method"] == "guided"
     code, text, _ = run(capsys, "invariance", "efficientnet_lite0", "sample:coffee", "--transforms", "scale",
                         "--amounts", "1,1.5", "--out", tmp_path / "i")
     inv = json.loads((tmp_path / "i" / "invariance.json").read_text())
@@ -86,8 +86,8 @@ def test_studies_on_the_pretrained_model(capsys, tmp_path, one_thread):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["deconv", "efficientnet_lite0", "sample:chelsea", "--layer", "blocks.2", "--channel", "0"],
-     "cannot invert 'bn1' (BatchNormAct2d)"),
+    (["deconv", "efficientnet_lite0", "sample:chelsea", "--layer", "blocks.2", "--channel", "0", "--method",
+      "deconvnet"], "cannot invert 'blocks.1.1' (InvertedResidual)"),
     (["occlude", "efficientnet_lite0", "sample:chelsea", "--layer", "blocks.55"], "did you mean"),
     (["correspond", "efficientnet_lite0", "sample:chelsea", "sample:coffee", "--box", "0,0,10,10"],
      "one box per image"),

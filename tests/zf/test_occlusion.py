@@ -112,3 +112,21 @@ def test_bad_inputs():
         occlusion_study(model, img, "layer1", size=8, target=7)
     err = assert_unchanged(model.module, lambda: occlusion_study(model, img, "fc", size=8))
     assert isinstance(err, LayerError) and "no spatial output" in str(err)
+
+
+def test_the_most_probable_label_panel_names_every_class_in_its_own_colour():
+    from matplotlib.colors import to_hex
+
+    from cnnscope.plot.zf import occlusion_figure
+
+    m = wrap(InplaceReLUNet(num_classes=10, seed=0), input_size=32)
+    img = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    study = occlusion_study(m, img, "features.5", size=6, stride=3)
+    fig = occlusion_figure(study)
+    (legend,) = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    handles = legend.legend_handles
+    present = sorted(set(np.asarray(study.top_class).astype(int).flatten().tolist()))
+    names = [h.get_label() for h in handles]
+    colors = [to_hex(h.get_facecolor()) for h in handles]
+    assert sorted(names) == sorted(study.labels[c][:22] for c in present)
+    assert len(set(colors)) == len(colors)

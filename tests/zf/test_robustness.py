@@ -238,10 +238,10 @@ def test_train_lists_its_checkpoints_and_a_new_run_removes_the_old_ones(capsys, 
     code, _, err = run(capsys, *args, "--checkpoints", "0,1")
     assert code == 0, err
     files = json.loads((out / "manifest.json").read_text())["files"]
-    assert sorted(files) == ["epoch_000.pt", "epoch_001.pt", "history.json"]
+    assert sorted(files) == ["curves.png", "epoch_000.pt", "epoch_001.pt", "history.json"]
     code, _, err = run(capsys, *args, "--checkpoints", "1")
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["epoch_001.pt", "history.json", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "epoch_001.pt", "history.json", "manifest.json"]
     assert not list(out.glob(".*"))  # no temporary file left behind
 
 

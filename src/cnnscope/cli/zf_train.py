@@ -21,7 +21,7 @@ from .app import (
     show_progress,
 )
 from .demo import DemoContext, demo_section
-from .zf import IMAGE, IMAGES_HELP, model_command, numbers, read_images, save, save_npy
+from .zf import IMAGE, IMAGES_HELP, method_option, model_command, numbers, read_images, save, save_npy
 
 
 def architecture_options(f):
@@ -155,11 +155,12 @@ def checkpoint_files(args: tuple[str, ...]) -> list[Path]:
 @click.option("--images", "images", multiple=True, default=("digits:400",), show_default=True,
               help="Image set searched for the strongest activations (repeatable). " + IMAGES_HELP)
 @pre_activation_option
+@method_option()
 @batch_size_option
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="zf-evolution", show_default=True)
 def evolution_cmd(checkpoints: tuple[str, ...], layer: str, channels: str, images: tuple[str, ...],
-                  pre_activation: bool, batch_size: int | None, device: str, out: str) -> None:
+                  pre_activation: bool, method: str, batch_size: int | None, device: str, out: str) -> None:
     """Feature evolution (paper Fig. 4): strongest projection of each channel at every checkpoint (files or a
     `cnnscope train` folder)."""
     from ..plot.zf import evolution_figure
@@ -167,8 +168,9 @@ def evolution_cmd(checkpoints: tuple[str, ...], layer: str, channels: str, image
 
     with run_output(out, "evolution") as folder:
         ev = evolution(checkpoint_files(checkpoints), read_images(images), layer, channels=channels,
-                       pre_activation=pre_activation, batch_size=batch_size, device=resolve_device(device),
-                       progress=show_progress())
+                       pre_activation=pre_activation, method=method, batch_size=batch_size,
+                       device=resolve_device(device), progress=show_progress())
+        click.echo(ev.line())
         folder.write_json("evolution.json", ev.to_dict())
         save(evolution_figure(ev), folder.path("evolution.png"))
 

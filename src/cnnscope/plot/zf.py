@@ -6,10 +6,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from ..images import resize
+from .boundary import class_legend
 from .common import figure, grid_image
 
 
@@ -123,12 +125,12 @@ def occlusion_figure(study) -> Figure:
     axes[2].set_title(f"(c) projection ({study.projection.method})", fontsize=9)
     _map(axes[3], fig, study, study.probability, f"(d) p({study.label})", "magma")
     classes = _np(study.top_class).astype(int)
-    uniq = sorted(set(classes.flatten().tolist()))
-    codes = np.vectorize({c: i for i, c in enumerate(uniq)}.get)(classes)
-    mesh = _map(axes[4], fig, study, codes, "(e) most probable label", "tab20", vmin=0, vmax=19)
-    cmap = mesh.cmap
-    axes[4].legend(handles=[Patch(color=cmap(i % 20), label=study.labels[c][:18]) for i, c in enumerate(uniq[:12])],
-                   fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    legend = class_legend(classes, study.labels)  # every class on the map, each in its own colour
+    codes = np.vectorize({e["class"]: i for i, e in enumerate(legend)}.get)(classes)
+    _map(axes[4], fig, study, codes, "(e) most probable label", ListedColormap([e["color"] for e in legend]),
+         vmin=-0.5, vmax=len(legend) - 0.5)
+    axes[4].legend(handles=[Patch(color=e["color"], label=e["label"][:22]) for e in legend], fontsize=7,
+                   loc="upper left", bbox_to_anchor=(1.0, 1.0), ncol=1 if len(legend) <= 14 else 2)
     for ax in axes:
         _off(ax)
     return fig
@@ -275,29 +277,4 @@ def spectrum_figure(spec) -> Figure:
     axes[2].set_xlabel("filter (sorted by low-band share)")
     axes[2].set_title(f"band shares; dead filters: {len(spec.dead)}", fontsize=9)
     axes[2].legend(fontsize=8)
-    return fig
-
-
-def boundary_figure(plane) -> Figure:
-    """The predicted class over the plane (colour = class, brightness = confidence), images marked."""
-    classes = _np(plane.classes).astype(int)
-    uniq = sorted(set(classes.flatten().tolist()))
-    codes = np.vectorize({c: i for i, c in enumerate(uniq)}.get)(classes)
-    fig = figure(7.5, 5.5)
-    ax = fig.subplots()
-    a, b = _np(plane.alphas), _np(plane.betas)
-    ext = (a[0], a[-1], b[0], b[-1])
-    ax.imshow(codes, cmap="tab20", vmin=0, vmax=19, origin="lower", extent=ext, interpolation="nearest",
-              aspect="auto")
-    ax.imshow(1.0 - _np(plane.confidence), cmap="Greys", alpha=0.35, origin="lower", extent=ext, aspect="auto",
-              vmin=0, vmax=1)
-    cmap = ax.images[0].cmap
-    for name, x, y in plane.marks:
-        ax.plot([x], [y], marker="*", color="white", markeredgecolor="black", markersize=14)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    ax.legend(handles=[Patch(color=cmap(i % 20), label=plane.labels[c][:20]) for i, c in enumerate(uniq[:16])],
-              fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_xlabel("alpha" if plane.mode == "images" else "direction 1")
-    ax.set_ylabel("beta" if plane.mode == "images" else "direction 2")
-    ax.set_title("predicted class over the plane")
     return fig

@@ -31,17 +31,18 @@ from .filters import FilterSpectrum, conv_layers, conv_weights, feature_maps, fi
 from .invariance import TRANSFORMS, InvarianceStudy, invariance_study, register_transform
 from .occlusion_study import OcclusionStudy, occlusion_study
 from .param_grads import ParameterGradients, parameter_gradients
+from .projection_choice import choose_projector, project_unit
 from .projections import TopEntry, TopProjections, top_projections
 from .steps import STEP_TYPES, inverts, unpool
 from .train import SmallConvNet, TrainResult, digits_dataset, load_checkpoint, train
 from .transfer import Transfer, transfer
 
-__all__ = ["STEP_TYPES", "TRANSFORMS", "Ablation", "ConvNet", "Correspondence", "DecisionPlane", "DeconvError",
-           "DeconvNet", "DeltaStats", "Evolution", "FeatureSpace", "FilterDiagnosis", "FilterSpectrum",
-           "InvarianceStudy", "NetSpec", "OcclusionStudy", "ParameterGradients", "Projection", "SmallConvNet",
-           "TopEntry", "TopProjections", "TrainResult", "Transfer", "ablate", "conv_layers", "conv_weights",
-           "correspondence", "decision_plane", "diagnose", "digits_dataset", "display", "ensemble_accuracy",
-           "ensemble_probabilities", "evolution", "feature_maps", "feature_space", "filter_images",
-           "filter_spectrum", "invariance_study", "inverts", "load_checkpoint", "occlusion_study",
-           "parameter_gradients", "project", "register_transform", "rule_projection", "sign_consistency",
-           "top_projections", "train", "transfer", "unpool"]
+__all__ = ["Ablation", "ConvNet", "Correspondence", "DecisionPlane", "DeconvError", "DeconvNet", "DeltaStats",
+           "Evolution", "FeatureSpace", "FilterDiagnosis", "FilterSpectrum", "InvarianceStudy", "NetSpec",
+           "OcclusionStudy", "ParameterGradients", "Projection", "STEP_TYPES", "SmallConvNet", "TRANSFORMS",
+           "TopEntry", "TopProjections", "TrainResult", "Transfer", "ablate", "choose_projector", "conv_layers",
+           "conv_weights", "correspondence", "decision_plane", "diagnose", "digits_dataset", "display",
+           "ensemble_accuracy", "ensemble_probabilities", "evolution", "feature_maps", "feature_space",
+           "filter_images", "filter_spectrum", "invariance_study", "inverts", "load_checkpoint", "occlusion_study",
+           "parameter_gradients", "project", "project_unit", "register_transform", "rule_projection",
+           "sign_consistency", "top_projections", "train", "transfer", "unpool"]

@@ -36,7 +36,7 @@ class Evolution:
     Attributes:
         layer: the layer.
         channels: the channels (columns of :attr:`entries`).
-        epochs: the epoch of each checkpoint (``None`` when a model does not say).
+        epochs: the epoch of each checkpoint (fractional for step checkpoints; ``None`` when a model does not say).
         sources: where each checkpoint came from.
         entries: ``[checkpoint][channel]`` :class:`~cnnscope.zf.projections.TopEntry`.
         images: the images as the models saw them, ``uint8 [N, H, W, 3]``.
@@ -45,7 +45,7 @@ class Evolution:
 
     layer: str
     channels: list[int]
-    epochs: list[int | None]
+    epochs: list[float | None]
     sources: list[str]
     entries: list[list[TopEntry]]
     images: np.ndarray = field(repr=False)
@@ -98,7 +98,7 @@ def evolution(checkpoints: Sequence[str | Path | LoadedModel | torch.nn.Module],
     check_method(method)
     _, items = image_set(images)  # loaded once for every checkpoint
     rows: list[list[TopEntry]] = []
-    epochs: list[int | None] = []
+    epochs: list[float | None] = []
     sources: list[str] = []
     seen = None
     for ck in track(checkpoints, progress, "evolution"):
