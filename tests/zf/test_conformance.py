@@ -14,8 +14,10 @@ from cnnscope.zf import (
     decision_plane,
     evolution,
     feature_maps,
+    feature_space,
     invariance_study,
     occlusion_study,
+    parameter_gradients,
     project,
     rule_projection,
     top_projections,
@@ -39,6 +41,8 @@ OPERATIONS = {
     "decision_plane": lambda m: decision_plane(m, IMGS, resolution=3),
     "feature_maps": lambda m: feature_maps(m.module, X, "features.2", pre_activation=True),
     "evolution": lambda m: evolution([m], IMGS, "features.5", channels=[0]),
+    "parameter_gradients": lambda m: parameter_gradients(m, IMGS[:2], score="loss"),
+    "feature_space": lambda m: feature_space(m, IMGS, resolution=3),
 }
 
 #: operations that must raise on this model, and what

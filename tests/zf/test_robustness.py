@@ -196,6 +196,10 @@ COMMANDS = {
     "featuremaps": ["featuremaps", "M", "sample:chelsea", "--layer", "layer1"],
     "evolution": ["evolution", "/nonexistent/run"],
     "train": ["train", "digits", "--epochs", "1"],
+    "paramgrads": ["paramgrads", "M", "sample:chelsea"],
+    "featurespace": ["featurespace", "M", "samples"],
+    "ablate": ["ablate", "digits", "--variant", "drop:conv3"],
+    "transfer": ["transfer", "M", "digits"],
 }
 
 
