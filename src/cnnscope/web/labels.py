@@ -6,6 +6,13 @@ that marks it (``format``), records its schema version and the fingerprint of th
 table of ``(layer, unit, label, note, updated)``. Opening refuses a path inside the atlas folder, an SQLite file that
 is not a labels file and a labels file made for another model. :class:`LabelStore` is safe to share between
 threads (one connection behind a lock); :func:`label_router` adds the ``/api/labels`` routes to the viewer.
+
+A second table, ``example_labels``, holds labels of single dataset examples of a unit, keyed by ``(layer, unit,
+image_id, y, x)`` (the image's id in the atlas's image source and the position in the layer's grid), for the
+label-per-activation-band analysis (:mod:`cnnscope.dataset.labels`). It is added to older labels files when they
+are opened for writing (the schema version stays 1: a cnnscope without it ignores the table). Example labels come
+from the unit page (``/api/labels/{layer}/{unit}/examples``) or a CSV file (:func:`read_example_csv`,
+``cnnscope labels import``).
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import sqlite3
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,12 +51,24 @@ MAX_LAYER = 300
 MAX_BODY = 64 * 1024
 EXPORT_FORMATS = ("json", "csv")
 CSV_COLUMNS = ("layer", "unit", "label", "note", "updated")
+#: columns of an example-label export
+EXAMPLE_CSV_COLUMNS = ("layer", "unit", "image_id", "name", "y", "x", "label", "updated")
+#: columns an example-label CSV must have (``image``: the image's id, or its name in the atlas or statistics)
+IMPORT_COLUMNS = ("layer", "unit", "image", "y", "x", "label")
+#: the largest image id or grid coordinate an example label may name (SQLite integers, JSON-safe)
+MAX_INDEX = 2 ** 53
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE labels (
     layer TEXT NOT NULL, unit INTEGER NOT NULL, label TEXT NOT NULL, note TEXT NOT NULL, updated REAL NOT NULL,
     PRIMARY KEY (layer, unit));
+"""
+_EXAMPLE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS example_labels (
+    layer TEXT NOT NULL, unit INTEGER NOT NULL, image_id INTEGER NOT NULL, y INTEGER NOT NULL, x INTEGER NOT NULL,
+    label TEXT NOT NULL, name TEXT NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (layer, unit, image_id, y, x))
 """
 
 
@@ -91,6 +111,15 @@ def _check_unit(layer: object, unit: object) -> tuple[str, int]:
     return layer, unit
 
 
+def _check_example(layer: object, unit: object, image_id: object, y: object, x: object
+                   ) -> tuple[str, int, int, int, int]:
+    layer, unit = _check_unit(layer, unit)
+    for what, v in (("an image id", image_id), ("a row y", y), ("a column x", x)):
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < MAX_INDEX:
+            raise LabelError(f"an example label needs {what} from 0 to 2**53, got {v!r}")
+    return layer, unit, image_id, y, x  # type: ignore[return-value]
+
+
 class LabelStore:
     """The labels file at ``path`` for the atlas in ``atlas_root`` (created when missing).
 
@@ -131,6 +160,8 @@ class LabelStore:
             con.close()
             raise
         self.fingerprint: str | None = self._meta().get("fingerprint")
+        self._examples = bool(self._rows("SELECT name FROM sqlite_master WHERE type='table' AND "
+                                         "name='example_labels'"))
 
     # -- opening --------------------------------------------------------------------------------------
     def _check_path(self, atlas_root: str | Path | None) -> None:
@@ -171,12 +202,16 @@ class LabelStore:
         if fingerprint and not theirs and not self.readonly:
             with self._write() as c:
                 c.execute("INSERT OR REPLACE INTO meta VALUES ('fingerprint', ?)", (json.dumps(fingerprint),))
+        if "example_labels" not in tables and not self.readonly:  # a file from before example labels
+            with self._write() as c:
+                c.execute(_EXAMPLE_SCHEMA)
 
     def _create(self, fingerprint: str | None, atlas_root: str | Path | None) -> None:
         with self._write() as c:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     c.execute(stmt)
+            c.execute(_EXAMPLE_SCHEMA)
             meta = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "fingerprint": fingerprint,
                     "atlas": str(Path(atlas_root).resolve()) if atlas_root is not None else None,
                     "created": time.time()}
@@ -314,6 +349,144 @@ class LabelStore:
         with self._write() as c:
             return c.execute("DELETE FROM labels WHERE layer=? AND unit=?", (layer, unit)).rowcount > 0
 
+    # -- example labels -------------------------------------------------------------------------------
+    _EXAMPLE_COLUMNS = "layer, unit, image_id, name, y, x, label, updated"
+
+    @staticmethod
+    def _example(r: tuple) -> dict:
+        return {"layer": r[0], "unit": r[1], "image_id": r[2], "name": r[3], "y": r[4], "x": r[5], "label": r[6],
+                "updated": _iso(r[7])}
+
+    def example_labels(self, layer: str | None = None, unit: int | None = None) -> list[dict]:
+        """Example labels, ``{"layer", "unit", "image_id", "name", "y", "x", "label", "updated"}``, of one unit (both
+        given), one layer (``layer`` only) or every unit, by layer, unit, image, row and column."""
+        if not self._examples:
+            return []
+        where, args = "", ()
+        if layer is not None and unit is not None:
+            where, args = "WHERE layer=? AND unit=?", (layer, int(unit))
+        elif layer is not None:
+            where, args = "WHERE layer=?", (layer,)
+        rows = self._rows(f"SELECT {self._EXAMPLE_COLUMNS} FROM example_labels {where} "
+                          "ORDER BY layer, unit, image_id, y, x", args)
+        return [self._example(r) for r in rows]
+
+    def example_count(self) -> int:
+        """How many example labels the file holds."""
+        return self._rows("SELECT COUNT(*) FROM example_labels")[0][0] if self._examples else 0
+
+    def set_example(self, layer: str, unit: int, image_id: int, y: int, x: int, label: str, name: str = ""
+                    ) -> dict | None:
+        """Label one dataset example of a unit (position ``(y, x)`` of image ``image_id``); an empty label deletes
+        it. ``name`` is the image's name, kept for the export.
+
+        Returns the entry as :meth:`example_labels` lists it, or ``None`` when it was deleted.
+
+        Raises:
+            LabelError: a label over :data:`MAX_LABEL` characters or with control characters, a bad layer name,
+                unit, image id or position.
+        """
+        return self.import_examples([{"layer": layer, "unit": unit, "image_id": image_id, "y": y, "x": x,
+                                      "label": label, "name": name}])[0]
+
+    def import_examples(self, rows: Iterable[Mapping]) -> list[dict | None]:
+        """Set many example labels in one transaction (all or none): records with ``layer``, ``unit``,
+        ``image_id``, ``y``, ``x``, ``label`` and optionally ``name`` (see :meth:`set_example`).
+
+        Returns one entry per record (``None`` where an empty label deleted it).
+        """
+        checked = []
+        for r in rows:
+            layer, unit, image_id, y, x = _check_example(r.get("layer"), r.get("unit"), r.get("image_id"),
+                                                         r.get("y"), r.get("x"))
+            label = _clean(r.get("label"), "label", MAX_LABEL, newlines=False)
+            name = _clean(r.get("name") or "", "image name", MAX_LAYER, newlines=False)
+            checked.append((layer, unit, image_id, name, y, x, label))
+        out: list[dict | None] = []
+        with self._write() as c:
+            if not self._examples:
+                c.execute(_EXAMPLE_SCHEMA)
+                self._examples = True
+            now = time.time()
+            for layer, unit, image_id, name, y, x, label in checked:
+                key = (layer, unit, image_id, y, x)
+                if not label:
+                    c.execute("DELETE FROM example_labels WHERE layer=? AND unit=? AND image_id=? AND y=? AND x=?",
+                              key)
+                    out.append(None)
+                    continue
+                c.execute("INSERT OR REPLACE INTO example_labels VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          (layer, unit, image_id, y, x, label, name, now))
+                out.append(self._example((layer, unit, image_id, name, y, x, label, now)))
+        return out
+
+    def export_examples(self, format: str = "json") -> str:
+        """Every example label as text: ``"json"`` (an object with ``format``, ``fingerprint`` and
+        ``example_labels``) or ``"csv"`` (header ``layer,unit,image_id,name,y,x,label,updated``; the file
+        :func:`read_example_csv` reads back, its ``image_id`` column standing for ``image``)."""
+        if format not in EXPORT_FORMATS:
+            raise LabelError(f"unknown export format {format!r}; use one of {', '.join(EXPORT_FORMATS)}")
+        entries = self.example_labels()
+        if format == "json":
+            return json.dumps({"format": f"{FORMAT}/{SCHEMA_VERSION}", "fingerprint": self.fingerprint,
+                               "example_labels": entries}, ensure_ascii=False, indent=1) + "\n"
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=EXAMPLE_CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(entries)
+        return buf.getvalue()
+
+
+def _csv_number(source: str, line: int, col: str, row: Mapping) -> int:
+    text = str(row.get(col) or "").strip()
+    if not text.isascii() or not text.isdigit():
+        raise LabelError(f"{source}, line {line}: {col} must be a number 0 or more, got {text[:40]!r}")
+    return int(text)
+
+
+def read_example_csv(text: str, names: Mapping[str, int] | None = None, *, source: str = "the CSV") -> list[dict]:
+    """Example labels from CSV text with the columns :data:`IMPORT_COLUMNS` (``layer,unit,image,y,x,label``, any
+    order, more columns ignored; an exported file's ``image_id`` column is accepted for ``image``).
+
+    ``image`` is the image's id in the atlas's image source (digits) or its name, looked up in ``names`` (image name
+    -> id: the names the atlas or the statistics know); ``y``, ``x`` are the position in the layer's grid. An empty
+    label deletes the example's label when imported.
+
+    Returns:
+        records for :meth:`LabelStore.import_examples`.
+
+    Raises:
+        LabelError: a missing column, a row with a bad number or an unknown image name (row numbers named).
+    """
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
+    header = [h.strip() for h in reader.fieldnames or []]
+    reader.fieldnames = header
+    if "image" not in header and "image_id" in header:
+        image_col = "image_id"
+    else:
+        image_col = "image"
+    missing = [c for c in IMPORT_COLUMNS if (image_col if c == "image" else c) not in header]
+    if missing:
+        raise LabelError(f"{source} lacks the column(s) {', '.join(missing)}; its header must name "
+                         f"{','.join(IMPORT_COLUMNS)}")
+    out = []
+    for n, row in enumerate(reader, start=2):
+        image = str(row.get(image_col) or "").strip()
+        if image.isascii() and image.isdigit():
+            image_id, name = int(image), ""
+        elif names is not None and image in names:
+            image_id, name = int(names[image]), image
+        else:
+            hint = "pass --atlas or --stats so names can be looked up" if names is None else \
+                "it is not among the images of the atlas or statistics"
+            raise LabelError(f"{source}, line {n}: image {image[:60]!r} is neither an image id nor a known name; "
+                             f"{hint}")
+        out.append({"layer": str(row.get("layer") or "").strip(), "unit": _csv_number(source, n, "unit", row),
+                    "image_id": image_id, "name": name or str(row.get("name") or "").strip(),
+                    "y": _csv_number(source, n, "y", row), "x": _csv_number(source, n, "x", row),
+                    "label": row.get("label") or ""})
+    return out
+
 
 # -- the viewer's routes --------------------------------------------------------------------------------------
 def label_router(labels: LabelStore, store: AtlasStore) -> APIRouter:
@@ -324,6 +497,13 @@ def label_router(labels: LabelStore, store: AtlasStore) -> APIRouter:
     value, both empty delete the entry). A POST answers 303 to the unit page, or JSON when the request accepts
     ``application/json``. Units must be built in the atlas (404 otherwise); bad text gets 400, a body over
     :data:`MAX_BODY` bytes 413.
+
+    Example labels: ``GET /api/labels/examples`` (every example label; ``?format=csv`` a CSV download),
+    ``GET /api/labels/{layer}/{unit}/examples`` (the unit's example labels, the suggested labels and, when the atlas
+    has the ``bands`` kind, :func:`example_label_panel`), ``GET /api/labels/{layer}/{unit}/examples/figure.png``
+    (the report's figure, 404 until some band example is labelled) and ``POST /api/labels/{layer}/{unit}/examples``
+    (fields ``image_id``, ``y``, ``x``, ``label`` and optionally ``name``, as a form or a JSON object; an empty label
+    deletes; the same answers, limits and errors as a unit label).
     """
     from .app import _parse_int  # here, not at the top: the app imports this module
 
@@ -366,11 +546,127 @@ def label_router(labels: LabelStore, store: AtlasStore) -> APIRouter:
                                 | (entry or {"label": "", "note": "", "updated": None}))
         return RedirectResponse(views.unit_url(layer, u), status_code=303)
 
+    @router.get("/api/labels/examples")
+    def api_example_export(format: str = "json") -> Response:
+        if format not in EXPORT_FORMATS:
+            raise HTTPException(400, f"unknown format {format[:20]!r}; use json or csv")
+        text = answer(labels.export_examples, format)
+        if format == "csv":
+            return Response(text, media_type="text/csv; charset=utf-8",
+                            headers={"Content-Disposition": 'attachment; filename="example-labels.csv"'})
+        return Response(text, media_type="application/json")
+
+    @router.get("/api/labels/{layer}/{unit}/examples")
+    def api_example_labels(layer: str, unit: str) -> dict:
+        from ..dataset.labels import SUGGESTED_LABELS
+
+        u = unit_of(layer, unit)
+        return {"layer": layer, "unit": u, "url": views.unit_url(layer, u), "suggested": list(SUGGESTED_LABELS),
+                "labels": answer(labels.example_labels, layer, u),
+                "panel": answer(example_label_panel, store, labels, layer, u)}
+
+    @router.get("/api/labels/{layer}/{unit}/examples/figure.png")
+    def api_example_figure(layer: str, unit: str) -> Response:
+        from ..atlas.encode import figure_png
+        from ..plot.labels import label_report_figure
+
+        u = unit_of(layer, unit)
+        report = answer(example_label_report, store, labels, layer, u)
+        if report is None:
+            raise HTTPException(404, f"no labelled band examples of {layer}:{u} yet; label some on the unit page "
+                                     "(an atlas built with the bands kind)")
+        return Response(figure_png(label_report_figure(report)), media_type="image/png",
+                        headers={"Cache-Control": "no-store"})
+
+    @router.post("/api/labels/{layer}/{unit}/examples")
+    async def api_set_example_label(layer: str, unit: str, request: Request) -> Response:
+        u = await run_in_threadpool(unit_of, layer, unit)
+        fields = await _form_fields(request, EXAMPLE_FIELDS, json_ok=True)
+        missing = [k for k in ("image_id", "y", "x", "label") if k not in fields]
+        if missing:
+            raise HTTPException(400, f"send the fields image_id, y, x and label (missing: {', '.join(missing)})")
+        numbers = {k: _field_number(k, fields[k]) for k in ("image_id", "y", "x")}
+        entry = await run_in_threadpool(answer, labels.set_example, layer, u, numbers["image_id"], numbers["y"],
+                                        numbers["x"], fields["label"], fields.get("name") or "")
+        if "application/json" in request.headers.get("accept", ""):
+            return JSONResponse({"layer": layer, "unit": u, "url": views.unit_url(layer, u), "deleted": entry is None}
+                                | numbers | (entry or {"label": "", "name": fields.get("name") or "",
+                                                      "updated": None}))
+        return RedirectResponse(views.unit_url(layer, u), status_code=303)
+
     return router
 
 
-async def _form_fields(request: Request) -> dict[str, str]:
-    """``label`` and ``note`` of a form POST (URL-encoded or multipart), the body capped at :data:`MAX_BODY`."""
+#: fields of an example-label POST
+EXAMPLE_FIELDS = ("image_id", "y", "x", "label", "name")
+
+
+def _field_number(key: str, value: object) -> int:
+    """An image id or grid coordinate from a form (ASCII digits) or JSON (an integer); HTTP 400 otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        return int(value.strip())
+    raise HTTPException(400, f"{key} must be a number 0 or more (digits 0-9), got {str(value)[:40]!r}")
+
+
+def example_label_report(store: AtlasStore, labels: LabelStore, layer: str, unit: int):
+    """The :class:`~cnnscope.dataset.labels.LabelReport` of a unit's labelled band examples in the atlas, or ``None``
+    when the atlas has no bands of the unit or none of their examples is labelled (coverage warnings are dropped:
+    the report holds the coverage)."""
+    from ..atlas.bands_kind import atlas_bands
+    from ..dataset.labels import LabelDataError, label_report
+
+    found = atlas_bands(store, layer, unit)
+    given = {(e["image_id"], e["y"], e["x"]): e["label"] for e in labels.example_labels(layer, unit)}
+    if found is None or not given:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return label_report(found[0], given, layer=layer, unit=unit)
+        except LabelDataError:
+            return None  # labels of positions that are not among these bands' samples
+
+
+def example_label_panel(store: AtlasStore, labels: LabelStore | None, layer: str, unit: int) -> dict | None:
+    """What the unit page shows to label a unit's examples per activation band, or ``None`` when the atlas has no
+    ``bands`` artifact for the unit (build it with ``--kinds bands``).
+
+    Returns:
+        ``{"sheet": URL of the bands contact sheet, "sheet_size": [w, h], "pre_activation", "bands": [{"index",
+        "low", "high", "count", "contribution", "examples": [{"image_id", "name", "y", "x", "value", "box", "cell":
+        [top, left, h, w] in the sheet, "label": current label or ""}]}], "suggested": labels to offer, "report":
+        :meth:`~cnnscope.dataset.labels.LabelReport.to_dict` without its examples once some example is labelled (else
+        ``None``)}``.
+    """
+    from ..atlas.bands_kind import atlas_bands
+    from ..dataset.labels import SUGGESTED_LABELS
+
+    found = atlas_bands(store, layer, unit)
+    if found is None:
+        return None
+    record = found[1]
+    given = {(e["image_id"], e["y"], e["x"]): e["label"] for e in labels.example_labels(layer, unit)} \
+        if labels is not None else {}
+    shown = []
+    for raw in record.numbers.get("bands", []):
+        shown.append({k: raw.get(k) for k in ("index", "low", "high", "count", "contribution")}
+                     | {"examples": [e | {"label": given.get((e["image_id"], e["y"], e["x"]), "")}
+                                     for e in raw.get("examples", [])]})
+    report = example_label_report(store, labels, layer, unit) if labels is not None and given else None
+    if report is not None:
+        report = report.to_dict()
+        report.pop("examples", None)
+    return {"sheet": f"/artifact/{record.id}" if record.mime.startswith("image/") else None,
+            "sheet_size": record.numbers.get("sheet_size"), "pre_activation": record.numbers.get("pre_activation"),
+            "bands": shown, "suggested": list(SUGGESTED_LABELS), "report": report}
+
+
+async def _form_fields(request: Request, keys: tuple[str, ...] = ("label", "note"), *, json_ok: bool = False
+                       ) -> dict[str, Any]:
+    """The fields ``keys`` of a form POST (URL-encoded or multipart; with ``json_ok`` also a JSON object), the body
+    capped at :data:`MAX_BODY`."""
     too_big = f"a label POST is limited to {MAX_BODY:,} bytes"
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > MAX_BODY:
@@ -393,6 +689,14 @@ async def _form_fields(request: Request) -> dict[str, str]:
         except Exception as exc:  # noqa: BLE001 - multipart parser errors become one clear 400
             raise HTTPException(400, f"cannot read the form: {exc}") from None
         pairs = list(form.multi_items())
+    elif kind == "application/json" and json_ok:
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise HTTPException(400, f"cannot read the JSON body: {exc}") from None
+        if not isinstance(data, dict):
+            raise HTTPException(400, f"send a JSON object with the fields {', '.join(keys)}")
+        pairs = [(k, v) for k, v in data.items() if k in keys]
     elif kind in ("application/x-www-form-urlencoded", ""):
         try:
             text = body.decode("utf-8")
@@ -400,13 +704,15 @@ async def _form_fields(request: Request) -> dict[str, str]:
         except (UnicodeDecodeError, ValueError) as exc:
             raise HTTPException(400, f"cannot read the form: {exc}") from None
     else:
-        raise HTTPException(415, f"send the fields label and note as a form, not {kind[:40]!r}")
-    fields: dict[str, str] = {}
+        also = " or a JSON object" if json_ok else ""
+        raise HTTPException(415, f"send the fields {' and '.join(keys)} as a form{also}, not {kind[:40]!r}")
+    fields: dict[str, Any] = {}
     for key, value in pairs:
-        if key in ("label", "note"):
-            if not isinstance(value, str) or key in fields:
+        if key in keys:
+            if key in fields or not (isinstance(value, str) or (kind == "application/json" and isinstance(value, int)
+                                                                 and not isinstance(value, bool))):
                 raise HTTPException(400, f"send one text field {key!r}")
             fields[key] = value
     if not fields:
-        raise HTTPException(400, "send the form fields label and/or note")
+        raise HTTPException(400, f"send the form fields {' and/or '.join(keys)}")
     return fields
