@@ -158,3 +158,26 @@ def test_viewer_routes_on_atlas_bands(atlas, tmp_path):
         figure = c.get(url + "/figure.png")
         assert figure.status_code == 200 and figure.content[:8] == b"\x89PNG\r\n\x1a\n"
         assert c.get(f"/api/labels/{LAYER}/3/examples/figure.png").status_code == 404
+
+
+def test_unit_page_labels_band_examples(atlas, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from cnnscope.web import create_app
+
+    with AtlasStore(atlas) as st:
+        bands, _ = atlas_bands(st, LAYER, 0)
+    top = max(bands, key=lambda b: b.index)
+    ex = top.examples[0]
+    with TestClient(create_app(atlas, explain=False, annotate=tmp_path / "labels.sqlite")) as c:
+        page = c.get(f"/layer/{LAYER}/unit/0").text
+        assert page.count('class="example-label"') == sum(len(b.examples) for b in bands)
+        assert 'id="band-agreement"' not in page
+        r = c.post(f"/api/labels/{LAYER}/0/examples", data={"image_id": str(ex.image_id), "y": str(ex.y),
+                                                              "x": str(ex.x), "label": "curve"},
+                   follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == f"/layer/{LAYER}/unit/0"
+        page = c.get(f"/layer/{LAYER}/unit/0").text
+        assert 'value="curve"' in page and 'id="band-agreement"' in page and "<strong>curve</strong> 100%" in page
+    with TestClient(create_app(atlas, explain=False)) as c:  # not in annotate mode: no forms
+        assert 'class="example-label"' not in c.get(f"/layer/{LAYER}/unit/0").text

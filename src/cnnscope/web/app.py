@@ -208,7 +208,12 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
 
     def unit_v(layer: str, unit: str) -> dict:
         u = _parse_int(unit, "unit")
-        return views.unit_view(store, layer, u, label=(labels.get(layer, u) or {}) if labels is not None else None)
+        v = views.unit_view(store, layer, u, label=(labels.get(layer, u) or {}) if labels is not None else None)
+        if labels is not None:  # the band examples to label (units built with the bands kind)
+            from .labels import example_label_panel
+
+            v["bands_panel"] = example_label_panel(store, labels, layer, u)
+        return v
 
     @app.get("/layer/{layer}", response_class=HTMLResponse)
     async def layer_page(layer: str, page: str = "1", sort: str = "unit", order: str = "", show: str = "all"

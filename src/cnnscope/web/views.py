@@ -138,7 +138,8 @@ def layer_view(store: AtlasStore, layer: str, page: int = 1, page_size: int = PA
         "pending": len(set(rec.planned) - set(built)),
         "page": page, "pages": pages, "page_size": page_size, "matching": len(units),
         "prev_page": page - 1 if page > 1 else None, "next_page": page + 1 if page < pages else None,
-        "query_suffix": suffix, "sort": sort, "order": "desc" if descending else "asc", "order_asked": order, "show": show,
+        "query_suffix": suffix, "sort": sort, "order": "desc" if descending else "asc", "order_asked": order,
+        "show": show,
         "sortable": sortable, "filters": [f for f in SHOW if f == "all" or (f in ("alive", "dead") and "dead" in facts)
                                           or (f == "labelled" and labels)],
         "thumbnail": {"kind": source[0], "name": source[1]} if source else None,
