@@ -27,7 +27,9 @@ from cnnscope.stimuli import (
 
 #: a non-symmetric example of every registered kind
 EXAMPLES = {"curve": dict(radius=14.0, span=100.0, width=2.5), "angle": dict(opening=70.0, corner_radius=4.0, arm=16.0),
-            "line": dict(length=22.0, width=1.5)}
+            "line": dict(length=22.0, width=1.5),
+            "comb": dict(radius=14.0, span=100.0, teeth=5, tooth=6.0, width=2.0),
+            "concentric": dict(radius=8.0, span=100.0, rings=3, gap=5.0, width=2.0)}
 
 
 def test_every_kind_has_an_example():

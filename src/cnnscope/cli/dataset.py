@@ -280,21 +280,28 @@ def spectrum_cmd(model: str, layer: str, weights: str | None, device: str, image
 @click.option("--expand-from", "expand_from", default=None,
               help="Also show expanded weights from this earlier layer (activations in between linearised).")
 @click.option("--visualize", is_flag=True, help="Render the attribution vector with feature visualization.")
-@click.option("--steps", type=int, default=128, show_default=True, help="Steps of --visualize.")
+@click.option("--spatial", is_flag=True,
+              help="Spatial attribution: per kernel position, the strongest inputs' visualizations with opacity "
+                   "|activation x weight| (needs --image).")
+@click.option("--spatial-k", type=click.IntRange(1, 64), default=6, show_default=True,
+              help="Input channels shown by --spatial.")
+@click.option("--steps", type=int, default=128, show_default=True, help="Steps of --visualize and --spatial.")
 @click.option("-n", "n", type=click.IntRange(1, 256), default=16, show_default=True, help="Inputs shown.")
 @click.option("--out", metavar="FOLDER", default="circuit-out", show_default=True)
 def circuit_cmd(model: str, layer: str, weights: str | None, device: str, channel: int, image: str | None,
-                position: tuple[int, int] | str | None, expand_from: str | None, visualize: bool, steps: int, n: int,
-                out: str) -> None:
+                position: tuple[int, int] | str | None, expand_from: str | None, visualize: bool, spatial: bool,
+                spatial_k: int, steps: int, n: int, out: str) -> None:
     """How a unit is built from the layer below: its incoming weights ranked by norm; with --image the
-    activation x weight attribution (sums to the pre-activation minus the bias) and its top channels."""
+    activation x weight attribution (sums to the pre-activation minus the bias) and its top channels; with
+    --spatial also that attribution at each kernel position over the inputs' feature visualizations."""
     from ..dataset.circuits import attribution, connection, expanded_weights, render_attribution
     from ..images import save_image
     from ..plot.common import save_figure
     from ..plot.dataset import attribution_figure, expanded_figure, weights_figure
 
-    if visualize and image is None:
-        raise CnnscopeError("--visualize needs --image (the attribution vector comes from an image)")
+    if (visualize or spatial) and image is None:
+        raise CnnscopeError(f"--{'visualize' if visualize else 'spatial'} needs --image (the attribution comes from "
+                            "an image)")
     with run_output(out, "circuit") as output:
         m = open_model(model, weights, device)
         stem = f"{_safe(layer)}_c{channel:04d}"
@@ -318,6 +325,18 @@ def circuit_cmd(model: str, layer: str, weights: str | None, device: str, channe
                 res = render_attribution(m, attr, steps=steps, size=128, progress=show_progress())
                 output.write(f"{stem}_attribution_vis.png", partial(save_image, res.images[0]))
                 numbers["attribution"]["visualization"] = res.to_dict()
+            if spatial:
+                from ..dataset.spatial_attribution import spatial_attribution
+                from ..plot.circuits import spatial_attribution_figure
+
+                sa = spatial_attribution(m, arr, layer, channel=channel, position=attr.position, k=spatial_k,
+                                         steps=steps, size=64, progress=show_progress())
+                output.write(f"{stem}_spatial.png", partial(save_figure,
+                                                            spatial_attribution_figure(sa, m.fit_image(arr))))
+                numbers["spatial"] = sa.to_dict()
+                click.echo(f"spatial attribution of inputs {', '.join(map(str, sa.channels))} over the "
+                           f"{'x'.join(map(str, sa.maps.shape[1:]))} window"
+                           + (f" (visualizations of {sa.from_layer})" if sa.from_layer else ""))
         if expand_from is not None:
             ew = expanded_weights(m, layer, channel=channel, from_layer=expand_from)
             output.write(f"{stem}_expanded_from_{_safe(expand_from)}.png",

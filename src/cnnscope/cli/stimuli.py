@@ -1,9 +1,10 @@
-"""``cnnscope stimuli`` (draw synthetic curves/angles/lines), ``cnnscope tuning`` (heatmaps, radial and joint
-tuning curves, orientation families; :func:`cnnscope.stimuli.tuning_report`) and the Curve Detectors demo section
-(order 65)."""
+"""``cnnscope stimuli`` (draw synthetic curves/angles/lines/combs), ``cnnscope tuning`` (heatmaps, radial and joint
+tuning curves, orientation families; :func:`cnnscope.stimuli.tuning_report`), ``cnnscope unit-classes`` (curve,
+double, echo, concentric units) and the Curve Detectors demo section (order 65)."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -229,6 +230,60 @@ def tuning_cmd(model: str, layer: str | None, weights: str | None, device: str, 
         _print_family(report)
         where = f"{out}/{files[0].parent.name}" if len(done) > 1 else out
         click.echo(f"figures and numbers in {where}/ ({', '.join(f.name for f in files)})")
+
+
+@cli.command("unit-classes")
+@click.argument("model")
+@click.argument("layer")
+@model_options
+@channels_option
+@pre_activation_option
+@batch_size_option
+@click.option("--step", type=click.FloatRange(0.5, 90), default=10.0, show_default=True,
+              help="Orientation step in degrees.")
+@click.option("--levels", default=None, help="Comma-separated radii (default: 8 values suited to the size).")
+@click.option("--size", type=click.IntRange(16), default=None, help="Stimulus size (default: the model's input).")
+@click.option("--width", type=float, default=None, help="Stroke width in pixels (default 3).")
+@click.option("--min-selectivity", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="Vector strength a curve (or concentric) unit needs.")
+@click.option("--double-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="Second peak over the first that makes a double-curve unit.")
+@click.option("--echo-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
+              help="Smallest second peak, about half a period away, that makes an echo unit.")
+@click.option("--concentric/--no-concentric", default=True, show_default=True,
+              help="Also test concentric arcs at each unit's preferred orientation and radius.")
+@click.option("--out", required=True, metavar="FOLDER", help="Folder for the figure and numbers.")
+def unit_classes_cmd(model: str, layer: str, weights: str | None, device: str, channels: str | None,
+                     pre_activation: bool, batch_size: int | None, step: float, levels: str | None,
+                     size: int | None, width: float | None, min_selectivity: float, double_ratio: float,
+                     echo_ratio: float, concentric: bool, out: str) -> None:
+    """Classify LAYER's channels by their curve tuning: curve, double (two orientations), echo (a weak second
+    response half a turn away), concentric (prefers concentric arcs) or unselective, instead of dropping what the
+    family's selectivity filter rejects."""
+    from ..plot import save_figure
+    from ..plot.stimuli import unit_classes_figure
+    from ..stimuli.families import classify_units, concentric_ratios
+    from ..stimuli.tuning import default_orientations, tuning_map
+
+    if echo_ratio > double_ratio:
+        raise CnnscopeError(f"--echo-ratio {echo_ratio} must not exceed --double-ratio {double_ratio}")
+    stimulus = {} if width is None else {"width": width}
+    with run_output(out, "unit-classes") as output:
+        m = open_model(model, weights, device)
+        tmap = tuning_map(m, layer, channels=channels, orientations=default_orientations(step),
+                          levels=_number_list(levels, "--levels"), size=size, pre_activation=pre_activation,
+                          batch_size=batch_size, progress=show_progress(), **stimulus)
+        ratios = concentric_ratios(m, tmap, size=size, batch_size=batch_size) if concentric else None
+        classes = classify_units(tmap, min_selectivity=min_selectivity, double_ratio=double_ratio,
+                                 echo_ratio=echo_ratio, concentric_ratio=ratios)
+        stem = f"classes_{_safe(layer)}"
+        png = output.write(f"{stem}.png", partial(save_figure, unit_classes_figure(tmap, classes)))
+        output.write_json(f"{stem}.json", {"model": m.name, **classes.to_dict(), "tuning": tmap.to_dict()})
+    print_table([(c, lab, f"{p:g}", "" if math.isnan(s) else f"{s:g}", f"{r:.2f}")
+                 for c, lab, p, s, r in zip(classes.channels.tolist(), classes.labels, classes.preferred.tolist(),
+                                            classes.second.tolist(), classes.second_ratio.tolist())
+                 if lab != "unselective"], ("channel", "class", "orientation", "second", "second/first"))
+    click.echo(", ".join(f"{n} {lab}" for lab, n in classes.counts().items()) + f" -> {png}")
 
 
 @demo_section(65, "Curve detectors: synthetic stimuli and tuning")

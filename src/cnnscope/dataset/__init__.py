@@ -18,11 +18,14 @@ from .classes import ClassStats
 from .examples import StatisticsAccumulator, collect_statistics, crop, crops, example_crops
 from .factorize import factorize_dataset, factorize_image
 from .histograms import LogBins
+from .labels import ActivationBand, LabelReport, activation_bands, label_report
 from .results import DatasetStats, Example, Examples, LayerStats
 from .sources import ImageSource, SampleSource, iterate_batches, open_source
+from .spatial_attribution import SpatialAttribution, spatial_attribution
 from .spectrum import spectrum
 
-__all__ = ["ClassStats", "DatasetStats", "Example", "Examples", "ImageSource", "LayerStats", "LogBins", "SampleSource",
-           "StatisticsAccumulator", "attribution", "collect_statistics", "connection", "crop", "crops",
-           "example_crops", "expanded_weights", "factorize_dataset", "factorize_image", "feeding_layer",
-           "iterate_batches", "open_source", "render_attribution", "spectrum"]
+__all__ = ["ActivationBand", "ClassStats", "DatasetStats", "Example", "Examples", "ImageSource", "LabelReport",
+           "LayerStats", "LogBins", "SampleSource", "SpatialAttribution", "StatisticsAccumulator",
+           "activation_bands", "attribution", "collect_statistics", "connection", "crop", "crops", "example_crops",
+           "expanded_weights", "factorize_dataset", "factorize_image", "feeding_layer", "iterate_batches",
+           "label_report", "open_source", "render_attribution", "spatial_attribution", "spectrum"]

@@ -223,3 +223,66 @@ def tuning_report_figures(report) -> dict[str, Figure]:
         figs["joint"] = joint_tuning_figure(jt.angles, jt.curves, jt.sources.tolist(), recorded, orientations=pref,
                                             in_std=jt.in_std, aligned=jt.aligned)
     return figs
+
+
+def _curve_grid(n: int, cols: int) -> tuple[int, int]:
+    cols = max(1, min(cols, n))
+    return math.ceil(n / cols), cols
+
+
+def edit_figure(effect, reduce: str = "max", cols: int = 4, max_channels: int = 16) -> Figure:
+    """Tuning before and after a circuit edit (``effect``: :class:`cnnscope.stimuli.editing.EditEffect`): per
+    channel, the response against orientation (reduced over the swept parameter, raw values), before (solid) and
+    after (dashed)."""
+    before = np.asarray(effect.before.raw, float)
+    after = np.asarray(effect.after.raw, float)
+    red = (lambda v: v.max(axis=1)) if reduce == "max" else (lambda v: v.mean(axis=1))
+    b, a = red(before)[:max_channels], red(after)[:max_channels]
+    channels = effect.before.channels.tolist()[:max_channels]
+    o = np.asarray(effect.before.orientations, float)
+    rows, cols = _curve_grid(len(channels), cols)
+    fig = figure(3.0 * cols + 0.6, 2.3 * rows + 0.8)
+    change = effect.change().tolist()
+    for k, channel in enumerate(channels):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.plot(o, b[k], color="#344054", lw=1.5, label="before")
+        ax.plot(o, a[k], color="#d2402a", lw=1.5, ls="--", label="after")
+        ax.axhline(0, color="#98a2b3", lw=0.5)
+        ax.set_title(f"{effect.before.layer}:{channel} (change {change[k]:.0%})", fontsize=8)
+        ax.tick_params(labelsize=6)
+        if k == 0:
+            ax.legend(fontsize=6)
+    edits = [f"ablate {name}:{','.join(map(str, ch))}" for name, ch in effect.ablate.items()]
+    edits += [f"weight {w}" for w in effect.weights]
+    fig.suptitle(f"{effect.before.kind} tuning ({reduce} over {effect.before.param}) before / after: "
+                 + "; ".join(edits), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+#: one colour per unit class of :func:`cnnscope.stimuli.families.classify_units`
+CLASS_COLORS = {"curve": "#2457c5", "double": "#d2402a", "echo": "#e0a100", "concentric": "#12805c",
+                "unselective": "#98a2b3"}
+
+
+def unit_classes_figure(tmap, classes, reduce: str = "max", cols: int = 6, max_channels: int = 48) -> Figure:
+    """Each channel's radial tuning curve (polar, scaled to its peak) coloured and titled by its class
+    (``classes``: :class:`cnnscope.stimuli.families.UnitClasses` of ``tmap``)."""
+    curves = np.nan_to_num(np.asarray(tmap.radial(reduce=reduce, positive=True), float))[:max_channels]
+    theta = np.radians(np.asarray(tmap.orientations, float))
+    closed = np.append(theta, theta[:1] + 2 * np.pi)
+    channels = tmap.channels.tolist()[:max_channels]
+    rows, cols = _curve_grid(len(channels), cols)
+    fig = figure(1.9 * cols + 0.4, 2.1 * rows + 0.6)
+    for k, channel in enumerate(channels):
+        label = classes.labels[k]
+        c = curves[k] / max(curves[k].max(), 1e-12)
+        ax = fig.add_subplot(rows, cols, k + 1, projection="polar")
+        ax.plot(closed, np.append(c, c[:1]), color=CLASS_COLORS.get(label, "#344054"), lw=1.4)
+        ax.set_yticklabels([])
+        ax.set_xticklabels([])
+        ax.set_title(f"{channel}: {label}", fontsize=7, color=CLASS_COLORS.get(label, "#344054"))
+    counts = ", ".join(f"{n} {lab}" for lab, n in classes.counts().items() if n)
+    fig.suptitle(f"{tmap.layer}: {counts}", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -8,6 +8,9 @@
 - :mod:`.joint`: joint tuning curves from rotated dataset examples.
 - :mod:`.families`: orientation selectivity and automatic discovery of orientation-tuned families.
 - :mod:`.report`: all of it for one layer, with the dataset statistics (``cnnscope tuning``).
+- :mod:`.combing`: combing (short perpendicular teeth along an arc) and concentric-ring stimuli.
+- :mod:`.flow`: the attribution between the curve families of two layers, as a graph.
+- :mod:`.editing`: unit ablation and weight editing (undone afterwards) with the tuning before and after.
 
 Example:
     >>> from cnnscope import load_model
@@ -17,6 +20,7 @@ Example:
     >>> family.channels, family.stats.preferred      # channels ordered by preferred orientation
 """
 
+from .combing import Comb, Concentric
 from .curves import (
     STIMULI,
     Angle,
@@ -30,14 +34,27 @@ from .curves import (
     render,
     stimulus_class,
 )
-from .families import Family, TuningStats, discover_family, find_family, tuning_stats
+from .editing import EditEffect, WeightEdit, edit_effect, edited
+from .families import (
+    UNIT_CLASSES,
+    Family,
+    TuningStats,
+    UnitClasses,
+    classify_units,
+    concentric_ratios,
+    discover_family,
+    find_family,
+    tuning_stats,
+)
+from .flow import FamilyFlow, family_flow
 from .joint import JointTuning, centered_crop, joint_tuning, rotate_images
 from .report import TuningReport, tuning_report
 from .responses import rf_centers, rf_offset, stimulus_responses, unit_responses
 from .tuning import TuningMap, radial_tuning, tuning_map
 
-__all__ = ["STIMULI", "Angle", "Curve", "Family", "JointTuning", "Line", "Stimulus", "TuningMap", "TuningReport",
-           "TuningStats", "centered_crop", "discover_family", "draw", "find_family", "grid", "joint_tuning",
-           "make_stimulus", "radial_tuning", "register_stimulus", "render", "rf_centers", "rf_offset",
-           "rotate_images", "stimulus_class", "stimulus_responses", "tuning_map", "tuning_report", "tuning_stats",
-           "unit_responses"]
+__all__ = ["Angle", "Comb", "Concentric", "Curve", "EditEffect", "Family", "FamilyFlow", "JointTuning", "Line",
+           "STIMULI", "Stimulus", "TuningMap", "TuningReport", "TuningStats", "UNIT_CLASSES", "UnitClasses",
+           "WeightEdit", "centered_crop", "classify_units", "concentric_ratios", "discover_family", "draw",
+           "edit_effect", "edited", "family_flow", "find_family", "grid", "joint_tuning", "make_stimulus",
+           "radial_tuning", "register_stimulus", "render", "rf_centers", "rf_offset", "rotate_images",
+           "stimulus_class", "stimulus_responses", "tuning_map", "tuning_report", "tuning_stats", "unit_responses"]
