@@ -25,7 +25,7 @@ import threading
 import time
 import unicodedata
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -306,14 +306,17 @@ class LabelStore:
         """Every entry as text: ``"json"`` (an object with ``format``, ``fingerprint`` and ``labels``) or ``"csv"``
         (a header ``layer,unit,label,note,updated``, then one row per entry; fields with commas, quotes or line
         breaks are quoted)."""
+        return self._export(format, "labels", self.all(), CSV_COLUMNS)
+
+    def _export(self, format: str, key: str, entries: list[dict], columns: Sequence[str]) -> str:
+        """``entries`` as JSON (under ``key``, with the file's format and fingerprint) or CSV (``columns``)."""
         if format not in EXPORT_FORMATS:
             raise LabelError(f"unknown export format {format!r}; use one of {', '.join(EXPORT_FORMATS)}")
-        entries = self.all()
         if format == "json":
             return json.dumps({"format": f"{FORMAT}/{SCHEMA_VERSION}", "fingerprint": self.fingerprint,
-                               "labels": entries}, ensure_ascii=False, indent=1) + "\n"
+                               key: entries}, ensure_ascii=False, indent=1) + "\n"
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
         writer.writeheader()
         writer.writerows(entries)
         return buf.getvalue()
@@ -424,17 +427,7 @@ class LabelStore:
         """Every example label as text: ``"json"`` (an object with ``format``, ``fingerprint`` and
         ``example_labels``) or ``"csv"`` (header ``layer,unit,image_id,name,y,x,label,updated``; the file
         :func:`read_example_csv` reads back, its ``image_id`` column standing for ``image``)."""
-        if format not in EXPORT_FORMATS:
-            raise LabelError(f"unknown export format {format!r}; use one of {', '.join(EXPORT_FORMATS)}")
-        entries = self.example_labels()
-        if format == "json":
-            return json.dumps({"format": f"{FORMAT}/{SCHEMA_VERSION}", "fingerprint": self.fingerprint,
-                               "example_labels": entries}, ensure_ascii=False, indent=1) + "\n"
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=EXAMPLE_CSV_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(entries)
-        return buf.getvalue()
+        return self._export(format, "example_labels", self.example_labels(), EXAMPLE_CSV_COLUMNS)
 
 
 def _csv_number(source: str, line: int, col: str, row: Mapping) -> int:
