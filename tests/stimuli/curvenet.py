@@ -1,62 +1,6 @@
-"""A hand-built curve-detecting CNN: each unit's kernel is an arc template drawn by formula (not by the renderer).
+"""The hand-built curve-detecting CNN, now in the library (:mod:`cnnscope.stimuli.curvenet`); re-exported here so
+the tests that import it from ``tests.stimuli.curvenet`` keep working."""
 
-Unit ``j`` of :class:`CurveNet` correlates the image with a ridge along an arc of radius ``radius`` whose convex
-side faces ``orientations[j]`` degrees (counter-clockwise, 0 = right, y up), minus the same ridge for the opposite
-curvature (both arcs share their tangent at the centre, so straight strokes cancel and curves bending the other way
-inhibit). Across the arc the ridge has a difference-of-Gaussians profile that integrates to zero, so strokes that
-merely cross it cancel too: only a white curve of that orientation and curvature, on black, drives the unit.
-An optional last unit is isotropic (a centre-surround blob detector) and has no preferred orientation.
-"""
+from cnnscope.stimuli.curvenet import CurveNet, arc_template, blob_template, curve_network
 
-from __future__ import annotations
-
-import math
-
-import numpy as np
-import torch
-from torch import nn
-
-
-def arc_template(orientation: float, radius: float, size: int, half_span: float = 30.0, sigma: float = 1.0,
-                 surround: float = 2.5) -> np.ndarray:
-    """``[size, size]`` kernel: a zero-integral difference-of-Gaussians ridge along the arc."""
-    c = (size - 1) / 2
-    xs = np.arange(size) - c
-    x, y = np.meshgrid(xs, -xs)  # y up
-    t = math.radians(orientation)
-    cx, cy = -radius * math.cos(t), -radius * math.sin(t)
-    vx, vy = x - cx, y - cy
-    phi = np.arctan2(vy, vx) - t
-    phi = (phi + np.pi) % (2 * np.pi) - np.pi
-    d = np.abs(np.hypot(vx, vy) - radius)
-    profile = np.exp(-d ** 2 / (2 * sigma ** 2)) - sigma / surround * np.exp(-d ** 2 / (2 * surround ** 2))
-    return profile * (np.abs(phi) <= math.radians(half_span))
-
-
-def blob_template(size: int) -> np.ndarray:
-    c = (size - 1) / 2
-    xs = np.arange(size) - c
-    r2 = xs[None, :] ** 2 + xs[:, None] ** 2
-    k = np.exp(-r2 / (2 * 2.0 ** 2)) - 0.25 * np.exp(-r2 / (2 * 4.0 ** 2))
-    return k - k.mean()
-
-
-class CurveNet(nn.Module):
-    """``conv(15x15, same padding) -> ReLU(inplace) -> GAP -> linear``; input is white-on-black RGB."""
-
-    def __init__(self, orientations=tuple(range(0, 360, 30)), radius: float = 8.0, kernel: int = 15,
-                 blob: bool = False) -> None:
-        super().__init__()
-        kernels = [arc_template(o, radius, kernel) - arc_template(o + 180, radius, kernel) for o in orientations]
-        if blob:
-            kernels.append(blob_template(kernel))
-        w = torch.tensor(np.stack(kernels), dtype=torch.float32)[:, None].repeat(1, 3, 1, 1) / 3
-        self.conv = nn.Conv2d(3, len(kernels), kernel, padding=kernel // 2)
-        with torch.no_grad():
-            self.conv.weight.copy_(w)
-            self.conv.bias.fill_(-0.1)
-        self.act = nn.ReLU(inplace=True)
-        self.fc = nn.Linear(len(kernels), 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.act(self.conv(x)).mean(dim=(2, 3)))
+__all__ = ["CurveNet", "arc_template", "blob_template", "curve_network"]

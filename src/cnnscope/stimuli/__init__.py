@@ -11,6 +11,9 @@
 - :mod:`.combing`: combing (short perpendicular teeth along an arc) and concentric-ring stimuli.
 - :mod:`.flow`: the attribution between the curve families of two layers, as a graph.
 - :mod:`.editing`: unit ablation and weight editing (undone afterwards) with the tuning before and after.
+- :mod:`.spline`: differentiable Bezier curve stimuli optimised to the curve a unit prefers.
+- :mod:`.tracing`: curves traced in an image along a family's strongest response, compared with Canny edges.
+- :mod:`.curvenet`: the hand-built curve-detector network; :mod:`.equivariance`: weight-level equivariance.
 
 Example:
     >>> from cnnscope import load_model
@@ -21,6 +24,7 @@ Example:
 """
 
 from .combing import Comb, Concentric
+from .curvenet import CurveNet, curve_network
 from .curves import (
     STIMULI,
     Angle,
@@ -35,6 +39,7 @@ from .curves import (
     stimulus_class,
 )
 from .editing import EditEffect, WeightEdit, edit_effect, edited
+from .equivariance import Equivariance, kernel_equivariance, weight_equivariance
 from .families import (
     UNIT_CLASSES,
     Family,
@@ -50,11 +55,15 @@ from .flow import FamilyFlow, family_flow
 from .joint import JointTuning, centered_crop, joint_tuning, rotate_images
 from .report import TuningReport, tuning_report
 from .responses import rf_centers, rf_offset, stimulus_responses, unit_responses
+from .spline import PreferredCurve, prefer_curve
+from .tracing import Traces, compare_with_canny, family_maps, trace_curves
 from .tuning import TuningMap, radial_tuning, tuning_map
 
-__all__ = ["Angle", "Comb", "Concentric", "Curve", "EditEffect", "Family", "FamilyFlow", "JointTuning", "Line",
-           "STIMULI", "Stimulus", "TuningMap", "TuningReport", "TuningStats", "UNIT_CLASSES", "UnitClasses",
-           "WeightEdit", "centered_crop", "classify_units", "concentric_ratios", "discover_family", "draw",
-           "edit_effect", "edited", "family_flow", "find_family", "grid", "joint_tuning", "make_stimulus",
-           "radial_tuning", "register_stimulus", "render", "rf_centers", "rf_offset", "rotate_images",
-           "stimulus_class", "stimulus_responses", "tuning_map", "tuning_report", "tuning_stats", "unit_responses"]
+__all__ = ["Angle", "Comb", "Concentric", "Curve", "CurveNet", "EditEffect", "Equivariance", "Family", "FamilyFlow",
+           "JointTuning", "Line", "PreferredCurve", "STIMULI", "Stimulus", "Traces", "TuningMap", "TuningReport",
+           "TuningStats", "UNIT_CLASSES", "UnitClasses", "WeightEdit", "centered_crop", "classify_units",
+           "compare_with_canny", "concentric_ratios", "curve_network", "discover_family", "draw", "edit_effect",
+           "edited", "family_flow", "family_maps", "find_family", "grid", "joint_tuning", "kernel_equivariance",
+           "make_stimulus", "prefer_curve", "radial_tuning", "register_stimulus", "render", "rf_centers",
+           "rf_offset", "rotate_images", "stimulus_class", "stimulus_responses", "trace_curves", "tuning_map",
+           "tuning_report", "tuning_stats", "unit_responses", "weight_equivariance"]
