@@ -356,7 +356,7 @@ def test_explain_cli_skips_with_a_note_and_writes_a_manifest(capsys, tmp_path, f
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["command"] == "explain"
     assert sorted(manifest["files"]) == sorted(["chelsea_panel.png", "chelsea_saliency.npy", "chelsea_gradcam.npy",
-                                                "chelsea.json"])
+                                                "chelsea.json", "index.html", "index.json"])
     assert sorted(p.name for p in out.iterdir()) == sorted(manifest["files"] + ["manifest.json"])
     assert "2 method(s)" in text
     # a second run into the same folder leaves no stale file of the first one
