@@ -364,7 +364,7 @@ def test_explain_cli_skips_with_a_note_and_writes_a_manifest(capsys, tmp_path, f
                        "--no-progress")
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["coffee.json", "coffee_panel.png", "coffee_saliency.npy",
-                                                     "manifest.json"]
+                                                     "index.html", "index.json", "manifest.json"]
 
 
 def test_explain_cli_warns_in_one_line(capsys, tmp_path, fake_model):
