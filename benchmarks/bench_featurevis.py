@@ -13,12 +13,17 @@ EfficientNet-Lite0, layer ``blocks.4.0``, channels 0..7, 128 px, 256 steps, ``lu
    Lucent's optimisation looks at). Lucent upsamples images under 224 px before the model, so cnnscope is also run
    with that protocol (standard transforms + ``Resize(224)``) for a like-for-like activation comparison.
 
+3. Class recipe: ``render(model, class_logit(c))`` (the ``class`` recipe, chosen by default for class logits: the
+   model's input size, 128 steps, strong transforms) for the 10 ImageNet classes of :data:`CLASSES`; success = the
+   model's own top-1 class on the saved ``uint8`` render is the target. Goal: >= 8 of 10. Reports the time per image
+   (one batch of 10). ``--class-only`` runs this part alone.
+
 Timing: ``--repeats`` rounds, each running every method once (``--timing-steps`` steps, order rotated per
 round), so all of them see the same machine load; ratios are per round, medians reported. Activations: one final
 render of ``--steps`` steps per method.
 
     python benchmarks/bench_featurevis.py [--steps 256] [--timing-steps 64] [--repeats 3] [--threads N]
-                                          [--no-lucent] [--append-results]
+                                          [--no-lucent] [--no-class | --class-only] [--append-results]
 """
 
 from __future__ import annotations
@@ -32,6 +37,26 @@ import torch
 from _common import append_results, machine_line, median, parser, rotation
 
 LAYER, CHANNELS, SIZE = "blocks.4.0", list(range(8)), 128
+#: ImageNet classes of the class-recipe check: goldfish, flamingo, tabby, zebra, balloon, fire engine, oxygen mask,
+#: banana, espresso, volcano
+CLASSES = [1, 130, 281, 340, 417, 555, 691, 954, 967, 980]
+
+
+def class_recipe(model) -> tuple[str, int, float]:
+    """Render every class of :data:`CLASSES` with the default (``class``) recipe; the model's top-1 on each saved
+    picture. Returns the table text, the number of successes and the seconds per image."""
+    from cnnscope.featurevis import class_logit, render
+
+    t0 = time.perf_counter()
+    res = render(model, [class_logit(c) for c in CLASSES], batch_size=len(CLASSES), seed=0)
+    per_image = (time.perf_counter() - t0) / len(CLASSES)
+    with torch.no_grad():
+        probs = model.module(model.batch(list(res.images))).softmax(1)
+    top = probs.argmax(1).tolist()
+    rows = [f"{c} {model.label(c)}: top-1 {t} {model.label(t)} (p={float(probs[i, t]):.2f})"
+            for i, (c, t) in enumerate(zip(CLASSES, top))]
+    hits = sum(c == t for c, t in zip(CLASSES, top))
+    return "; ".join(rows), hits, per_image
 
 
 def truncated(module: torch.nn.Module) -> torch.nn.Sequential:
@@ -134,13 +159,29 @@ def main() -> None:
     ap.add_argument("--timing-steps", type=int, default=64, help="steps of each timed run")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--no-lucent", action="store_true")
+    ap.add_argument("--no-class", action="store_true", help="skip the class-recipe check")
+    ap.add_argument("--class-only", action="store_true", help="run only the class-recipe check")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     from cnnscope import load_model
+    from cnnscope.featurevis import get_recipe
 
     model = load_model()
+    class_line = None
+    if not args.no_class:
+        rows, hits, per_image = class_recipe(model)
+        class_line = (f"- class recipe (`render(model, class_logit(c))`, {model.input_size[0]} px, "
+                      f"{get_recipe('class').steps} steps): "
+                      f"**{hits}/{len(CLASSES)}** renders classified as their class top-1 by the model itself "
+                      f"(goal >= 8); {per_image:.1f} s per image (batch of {len(CLASSES)}). {rows}")
+        print(class_line, flush=True)
+    if args.class_only:
+        print(f"\nMachine: {machine_line()}\n")
+        if args.append_results:
+            append_results("bench_featurevis.py", class_line + "\n", "benchmarks/bench_featurevis.py")
+        return
     n = len(CHANNELS)
     why = "skipped (--no-lucent)" if args.no_lucent else lucent_available()
     table = methods(model, lucent=why is None)
@@ -183,6 +224,8 @@ def main() -> None:
             lines.append(f"- cnnscope / {lu} activation: **{acts['cnnscope'][0] / acts[lu][0]:.2f}x** at 128 px "
                          f"(the rendered size); with Lucent's protocol cnnscope@224 / {lu} at 224 px: "
                          f"**{acts['cnnscope@224'][1] / acts[lu][1]:.2f}x** (goal >= 1)")
+    if class_line:
+        lines.append(class_line)
     text = (f"EfficientNet-Lite0 `{LAYER}` channels 0-7, {SIZE} px, lucid recipe; Lucent with its default image "
             "parameterization and transforms.\n\n" + "\n".join(lines) + "\n")
     print(f"\nMachine: {machine_line()}\n")

@@ -101,7 +101,7 @@ def test_negative_objective_lowers_the_channel():
     start = small(m, neuron(FEAT, 6), steps=1, recipe="plain", lr=1e-9)
     vals = measure(m, np.concatenate([neg.images, start.images, pos.images]), neuron(FEAT, 6))
     assert vals[0] < vals[1] < vals[2]
-    assert float(neg.activations[0]) == pytest.approx(-float(vals[0]), abs=0.05)  # the maximised value is the negation
+    assert float(neg.activations[0]) == pytest.approx(float(vals[0]), abs=0.05)  # the raw (minimised) value
 
 
 def test_class_logit_runs_the_whole_model():
@@ -206,7 +206,7 @@ def test_bad_input_is_reported_and_leaves_the_model_unchanged():
                 r"unknown layer 'features.44'; did you mean: .*features.4")
     check_error(m, lambda: small(m, channel(FEAT, 16)), LayerError,
                 r"channel 16 is out of range for layer 'features.4', which has 16 channels \(valid: 0..15\)")
-    check_error(m, lambda: small(m, channel(FEAT, 1), steps=0), CnnscopeError, "steps must be a positive integer")
+    check_error(m, lambda: small(m, channel(FEAT, 1), steps=-1), CnnscopeError, "steps must be a non-negative integer")
     check_error(m, lambda: small(m, channel(FEAT, 1), size=8), CnnscopeError, "at least 16 pixels")
     check_error(m, lambda: small(m, channel(FEAT, 1), recipe="lucent"), MethodError,
                 "unknown recipe 'lucent'; did you mean: lucid")

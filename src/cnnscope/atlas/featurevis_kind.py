@@ -118,14 +118,13 @@ class _FeatureVis(ArtifactKind):
         if on_input:
             outs = [self.objective(layer, u, False) for u in units for _ in range(k)]
             act_stored, act_trace = _measure(ctx.model, res, steps, outs)
-        sign = -1.0 if self.negative else 1.0
         out: dict[int, list] = {u: [] for u in units}
         for i, u in enumerate(units):
             spec = {key: v for key, v in res.spec.items() if key not in ("objectives", "seeds")}
             spec["objective"] = res.spec["objectives"][i]  # what was maximised: render(from_spec(...)) redoes it
             for j, name in enumerate(self.names(ctx)):
                 n = i * k + j
-                value = sign * float(res.activations[n])
+                value = float(res.activations[n])  # render reports a minimised objective's own value
                 numbers = {"objective": repr(own[i]), "direction": "minimise" if self.negative else "maximise",
                            "optimised": "pre_activation" if on_input or o.pre_activation else "output",
                            "value": value, "value_stored_image": float(value_stored[n]),

@@ -86,9 +86,9 @@ class ImageParam(nn.Module):
         """Called after every optimiser step (a projection onto the valid set); no-op by default."""
 
     def set_image_(self, x: torch.Tensor) -> None:
-        """Set the parameters so that ``forward()`` returns ``x`` (used by blur filters)."""
-        raise MethodError(f"the {self.name!r} parameterization cannot be set from an image; blur filters need "
-                          "the 'pixel' or 'fourier' parameterization")
+        """Set the parameters so that ``forward()`` returns ``x`` (used by blur filters and ``render(init=...)``)."""
+        raise MethodError(f"the {self.name!r} parameterization cannot be set from an image; init= and blur filters "
+                          "need the 'pixel' or 'fourier' parameterization (e.g. recipe='lucid')")
 
     def options(self) -> dict:
         return {}

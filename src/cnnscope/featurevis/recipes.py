@@ -10,6 +10,8 @@
                         transforms, Adam lr 0.05 (Olah et al. 2017 / Lucid defaults)
 ``maco``                phase-only spectrum with a natural-image magnitude, random crops + noise, Adam
                         (Fel et al. 2023)
+``class``               ``lucid`` with stronger transforms, rendered at the model's input size for 128 steps:
+                        class visualizations (``class_logit``) the model itself classifies as the class
 ======================  ==========================================================================================
 
 Every part can be overridden per call: ``render(..., recipe="lucid", transforms="none", lr=0.02)``.
@@ -83,6 +85,9 @@ class Recipe:
         lr: learning rate.
         description: one line for docs and the CLI.
         reference: the paper or tool it follows.
+        steps: the recipe's number of steps when ``render(steps=None)`` (``None``: the renderer's 512).
+        size: the recipe's image size when ``render(size=None)``: pixels, ``(H, W)``, ``"input"`` (the model's
+            input size) or ``None`` (the renderer's 128).
     """
 
     name: str
@@ -94,6 +99,8 @@ class Recipe:
     lr: float = 0.05
     description: str = ""
     reference: str = ""
+    steps: int | None = None
+    size: int | tuple[int, int] | str | None = None
 
     def override(self, **changes: Any) -> Recipe:
         """A copy with some parts replaced (``None`` values are ignored)."""
@@ -132,7 +139,8 @@ class Recipe:
         transforms = self.transforms if isinstance(self.transforms, str) else self.make_transforms().spec()
         return {"name": self.name, "param": param, "param_options": dict(self.param_options),
                 "transforms": transforms, "filters": [f.spec() for f in self.make_filters()],
-                "optimizer": self.optimizer, "lr": self.lr}
+                "optimizer": self.optimizer, "lr": self.lr, "steps": self.steps,
+                "size": list(self.size) if isinstance(self.size, tuple) else self.size}
 
 
 def _revelio(name: str, filters: Callable[[], list[StepFilter]], description: str, reference: str) -> Recipe:
@@ -166,7 +174,15 @@ register_recipe(Recipe("maco", param="maco", param_options={"magnitude": "photos
                        description="phase-only spectrum, natural-image magnitude, random crops + noise",
                        reference="Fel et al. 2023 (MACO)"))
 
+register_recipe(Recipe("class", param="fourier", param_options={"decay_power": 1.0, "decorrelate": True},
+                       transforms="strong", optimizer="adam", lr=0.05, steps=128, size="input",
+                       description="lucid with stronger transforms, at the model's input size, 128 steps: class "
+                                   "visualizations the model classifies as the class",
+                       reference="Olah, Mordvintsev, Schubert 2017 (Distill); Lucid"))
+
 DEFAULT_RECIPE = "lucid"
+#: the default recipe of renders whose every objective is a class logit (``class_logit``)
+CLASS_RECIPE = "class"
 
 
 def get_recipe(recipe: str | Recipe | None) -> Recipe:
@@ -178,5 +194,5 @@ def get_recipe(recipe: str | Recipe | None) -> Recipe:
     return RECIPES.get(recipe)
 
 
-__all__ = ["DEFAULT_RECIPE", "OPTIMIZERS", "PARAMS", "PRESETS", "RECIPES", "NormalizedAscent", "Recipe",
+__all__ = ["CLASS_RECIPE", "DEFAULT_RECIPE", "OPTIMIZERS", "PARAMS", "PRESETS", "RECIPES", "NormalizedAscent", "Recipe",
            "get_recipe", "make_optimizer", "register_recipe"]

@@ -26,14 +26,16 @@ from ..errors import CnnscopeError, LayerError, MethodError
 from ..images import luma, to_uint8
 from ..models import LoadedModel, ModelLike, as_model
 from ..units import Unit
-from .algebra import INPUT, OUTPUT, Objective, split_key
+from .algebra import INPUT, OUTPUT, Objective, Scaled, split_key
 from .objectives import Diversity, from_unit
 from .param import as_size, generators
-from .recipes import Recipe, get_recipe
+from .recipes import CLASS_RECIPE, DEFAULT_RECIPE, Recipe, get_recipe
 from .registry import from_spec, parse_objective
 
 #: smallest image side the renderer accepts
 MIN_SIZE = 16
+#: steps and image side of a render whose recipe names none
+DEFAULT_STEPS, DEFAULT_SIZE = 512, 128
 #: images per forward when ``batch_size`` is not given: small on a CPU, where larger batches leave the caches and
 #: cost more per image; large on a GPU, which needs them to be busy
 BATCH_CPU, BATCH_GPU = 8, 32
@@ -54,7 +56,8 @@ class RenderResult:
             a one-channel model the grey picture it sees (the luma of the optimised colour image, in three equal
             channels), as are the snapshots.
         activations: ``float32 [N]`` tensor (CPU): each image's objective measured on the final *untransformed*
-            image.
+            image; for a minimised objective (``-obj`` or ``-k * obj``) the raw value of ``obj`` (see
+            :func:`reported_objective`), so a minimised channel reports its own, low, value.
         trace: ``float32 [steps, N]`` tensor (CPU): the maximised value (objective, plus the diversity term if any)
             of every step, on the transformed images.
         spec: JSON: objectives, recipe, steps, size, seeds, diversity.
@@ -102,6 +105,44 @@ def as_objectives(objectives: ObjectivesLike) -> list[Objective]:
                               f"{type(o).__name__} (e.g. channel('blocks.4.0', 3))")
         out.append(o)
     return out
+
+
+def reported_objective(objective: Objective) -> Objective:
+    """What a render reports as the activation of ``objective``: ``obj`` for a minimised ``-k * obj`` (``k > 0``),
+    the objective itself otherwise. The renderer maximises ``-k * obj``; its raw, negative-side value is ``obj``'s."""
+    if isinstance(objective, Scaled) and objective.factor < 0:
+        return objective.term
+    return objective
+
+
+def init_images(model: ModelLike, init: object, size: tuple[int, int], n: int) -> torch.Tensor:
+    """The starting images of a render with ``init=`` (a learned prior: start from a dataset image): ``float32
+    [n, 3, H, W]`` in [0, 1] on the CPU.
+
+    ``init`` is one picture or ``n`` of them (anything :meth:`~cnnscope.models.LoadedModel.batch` takes: a path,
+    a PIL image, a ``uint8 [H, W, 3]`` / ``[n, H, W, 3]`` array, a list; brought to ``size``) or a model-space float
+    tensor ``[1 or n, C, H, W]`` of that size (mapped back through the model's normalisation).
+
+    Raises:
+        ImageError: pictures the model's :meth:`~cnnscope.models.LoadedModel.batch` rejects.
+        CnnscopeError: a count other than 1 or ``n``, or a tensor of another size.
+    """
+    m = as_model(model)
+    x = m.batch(init, size=size)
+    if tuple(x.shape[-2:]) != tuple(size):
+        raise CnnscopeError(f"init is {x.shape[-2]}x{x.shape[-1]} but the render is {size[0]}x{size[1]}; pass "
+                            "pictures (they are resized) or a tensor of the render's size")
+    if x.shape[0] not in (1, n):
+        raise CnnscopeError(f"init holds {x.shape[0]} images for {n} objectives; give one image or one per objective")
+    x01 = m.denormalize(x.float()).clamp(0, 1).cpu()
+    if x01.shape[1] == 1:
+        x01 = x01.expand(-1, 3, -1, -1)
+    return x01.expand(n, -1, -1, -1).contiguous()
+
+
+def _reads_output_only(objective: Objective) -> bool:
+    """Whether ``objective`` reads nothing but the model's output (a class logit, its negation, sums of them)."""
+    return set(objective.keys()) == {OUTPUT}
 
 
 def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
@@ -212,10 +253,13 @@ def _seen(m: LoadedModel, image: torch.Tensor) -> np.ndarray:
 
 def _render_chunk(m: LoadedModel, objs: Sequence[Objective], measured: Sequence[Objective], seeds: Sequence[int],
                   group: int, recipe: Recipe, steps: int, size: tuple[int, int], thresholds: Sequence[int],
-                  truncate: bool, amp: bool, channels_last: bool, bar: Any) -> dict[str, Any]:
+                  truncate: bool, amp: bool, channels_last: bool, bar: Any, init: torch.Tensor | None = None
+                  ) -> dict[str, Any]:
     device = m.device
     image_seeds = [s + j for s in seeds for j in range(group)]
     param = recipe.make_param(image_seeds, size, device)
+    if init is not None:
+        param.set_image_(init.repeat_interleave(group, dim=0).to(device))
     pipeline = recipe.make_transforms().to(device)
     filters = recipe.make_filters()
     gens = generators([s + TRANSFORM_SEED_OFFSET for s in image_seeds], device)
@@ -252,7 +296,11 @@ def _render_chunk(m: LoadedModel, objs: Sequence[Objective], measured: Sequence[
             bar.update(1)
         with torch.no_grad():
             image = param().detach()
-            final = _evaluate(measured, group, reader.run(m.to_input(image).to(m.dtype), image))
+            x = m.to_input(image).to(m.dtype)
+            acts = _first_forward(reader, x, image, size) if steps == 0 else reader.run(x, image)
+            if steps == 0:
+                _check_shapes(measured, acts, size)
+            final = _evaluate(measured, group, acts)
     return {"images": _seen(m, image), "activations": final.float().cpu(), "trace": trace.float().cpu(),
             "snapshots": snaps}
 
@@ -268,14 +316,14 @@ def _render_piece(m: LoadedModel, piece: dict[str, Any]) -> dict[str, Any]:
         return _render_chunk(m, bar=_NoBar(), **piece)
 
 
-def render(model: ModelLike, objectives: ObjectivesLike, *, recipe: str | Recipe | None = "lucid",
-           steps: int = 512, size: int | Sequence[int] = 128, seed: int | Sequence[int] = 0,
+def render(model: ModelLike, objectives: ObjectivesLike, *, recipe: str | Recipe | None = None,
+           steps: int | None = None, size: int | Sequence[int] | str | None = None, seed: int | Sequence[int] = 0,
            batch_size: int | None = None, thresholds: Sequence[int] | None = None, progress: bool = False,
            diversity: int = 1, diversity_layer: str | None = None, diversity_weight: float = DIVERSITY_WEIGHT,
            param: Any = None, param_options: Mapping | None = None, transforms: Any = None, filters: Any = None,
            optimizer: str | None = None, lr: float | None = None, truncate: bool = True, amp: bool = False,
-           channels_last: bool | None = None, engine: str | Engine | None = None, address: str | None = None
-           ) -> RenderResult:
+           channels_last: bool | None = None, engine: str | Engine | None = None, address: str | None = None,
+           init: object = None) -> RenderResult:
     """Render one image per objective by gradient ascent.
 
     Args:
@@ -284,10 +332,13 @@ def render(model: ModelLike, objectives: ObjectivesLike, *, recipe: str | Recipe
             temporary, no hook survives, no ``.grad`` is written).
         objectives: an objective, a :class:`~cnnscope.Unit` (``position=None``: its channel, else its neuron),
             a ``.spec()`` dict, ``"KIND:ARG:..."`` text, or a list of them (one image each).
-        recipe: ``"lucid"`` (default), ``"plain"``, ``"gaussian_blur"``, ``"bilateral_blur"``, ``"maco"`` or a
-            :class:`~cnnscope.featurevis.recipes.Recipe`.
-        steps: optimisation steps.
-        size: image size ``H`` or ``(H, W)``, at least :data:`MIN_SIZE`.
+        recipe: ``"lucid"``, ``"plain"``, ``"gaussian_blur"``, ``"bilateral_blur"``, ``"maco"``, ``"class"`` or a
+            :class:`~cnnscope.featurevis.recipes.Recipe`; ``None`` (default): ``"class"`` when every objective is
+            a class logit (it reads the model's output only), ``"lucid"`` otherwise.
+        steps: optimisation steps (``0``: no optimisation; with ``init`` the images are the starting pictures);
+            ``None``: the recipe's (``class``: 128), else 512.
+        size: image size ``H`` or ``(H, W)``, at least :data:`MIN_SIZE`, or ``"input"`` (the model's input size);
+            ``None``: the recipe's (``class``: the model's input size), else 128.
         seed: one seed for all objectives, or one per objective. Image ``j`` of an objective with seed ``s``
             starts from seed ``s + j``; a batched render equals single renders with the same seeds.
         batch_size: images per forward pass (memory bound); default :data:`BATCH_CPU` on a CPU, :data:`BATCH_GPU`
@@ -307,9 +358,13 @@ def render(model: ModelLike, objectives: ObjectivesLike, *, recipe: str | Recipe
             The chunks and seeds are the same, so the results are too (bit for bit with one torch thread here,
             as on the workers).
         address: with ``engine="ray"``: ``"auto"``, ``"HOST:PORT"`` or ``None`` (a local Ray).
+        init: start from pictures instead of noise (the article's *learned prior*: a dataset image): one picture
+            for every objective or one per objective (see :func:`init_images`). The parameterization must be
+            settable from an image (``pixel``, ``fourier``: its round trip is exact up to the sigmoid's clamp at
+            ``1e-4``); with ``diversity=k`` the ``k`` images of an objective start from the same picture.
 
     Returns:
-        :class:`RenderResult`.
+        :class:`RenderResult`: ``activations`` are the raw values (a minimised ``-obj`` reports ``obj``).
 
     Raises:
         LayerError: unknown layer (with close matches), channel or position out of range, ``pre_activation`` on
@@ -318,9 +373,20 @@ def render(model: ModelLike, objectives: ObjectivesLike, *, recipe: str | Recipe
         MethodError: unknown recipe, parameterization, transform preset, optimiser or objective.
     """
     m = as_model(model)
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise CnnscopeError(f"steps must be a positive integer, got {steps!r}")
-    hw = as_size(size)
+    base = as_objectives(objectives)
+    if recipe is None:
+        recipe = CLASS_RECIPE if all(_reads_output_only(o) for o in base) else DEFAULT_RECIPE
+    if param is not None and param_options is None:
+        param_options = {}  # the recipe's options belong to the recipe's parameterization
+    chosen = get_recipe(recipe).override(param=param, param_options=param_options, transforms=transforms,
+                                         filters=filters, optimizer=optimizer, lr=lr)
+    if steps is None:
+        steps = DEFAULT_STEPS if chosen.steps is None else chosen.steps
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise CnnscopeError(f"steps must be a non-negative integer, got {steps!r}")
+    if size is None:
+        size = DEFAULT_SIZE if chosen.size is None else chosen.size
+    hw = tuple(int(v) for v in m.input_size) if isinstance(size, str) and size == "input" else as_size(size)
     if min(hw) < MIN_SIZE:
         raise CnnscopeError(f"size {hw[0]}x{hw[1]} is too small: images need at least {MIN_SIZE} pixels a side")
     if isinstance(diversity, bool) or not isinstance(diversity, int) or diversity < 1:
@@ -328,15 +394,12 @@ def render(model: ModelLike, objectives: ObjectivesLike, *, recipe: str | Recipe
     thresholds = sorted({int(t) for t in thresholds or ()})
     if thresholds and not (1 <= thresholds[0] and thresholds[-1] <= steps):
         raise CnnscopeError(f"thresholds must lie in 1..{steps}, got {thresholds}")
-    base = as_objectives(objectives)
     for o in base:
         if not o.layers and not o.needs_output:
             raise MethodError(f"{o!r} reads no layer of the model; add a unit objective such as channel(...)")
     seeds = _seeds(seed, len(base))
-    if param is not None and param_options is None:
-        param_options = {}  # the recipe's options belong to the recipe's parameterization
-    chosen = get_recipe(recipe).override(param=param, param_options=param_options, transforms=transforms,
-                                         filters=filters, optimizer=optimizer, lr=lr)
+    reported = [reported_objective(o) for o in base]
+    starts = None if init is None else init_images(m, init, hw, len(base))
     maximised = base
     if diversity > 1:
         def div_term(o: Objective) -> Objective:
@@ -357,9 +420,10 @@ def render(model: ModelLike, objectives: ObjectivesLike, *, recipe: str | Recipe
     parts = []
     t0 = time.perf_counter()
     if not isinstance(eng, LocalEngine):
-        pieces = [{"objs": maximised[ch], "measured": base[ch], "seeds": seeds[ch], "group": diversity,
+        pieces = [{"objs": maximised[ch], "measured": reported[ch], "seeds": seeds[ch], "group": diversity,
                    "recipe": chosen, "steps": steps, "size": hw, "thresholds": thresholds, "truncate": truncate,
-                   "amp": amp, "channels_last": cl} for ch in parts_of]
+                   "amp": amp, "channels_last": cl, "init": None if starts is None else starts[ch]}
+                  for ch in parts_of]
         try:
             done = dict(eng.map_with_model(m, _render_piece, pieces, progress=progress, desc="render"))
         finally:
@@ -371,14 +435,16 @@ def render(model: ModelLike, objectives: ObjectivesLike, *, recipe: str | Recipe
                 tqdm(total=steps * len(parts_of), disable=not progress, desc="render", unit="step",
                      leave=False) as bar:
             for ch in parts_of:
-                parts.append(_render_chunk(m, maximised[ch], base[ch], seeds[ch], diversity, chosen, steps, hw,
-                                           thresholds, truncate, amp, cl, bar))
+                parts.append(_render_chunk(m, maximised[ch], reported[ch], seeds[ch], diversity, chosen, steps, hw,
+                                           thresholds, truncate, amp, cl, bar,
+                                           init=None if starts is None else starts[ch]))
     seconds = time.perf_counter() - t0
     n = len(base) * diversity
     spec = {"objectives": [o.spec() for o in base], "recipe": chosen.spec(), "steps": int(steps),
             "size": list(hw), "seeds": seeds, "diversity": diversity,
             "diversity_weight": float(diversity_weight) if diversity > 1 else None, "model": m.name,
-            "mean": list(m.mean), "std": list(m.std)}
+            "mean": list(m.mean), "std": list(m.std), "reported": [o.spec() for o in reported],
+            "init": init_description(init)}
     return RenderResult(
         images=np.concatenate([p["images"] for p in parts]),
         activations=torch.cat([p["activations"] for p in parts]),
@@ -386,10 +452,23 @@ def render(model: ModelLike, objectives: ObjectivesLike, *, recipe: str | Recipe
         spec=spec,
         labels=[repr(o) for o in base for _ in range(diversity)],
         snapshots={t: np.concatenate([p["snapshots"][t] for p in parts]) for t in thresholds},
-        timing={"seconds": seconds, "ms_per_step": 1000 * seconds / steps,
-                "ms_per_image_step": 1000 * seconds / (steps * n), "chunks": len(parts_of), "device": str(device),
-                "engine": eng.name},
+        timing={"seconds": seconds, "ms_per_step": 1000 * seconds / max(steps, 1),
+                "ms_per_image_step": 1000 * seconds / (max(steps, 1) * n), "chunks": len(parts_of),
+                "device": str(device), "engine": eng.name},
     )
+
+
+def init_description(init: object) -> str | None:
+    """How the spec names an ``init``: a path as text, other pictures by their kind (``None``: noise)."""
+    if init is None:
+        return None
+    if isinstance(init, (str, bytes)) or hasattr(init, "__fspath__"):
+        return str(init)
+    if isinstance(init, torch.Tensor):
+        return f"tensor {list(init.shape)}"
+    if isinstance(init, np.ndarray):
+        return f"array {list(init.shape)}"
+    return type(init).__name__
 
 
 def _picture_size(images: object) -> tuple[int, int] | None:
@@ -447,4 +526,5 @@ def measure(model: ModelLike, images: object, objectives: ObjectivesLike, *, pai
     return out if pairwise else out[0]
 
 
-__all__ = ["BATCH_CPU", "BATCH_GPU", "MIN_SIZE", "RenderResult", "as_objectives", "measure", "render"]
+__all__ = ["BATCH_CPU", "BATCH_GPU", "MIN_SIZE", "RenderResult", "as_objectives", "init_images", "measure",
+           "render", "reported_objective"]

@@ -287,6 +287,15 @@ def standard() -> Pipeline:
     return Pipeline([Pad(12, 0.5), Jitter(8), RandomScale(), RandomRotate(), Jitter(4), CropBack()])
 
 
+@register_preset("strong")
+def strong() -> Pipeline:
+    """Stronger transformation robustness for class visualizations: pad 16, jitter 16, scale 0.8-1.25, rotate
+    -20..20 degrees, jitter 8, crop back (the ``class`` recipe)."""
+    scales = tuple(0.8 + 0.05 * i for i in range(10))
+    angles = tuple(range(-20, 21, 2)) + (0,) * 5
+    return Pipeline([Pad(16, 0.5), Jitter(16), RandomScale(scales), RandomRotate(angles), Jitter(8), CropBack()])
+
+
 @register_preset("maco")
 def maco() -> Pipeline:
     """MACO's robustness: a random crop (half to all of the image) and Gaussian noise."""
