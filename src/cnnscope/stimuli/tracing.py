@@ -134,7 +134,7 @@ def _to_pixels(m: LoadedModel, layer: str, act: torch.Tensor, size: tuple[int, i
                                            align_corners=True)[0]
 
 
-def family_maps(model: ModelLike, image: object, layer: str, *, channels: str | Sequence[int],
+def family_maps(model: ModelLike, images: object, layer: str, *, channels: str | Sequence[int],
                 orientations: Sequence[float], pre_activation: bool = False,
                 mean: Sequence[float] | torch.Tensor | None = None, std: Sequence[float] | torch.Tensor | None = None,
                 normalize: str | None = "image") -> FamilyMaps:
@@ -142,7 +142,8 @@ def family_maps(model: ModelLike, image: object, layer: str, *, channels: str | 
 
     Args:
         model: a ``LoadedModel`` or an ``nn.Module``.
-        image: one picture (path, PIL image, ``uint8 [H, W, 3]``; read at its own size) or a model-space tensor.
+        images: one picture (path, PIL image, ``uint8 [H, W, 3]``; read at its own size) or a model-space tensor
+            (the ``images`` of docs/CONVENTIONS.md; exactly one).
         layer: the family's layer.
         channels: the members (channel indices of ``layer``).
         orientations: each member's preferred orientation in degrees (the convex side), same order.
@@ -154,7 +155,7 @@ def family_maps(model: ModelLike, image: object, layer: str, *, channels: str | 
             such as a bias, drops out); ``None`` compares the raw values.
     """
     m = as_model(model)
-    x = _picture(m, image)
+    x = _picture(m, images)
     with evaluating(m.module), torch.no_grad(), Capture(m.module, layer, pre_activation=pre_activation) as cap:
         cap.run(x)
         act = cap[layer]
@@ -207,7 +208,7 @@ def _tangent(vec: np.ndarray, p: np.ndarray) -> np.ndarray:
     return np.array([-vx, -vy]) / norm
 
 
-def trace_curves(model: ModelLike, image: object, layer: str, *, channels: str | Sequence[int],
+def trace_curves(model: ModelLike, images: object, layer: str, *, channels: str | Sequence[int],
                  orientations: Sequence[float], pre_activation: bool = False,
                  mean: Sequence[float] | torch.Tensor | None = None, std: Sequence[float] | torch.Tensor | None = None,
                  normalize: str | None = "image", threshold: float = 0.5, stop: float = 0.5, step: float = 1.0,
@@ -218,7 +219,7 @@ def trace_curves(model: ModelLike, image: object, layer: str, *, channels: str |
 
     Args:
         model: a ``LoadedModel`` or an ``nn.Module``.
-        image, layer, channels, orientations, pre_activation, mean, std, normalize: see :func:`family_maps` (a
+        images, layer, channels, orientations, pre_activation, mean, std, normalize: see :func:`family_maps` (a
             :class:`~cnnscope.stimuli.Family` gives ``layer``, ``channels`` and ``stats.preferred``).
         threshold: seeds are local maxima of the strength above ``threshold`` times its largest value.
         stop: a walk ends where the strength falls below ``stop`` times its seed's.
@@ -238,7 +239,7 @@ def trace_curves(model: ModelLike, image: object, layer: str, *, channels: str |
                             f"suppress >= 0; got {threshold}, {stop}, {step}, {ridge}, {suppress}")
     from scipy.ndimage import maximum_filter
 
-    fm = family_maps(model, image, layer, channels=channels, orientations=orientations,
+    fm = family_maps(model, images, layer, channels=channels, orientations=orientations,
                      pre_activation=pre_activation, mean=mean, std=std, normalize=normalize)
     s, vec = fm.strength.numpy(), fm.vector.numpy()
     h, w = s.shape
