@@ -7,9 +7,13 @@ and 8 client threads with keep-alive connections. Measured side by side in one r
 1. unit pages (HTML) per second and p50/p95 latency for 1, 4 and 8 clients (ratio 8 clients / 1 client);
 2. the same load on the JSON unit API, the artifact PNGs and the layer pages (ratio to the HTML unit page);
 3. unit pages while a build process writes new units into the same atlas (ratio to the idle server); every
-   response must be 200.
+   response must be 200;
+4. on a generated atlas of ``--scale-units`` units (default 20,000 in 20 layers; 0 skips it): cold and warm latency
+   of the index page, ``/api/health``, layer pages (first, last, sorted, filtered), unit pages with circuits, whole
+   image pages and search. Goal: every p95 under 100 ms.
 
-    python benchmarks/bench_web.py [--units 16] [--requests 400] [--repeats 3] [--quick] [--append-results]
+    python benchmarks/bench_web.py [--units 16] [--requests 400] [--repeats 3] [--scale-units 20000] [--quick]
+                                   [--append-results]
 """
 
 from __future__ import annotations
@@ -101,9 +105,10 @@ def main() -> None:
     ap.add_argument("--units", type=int, default=16, help="units per layer in the atlas")
     ap.add_argument("--requests", type=int, default=400, help="requests per measurement")
     ap.add_argument("--steps", type=int, default=2, help="feature-vis steps of the atlas (content, not speed)")
+    ap.add_argument("--scale-units", type=int, default=20000, help="units of the generated atlas (0: skip)")
     args = ap.parse_args()
     if args.quick:
-        args.units, args.requests, args.repeats = 4, 60, 1
+        args.units, args.requests, args.repeats, args.scale_units = 4, 60, 1, 400
 
     work = Path(tempfile.mkdtemp(prefix="bench_web_"))
     atlas = work / "atlas"
@@ -160,6 +165,10 @@ def main() -> None:
     body += "\n" + markdown_table([(k, f"{v:.2f}") for k, v in ratios.items()], ("ratio (same run)", "value"))
     body += (f"\nNon-200 responses in all runs: {errors}. The build-writing load shares the machine's cores with "
              "a feature-visualization build; SQLite WAL readers never wait for its commits.\n")
+    if args.scale_units:
+        from _web_scale import scale_section
+
+        body += "\n" + scale_section(work, 20, max(1, args.scale_units // 20), start_server) + "\n"
     print(f"machine: {machine_line()}\n")
     print(body)
     print(json.dumps({"medians": med, "ratios": ratios}, indent=1))
