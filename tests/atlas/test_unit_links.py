@@ -135,3 +135,27 @@ def test_the_feeding_layer_is_named_as_the_atlas_holds_it(tmp_path):
     with AtlasStore(tmp_path) as st:
         assert {link["layer"] for link in st.incoming("conv2", 0)} == {"block.1"}
         assert st.outgoing("block.1", 0) or st.outgoing("block.1", 1)
+
+
+def test_links_stored_under_another_name_of_the_tensor_are_found(tmp_path):
+    from cnnscope.web.views import circuit_view
+
+    m = wrap(_TwoNames(), input_size=16, name="two_names")
+    build_atlas(m, tmp_path, ["conv2"], channels=[0, 1], kinds=["circuit"], options=OPTIONS)  # links under "block"
+    build_atlas(m, tmp_path, ["block.1"], channels=[0, 1, 2, 3], kinds=["circuit"], options=OPTIONS)
+    with AtlasStore(tmp_path) as st:
+        assert {link["layer"] for link in st.incoming("conv2", 0)} == {"block"}
+        assert st.get_meta("tensor_aliases")["block.1"] == ["block", "block.1"]
+        v = circuit_view(st, "conv2", 0)
+        assert {i["layer"] for i in v["incoming"]} == {"block.1"} and all(i["url"] for i in v["incoming"])
+        assert v["note"] == ""
+        src = v["incoming"][0]["unit"]
+        out = circuit_view(st, "block.1", src)["outgoing"]
+        assert ("conv2", 0) in [(o["layer"], o["unit"]) for o in out]
+
+
+def test_only_the_channel_render_marks_dead_units(tmp_path):
+    build_atlas(helpers.tiny_model(), tmp_path, ["features.5"], channels=[0], kinds=["featurevis_neuron"],
+                options=OPTIONS)
+    with AtlasStore(tmp_path) as st:
+        assert "dead" not in st.fact_names("features.5")

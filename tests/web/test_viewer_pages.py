@@ -132,3 +132,16 @@ def test_annotate_mode_labels_units_and_finds_them(rich_atlas, tmp_path):
     with TestClient(create_app(rich_atlas, explain=False)) as c:  # not in annotate mode: nothing to write with
         assert 'id="label-form"' not in c.get("/layer/features.5/unit/3").text
         assert c.post("/api/labels/features.5/3", data={"label": "x"}).status_code in (404, 405)
+
+
+def test_review_findings_answer_4xx(rich, rich_atlas, tmp_path):
+    with AtlasStore(rich_atlas) as st:
+        iid = next(iter(st.image_ids(list(range(50)))))
+    assert rich.get(f"/image/{iid}?unit=0").status_code == 400
+    assert rich.get(f"/api/images/{iid}?layer=features.5").status_code == 400
+    assert rich.get("/layer/features.5?show=labelled").status_code == 400  # no labels without --annotate
+    with TestClient(create_app(rich_atlas, explain=False, annotate=tmp_path / "l.sqlite")) as c:
+        r = c.post("/api/labels/features.5/0/examples", data={"image_id": "9" * 5000, "y": "1", "x": "1",
+                                                             "label": "a"})
+        assert r.status_code == 400
+        assert "no labelled band examples" in c.get("/api/labels/features.5/0/examples/figure.png").text

@@ -195,8 +195,11 @@ def build_atlas(model: ModelLike, out: str | Path, layers: str | Sequence[str] |
             report.skipped += len(plans[info.name]) - len(pending)
             jobs += [(info, pending[sl]) for sl in chunks(len(pending), options.units_per_chunk)]
         cache: dict = {"atlas_layers": store.layer_names()}
-        report.advice = [line for k in chosen for line in k.advice(m, [i.name for i in infos if k.name not in
-                                                                       skipped.get(i.name, {})], cache["atlas_layers"])]
+        applied = {k.name: [i.name for i in infos if k.name not in skipped.get(i.name, {})] for k in chosen}
+        report.advice = [line for k in chosen for line in k.advice(m, applied[k.name], cache["atlas_layers"])]
+        aliases = {n: names for k in chosen for n, names in k.aliases(m, applied[k.name]).items()}
+        if aliases:
+            store.set_meta(tensor_aliases={**(store.get_meta("tensor_aliases", {}) or {}), **aliases})
         where = {"workdir": Path(out) / "work" if source is not None else None, "engine": engine, "address": address}
         _run_jobs(store, m, jobs, chosen, skipped, options, batch_size, source, report, progress, max_units, cache,
                   where)

@@ -80,19 +80,31 @@ class Circuit(ArtifactKind):
                               links=links)]
         return out
 
-    def advice(self, model, layers: list[str], atlas_layers: list[str]) -> list[str]:
-        """One line per built layer whose feeding layer the atlas does not hold (add it to link the circuits)."""
+    def feeding(self, model, layers: list[str]) -> dict[str, list[str]]:
+        """``layer -> every name of the tensor its circuit reads`` (layers whose input has no name are left out)."""
         from ..dataset.circuits import connection, feeding_layers
         from ..errors import LayerError
 
-        held, missing = set(atlas_layers), {}
+        out = {}
         for name in layers:
             try:
-                conv = connection(model, name, 0, verify=False).conv
-                names = feeding_layers(model, conv)
+                names = feeding_layers(model, connection(model, name, 0, verify=False).conv)
             except LayerError:
                 continue
-            if names and not held.intersection(names):
+            if names:
+                out[name] = names
+        return out
+
+    def aliases(self, model, layers: list[str]) -> dict[str, list[str]]:
+        """``name -> every name of the same tensor`` for the tensors the layers' circuits read: links stored under
+        one name are found from a unit page of another (a block and its last child)."""
+        return {n: names for names in self.feeding(model, layers).values() for n in names}
+
+    def advice(self, model, layers: list[str], atlas_layers: list[str]) -> list[str]:
+        """One line per built layer whose feeding layer the atlas does not hold (add it to link the circuits)."""
+        held, missing = set(atlas_layers), {}
+        for name, names in self.feeding(model, layers).items():
+            if not held.intersection(names):
                 missing.setdefault(names[0], []).append(name)
         return [f"circuits of {', '.join(users)} read {src}, which this atlas does not hold: add it to --layers to "
                 f"link their inputs" for src, users in missing.items()]

@@ -29,6 +29,8 @@ CROP = 128
 CANDIDATES = 8
 #: fitted source images a run keeps decoded (each example panel reads a few; neighbouring units share many)
 FITTED_CACHE = 256
+#: encoded whole images a run keeps (a few MB; bounded so a long build over a large source does not grow)
+ENCODED_CACHE = 2048
 
 
 def layer_stats(ctx: BuildContext):
@@ -122,8 +124,12 @@ def _fitted(ctx: BuildContext, ids: list[int]) -> dict[int, np.ndarray]:
 
 def _whole_image(ctx: BuildContext, ex, fitted: np.ndarray) -> AtlasImage:
     """The atlas record of an example's whole (fitted) image, encoded once per run."""
-    encoded = ctx.cache.setdefault("whole_images", {})
-    if ex.image_id not in encoded:
+    encoded = ctx.cache.setdefault("whole_images", OrderedDict())
+    if ex.image_id in encoded:
+        encoded.move_to_end(ex.image_id)
+    else:
+        while len(encoded) >= ENCODED_CACHE:  # an evicted image is encoded again (the store ignores repeats)
+            encoded.popitem(last=False)
         encoded[ex.image_id] = AtlasImage(image_id=int(ex.image_id), name=str(ex.name),
                                           label=None if ex.label is None else str(ex.label), mime="image/jpeg",
                                           data=jpeg_bytes(fitted), width=int(fitted.shape[1]),

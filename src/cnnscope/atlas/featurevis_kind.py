@@ -145,7 +145,8 @@ class _FeatureVis(ArtifactKind):
                     numbers["dead_reason"] = reason
                 art = image_artifact(self.name, name, res.images[n], numbers, spec=spec,
                                      seed=int(res.spec["seeds"][i]) + j, render_timing=res.timing)
-                out[u].append(replace(art, facts={"dead": float(numbers["dead"])}) if j == 0 else art)
+                channel = j == 0 and self.name == "featurevis"  # the layer page's dead mark is the channel render's
+                out[u].append(replace(art, facts={"dead": float(numbers["dead"])}) if channel else art)
                 if j == 0 and "thumbnail" in self.artifacts:
                     out[u].append(Artifact(kind=self.name, name="thumbnail", mime="image/jpeg",
                                            data=thumbnail_bytes(res.images[n], THUMBNAIL),

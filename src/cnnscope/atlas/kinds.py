@@ -136,6 +136,11 @@ class ArtifactKind:
         convolution); the build then leaves the kind out for that layer and records why."""
         return None
 
+    def aliases(self, model, layers: list[str]) -> dict[str, list[str]]:
+        """``name -> all names of one tensor`` the kind's links may be stored under (kept in the atlas's meta,
+        ``tensor_aliases``, so the viewer finds them under any of the names); none by default."""
+        return {}
+
     def advice(self, model, layers: list[str], atlas_layers: list[str]) -> list[str]:
         """Lines the build prints about the chosen ``layers`` given every layer the atlas holds (e.g. a layer to add
         so circuits link); none by default."""

@@ -496,12 +496,15 @@ class AtlasStore:
                                 "dst_unit=? ORDER BY norm DESC", (layer, int(unit)))
         return [{"layer": r[0], "unit": r[1], "weight": r[2], "norm": r[3]} for r in rows]
 
-    def outgoing(self, layer: str, unit: int, limit: int = 12) -> list[dict]:
-        """The units that list this unit among their strongest inputs, strongest first (``limit`` at most)."""
+    def outgoing(self, layer: str, unit: int, limit: int = 12, names: Sequence[str] = ()) -> list[dict]:
+        """The units that list this unit among their strongest inputs, strongest first (``limit`` at most);
+        ``names``: other names of ``layer``'s tensor the links may be stored under."""
         if not self._has_table("unit_links"):
             return []
-        rows = self.con.execute("SELECT dst_layer, dst_unit, weight, norm FROM unit_links WHERE src_layer=? AND "
-                                "src_unit=? ORDER BY norm DESC LIMIT ?", (layer, int(unit), int(limit)))
+        srcs = list(dict.fromkeys([layer, *names]))
+        marks = ",".join("?" * len(srcs))
+        rows = self.con.execute(f"SELECT dst_layer, dst_unit, weight, norm FROM unit_links WHERE src_layer IN "
+                                f"({marks}) AND src_unit=? ORDER BY norm DESC LIMIT ?", (*srcs, int(unit), int(limit)))
         return [{"layer": r[0], "unit": r[1], "weight": r[2], "norm": r[3]} for r in rows]
 
     def kinds_present(self) -> list[str]:

@@ -24,6 +24,7 @@ from ..atlas.records import AtlasError, NotInAtlas
 from ..atlas.store import SERVED_MIME, AtlasStore
 from . import views
 from .explain import MAX_QUEUE, Explainer, UploadError
+from .labels import LabelError, LabelFileError
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -169,6 +170,10 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
     async def bad_query(request: Request, exc: views.BadQuery) -> Response:
         return error(request, 400, str(exc))
 
+    @app.exception_handler(LabelError)
+    async def label_error(request: Request, exc: LabelError) -> Response:
+        return error(request, 503 if isinstance(exc, LabelFileError) else 400, str(exc))
+
     @app.exception_handler(AtlasError)
     async def atlas_error(request: Request, exc: AtlasError) -> Response:
         return error(request, 500, str(exc))
@@ -184,7 +189,7 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 404:
+        if exc.status_code == 404 and exc.detail in (None, "", "Not Found"):  # no route: a generic message
             return error(request, 404, f"nothing at {request.url.path[:200]}; start from the model page")
         return error(request, exc.status_code, str(exc.detail))
 
@@ -230,6 +235,8 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
         return render("image.html", v=image_v(image_id, layer, unit, which))
 
     def image_v(image_id: str, layer: str | None, unit: str | None, which: str | None) -> dict:
+        if (layer is None) != (unit is None):
+            raise views.BadQuery("an image page takes layer and unit together (the unit whose examples it shows)")
         u = None if unit is None else _parse_int(unit, "unit")
         return views.image_view(store, _parse_int(image_id, "image id"), layer if u is not None else None, u,
                                 which if which in ("top", "bottom") else None)

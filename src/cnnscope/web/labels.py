@@ -432,7 +432,7 @@ class LabelStore:
 
 def _csv_number(source: str, line: int, col: str, row: Mapping) -> int:
     text = str(row.get(col) or "").strip()
-    if not text.isascii() or not text.isdigit():
+    if not text.isascii() or not text.isdigit() or len(text) > 16:
         raise LabelError(f"{source}, line {line}: {col} must be a number 0 or more, got {text[:40]!r}")
     return int(text)
 
@@ -596,9 +596,9 @@ EXAMPLE_FIELDS = ("image_id", "y", "x", "label", "name")
 
 def _field_number(key: str, value: object) -> int:
     """An image id or grid coordinate from a form (ASCII digits) or JSON (an integer); HTTP 400 otherwise."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10 ** 16:
         return value
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 16:
         return int(value.strip())
     raise HTTPException(400, f"{key} must be a number 0 or more (digits 0-9), got {str(value)[:40]!r}")
 

@@ -111,9 +111,11 @@ def layer_view(store: AtlasStore, layer: str, page: int = 1, page_size: int = PA
     labels = labels or {}
     built = store.units(layer)
     units = built
-    if show in ("alive", "dead"):
+    if show == "labelled" and not labels:
+        raise BadQuery("show=labelled needs labels: start the viewer with --annotate FILE and label some units")
+    if show in ("alive", "dead"):  # units without the mark (built before it was recorded) are in neither
         dead = store.fact_values(layer, "dead")
-        units = [u for u in units if (dead.get(u, 0.0) > 0) == (show == "dead")]
+        units = [u for u in units if u in dead and (dead[u] > 0) == (show == "dead")]
     elif show == "labelled":
         units = [u for u in units if u in labels]
     values = store.fact_values(layer, sort) if sort != "unit" else {}
@@ -221,8 +223,9 @@ def unit_view(store: AtlasStore, layer: str, unit: int, label: dict | None = Non
     prev, nxt = store.neighbors(layer, unit)
     kinds = kind_table(store)
     records = store.artifacts(layer, unit)
-    ids = {ex.get("image_id") for a in records if isinstance(a.numbers, dict)
-           and isinstance(a.numbers.get("examples"), list) for ex in a.numbers["examples"] if isinstance(ex, dict)}
+    ids = {ex["image_id"] for a in records if isinstance(a.numbers, dict)
+           and isinstance(a.numbers.get("examples"), list) for ex in a.numbers["examples"]
+           if isinstance(ex, dict) and "image_id" in ex}
     stored = store.image_ids([i for i in ids if isinstance(i, int) and not isinstance(i, bool)])
 
     def section(kind: str) -> dict:
@@ -271,8 +274,12 @@ def circuit_view(store: AtlasStore, layer: str, unit: int, sections: dict[str, d
                     incoming += [{"layer": i["layer"], "unit": i["unit"], "weight": _number(i.get("weight")),
                                   "norm": _number(i.get("norm"))} for i in nums["inputs"] if isinstance(i, dict)
                                  and isinstance(i.get("layer"), str) and isinstance(i.get("unit"), int)]
-    outgoing = store.outgoing(layer, unit, limit=OUTGOING)
+    aliases = store.get_meta("tensor_aliases", {}) or {}
+    outgoing = store.outgoing(layer, unit, limit=OUTGOING, names=aliases.get(layer, ()))
     held = set(store.layer_names())
+    for i in incoming:  # links stored under another name of the same tensor: the name the atlas holds
+        if i["layer"] not in held:
+            i["layer"] = next((n for n in aliases.get(i["layer"], ()) if n in held), i["layer"])
     items = incoming + outgoing
     thumbs: dict[str, dict[int, int]] = {}
     for name in {i["layer"] for i in items if i["layer"] in held}:
@@ -308,14 +315,15 @@ def image_view(store: AtlasStore, image_id: int, layer: str | None = None, unit:
                 continue
             for ex in nums.get("examples") or []:
                 box = ex.get("box") if isinstance(ex, dict) else None
-                if ex.get("image_id") == image_id and isinstance(box, list) and len(box) == 4 and \
+                if isinstance(box, list) and ex.get("image_id") == image_id and len(box) == 4 and \
                         all(isinstance(b, int) for b in box) and _number(ex.get("value")) is not None:
                     top, left, bottom, right = box
                     boxes.append({"which": a.name, "value": float(ex["value"]), "value_text": f"{ex['value']:.4g}",
                                   "x": left, "y": top, "width": right - left, "height": bottom - top,
                                   "position": [ex.get("y"), ex.get("x")]})
     return {"image": info | {"url": f"/image/{int(image_id)}/picture"}, "boxes": boxes,
-            "unit": None if unit is None else {"layer": layer, "unit": int(unit), "url": unit_url(layer, unit)}}
+            "unit": None if unit is None or layer is None else {"layer": layer, "unit": int(unit),
+                                                                 "url": unit_url(layer, unit)}}
 
 
 def graph_view(store: AtlasStore) -> list[dict]:
