@@ -90,17 +90,17 @@ def decode_upload(data: bytes, filename: str, max_bytes: int, max_pixels: int) -
         raise UploadError(415, f"{name}: unreadable image ({exc})") from None
 
 
-async def _read_capped(request: Request, cap: int, max_bytes: int) -> bytes:
-    """The request body, refusing (413) anything longer than ``cap`` before reading it all."""
-    too_big = f"the upload is over the limit of {max_bytes:,} bytes"
+async def read_capped(request: Request, cap: int, refuse) -> bytes:
+    """The request body, refusing anything longer than ``cap`` bytes (``raise refuse()``) before reading it all:
+    by its ``Content-Length`` when it says, else as the chunks arrive."""
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > cap:
-        raise UploadError(413, too_big)
+        raise refuse()
     chunks, total = [], 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > cap:
-            raise UploadError(413, too_big)
+            raise refuse()
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -206,7 +206,8 @@ class Explainer:
         """Validate the multipart upload of ``request`` and compute the explanation (in a worker thread)."""
         if not self.enabled:
             raise UploadError(503, self.unavailable() or "")
-        body = await _read_capped(request, self.max_bytes + FORM_OVERHEAD, self.max_bytes)
+        too_big = f"the upload is over the limit of {self.max_bytes:,} bytes"
+        body = await read_capped(request, self.max_bytes + FORM_OVERHEAD, lambda: UploadError(413, too_big))
 
         async def replay() -> dict:
             return {"type": "http.request", "body": body, "more_body": False}

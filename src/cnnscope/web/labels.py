@@ -660,17 +660,10 @@ async def _form_fields(request: Request, keys: tuple[str, ...] = ("label", "note
                        ) -> dict[str, Any]:
     """The fields ``keys`` of a form POST (URL-encoded or multipart; with ``json_ok`` also a JSON object), the body
     capped at :data:`MAX_BODY`."""
-    too_big = f"a label POST is limited to {MAX_BODY:,} bytes"
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_BODY:
-        raise HTTPException(413, too_big)
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > MAX_BODY:
-            raise HTTPException(413, too_big)
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    from .explain import read_capped
+
+    body = await read_capped(request, MAX_BODY, lambda: HTTPException(413, f"a label POST is limited to {MAX_BODY:,} "
+                                                                           "bytes"))
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
 
