@@ -32,3 +32,10 @@ def digits_test_images(digits_run):
 
     ds = digits_dataset()
     return {f"digit{i}": ds.images[i] for i in digits_run.test_indices[:150]}
+
+
+@pytest.fixture(autouse=True)
+def _cwd(tmp_path, monkeypatch):
+    """Every test runs in its own folder: a command called without --out (an error case) creates its default output
+    folder there, not in the checkout."""
+    monkeypatch.chdir(tmp_path)
