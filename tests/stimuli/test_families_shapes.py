@@ -100,3 +100,13 @@ def test_unit_classes_command(tmp_path):
     assert sum(data["counts"].values()) == 12 and len(data["concentric_ratio"]) == 12
     assert all(r >= 0.5 for lab, r in zip(data["labels"], data["second_ratio"]) if lab == "double")
     assert (tmp_path / "classes_blocks.1.1.bn1.act.png").stat().st_size > 1000
+
+
+def test_tuning_report_keeps_double_curves_when_asked():
+    from cnnscope.stimuli import tuning_report
+
+    kw = dict(family=8, min_selectivity=0.6, step=30.0, levels=[RADIUS], size=SIZE, source=None, examples=0,
+              joint_step=0.0, **WHITE_ON_BLACK)
+    assert 1 not in tuning_report(_net(), "2", **kw).family.channels
+    both = tuning_report(_net(), "2", double=True, **kw).family
+    assert 1 in both.channels and both.classes[both.channels.index(1)] == "double"

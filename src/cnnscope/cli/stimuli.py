@@ -193,12 +193,14 @@ def _print_family(report) -> None:
               help="Top dataset examples per channel rotated for the joint tuning curves (0 = none).")
 @click.option("--joint-step", type=click.FloatRange(0), default=5.0, show_default=True,
               help="Rotation step of the joint tuning curves in degrees (the article uses 1; 0 = skip).")
+@click.option("--double", is_flag=True, help="Keep double-curve units (two orientation peaks) in the discovered "
+                                           "family instead of dropping them for their low selectivity.")
 @click.option("--out", required=True, metavar="FOLDER", help="Folder for figures and numbers.")
 def tuning_cmd(model: str, layer: str | None, weights: str | None, device: str, kind: str, levels: str | None,
                param: str | None, width: float | None, color: str | None, background: str | None,
                sets: tuple[str, ...], channels: str | None, pre_activation: bool, batch_size: int | None,
                family_k: int, min_selectivity: float, step: float, size: int | None, images: str, examples: int,
-               joint_step: float, out: str) -> None:
+               joint_step: float, double: bool, out: str) -> None:
     """Tuning of LAYER's channels to synthetic stimuli: heatmaps in std above the dataset mean, radial tuning,
     the orientation family and joint tuning curves from rotated dataset examples.
 
@@ -218,7 +220,7 @@ def tuning_cmd(model: str, layer: str | None, weights: str | None, device: str, 
                                    kind=kind, step=step, levels=levels_list, param=param, size=size,
                                    source=None if images.lower() == "none" else images,
                                    pre_activation=pre_activation, examples=examples, joint_step=joint_step,
-                                   batch_size=batch_size, progress=show_progress(), **stimulus)
+                                   double=double, batch_size=batch_size, progress=show_progress(), **stimulus)
             sub = "" if layer else _safe(name)  # one subfolder per study layer
             done.append((name, report, _write(report, output.folder / sub if sub else output.folder, output, sub)))
     for name, report, files in done:

@@ -77,8 +77,8 @@ def tuning_report(model: ModelLike, layer: str, *, channels: Sequence[int] | str
                   min_selectivity: float = 0.3, kind: str = "curve", step: float = 10.0,
                   levels: Sequence[float] | None = None, param: str | None = None, size: int | None = None,
                   source: object = "samples", pre_activation: bool = False, examples: int = 6,
-                  joint_step: float = 5.0, batch_size: int | None = None, progress: bool = False,
-                  **stimulus: object) -> TuningReport:
+                  joint_step: float = 5.0, double: bool = False, batch_size: int | None = None,
+                  progress: bool = False, **stimulus: object) -> TuningReport:
     """Measure the tuning of ``layer``: the family of its most orientation-tuned channels (or the named
     ``channels``), their heatmaps and radial curves, and joint tuning curves from their rotated top examples.
 
@@ -94,6 +94,7 @@ def tuning_report(model: ModelLike, layer: str, *, channels: Sequence[int] | str
         pre_activation: read the input of the activation module ``layer`` (as the article) everywhere.
         examples: top dataset examples per channel rotated for the joint tuning curves (0 = none).
         joint_step: rotation step of the joint tuning curves in degrees (0 = none).
+        double: keep double-curve channels in the discovered family (:func:`~cnnscope.stimuli.find_family`).
         batch_size: images per forward pass (``None``: defaults for the model's device).
         progress: show progress bars.
 
@@ -125,7 +126,7 @@ def tuning_report(model: ModelLike, layer: str, *, channels: Sequence[int] | str
         tmap = tuning_map(m, layer, channels=channels, **common)  # type: ignore[arg-type]
         fam = find_family(tmap, None, min_selectivity=0.0, min_peak=-math.inf)  # every named channel
     else:
-        fam, tmap = discover_family(m, layer, k=family, min_selectivity=min_selectivity, **common)
+        fam, tmap = discover_family(m, layer, k=family, min_selectivity=min_selectivity, double=double, **common)
         if not len(fam):
             raise CnnscopeError(f"no channel of {layer!r} has orientation selectivity >= {min_selectivity}; "
                                 "lower min_selectivity or name the channels")
