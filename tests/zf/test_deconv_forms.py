@@ -200,3 +200,25 @@ def test_plain_hardswish_module_is_refused_by_name():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardswish(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3))
     with pytest.raises(DeconvError, match=r"'1' \(Hardswish\): the deconvnet's backward rule"):
         project(net, _images(6), "3", channel=0)
+
+
+@pytest.mark.parametrize("pre_activation", [False, True])
+def test_a_layer_inside_a_fused_module_keeps_its_batch_norm(pre_activation):
+    """``X.bn.act`` of timm's ConvNormAct: the fused ancestor's batch norm is part of the chain (found in review)."""
+    from cnnscope.models import wrap
+    from cnnscope.zf import choose_projector
+    from cnnscope.zf.chain import build_chain
+    from cnnscope.zf.steps import BatchNormStep
+
+    torch.manual_seed(0)
+    net = nn.Sequential(ConvNormAct(3, 8, 3, act_layer=nn.ReLU), nn.MaxPool2d(2),
+                        ConvNormAct(8, 8, 3, act_layer=nn.ReLU)).eval()
+    for mod in net.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+    chain = build_chain(net, "2.bn.act", (16, 16))
+    assert [s.name for s in chain.steps if isinstance(s, BatchNormStep)] == ["0.bn", "2.bn"]
+    lm = wrap(net, input_size=16)
+    choice = choose_projector(lm, "2.bn.act", pre_activation=pre_activation)
+    assert choice.method == "deconvnet", choice.line()

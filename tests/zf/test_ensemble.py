@@ -131,3 +131,20 @@ def test_predict_ensemble_and_accuracy_commands(tmp_path, capsys):
     assert [d["model"] for d in doc["members"]] == [str(p) for p in paths]
     assert "broken.png" in err and doc["skipped"][0]["path"].endswith("broken.png")
     assert main(["accuracy", "digits"]) == 1
+
+
+def test_labelled_and_unlabelled_members_are_refused():
+    """Found in review: targets were mapped with the first member's labels only, so the result depended on order."""
+    import pytest as _pytest
+
+    from cnnscope.errors import ModelError
+    from cnnscope.models import wrap
+    from cnnscope.zf.ensemble import ensemble_probabilities
+    from tests.models import InplaceReLUNet
+
+    a = wrap(InplaceReLUNet(num_classes=2), input_size=16)
+    b = wrap(InplaceReLUNet(num_classes=2, seed=1), input_size=16, labels=["b", "a"])
+    img = np.zeros((16, 16, 3), np.uint8)
+    for members in ([a, b], [b, a]):
+        with _pytest.raises(ModelError, match="cannot be aligned by class"):
+            ensemble_probabilities(members, img)

@@ -220,7 +220,7 @@ class LabelReport:
             contribution to the expected value, Fig. 12).
         agreement: ``{label: share of the expected value}`` (sums to 1 over the labels); value_total: the
             estimated sum of the rectified values over the dataset positions of the labelled bands
-            (``sum_e w_e v_e``; divided by the dataset's positions it estimates their part of ``E[max(x, 0)]``).
+            (``sum_e w_e max(v_e, 0)``; divided by the dataset's positions it estimates their part of ``E[max(x, 0)]``).
         coverage: share of the unit's expected value (histogram) in bands with at least one labelled example.
         examples: the labelled examples that matched a band sample; unmatched: labels given to positions that are
             not among the bands' samples (left out: their weights are unknown).
@@ -321,8 +321,9 @@ def label_report(bands: list[ActivationBand], labels: Mapping[tuple[int, int, in
         hist_weighted[lab] = np.histogram(vals, edges, weights=w)[0].tolist()
         hist_value[lab] = np.histogram(vals, edges, weights=w * np.maximum(vals, 0.0))[0].tolist()
     labelled_bands = [b for b in bands if n_in[b.index]]
-    contrib = sum(b.contribution for b in bands)
-    coverage = sum(b.contribution for b in labelled_bands) / contrib if contrib > 0 else 0.0
+    # each band's contribution is already its share of the unit's whole expected value: bands that leave part of
+    # the range out lower the coverage too
+    coverage = min(1.0, sum(b.contribution for b in labelled_bands))
     if coverage < MIN_COVERAGE:
         missing = [b.index for b in bands if not n_in[b.index] and b.contribution > 0]
         warnings.warn(f"{layer}:{unit}: the labelled bands hold {coverage:.0%} of the unit's expected value; bands "

@@ -263,16 +263,27 @@ class DatasetStats:
                       ) -> list[Example]:
         """A uniform random sample of positions whose value lies in ``[low, high)``.
 
-        It comes from the sampling bands that overlap ``[low, high)`` (each kept ``band_samples`` uniform samples);
-        the records outside the interval are dropped and the rest ordered by their random priority, so the
-        result is a uniform sample without replacement (up to ``n`` records; fewer when the bands hold fewer).
+        It comes from the sampling bands that overlap ``[low, high)``: each kept the ``band_samples`` positions of
+        lowest random priority. Bands hold very different numbers of positions, so their records are not equally
+        likely; but every position whose priority is below ``t``, the smallest largest-kept priority among the
+        overlapping bands that are full, was kept by its band. Records outside the interval or above ``t`` are
+        dropped and the rest ordered by priority, so the result is a uniform sample without replacement of the
+        interval's positions (up to ``n`` records; fewer when the bands hold fewer).
         """
         ls = self[layer]
         c = ls.check_channel(channel)
         ex = ls.bands
+        ids2 = ex.image_ids[c]  # [bands, m]
+        prio2 = ex.priority[c]
+        lower, upper = self.bins.band_bounds()
+        overlap = torch.as_tensor((upper > low) & (lower < high))[: ids2.shape[0]]
+        full = overlap & (ids2 >= 0).all(dim=1)
+        threshold = prio2[full].amax(dim=1).min() if bool(full.any()) else None
         vals = ex.values[c].reshape(-1)
-        ids = ex.image_ids[c].reshape(-1)
+        ids = ids2.reshape(-1)
         mask = (ids >= 0) & (vals >= low) & (vals < high)
+        if threshold is not None:
+            mask &= prio2.reshape(-1) <= threshold
         inside = torch.nonzero(mask).squeeze(1)
         order = inside[torch.argsort(ex.priority[c].reshape(-1)[inside], stable=True)][:n]  # type: ignore[index]
         return self._records(ids[order], vals[order], ex.ys[c].reshape(-1)[order], ex.xs[c].reshape(-1)[order],

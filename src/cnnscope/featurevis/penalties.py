@@ -7,9 +7,11 @@ real sharp edges.
 
 Normalisation (so that a weight of order 1 acts, at every image size): every penalty is a *mean over pixels* of a
 distance measured in 8-bit grey levels (the image times :data:`LEVELS` = 255), and a first-order one (absolute
-differences, or the root of a mean square), so its gradient at a pixel is at most a few ``LEVELS / (H * W)``
-whatever the image holds. A unit objective (a channel's mean over its positions) has a gradient per pixel that also
-falls as ``1 / (H * W)``, so the balance between the two, and the meaning of a weight, is the same at every size.
+differences, or the root of a mean square). For ``l1`` and ``total_variation`` the gradient at a pixel is at most a
+few ``LEVELS / (H * W)`` whatever the image holds; a unit objective (a channel's mean over its positions) has a
+gradient per pixel that also falls as ``1 / (H * W)``, so the balance between the two, and the meaning of a weight,
+is the same at every size. The root-mean-square forms (``l2``, ``blur``) keep it for spread-out deviations; on a
+deviation confined to a few pixels their gradient there is up to ``LEVELS / sqrt(H * W)`` (docs/featurevis.md).
 :data:`DEFAULT_WEIGHT` (1) visibly lowers the high-frequency share of EfficientNet-Lite0 renders at 64 and 128 px.
 """
 

@@ -121,6 +121,8 @@ def build_chain(module: nn.Module, layer: str, input_size: tuple[int, int], in_c
             if sib == here:
                 break
             _expand(sib, table[sib], entered, table, steps, containers)
+        if depth < len(parts) - 1 and (head := fused_step_for(here, table[here])) is not None:
+            steps.append(head)  # a fused ancestor (timm's BatchNormAct2d of `X.bn.act`): its own operation first
         parent = here
     _expand(layer, table[layer], entered, table, steps, containers)
     if containers and containers[-1][0] == layer:

@@ -30,6 +30,10 @@ def _members(models: Sequence[ModelLike]) -> list:
         raise ModelError("an ensemble needs at least one model")
     ms = [as_model(m) for m in models]
     labelled = [m for m in ms if m.labels is not None]
+    if labelled and len(labelled) != len(ms):  # an unlabelled member's outputs cannot be aligned by class
+        names = ", ".join(m.name for m in ms if m.labels is None)
+        raise ModelError(f"the ensemble mixes models with class labels and models without ({names}): their outputs "
+                         "cannot be aligned by class; give every member labels (or none)")
     if labelled and any(list(m.labels) != list(labelled[0].labels) for m in labelled[1:]):  # type: ignore[arg-type]
         names = ", ".join(m.name for m in labelled)
         raise ModelError(f"the ensemble's members ({names}) have different class labels; average only models of "
