@@ -78,7 +78,7 @@ def test_auto_falls_back_to_guided_backprop_on_a_residual_net():
 @pytest.mark.parametrize("act, method, why", [
     (nn.ReLU, "guided", [NO_POOL + " '3'", "hardly depend on the image (Mahendran & Vedaldi 2016)"]),
     (nn.SiLU, "gradient", ["the true deconvnet cannot invert layer '1' (SiLU)",
-                           "the model has no ReLU for guided backprop"]),
+                           "no ReLU runs on the way to '3' for guided backprop"]),
 ])
 def test_auto_without_max_pooling_or_without_relus(act, method, why):
     net = wrap(unpooled(act).eval(), 12)
@@ -199,3 +199,15 @@ def test_lite0_top9_command_says_which_projection(capsys, tmp_path, one_thread):
                                           "'blocks.1.1' (InvertedResidual)")
     data = json.loads((tmp_path / "t" / "top9.json").read_text())
     assert data["method"] == "guided" and "InvertedResidual" in data["reason"] and len(data["entries"]["12"]) == 2
+
+
+def test_auto_ignores_relus_after_the_layer():
+    """Found in review: a ReLU only after the layer made auto say "guided" for what is the plain gradient."""
+    from cnnscope.models import wrap
+    from cnnscope.zf import choose_projector
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    choice = choose_projector(wrap(net, input_size=16), "2")
+    assert choice.method == "gradient" and "no ReLU runs on the way to '2'" in choice.reason
+    assert choose_projector(wrap(net, input_size=16), "3").method == "guided"

@@ -49,7 +49,9 @@ ALIASED = 0.1
 #: a weak filter's weight norm is below this share of the layer's largest
 WEAK = 0.01
 
-_RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish)
+#: activations that output nothing for inputs <= 0: a filter whose conv output never rises above 0 is dead behind them
+#: (LeakyReLU, ELU, SiLU, GELU, Hardswish pass negative values on, so "never above 0" says nothing there)
+_RELU_LIKE = (nn.ReLU, nn.ReLU6)
 
 
 @dataclass
@@ -131,7 +133,9 @@ def _followed_by_relu(module: nn.Module, name: str) -> bool:
     for n, m in items[i + 1:]:
         if n.startswith(name + "."):
             continue
-        return isinstance(m, _RELU_LIKE) or (is_activation(m) and "relu" in type(m).__name__.lower())
+        if isinstance(m, nn.Hardtanh):
+            return m.min_val == 0.0
+        return isinstance(m, _RELU_LIKE) or (is_activation(m) and type(m).__name__.lower() in ("relu", "relu6"))
     return False
 
 

@@ -84,6 +84,15 @@ def _pool_before(module: nn.Module, layer: str, input_size: tuple[int, int], in_
     return any(isinstance(table.get(n), MAX_POOLS) for n in before)
 
 
+def _relu_before(module: nn.Module, layer: str, input_size: tuple[int, int], in_channels: int) -> bool:
+    """Whether a ReLU-family module (one a rule overrides) runs before ``layer`` or is ``layer`` (probe forward)."""
+    infos = list_layers(module, input_size, in_channels=in_channels)
+    order = [i.name for i in infos if i.calls > 0]
+    layer = canonical_layer(module, layer)
+    upto = set(order[:order.index(layer) + 1] if layer in order else order)
+    return any(name in upto for name, _ in relu_modules(module))
+
+
 def _no_pool(layer: str, what: str = "the deconvnet") -> str:
     return (f"no max-pooling on the path to {layer!r} gives {what} switches, so its reconstruction would hardly "
             "depend on the image (Mahendran & Vedaldi 2016)")
@@ -132,9 +141,9 @@ def choose_projector(model: ModelLike, layer: str, *, method: str = "auto",
             return Choice("deconvnet", f"the path to {layer!r} is a chain the deconvnet inverts, with max-pooling",
                           net)
         why = _no_pool(layer)
-    if relu_modules(m.module):
+    if _relu_before(m.module, layer, size, len(m.mean)):
         return Choice("guided", why, RuleProjector(m, layer, rule="guided", **kw))  # type: ignore[arg-type]
-    return Choice("gradient", why + "; the model has no ReLU for guided backprop",
+    return Choice("gradient", why + f"; no ReLU runs on the way to {layer!r} for guided backprop",
                   RuleProjector(m, layer, rule=None, **kw))  # type: ignore[arg-type]
 
 
