@@ -18,6 +18,12 @@ from .atlas import atlas_group
 def labels_cmd(labels_file: str, fmt: str | None, out: str | None) -> None:
     """Export the unit labels and notes in FILE (written by `cnnscope serve ATLAS --annotate FILE`) as JSON or
     CSV, without starting a server. The file is only read."""
+    export_labels(labels_file, fmt, out, lambda labels, f: (labels.export(f), len(labels)), "labelled units")
+
+
+def export_labels(labels_file: str, fmt: str | None, out: str | None, export, what: str) -> None:
+    """Write ``export(labels, fmt) -> (text, count)`` of a labels file (opened read-only) to ``out`` (atomically) or
+    stdout; ``fmt`` defaults to csv when ``out`` ends in .csv, json otherwise."""
     from ..outputs import atomic_path
     from ..web.labels import LabelStore
 
@@ -30,10 +36,10 @@ def labels_cmd(labels_file: str, fmt: str | None, out: str | None) -> None:
         if target.resolve() == Path(labels_file).expanduser().resolve():
             raise CnnscopeError(f"--out {out} is the labels file itself; pass another file name")
     with LabelStore(labels_file, atlas_root=None, fingerprint=None, readonly=True) as labels:
-        text, n = labels.export(fmt), len(labels)
+        text, n = export(labels, fmt)
     if target is None:
         click.echo(text, nl=False)
         return
     with atomic_path(target) as tmp:
         tmp.write_bytes(text.encode("utf-8"))
-    click.echo(f"{n} labelled units -> {target} ({fmt})")
+    click.echo(f"{n} {what} -> {target} ({fmt})")

@@ -26,6 +26,7 @@ from .app import (
     read_image_arg,
     show_progress,
 )
+from .stimuli import _number_list
 
 HAND_BUILT = "curvenet"
 #: stimuli the hand-built network sees: white strokes on black
@@ -43,15 +44,6 @@ def _open(model: str, weights: str | None, device: str):
 
 def _stimulus(model: str) -> dict:
     return dict(WHITE_ON_BLACK) if model == HAND_BUILT else {}
-
-
-def _numbers(text: str | None, what: str) -> list[float] | None:
-    if text is None or not text.strip():
-        return None
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise CnnscopeError(f"{what} must be comma-separated numbers, got {text!r}") from None
 
 
 def _min_selectivity(model: str, channels: str | None) -> float:
@@ -97,7 +89,7 @@ def prefer_curve_cmd(model: str, layer: str, channel: int, weights: str | None, 
     from ..stimuli.spline import prefer_curve
     from ..units import unit
 
-    width = _numbers(width_range, "--width") or []
+    width = _number_list(width_range, "--width") or []
     if len(width) != 2:
         raise CnnscopeError(f"--width takes MIN,MAX pixels, got {width_range!r}")
     bg = background if background is not None else (0.0 if model == HAND_BUILT else 0.5)
@@ -152,7 +144,7 @@ def trace_cmd(model: str, image: str, layer: str, weights: str | None, device: s
     from ..plot.curves import traces_figure
     from ..stimuli.tracing import compare_with_canny, trace_curves
 
-    given = _numbers(orientations, "--orientations")
+    given = _number_list(orientations, "--orientations")
     if given is not None and not channels:
         raise CnnscopeError("--orientations needs --channels (one orientation per channel)")
     with run_output(out, "trace") as output:
@@ -254,7 +246,7 @@ def equivariance_cmd(model: str, layer: str, weights: str | None, device: str, c
     from ..plot.curves import equivariance_figure
     from ..stimuli.equivariance import weight_equivariance
 
-    given = _numbers(orientations, "--orientations")
+    given = _number_list(orientations, "--orientations")
     if given is not None and not channels:
         raise CnnscopeError("--orientations needs --channels (one orientation per channel)")
     with run_output(out, "equivariance") as output:

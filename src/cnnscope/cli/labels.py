@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from ..errors import CnnscopeError
-from ..outputs import atomic_path, run_output
+from ..outputs import run_output
 from .app import batch_size_option, cli, model_options, open_model, pre_activation_option, show_progress
 
 
@@ -194,21 +194,10 @@ def import_cmd(csv_file: str, labels_file: str, atlas: str | None, stats_file: s
 def export_cmd(labels_file: str, fmt: str | None, out: str | None) -> None:
     """Export the example labels of LABELS.sqlite (columns layer, unit, image_id, name, y, x, label, updated; the
     CSV can be imported again). The file is only read."""
-    from ..web.labels import LabelStore
+    from .atlas_labels import export_labels
 
-    if fmt is None:
-        fmt = "csv" if out is not None and out.lower().endswith(".csv") else "json"
-    target = Path(out).expanduser() if out is not None else None
-    if target is not None and (target.is_dir() or target.resolve() == Path(labels_file).expanduser().resolve()):
-        raise CnnscopeError(f"--out {out} is a folder or the labels file itself; pass another file name")
-    with LabelStore(labels_file, atlas_root=None, fingerprint=None, readonly=True) as labels:
-        text, n = labels.export_examples(fmt), labels.example_count()
-    if target is None:
-        click.echo(text, nl=False)
-        return
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(text.encode("utf-8"))
-    click.echo(f"{n} example labels -> {target} ({fmt})")
+    export_labels(labels_file, fmt, out, lambda labels, f: (labels.export_examples(f), labels.example_count()),
+                  "example labels")
 
 
 def _given_labels(labels_file: str, layer: str, unit: int, names: dict[str, int] | None) -> list[dict]:
