@@ -77,7 +77,8 @@ def test_examples_fall_in_their_bands(atlas):
 
 
 def test_labels_on_atlas_bands(atlas, tmp_path):
-    from cnnscope.web.labels import LabelStore, example_label_panel
+    from cnnscope.web.label_routes import example_label_panel
+    from cnnscope.web.labels import LabelStore
 
     with AtlasStore(atlas) as st:
         bands, _ = atlas_bands(st, LAYER, 0)

@@ -212,7 +212,7 @@ def _app(atlas, annotate=None):
     if "annotate" in inspect.signature(create_app).parameters:
         return create_app(atlas, explain=False, annotate=annotate)
     # the wiring create_app(..., annotate=) does, until it takes the argument
-    from cnnscope.web.labels import label_router
+    from cnnscope.web.label_routes import label_router
 
     app = create_app(atlas, explain=False)
     store = app.state.store

@@ -6,8 +6,8 @@ uniform random positions of the build's images whose value lies in it (:func:`cn
 activation_bands`), as receptive-field crops in one contact sheet (a row per band, the highest on top) with the
 numbers behind them: each band's index, range, dataset positions and share of the expected value, each example's
 value, image id and name, position, box and cell in the sheet. The viewer's annotate mode labels these examples
-(:func:`cnnscope.web.labels.example_label_panel`) and :func:`cnnscope.dataset.labels.label_report` turns the labels
-into the article's composition per band and agreement (Cammarata et al., *Curve Detectors*, Distill 2020, Figs. 9
+(:func:`cnnscope.web.label_routes.example_label_panel`) and :func:`cnnscope.dataset.labels.label_report` turns the
+labels into the article's composition per band and agreement (Cammarata et al., *Curve Detectors*, Distill 2020, Figs. 9
 and 11).
 
 The kind runs its own statistics pass per run (its band samples: :data:`BAND_SAMPLES` per octave and a top pool of

@@ -142,7 +142,8 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
     app = FastAPI(title="cnnscope atlas", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     labels = None
     if annotate is not None:
-        from .labels import LabelStore, label_router
+        from .label_routes import label_router
+        from .labels import LabelStore
 
         labels = LabelStore(annotate, atlas_root=store.root, fingerprint=store.get_meta("fingerprint"))
     app.state.store = store
@@ -215,7 +216,7 @@ def create_app(atlas: str | Path | AtlasStore, *, model=None, explain: bool = Tr
         u = _parse_int(unit, "unit")
         v = views.unit_view(store, layer, u, label=(labels.get(layer, u) or {}) if labels is not None else None)
         if labels is not None:  # the band examples to label (units built with the bands kind)
-            from .labels import example_label_panel
+            from .label_routes import example_label_panel
 
             v["bands_panel"] = example_label_panel(store, labels, layer, u)
         return v
